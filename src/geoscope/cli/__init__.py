@@ -1,0 +1,1 @@
+"""The ``geoscope`` command line: one subcommand per step of the pipeline."""

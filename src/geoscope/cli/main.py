@@ -1,0 +1,74 @@
+"""Entry point of the ``geoscope`` command.
+
+Each module in ``TOP_LEVEL`` adds top-level subcommands and each in ``DATA`` adds
+``geoscope data …`` subcommands, through a ``register(subparsers)`` function that sets
+``func`` on its parser. Every user-fixable problem is a :class:`GeoscopeError`, printed
+as one line with exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Sequence
+
+from .. import __version__
+from ..errors import GeoscopeError
+
+DATA = ("geoscope.cli.data_local", "geoscope.cli.data_remote")
+TOP_LEVEL = (
+    "geoscope.cli.features",
+    "geoscope.cli.labels",
+    "geoscope.cli.train",
+    "geoscope.cli.predict",
+    "geoscope.cli.evaluate",
+    "geoscope.cli.serve",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="geoscope", description="Tell where a street-level photo was taken from its pixels."
+    )
+    parser.add_argument("--version", action="version", version=f"geoscope {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    data = commands.add_parser("data", help="build, check, import and split datasets")
+    data_commands = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
+    for name in DATA:
+        _register(name, data_commands)
+    for name in TOP_LEVEL:
+        _register(name, commands)
+    return parser
+
+
+def _register(module_name: str, subparsers: argparse._SubParsersAction) -> None:
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name == module_name:  # command not present in this installation
+            return
+        raise
+    module.register(subparsers)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        code = args.func(args)
+    except GeoscopeError as exc:
+        print(f"geoscope: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("geoscope: interrupted; finished work is kept, rerun to resume", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Datasets: the manifest table, where images come from, and how they are split."""

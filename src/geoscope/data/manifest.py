@@ -1,0 +1,182 @@
+"""The manifest: the one table that describes a dataset.
+
+Columns: ``image`` (path relative to the manifest's folder, or absolute), ``lat``, ``lon``;
+optional ``location_id`` (one id per physical place, shared by its views), ``heading``,
+``capture_date``, ``split`` (``train``/``val``/``test``) and any label columns.
+Read from CSV or Parquet; validated at the door; written atomically.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..errors import ManifestError
+from ..fileio import atomic_write_bytes
+from ..geo import bounding_box
+
+REQUIRED_COLUMNS = ("image", "lat", "lon")
+STRING_COLUMNS = ("image", "location_id", "capture_date", "split")
+SPLITS = ("train", "val", "test")
+MAX_PROBLEMS_SHOWN = 5
+
+
+@dataclass
+class Manifest:
+    """A validated dataset table and the folder its image paths are relative to."""
+
+    frame: pd.DataFrame
+    root: Path
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    @property
+    def image_paths(self) -> list[Path]:
+        """Absolute path of every row's image."""
+        return [self.root / p for p in self.frame["image"]]
+
+    @property
+    def place_ids(self) -> pd.Series:
+        """One id per physical place: ``location_id`` if present, else the rounded coordinates."""
+        return place_ids(self.frame)
+
+    def subset(self, mask: np.ndarray | pd.Series) -> Manifest:
+        """The rows selected by a boolean mask, re-indexed from 0."""
+        return Manifest(self.frame[np.asarray(mask)].reset_index(drop=True), self.root)
+
+    def split(self, name: str) -> Manifest:
+        """The rows of one split (``train``, ``val`` or ``test``)."""
+        if "split" not in self.frame:
+            raise ManifestError("manifest has no 'split' column: run 'geoscope data split' first")
+        return self.subset(self.frame["split"] == name)
+
+
+def place_ids(frame: pd.DataFrame) -> pd.Series:
+    """One string id per physical place (``location_id``, or coordinates to ~1 m)."""
+    if "location_id" in frame and frame["location_id"].notna().all():
+        return frame["location_id"].astype(str)
+    return frame["lat"].round(5).astype(str) + "," + frame["lon"].round(5).astype(str)
+
+
+def read_manifest(path: str | os.PathLike[str], *, check_images: bool = True) -> Manifest:
+    """Read and validate a manifest (CSV or Parquet).
+
+    Raises :class:`ManifestError` listing each problem (up to a few rows per problem).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"{path}: manifest not found")
+    try:
+        if path.suffix.lower() in {".parquet", ".pq"}:
+            frame = pd.read_parquet(path)
+        else:
+            frame = pd.read_csv(path, dtype={c: "string" for c in STRING_COLUMNS}, keep_default_na=True)
+    except (ValueError, OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ManifestError(f"{path}: cannot parse as a table ({first})") from None
+    frame = _normalise(frame)
+    problems = validate_frame(frame, path.parent if check_images else None)
+    if problems:
+        raise ManifestError(f"{path}: " + "; ".join(problems))
+    return Manifest(frame.reset_index(drop=True), path.parent.resolve())
+
+
+def _normalise(frame: pd.DataFrame) -> pd.DataFrame:
+    frame = frame.copy()
+    frame.columns = [str(c).strip() for c in frame.columns]
+    for col in STRING_COLUMNS:
+        if col in frame:
+            frame[col] = frame[col].astype("string").astype(object).where(frame[col].notna(), None)
+    for col in ("lat", "lon", "heading"):
+        if col in frame:
+            frame[col] = pd.to_numeric(frame[col], errors="coerce")
+    return frame
+
+
+def _rows(mask: pd.Series | np.ndarray) -> str:
+    """Human row numbers (1-based, counting the header as line 1 → data starts at row 2)."""
+    idx = np.flatnonzero(np.asarray(mask))
+    shown = ", ".join(str(i + 2) for i in idx[:MAX_PROBLEMS_SHOWN])
+    more = f" and {len(idx) - MAX_PROBLEMS_SHOWN} more" if len(idx) > MAX_PROBLEMS_SHOWN else ""
+    return f"row{'s' if len(idx) > 1 else ''} {shown}{more}"
+
+
+def validate_frame(frame: pd.DataFrame, root: Path | None) -> list[str]:
+    """Every schema problem of a manifest table, one message each (empty when valid).
+
+    With ``root`` given, also checks that every image file exists under it.
+    """
+    missing = [c for c in REQUIRED_COLUMNS if c not in frame]
+    if missing:
+        return [f"missing column{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))} "
+                f"(found: {', '.join(map(str, frame.columns))})"]
+    if len(frame) == 0:
+        return ["manifest has no rows"]
+    problems: list[str] = []
+    for col, limit in (("lat", 90.0), ("lon", 180.0)):
+        values = frame[col]
+        nan = values.isna()
+        if nan.any():
+            problems.append(f"{col} is empty or not a number at {_rows(nan)}")
+        out = ~nan & (values.abs() > limit)
+        if out.any():
+            first = values[out].iloc[0]
+            problems.append(f"{col} outside [-{limit:g}, {limit:g}] at {_rows(out)} (e.g. {first:g})")
+    empty = frame["image"].isna() | (frame["image"].astype(str).str.strip() == "")
+    if empty.any():
+        problems.append(f"image path is empty at {_rows(empty)}")
+    dup = frame.duplicated(subset=["image"], keep="first") & ~empty
+    if dup.any():
+        problems.append(f"duplicate image at {_rows(dup)} ({frame['image'][dup].iloc[0]})")
+    if "split" in frame:
+        bad = frame["split"].notna() & ~frame["split"].isin(SPLITS)
+        if bad.any():
+            problems.append(f"split must be one of {', '.join(SPLITS)} at {_rows(bad)}")
+    if root is not None and not empty.all():
+        exists = np.array([(root / p).is_file() if isinstance(p, str) and p else True
+                           for p in frame["image"]])
+        if not exists.all():
+            first = frame["image"][~exists].iloc[0]
+            problems.append(f"image file missing at {_rows(~exists)} ({root / first})")
+    return problems
+
+
+def write_manifest(manifest: Manifest | pd.DataFrame, path: str | os.PathLike[str]) -> Path:
+    """Write a manifest atomically as CSV or Parquet (by suffix); returns the path."""
+    path = Path(path)
+    frame = manifest.frame if isinstance(manifest, Manifest) else manifest
+    if path.suffix.lower() in {".parquet", ".pq"}:
+        buffer = io.BytesIO()
+        frame.to_parquet(buffer, index=False)
+        atomic_write_bytes(path, buffer.getvalue())
+    else:
+        atomic_write_bytes(path, frame.to_csv(index=False, lineterminator="\n").encode("utf-8"))
+    return path
+
+
+def summarize(manifest: Manifest) -> dict:
+    """What ``geoscope data check`` prints: counts, views per place, extent, dates, splits."""
+    frame = manifest.frame
+    places = manifest.place_ids
+    views = places.value_counts()
+    lat_min, lon_min, lat_max, lon_max = bounding_box(frame["lat"], frame["lon"])
+    summary: dict = {
+        "images": len(frame),
+        "places": int(places.nunique()),
+        "views_per_place": {str(k): int(v) for k, v in views.value_counts().sort_index().items()},
+        "bbox": {"min_lat": lat_min, "min_lon": lon_min, "max_lat": lat_max, "max_lon": lon_max},
+    }
+    if "capture_date" in frame and frame["capture_date"].notna().any():
+        dates = frame["capture_date"].dropna().astype(str)
+        summary["dates"] = {"first": dates.min(), "last": dates.max()}
+    if "heading" in frame and frame["heading"].notna().any():
+        summary["headings"] = sorted(float(h) for h in frame["heading"].dropna().unique())
+    if "split" in frame:
+        summary["splits"] = {str(k): int(v) for k, v in frame["split"].value_counts().items()}
+    return summary

@@ -1,0 +1,40 @@
+"""Shared fixtures: the real datasets in ../shared/data (skipped when absent) and small made data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("GEOSCOPE_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test session gets its own geoscope cache so tests never see a user's cache."""
+    monkeypatch.setenv("GEOSCOPE_CACHE", str(tmp_path_factory.getbasetemp() / "geoscope-cache"))
+
+
+def shared_dataset(name: str) -> Path:
+    """Folder of one real dataset, or skip the test with the reason."""
+    folder = SHARED_DATA / name
+    if not (folder / "manifest.csv").is_file():
+        pytest.skip(f"needs the real dataset {folder} (../shared/data beside the repository)")
+    return folder
+
+
+def make_images(folder: Path, n: int, *, size: tuple[int, int] = (64, 48), seed: int = 0) -> list[Path]:
+    """Write ``n`` small random-colour JPEGs and return their paths."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        pixels = rng.integers(0, 255, size=(size[1], size[0], 3), dtype=np.uint8)
+        path = folder / f"img_{i:03d}.jpg"
+        Image.fromarray(pixels).save(path, quality=90)
+        paths.append(path)
+    return paths
