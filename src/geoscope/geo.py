@@ -27,16 +27,19 @@ def haversine_km(lat1: ArrayLike, lon1: ArrayLike, lat2: ArrayLike, lon2: ArrayL
     return 2 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.clip(a, 0.0, 1.0)))
 
 
-def pairwise_haversine_km(lat1: ArrayLike, lon1: ArrayLike, lat2: ArrayLike, lon2: ArrayLike) -> NDArray:
+def pairwise_haversine_km(
+    lat1: ArrayLike, lon1: ArrayLike, lat2: ArrayLike, lon2: ArrayLike
+) -> NDArray:
     """Matrix of distances in km from every point of set 1 (rows) to every point of set 2."""
-    lat1, lon1 = np.asarray(lat1, dtype=np.float64)[:, None], np.asarray(lon1, dtype=np.float64)[:, None]
-    lat2, lon2 = np.asarray(lat2, dtype=np.float64)[None, :], np.asarray(lon2, dtype=np.float64)[None, :]
-    return haversine_km(lat1, lon1, lat2, lon2)
+    rows = (np.asarray(a, dtype=np.float64)[:, None] for a in (lat1, lon1))
+    cols = (np.asarray(a, dtype=np.float64)[None, :] for a in (lat2, lon2))
+    return haversine_km(*rows, *cols)
 
 
 def to_unit_vectors(lat: ArrayLike, lon: ArrayLike) -> NDArray:
     """Points in degrees as unit vectors on the sphere, shape ``(n, 3)``."""
-    phi, lam = np.radians(np.asarray(lat, dtype=np.float64)), np.radians(np.asarray(lon, dtype=np.float64))
+    phi = np.radians(np.asarray(lat, dtype=np.float64))
+    lam = np.radians(np.asarray(lon, dtype=np.float64))
     return np.stack([np.cos(phi) * np.cos(lam), np.cos(phi) * np.sin(lam), np.sin(phi)], axis=-1)
 
 
@@ -48,7 +51,9 @@ def from_unit_vectors(xyz: ArrayLike) -> tuple[NDArray, NDArray]:
     return lat, lon
 
 
-def spherical_mean(lat: ArrayLike, lon: ArrayLike, weights: ArrayLike | None = None) -> tuple[float, float]:
+def spherical_mean(
+    lat: ArrayLike, lon: ArrayLike, weights: ArrayLike | None = None
+) -> tuple[float, float]:
     """Weighted centre of points on the sphere (correct across the antimeridian)."""
     v = to_unit_vectors(lat, lon)
     w = np.ones(len(v)) if weights is None else np.asarray(weights, dtype=np.float64)
@@ -76,7 +81,9 @@ class GeoMetrics:
         return asdict(self)
 
 
-def summarize_errors(distance_km: ArrayLike, thresholds: tuple[float, ...] = THRESHOLDS_KM) -> GeoMetrics:
+def summarize_errors(
+    distance_km: ArrayLike, thresholds: tuple[float, ...] = THRESHOLDS_KM
+) -> GeoMetrics:
     """Mean, median, GeoScore and accuracy within each threshold of the given errors."""
     d = np.asarray(distance_km, dtype=np.float64)
     if d.size == 0:
@@ -103,7 +110,9 @@ def bounding_box(lat: ArrayLike, lon: ArrayLike) -> tuple[float, float, float, f
     return float(la.min()), float(lo.min()), float(la.max()), float(lo.max())
 
 
-def offset_km(lat: ArrayLike, lon: ArrayLike, north_km: ArrayLike, east_km: ArrayLike) -> tuple[NDArray, NDArray]:
+def offset_km(
+    lat: ArrayLike, lon: ArrayLike, north_km: ArrayLike, east_km: ArrayLike
+) -> tuple[NDArray, NDArray]:
     """Move points by local north/east offsets in km (equirectangular, fine below ~100 km)."""
     la = np.asarray(lat, dtype=np.float64)
     dlat = np.degrees(np.asarray(north_km) / EARTH_RADIUS_KM)

@@ -1,4 +1,4 @@
-"""Reading images safely: one clear error for missing, corrupt, truncated, non-image or huge files."""
+"""Reading images safely: one clear error for a missing, corrupt, truncated, non-image or huge file."""
 
 from __future__ import annotations
 
@@ -17,7 +17,9 @@ MAX_PIXELS = 80_000_000
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".heic"})
 
 
-def open_image(source: str | os.PathLike[str] | bytes, *, max_pixels: int = MAX_PIXELS) -> Image.Image:
+def open_image(
+    source: str | os.PathLike[str] | bytes, *, max_pixels: int = MAX_PIXELS
+) -> Image.Image:
     """Decode an image fully into RGB, applying its EXIF orientation.
 
     Raises :class:`BadImageError` naming the file when it cannot be read, is not an image,

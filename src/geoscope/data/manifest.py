@@ -76,7 +76,7 @@ def read_manifest(path: str | os.PathLike[str], *, check_images: bool = True) ->
         if path.suffix.lower() in {".parquet", ".pq"}:
             frame = pd.read_parquet(path)
         else:
-            frame = pd.read_csv(path, dtype={c: "string" for c in STRING_COLUMNS}, keep_default_na=True)
+            frame = pd.read_csv(path, dtype=dict.fromkeys(STRING_COLUMNS, "string"))
     except (ValueError, OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ManifestError(f"{path}: cannot parse as a table ({first})") from None
@@ -127,11 +127,15 @@ def validate_frame(frame: pd.DataFrame, root: Path | None) -> list[str]:
         out = ~nan & (values.abs() > limit)
         if out.any():
             first = values[out].iloc[0]
-            problems.append(f"{col} outside [-{limit:g}, {limit:g}] at {_rows(out)} (e.g. {first:g})")
+            problems.append(
+                f"{col} outside [-{limit:g}, {limit:g}] at {_rows(out)} (e.g. {first:g})"
+            )
     empty = frame["image"].isna() | (frame["image"].astype(str).str.strip() == "")
     if empty.any():
         problems.append(f"image path is empty at {_rows(empty)}")
-    dup = frame.duplicated(subset=["image"], keep="first") & ~empty
+    # one file under two spellings ("a.jpg", "./a.jpg") is still a duplicate
+    normal = frame["image"].map(lambda p: os.path.normpath(p) if isinstance(p, str) and p else p)
+    dup = normal.duplicated(keep="first") & ~empty
     if dup.any():
         problems.append(f"duplicate image at {_rows(dup)} ({frame['image'][dup].iloc[0]})")
     if "split" in frame:

@@ -1,0 +1,48 @@
+"""``geoscope train MANIFEST --labels grid|cities -o MODEL_DIR``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import fields
+
+from ..data.manifest import read_manifest
+from ..fit import FitOptions, fit
+from ..train import TrainConfig
+from .labels import add_scheme_arguments, scheme_from_args
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("train", help="train a place model on a manifest")
+    parser.add_argument("manifest")
+    parser.add_argument("--labels", choices=("grid", "cities", "column"), default="grid")
+    add_scheme_arguments(parser)
+    parser.add_argument("-o", "--output", required=True, help="model bundle directory to write")
+    parser.add_argument("--encoder", default="efficientnet-lite0", help="image encoder name")
+    parser.add_argument("--text-encoder", default="minilm")
+    parser.add_argument("--name", default=None, help="model name (default: the output folder's)")
+    parser.add_argument("--no-augment", dest="augment", action="store_false",
+                        help="do not add horizontally flipped copies")
+    parser.add_argument("--search", action="store_true",
+                        help="search learning rate, weight decay, patience and factor by val loss")
+    defaults = TrainConfig()
+    for f in fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        parser.add_argument(flag, type=type(getattr(defaults, f.name)), default=getattr(defaults, f.name),
+                            help=f"(default {getattr(defaults, f.name)})")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    manifest = read_manifest(args.manifest)
+    config = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+    options = FitOptions(scheme=scheme_from_args(args.labels, args), image_encoder=args.encoder,
+                         text_encoder=args.text_encoder, train=config, augment=args.augment,
+                         search=args.search, name=args.name or args.output.rstrip("/").split("/")[-1])
+    path, result = fit(manifest, options, args.output, command=["geoscope", *sys.argv[1:]])
+    print(f"best epoch {result.best_epoch} (val loss {result.best_val_loss:.4f})")
+    for record in (r for r in result.history if r["epoch"] == result.best_epoch):
+        print(f"  {record['split']:5s}  accuracy {record['accuracy']:6.1%}  mean {record['mean_km']:8.1f} km"
+              f"  median {record['median_km']:8.1f} km")
+    print(f"wrote {path}")
+    return 0

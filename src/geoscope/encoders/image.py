@@ -1,0 +1,240 @@
+"""A registry of named image encoders, each carrying its own preprocessing.
+
+Names: ``efficientnet-lite0`` (224 px), ``efficientnet-lite2`` (260 px), their trunks
+``<name>/trunk-<n>`` (feature maps before the last ``n`` MBConv blocks, for caching and
+fine-tuning the top) and ``hf:<repo-or-path>`` (CLIP, ResNet, ViT-like models through
+``transformers``). Frozen inference runs through ONNX Runtime (exported once into the
+cache, checked against torch) or torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from ..errors import GeoscopeError
+from .efficientnet import (
+    EMBED_DIM,
+    EfficientNetEmbedding,
+    LITE_MODELS,
+    block_count,
+    lite_preprocess,
+    load_efficientnet,
+    split_efficientnet,
+    weights_path,
+)
+from .onnx_runtime import OnnxRunner, export_onnx, onnx_cache_path, slug
+from .preprocess import Preprocess
+
+BACKENDS = ("onnx", "torch")
+PATTERNS = ("<name>/trunk-<n>", "hf:<repo-or-path>")
+_TRUNK = re.compile(r"^trunk-(\d+)$")
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """What defines an image encoder before any weights are loaded.
+
+    ``build`` returns the torch module (float32 NCHW images → ``output_shape`` per image);
+    ``fingerprint`` changes whenever weights, architecture or preprocessing change.
+    """
+
+    name: str
+    preprocess: Preprocess
+    output_shape: tuple[int, ...]
+    fingerprint: str
+    build: Callable[[], object]
+    storage_dtype: str = "float32"
+
+
+class ImageEncoder:
+    """A frozen image encoder: ``encode`` float32 ``(n, 3, H, W)`` batches into ``(n, dim)``.
+
+    Weights load on first use, so creating one is cheap. ``output_shape`` is ``(dim,)`` for
+    embeddings and ``(C, H, W)`` for trunk feature maps (returned flattened by ``encode``).
+    """
+
+    def __init__(self, spec: EncoderSpec, backend: str = "onnx") -> None:
+        if backend not in BACKENDS:
+            raise GeoscopeError(f"unknown backend {backend!r} (use {' or '.join(BACKENDS)})")
+        self.spec = spec
+        self.backend = backend
+        self._module = None
+        self._runner: OnnxRunner | None = None
+
+    @property
+    def name(self) -> str:
+        """Registry name, e.g. ``efficientnet-lite0``."""
+        return self.spec.name
+
+    @property
+    def preprocess(self) -> Preprocess:
+        """The :class:`Preprocess` its inputs need."""
+        return self.spec.preprocess
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        """Shape of one output: ``(dim,)``, or ``(C, H, W)`` for feature maps."""
+        return self.spec.output_shape
+
+    @property
+    def fingerprint(self) -> str:
+        """Identity of weights, architecture and preprocessing."""
+        return self.spec.fingerprint
+
+    @property
+    def storage_dtype(self) -> str:
+        """dtype its outputs are cached in (``float16`` for feature maps)."""
+        return self.spec.storage_dtype
+
+    @property
+    def dim(self) -> int:
+        """Length of one (flattened) output."""
+        return math.prod(self.output_shape)
+
+    @property
+    def cache_key(self) -> str:
+        """Folder name of this encoder's cached features (the same for both backends)."""
+        return f"{slug(self.name)}-{self.fingerprint[:12]}"
+
+    def __repr__(self) -> str:
+        return f"ImageEncoder({self.name!r}, dim={self.dim}, backend={self.backend!r})"
+
+    def torch_module(self):
+        """A fresh torch module (images → outputs) in eval mode, for fine-tuning."""
+        return self.spec.build().eval()
+
+    def encode(self, batch: np.ndarray) -> np.ndarray:
+        """Encode preprocessed images ``(n, 3, crop, crop)`` into float32 ``(n, dim)``."""
+        batch = np.asarray(batch, dtype=np.float32)
+        c = self.preprocess.crop_size
+        if batch.ndim != 4 or batch.shape[1:] != (3, c, c):
+            raise ValueError(f"{self.name} expects a batch of shape (n, 3, {c}, {c}), got {batch.shape}")
+        if len(batch) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        out = self._run_onnx(batch) if self.backend == "onnx" else self._run_torch(batch)
+        out = out.reshape(len(batch), -1)
+        if out.shape[1] != self.dim:
+            raise GeoscopeError(f"{self.name}: model gives {out.shape[1]} values per image, expected {self.dim}")
+        return out
+
+    def _torch(self):
+        if self._module is None:
+            self._module = self.torch_module()
+        return self._module
+
+    def _run_torch(self, batch: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            return self._torch()(torch.from_numpy(batch)).float().numpy()
+
+    def _run_onnx(self, batch: np.ndarray) -> np.ndarray:
+        if self._runner is None:
+            self._runner = self._load_onnx()
+        return self._runner(batch)
+
+    def _load_onnx(self) -> OnnxRunner:
+        path = onnx_cache_path(self.name, self.fingerprint)
+        if path.is_file():
+            try:
+                return OnnxRunner(path)
+            except GeoscopeError:
+                path.unlink(missing_ok=True)  # unreadable: export again
+        c = self.preprocess.crop_size
+        example = np.random.default_rng(0).standard_normal((2, 3, c, c)).astype(np.float32)
+        export_onnx(self._torch(), example, path)
+        return OnnxRunner(path)
+
+
+def fingerprint(*parts: object) -> str:
+    """A stable hex digest of some identifying values."""
+    return hashlib.sha1("\x1f".join(map(str, parts)).encode("utf-8")).hexdigest()
+
+
+def _efficientnet_spec(name: str) -> EncoderSpec:
+    base, _, variant = name.partition("/")
+    preprocess = lite_preprocess(base)
+    weights = weights_path(base)
+    identity = (base, weights.name, weights.stat().st_size, preprocess.key)
+    if not variant:
+        return EncoderSpec(
+            name, preprocess, (EMBED_DIM,), fingerprint("efficientnet-embedding/1", *identity),
+            build=lambda: EfficientNetEmbedding(load_efficientnet(base)),
+        )
+    match = _TRUNK.match(variant)
+    total = block_count(base)
+    if not match or not 0 <= int(match[1]) <= total:
+        raise GeoscopeError(f"unknown variant {variant!r} of {base}: use trunk-<n> with n in 0..{total}")
+    n_top = int(match[1])
+    return EncoderSpec(
+        name, preprocess, _trunk_shape(base, n_top), fingerprint("efficientnet-trunk/1", n_top, *identity),
+        build=lambda: split_efficientnet(base, n_top)[0], storage_dtype="float16",
+    )
+
+
+@lru_cache(maxsize=None)
+def _trunk_shape(base: str, n_top: int) -> tuple[int, ...]:
+    import torch
+    from efficientnet_lite_pytorch import EfficientNet
+
+    from .efficientnet import EfficientNetTrunk
+
+    net = EfficientNet.from_name(base).eval()
+    size = LITE_MODELS[base][0]
+    with torch.inference_mode():
+        out = EfficientNetTrunk(net, len(net._blocks) - n_top)(torch.zeros(1, 3, size, size))
+    return tuple(out.shape[1:])
+
+
+_REGISTRY: dict[str, Callable[[str], EncoderSpec]] = {name: _efficientnet_spec for name in LITE_MODELS}
+
+
+def register_image_encoder(name: str, factory: Callable[[str], EncoderSpec]) -> None:
+    """Add a named encoder; ``factory`` receives the full requested name (``name`` or ``name/variant``)."""
+    _REGISTRY[name] = factory
+
+
+def available_image_encoders() -> list[str]:
+    """Registered encoder names (besides the ``<name>/trunk-<n>`` and ``hf:`` patterns)."""
+    return list(_REGISTRY)
+
+
+def image_encoder_spec(name: str) -> EncoderSpec:
+    """The spec of a named encoder; raises :class:`GeoscopeError` listing known names."""
+    name = name.strip()
+    if name.startswith("hf:"):
+        from .hub import hf_image_spec
+
+        return hf_image_spec(name)
+    base = name.partition("/")[0]
+    if base not in _REGISTRY:
+        known = ", ".join([*_REGISTRY, *PATTERNS])
+        raise GeoscopeError(f"unknown image encoder {name!r} (known: {known})")
+    return _REGISTRY[base](name)
+
+
+def get_image_encoder(name: str, backend: str = "onnx") -> ImageEncoder:
+    """A named image encoder on the ``onnx`` (default) or ``torch`` backend."""
+    if backend not in BACKENDS:
+        raise GeoscopeError(f"unknown backend {backend!r} (use {' or '.join(BACKENDS)})")
+    return ImageEncoder(image_encoder_spec(name), backend)
+
+
+__all__ = [
+    "BACKENDS",
+    "EncoderSpec",
+    "ImageEncoder",
+    "Preprocess",
+    "available_image_encoders",
+    "get_image_encoder",
+    "image_encoder_spec",
+    "register_image_encoder",
+    "split_efficientnet",
+]

@@ -1,0 +1,96 @@
+"""Frozen inference through ONNX Runtime: export a torch module once, check it, run it on all cores."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import GeoscopeError
+from ..fileio import atomic_write_bytes
+from ..paths import cache_subdir
+
+OPSET = 17
+TOLERANCE = 1e-4
+"""Largest difference allowed between ONNX Runtime and torch outputs (relative to their scale)."""
+
+
+def cpu_count() -> int:
+    """Cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def slug(name: str) -> str:
+    """A file-name-safe form of an encoder name."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_")[:80] or "encoder"
+
+
+def onnx_cache_path(name: str, fingerprint: str) -> Path:
+    """Where the exported model of one encoder lives: ``<cache>/onnx/<name>-<hash>.onnx``."""
+    return cache_subdir("onnx") / f"{slug(name)}-{fingerprint[:12]}.onnx"
+
+
+def export_onnx(module, example: np.ndarray, path: str | os.PathLike[str], *,
+                tolerance: float = TOLERANCE) -> float:
+    """Export ``module`` (one float32 NCHW input → one output) with a dynamic batch axis.
+
+    The module is put in eval mode, its ONNX Runtime output is compared with torch's on
+    ``example`` and the file is written atomically only when they agree; returns the
+    largest difference. Raises :class:`GeoscopeError` when they disagree.
+    """
+    import torch
+
+    module = module.eval()
+    inputs = torch.from_numpy(np.ascontiguousarray(example, dtype=np.float32))
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module, (inputs,), buffer, input_names=["images"], output_names=["features"],
+            dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}},
+            opset_version=OPSET, do_constant_folding=True, dynamo=False,
+        )
+        expected = module(inputs).numpy()
+    model_bytes = buffer.getvalue()
+    got = OnnxRunner(model_bytes)(example)
+    error = float(np.max(np.abs(got - expected)) / max(1.0, float(np.max(np.abs(expected)))))
+    if not error <= tolerance:
+        raise GeoscopeError(
+            f"ONNX export of {Path(path).name} disagrees with torch by {error:.2g} (> {tolerance:g}); "
+            "use --backend torch"
+        )
+    atomic_write_bytes(path, model_bytes)
+    return error
+
+
+class OnnxRunner:
+    """An ONNX Runtime session with one input and one output, using every core."""
+
+    def __init__(self, model: str | os.PathLike[str] | bytes, *, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or cpu_count()
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        source = model if isinstance(model, bytes) else str(model)
+        try:
+            self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types
+            where = "<bytes>" if isinstance(model, bytes) else str(model)
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise GeoscopeError(f"{where}: cannot load ONNX model ({first}); delete it to re-export") from None
+        self.input_name = self.session.get_inputs()[0].name
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        """Run one batch; returns the first output as float32."""
+        feed = {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)}
+        return np.asarray(self.session.run(None, feed)[0], dtype=np.float32)

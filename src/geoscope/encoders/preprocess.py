@@ -1,0 +1,172 @@
+"""Image preprocessing that travels with each encoder, and the views of one image to encode.
+
+Only PIL and numpy: resize the shorter side, take square crops, scale to [0, 1],
+normalise by mean and std, and lay the result out as float32 CHW.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from PIL import Image
+
+from ..errors import GeoscopeError
+
+RESAMPLE = {
+    "nearest": Image.Resampling.NEAREST,
+    "box": Image.Resampling.BOX,
+    "bilinear": Image.Resampling.BILINEAR,
+    "hamming": Image.Resampling.HAMMING,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+"""Resampling filters by name, as :class:`Preprocess` stores them."""
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How an encoder wants its pixels: resize, centre-crop a square, normalise.
+
+    ``size`` is the shorter side after resizing (both sides when ``keep_aspect`` is false);
+    ``crop_size`` the side of the square crop; ``mean`` and ``std`` apply per RGB channel
+    to values scaled to [0, 1]; ``resample`` names a PIL filter (see :data:`RESAMPLE`).
+    """
+
+    size: int
+    crop_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    resample: str = "bicubic"
+    keep_aspect: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+        if self.resample not in RESAMPLE:
+            raise ValueError(f"resample must be one of {', '.join(RESAMPLE)}, not {self.resample!r}")
+        if not 0 < self.crop_size <= self.size:
+            raise ValueError(f"crop_size must be in 1..size ({self.size}), not {self.crop_size}")
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise ValueError("mean and std need three values each, std positive")
+
+    @property
+    def key(self) -> str:
+        """A short stable description, part of every cache key."""
+        nums = ",".join(f"{v:.6g}" for v in (*self.mean, *self.std))
+        mode = "" if self.keep_aspect else "-squash"
+        return f"{self.size}c{self.crop_size}-{self.resample}{mode}-{nums}"
+
+    def to_dict(self) -> dict:
+        """Plain JSON-able fields (for model bundles)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Preprocess:
+        """Inverse of :meth:`to_dict`."""
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+    def resize(self, image: Image.Image) -> Image.Image:
+        """The image resized so its shorter side is ``size`` (or to ``size``×``size``)."""
+        width, height = image.size
+        if self.keep_aspect:
+            scale = self.size / min(width, height)
+            target = (max(self.size, round(width * scale)), max(self.size, round(height * scale)))
+        else:
+            target = (self.size, self.size)
+        if target == (width, height):
+            return image
+        return image.resize(target, RESAMPLE[self.resample])
+
+    def crop_boxes(self, width: int, height: int, n: int = 1) -> list[tuple[int, int, int, int]]:
+        """``n`` square crop boxes evenly spaced along the long side (centred across the short one)."""
+        c = self.crop_size
+        if n == 1:
+            left, top = (width - c) // 2, (height - c) // 2
+            return [(left, top, left + c, top + c)]
+        along = np.linspace(0, max(width, height) - c, n).round().astype(int)
+        if width >= height:
+            top = (height - c) // 2
+            return [(int(x), top, int(x) + c, top + c) for x in along]
+        left = (width - c) // 2
+        return [(left, int(y), left + c, int(y) + c) for y in along]
+
+    def to_array(self, image: Image.Image) -> np.ndarray:
+        """An RGB image as normalised float32 CHW, without resizing or cropping."""
+        pixels = np.asarray(image, dtype=np.float32)
+        pixels -= np.asarray(self.mean, dtype=np.float32) * 255.0
+        pixels *= 1.0 / (np.asarray(self.std, dtype=np.float32) * 255.0)
+        return np.ascontiguousarray(pixels.transpose(2, 0, 1))
+
+    def __call__(self, image: Image.Image) -> np.ndarray:
+        """Resize, centre-crop and normalise one RGB image: float32 ``(3, crop_size, crop_size)``."""
+        return self.views(image, Views())[0]
+
+    def views(self, image: Image.Image, views: Views) -> np.ndarray:
+        """Every view of one RGB image: float32 ``(views.count, 3, crop_size, crop_size)``."""
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+        if views.hflip:
+            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        image = self.resize(image)
+        boxes = self.crop_boxes(*image.size, n=views.crops)
+        return np.stack([self.to_array(image.crop(box)) for box in boxes])
+
+
+_VIEW_TOKEN = re.compile(r"^(?:(?P<flip>hflip|flip)|(?P<plain>plain|none|centre|center)|"
+                         r"(?P<grid>grid)|crops=?(?P<crops>\d+))$")
+
+
+@dataclass(frozen=True)
+class Views:
+    """Which views of each image to encode.
+
+    ``hflip`` mirrors the image left–right first: a separate cached variant, for train-time
+    augmentation or flip test-time augmentation (average it with the plain variant).
+    ``crops`` square crops evenly spaced along the long side: 1 is the centre crop, 3 is
+    left, centre and right (for the 448×224 two-view images of ``us-west``, 2 gives the
+    two halves). Written as text: ``plain``, ``hflip``, ``grid`` (= ``crops3``), ``crops2``,
+    combined with ``+`` (``hflip+grid``).
+    """
+
+    hflip: bool = False
+    crops: int = 1
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.crops <= 16:
+            raise GeoscopeError(f"crops must be between 1 and 16, not {self.crops}")
+
+    @property
+    def count(self) -> int:
+        """Number of views per image."""
+        return self.crops
+
+    @property
+    def key(self) -> str:
+        """Canonical text form, part of the cache key (``plain``, ``hflip``, ``crops3``, …)."""
+        parts = (["hflip"] if self.hflip else []) + ([f"crops{self.crops}"] if self.crops > 1 else [])
+        return "+".join(parts) or "plain"
+
+    @classmethod
+    def parse(cls, spec: str | Views | None) -> Views:
+        """Views from their text form (or pass a :class:`Views` through; ``None`` is plain)."""
+        if spec is None or isinstance(spec, Views):
+            return spec or cls()
+        hflip, crops = False, 1
+        for token in filter(None, (t.strip().lower() for t in re.split(r"[+,]", spec))):
+            match = _VIEW_TOKEN.match(token)
+            if not match:
+                raise GeoscopeError(
+                    f"unknown view {token!r} in {spec!r}: use plain, hflip, grid or cropsN, joined by '+'"
+                )
+            if match["flip"]:
+                hflip = True
+            elif match["grid"]:
+                crops = 3
+            elif match["crops"]:
+                crops = int(match["crops"])
+        return cls(hflip=hflip, crops=crops)

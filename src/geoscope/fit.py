@@ -1,0 +1,210 @@
+"""From a manifest to a model bundle: labels, cached features, training, gallery, model card."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import __version__
+from .bundle import save_bundle
+from .data.manifest import Manifest, summarize
+from .data.split import split_manifest
+from .errors import GeoscopeError
+from .features import extract_features
+from .geo import spherical_mean
+from .labels import LabelScheme, assign_labels, make_labels, prompt
+from .train import TrainConfig, TrainingData, TrainResult, search_grid, train_place_clip
+
+GALLERY_DIM = 128
+GALLERY_MAX = 20000
+
+
+@dataclass
+class FitOptions:
+    """What to train on and how."""
+
+    scheme: LabelScheme
+    image_encoder: str = "efficientnet-lite0"
+    text_encoder: str = "minilm"
+    train: TrainConfig = field(default_factory=TrainConfig)
+    augment: bool = True
+    """Also train on horizontally flipped copies of each image."""
+    search: bool = False
+    name: str = "geoscope-model"
+
+
+@dataclass
+class PreparedData:
+    """Labelled, featurised splits ready for :func:`train_place_clip`."""
+
+    splits: dict[str, TrainingData]
+    labels: pd.DataFrame
+    text_features: np.ndarray
+    frozen_train: np.ndarray
+    train_frame: pd.DataFrame
+    skipped: list[str]
+
+
+def prepare(manifest: Manifest, options: FitOptions, *, progress: bool = True) -> PreparedData:
+    """Split if needed, label the training rows, extract (cached) image and text features."""
+    from .encoders.image import get_image_encoder
+    from .encoders.text import get_text_encoder
+
+    frame = manifest.frame
+    if "split" not in frame:
+        frame = split_manifest(frame, by="location", val=0.1, test=0.1, seed=options.train.seed)
+        manifest = Manifest(frame, manifest.root)
+    encoder = get_image_encoder(options.image_encoder)
+    plain = extract_features(manifest.image_paths, encoder, progress=progress)
+    variants = [np.asarray(plain.embeddings, dtype=np.float32)]
+    if options.augment:
+        flipped = extract_features(manifest.image_paths, encoder, views="hflip", progress=progress)
+        variants.append(np.asarray(flipped.embeddings, dtype=np.float32))
+    valid = np.asarray(plain.valid, dtype=bool)
+
+    train_mask = (frame["split"] == "train").to_numpy() & valid
+    ids, labels = make_labels(frame[train_mask].reset_index(drop=True), options.scheme)
+    texts = [prompt(n, c) for n, c in zip(labels["name"], labels.get("country_code", [None] * len(labels)),
+                                          strict=True)]
+    text_features = get_text_encoder(options.text_encoder).encode(texts).astype(np.float32)
+
+    splits: dict[str, TrainingData] = {}
+    stacked = np.stack(variants)
+    values = frame[options.scheme.params["column"]] if options.scheme.kind == "column" else None
+    all_ids = assign_labels(frame["lat"].to_numpy(), frame["lon"].to_numpy(), labels, options.scheme, values)
+    all_ids[np.flatnonzero(train_mask)] = ids
+    for name in ("train", "val", "test"):
+        rows = (frame["split"] == name).to_numpy() & valid & (all_ids >= 0)
+        if rows.any():
+            splits[name] = TrainingData(stacked[:, rows], all_ids[rows], frame["lat"].to_numpy()[rows],
+                                        frame["lon"].to_numpy()[rows])
+    if "val" not in splits:
+        raise GeoscopeError("the validation split has no labelled image: use a larger --val fraction")
+    return PreparedData(splits, labels, text_features, variants[0][train_mask],
+                        frame[train_mask].reset_index(drop=True), list(plain.errors))
+
+
+def fit(manifest: Manifest, options: FitOptions, out_dir: str | os.PathLike[str], *,
+        progress: bool = True, command: Sequence[str] | None = None) -> tuple[Path, TrainResult]:
+    """Train a place-name CLIP model on ``manifest`` and save it as a bundle in ``out_dir``."""
+    data = prepare(manifest, options, progress=progress)
+    coords = data.labels[["lat", "lon"]].to_numpy()
+    extra = {"test": data.splits["test"]} if "test" in data.splits else None
+    configs = search_grid(options.train) if options.search else [options.train]
+    best: TrainResult | None = None
+    trials = []
+    for i, config in enumerate(configs, 1):
+        if options.search and progress:
+            print(f"search {i}/{len(configs)}: lr {config.lr_head:g}, wd {config.wd_head:g}, "
+                  f"patience {config.patience}, factor {config.factor:g}", file=sys.stderr)
+        result = train_place_clip(data.splits["train"], data.splits["val"], data.text_features, coords,
+                                  config, extra_splits=extra, progress=progress)
+        trials.append({**_search_keys(config), "val_loss": result.best_val_loss, "epoch": result.best_epoch})
+        if best is None or result.best_val_loss < best.best_val_loss:
+            best = result
+    assert best is not None
+    path = save_bundle(out_dir, *_bundle_parts(manifest, data, options, best, trials, command))
+    return path, best
+
+
+def _search_keys(config: TrainConfig) -> dict:
+    return {"lr": config.lr_head, "weight_decay": config.wd_head, "patience": config.patience,
+            "factor": config.factor}
+
+
+def _gallery(features: np.ndarray, frame: pd.DataFrame, seed: int) -> dict[str, np.ndarray]:
+    """PCA-reduced frozen features of (a sample of) the training images, for kNN."""
+    rng = np.random.default_rng(seed)
+    keep = np.sort(rng.choice(len(features), size=min(len(features), GALLERY_MAX), replace=False))
+    x = features[keep].astype(np.float64)
+    mean = x.mean(axis=0)
+    _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
+    components = vt[: min(GALLERY_DIM, vt.shape[0])]
+    return {
+        "gallery.pca_mean": mean.astype(np.float32),
+        "gallery.pca_components": components.astype(np.float32),
+        "gallery.features": ((x - mean) @ components.T).astype(np.float16),
+        "gallery.lat": frame["lat"].to_numpy()[keep].astype(np.float64),
+        "gallery.lon": frame["lon"].to_numpy()[keep].astype(np.float64),
+    }
+
+
+def _final_metrics(result: TrainResult) -> dict:
+    last = {r["split"]: r for r in result.history if r["epoch"] == result.best_epoch}
+    return {split: {k: v for k, v in rec.items() if k not in {"epoch", "split"}} for split, rec in last.items()}
+
+
+def _bundle_parts(manifest: Manifest, data: PreparedData, options: FitOptions, result: TrainResult,
+                  trials: list[dict], command: Sequence[str] | None):
+    model = result.model
+    with torch.no_grad():
+        places = model.embed_places(torch.as_tensor(data.text_features)).numpy()
+    tensors = {f"model.{k}": v.detach().numpy() for k, v in model.state_dict().items()
+               if not k.startswith("text_head.")}
+    tensors["place_embeddings"] = places.astype(np.float32)
+    tensors.update(_gallery(data.frozen_train, data.train_frame, options.train.seed))
+    centroid = spherical_mean(data.train_frame["lat"], data.train_frame["lon"])
+    metrics = _final_metrics(result)
+    summary = summarize(manifest)
+    config = {
+        "name": options.name,
+        "geoscope_version": __version__,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "image_encoder": {"name": options.image_encoder},
+        "text_encoder": {"name": options.text_encoder, "prompt": "a street view photo in {name}, {country}"},
+        "model": {"type": "place-clip", "place_clip": model.config.to_dict()},
+        "labels": options.scheme.to_dict(),
+        "fusion": "mean of image embeddings over the views of a place",
+        "training": {
+            "data": {"images": summary["images"], "places": summary["places"], "bbox": summary["bbox"],
+                     "splits": {k: len(v) for k, v in data.splits.items()}},
+            "config": result.config.to_dict(),
+            "augment": "hflip" if options.augment else None,
+            "best_epoch": result.best_epoch,
+            "search": trials if len(trials) > 1 else None,
+            "centroid": list(centroid),
+            "command": list(command) if command else None,
+        },
+        "metrics": metrics,
+    }
+    card = _model_card(options, data, result, metrics, summary)
+    return config, tensors, data.labels, result.history, card
+
+
+def _model_card(options: FitOptions, data: PreparedData, result: TrainResult, metrics: dict,
+                summary: dict) -> str:
+    box = summary["bbox"]
+    rows = "\n".join(
+        f"| {split} | {m['accuracy']:.1%} | {m['mean_km']:.1f} | {m['median_km']:.1f} |"
+        for split, m in metrics.items()
+    )
+    return f"""# {options.name}
+
+A geoscope place-name CLIP model: frozen `{options.image_encoder}` image features and
+`{options.text_encoder}` embeddings of prompts such as "{prompt(data.labels['name'].iloc[0])}",
+each through a projection head into one space; it answers with one of {len(data.labels)}
+places ({options.scheme.kind} labels: {options.scheme.to_dict()}).
+
+## Where it works
+Trained on {summary['images']:,} images at {summary['places']:,} places within
+lat {box['min_lat']:.2f}…{box['max_lat']:.2f}, lon {box['min_lon']:.2f}…{box['max_lon']:.2f}.
+It can only answer with these places: a photo from anywhere else gets the most similar of
+them, with a probability that says nothing about being out of region.
+
+## Measured (best epoch {result.best_epoch})
+| split | label accuracy | mean km | median km |
+|---|---|---|---|
+{rows}
+
+## Limits
+Street-level imagery of the training regions only; one frozen ImageNet backbone; labels are
+places, so errors inside a label's area are at least the distance to its centroid.
+"""

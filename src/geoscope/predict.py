@@ -1,0 +1,168 @@
+"""Ranked location guesses for images, from a model bundle.
+
+``GeoModel`` holds a bundle's place embeddings (computed once at training time), its
+image head and the frozen encoder it was trained on; ``predict`` answers with the
+top-k places, their coordinates and probabilities, for each image or for the fused
+views of one place.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .bundle import BundleFiles, read_bundle
+from .errors import ModelError
+from .models.place_clip import PlaceCLIP, PlaceCLIPConfig
+
+
+@dataclass(frozen=True)
+class Guess:
+    """One ranked guess: where, which place, how likely."""
+
+    lat: float
+    lon: float
+    label: str
+    probability: float
+
+    def to_dict(self) -> dict:
+        return {"lat": round(self.lat, 6), "lon": round(self.lon, 6), "label": self.label,
+                "probability": round(self.probability, 6)}
+
+
+@dataclass
+class Prediction:
+    """The guesses for one image (or one place seen from several views), or why it failed."""
+
+    image: str
+    guesses: list[Guess]
+    error: str | None = None
+    views: list[str] | None = None
+
+    def to_dict(self) -> dict:
+        out: dict = {"image": self.image, "guesses": [g.to_dict() for g in self.guesses]}
+        if self.views is not None:
+            out["views"] = self.views
+        if self.error is not None:
+            out["error"] = self.error
+        return out
+
+
+class GeoModel:
+    """A loaded model bundle, ready to predict."""
+
+    def __init__(self, files: BundleFiles) -> None:
+        self.files = files
+        self.config = files.config
+        self.labels = files.labels
+        self.path = files.path
+        try:
+            model_cfg = PlaceCLIPConfig(**self.config["model"]["place_clip"])
+            self.model = PlaceCLIP(model_cfg)
+            heads = {k.removeprefix("model."): torch.from_numpy(v.copy())
+                     for k, v in files.tensors.items() if k.startswith("model.")}
+            self.model.load_state_dict(heads, strict=False)
+            self.model.eval()
+            self.place_embeddings = torch.from_numpy(files.tensors["place_embeddings"].astype(np.float32))
+        except (KeyError, TypeError, RuntimeError) as exc:
+            raise ModelError(f"{files.path}: incompatible model bundle ({str(exc).splitlines()[0]})") from None
+        if len(self.labels) != self.place_embeddings.shape[0]:
+            raise ModelError(f"{files.path}: labels.csv has {len(self.labels)} rows but the weights "
+                             f"hold {self.place_embeddings.shape[0]} places")
+        self._encoder = None
+
+    @property
+    def encoder_name(self) -> str:
+        return self.config["image_encoder"]["name"]
+
+    @property
+    def encoder(self):
+        """The frozen image encoder the model was trained on (loaded on first use)."""
+        if self._encoder is None:
+            from .encoders.image import get_image_encoder
+
+            self._encoder = get_image_encoder(self.encoder_name)
+        return self._encoder
+
+    @torch.no_grad()
+    def embed(self, features: np.ndarray) -> np.ndarray:
+        """Unit image embeddings in the shared space for encoder features ``(n, dim)``."""
+        x = torch.as_tensor(np.asarray(features, dtype=np.float32))
+        return self.model.embed_images(x).numpy()
+
+    @torch.no_grad()
+    def probabilities(self, embeddings: np.ndarray) -> np.ndarray:
+        """Probability of every place for unit image embeddings ``(n, embed_dim)``."""
+        e = torch.nn.functional.normalize(torch.as_tensor(embeddings, dtype=torch.float32), dim=-1)
+        logits = self.model.scale() * e @ self.place_embeddings.T
+        return torch.softmax(logits, dim=-1).numpy()
+
+    @property
+    def training_centroid(self) -> tuple[float, float]:
+        """The spherical centre of the training images (the centroid baseline's answer)."""
+        lat, lon = self.config["training"]["centroid"]
+        return float(lat), float(lon)
+
+    def knn(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """kNN baseline: locate frozen encoder features among the training gallery."""
+        from .evaluate import knn_locate
+
+        t = self.files.tensors
+        query = (np.asarray(features, dtype=np.float32) - t["gallery.pca_mean"]) @ t["gallery.pca_components"].T
+        return knn_locate(query, t["gallery.features"].astype(np.float32),
+                          t["gallery.lat"], t["gallery.lon"])
+
+    def guesses(self, probabilities: np.ndarray, top_k: int) -> list[Guess]:
+        """The ``top_k`` most probable places of one probability row."""
+        order = np.argsort(-probabilities)[: max(1, top_k)]
+        rows = self.labels.iloc[order]
+        return [Guess(float(r.lat), float(r.lon), str(r.name), float(p))
+                for r, p in zip(rows.itertuples(index=False), probabilities[order], strict=True)]
+
+    def predict(
+        self, images: Sequence[str | os.PathLike[str]], top_k: int = 5, *, views: bool = False,
+        progress: bool = False,
+    ) -> list[Prediction]:
+        """Guesses for each image; with ``views=True`` the images are views of one place, fused.
+
+        Unreadable images come back with ``error`` set and no guesses; the others are answered.
+        """
+        from .features import extract_features
+
+        paths = [str(p) for p in images]
+        fs = extract_features([Path(p) for p in paths], self.encoder, progress=progress)
+        embeddings = self.embed(np.nan_to_num(fs.embeddings))
+        valid = np.asarray(fs.valid, dtype=bool)
+        errors = _errors_by_path(paths, fs.errors)
+        if views:
+            if not valid.any():
+                return [Prediction(paths[0], [], "no readable view", views=paths)]
+            fused = embeddings[valid].mean(axis=0, keepdims=True)
+            probs = self.probabilities(fused)[0]
+            return [Prediction(paths[0], self.guesses(probs, top_k),
+                               views=[p for p, ok in zip(paths, valid, strict=True) if ok])]
+        probs = self.probabilities(embeddings)
+        return [
+            Prediction(p, self.guesses(probs[i], top_k)) if valid[i]
+            else Prediction(p, [], errors.get(p, "unreadable image"))
+            for i, p in enumerate(paths)
+        ]
+
+
+def _errors_by_path(paths: list[str], errors: Sequence[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for message in errors:
+        for p in paths:
+            if message.startswith(p):
+                out[p] = message
+    return out
+
+
+def load_model(directory: str | os.PathLike[str] | None = None) -> GeoModel:
+    """Load a bundle directory (or the bundled default model) for prediction."""
+    return GeoModel(read_bundle(directory))

@@ -1,0 +1,270 @@
+"""One training loop for the place-name CLIP model and its variants.
+
+Inputs are cached encoder features (optionally several augmented variants of each image),
+label indices and true coordinates; the loop runs AdamW with separate parameter groups,
+ReduceLROnPlateau on the validation loss, early stopping, keeps the best weights and
+records per-epoch loss, label accuracy and mean/median km for every split.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .geo import haversine_km
+from .models.losses import haversine_smoothed_targets, soft_cross_entropy
+from .models.place_clip import PlaceCLIP, PlaceCLIPConfig
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters of one training run (saved with the model)."""
+
+    embed_dim: int = 256
+    dropout: float = 0.1
+    loss: str = "label"
+    """``"clip"``: the seed's symmetric in-batch loss; ``"label"``: softmax over all places."""
+    label_smoothing_km: float = 0.0
+    """τ of PIGEON's haversine label smoothing (``"label"`` loss only); 0 = one-hot."""
+    lr_head: float = 1e-3
+    wd_head: float = 1e-4
+    lr_image: float = 1e-4
+    """For trainable image-encoder layers, when the model fine-tunes some."""
+    wd_image: float = 1e-5
+    lr_text: float = 1e-3
+    """For the place-name (text) projection head."""
+    wd_text: float = 1e-4
+    batch_size: int = 256
+    max_epochs: int = 60
+    patience: int = 2
+    """ReduceLROnPlateau patience (epochs without validation improvement before the lr drops)."""
+    factor: float = 0.5
+    """ReduceLROnPlateau factor."""
+    early_stop: int = 6
+    """Stop after this many epochs without validation improvement."""
+    feature_noise: float = 0.0
+    """Std of Gaussian noise added to input features during training (relative to their std)."""
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class TrainingData:
+    """Features and targets of one split.
+
+    ``features`` has shape ``(variants, n, dim)``: variant 0 is the plain image, others are
+    augmented views (flips, crops) of the same images; training samples one per step.
+    """
+
+    features: np.ndarray
+    label: np.ndarray
+    lat: np.ndarray
+    lon: np.ndarray
+
+    def __post_init__(self) -> None:
+        if self.features.ndim == 2:
+            self.features = self.features[None]
+        n = self.features.shape[1]
+        if not (len(self.label) == len(self.lat) == len(self.lon) == n):
+            raise ValueError("features, labels and coordinates must have the same number of rows")
+
+    def __len__(self) -> int:
+        return self.features.shape[1]
+
+
+@dataclass
+class TrainResult:
+    """The best model found, how it was found, and the per-epoch history."""
+
+    model: PlaceCLIP
+    config: TrainConfig
+    best_epoch: int
+    best_val_loss: float
+    history: list[dict] = field(default_factory=list)
+
+
+def _param_groups(model: PlaceCLIP, config: TrainConfig, image_adapter: nn.Module | None) -> list[dict]:
+    groups = [
+        {"name": "head", "params": [*model.image_head.parameters(), model.logit_scale],
+         "lr": config.lr_head, "weight_decay": config.wd_head},
+        {"name": "text", "params": list(model.text_head.parameters()),
+         "lr": config.lr_text, "weight_decay": config.wd_text},
+    ]
+    if image_adapter is not None:
+        trainable = [p for p in image_adapter.parameters() if p.requires_grad]
+        if trainable:
+            groups.append({"name": "image", "params": trainable,
+                           "lr": config.lr_image, "weight_decay": config.wd_image})
+    return groups
+
+
+def seed_everything(seed: int) -> None:
+    """Make a run repeatable: Python, numpy and torch generators."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def train_place_clip(
+    train: TrainingData,
+    val: TrainingData,
+    text_features: np.ndarray,
+    label_coords: np.ndarray,
+    config: TrainConfig,
+    *,
+    image_adapter: nn.Module | None = None,
+    extra_splits: dict[str, TrainingData] | None = None,
+    progress: bool = True,
+    on_epoch: Callable[[int, PlaceCLIP], None] | None = None,
+) -> TrainResult:
+    """Train a :class:`PlaceCLIP` on cached features; returns the best (lowest val loss) model.
+
+    ``text_features`` holds one row per label (the prompt's text embedding) and
+    ``label_coords`` its ``(lat, lon)``. ``image_adapter`` (optional) maps the cached
+    inputs to image features and may hold trainable encoder layers, trained in the
+    ``image`` parameter group. ``extra_splits`` (e.g. ``test``) are only measured.
+    """
+    seed_everything(config.seed)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    image_dim = _image_dim(train, image_adapter)
+    model = PlaceCLIP(PlaceCLIPConfig(image_dim, text_features.shape[1], config.embed_dim, config.dropout))
+    adapter = image_adapter if image_adapter is not None else nn.Identity()
+    optimizer = torch.optim.AdamW(_param_groups(model, config, image_adapter))
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="min", factor=config.factor, patience=config.patience
+    )
+    texts = torch.as_tensor(text_features, dtype=torch.float32)
+    coords = torch.as_tensor(label_coords, dtype=torch.float64)
+    feature_std = float(train.features[0].std()) or 1.0
+    splits = {"train": train, "val": val, **(extra_splits or {})}
+
+    best = (math.inf, -1, None, None)
+    history: list[dict] = []
+    stale = 0
+    rng = np.random.default_rng(config.seed)
+    epochs = tqdm(range(1, config.max_epochs + 1), desc="training", unit="epoch", disable=not progress)
+    for epoch in epochs:
+        model.train()
+        adapter.train()
+        order = rng.permutation(len(train))
+        for start in range(0, len(order), config.batch_size):
+            idx = order[start : start + config.batch_size]
+            if len(idx) < 2:
+                continue
+            variant = rng.integers(0, train.features.shape[0], size=len(idx))
+            x = torch.as_tensor(train.features[variant, idx], dtype=torch.float32)
+            if config.feature_noise > 0:
+                x = x + torch.randn_like(x) * config.feature_noise * feature_std
+            loss = _loss(model, adapter(x), texts, coords, train, idx, config)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+        records = [
+            {"epoch": epoch, "split": name, **_measure(model, adapter, data, texts, coords, config)}
+            for name, data in splits.items()
+        ]
+        history.extend(records)
+        val_loss = next(r["loss"] for r in records if r["split"] == "val")
+        scheduler.step(val_loss)
+        epochs.set_postfix(val_loss=f"{val_loss:.3f}", val_acc=f"{records[1]['accuracy']:.3f}")
+        if on_epoch is not None:
+            on_epoch(epoch, model)
+        if val_loss < best[0] - 1e-4:
+            best = (val_loss, epoch, copy.deepcopy(model.state_dict()),
+                    copy.deepcopy(adapter.state_dict()))
+            stale = 0
+        else:
+            stale += 1
+            if stale >= config.early_stop:
+                break
+    model.load_state_dict(best[2])
+    adapter.load_state_dict(best[3])
+    model.eval()
+    adapter.eval()
+    return TrainResult(model, config, best[1], best[0], history)
+
+
+def _image_dim(train: TrainingData, adapter: nn.Module | None) -> int:
+    if adapter is None:
+        return train.features.shape[-1]
+    with torch.no_grad():
+        adapter.eval()
+        return int(adapter(torch.as_tensor(train.features[0, :2], dtype=torch.float32)).shape[-1])
+
+
+def _loss(
+    model: PlaceCLIP, x: torch.Tensor, texts: torch.Tensor, coords: torch.Tensor,
+    data: TrainingData, idx: np.ndarray, config: TrainConfig,
+) -> torch.Tensor:
+    labels = torch.as_tensor(data.label[idx], dtype=torch.long)
+    if config.loss == "clip":
+        # The seed's loss: each image against the place texts of its batch, and back.
+        logits = model(x, texts[labels])
+        same = (labels[:, None] == labels[None, :]).float()
+        targets = same / same.sum(dim=1, keepdim=True)
+        return 0.5 * (soft_cross_entropy(logits, targets) + soft_cross_entropy(logits.T, targets))
+    if config.loss != "label":
+        raise ValueError(f"unknown loss {config.loss!r}: use 'clip' or 'label'")
+    logits = model(x, texts)
+    targets = haversine_smoothed_targets(
+        labels, torch.as_tensor(data.lat[idx]), torch.as_tensor(data.lon[idx]),
+        coords[:, 0], coords[:, 1], config.label_smoothing_km,
+    ).float()
+    return soft_cross_entropy(logits, targets)
+
+
+@torch.no_grad()
+def _measure(
+    model: PlaceCLIP, adapter: nn.Module, data: TrainingData, texts: torch.Tensor,
+    coords: torch.Tensor, config: TrainConfig,
+) -> dict:
+    model.eval()
+    adapter.eval()
+    places = model.embed_places(texts)
+    losses, predictions = [], []
+    for start in range(0, len(data), 2048):
+        idx = np.arange(start, min(start + 2048, len(data)))
+        x = adapter(torch.as_tensor(data.features[0, idx], dtype=torch.float32))
+        logits = model.scale() * model.embed_images(x) @ places.T
+        labels = torch.as_tensor(data.label[idx], dtype=torch.long)
+        targets = haversine_smoothed_targets(
+            labels, torch.as_tensor(data.lat[idx]), torch.as_tensor(data.lon[idx]),
+            coords[:, 0], coords[:, 1], config.label_smoothing_km if config.loss == "label" else 0.0,
+        ).float()
+        losses.append(float(soft_cross_entropy(logits, targets)) * len(idx))
+        predictions.append(logits.argmax(dim=1).numpy())
+    predicted = np.concatenate(predictions)
+    km = haversine_km(data.lat, data.lon, coords[predicted, 0].numpy(), coords[predicted, 1].numpy())
+    return {
+        "loss": sum(losses) / len(data),
+        "accuracy": float((predicted == data.label).mean()),
+        "mean_km": float(km.mean()),
+        "median_km": float(np.median(km)),
+    }
+
+
+def search_grid(
+    base: TrainConfig,
+    *,
+    lrs: Sequence[float] = (3e-4, 1e-3, 3e-3),
+    weight_decays: Sequence[float] = (1e-4, 1e-2),
+    patiences: Sequence[int] = (1, 3),
+    factors: Sequence[float] = (0.5, 0.2),
+) -> list[TrainConfig]:
+    """The seed's small search: learning rates × weight decays × plateau patience × factor."""
+    return [
+        replace(base, lr_head=lr, lr_text=lr, wd_head=wd, wd_text=wd, patience=p, factor=f)
+        for lr, wd, p, f in itertools.product(lrs, weight_decays, patiences, factors)
+    ]

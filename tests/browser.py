@@ -1,0 +1,121 @@
+"""Headless Chromium for tests: load a local page offline, report what rendered, screenshot it.
+
+Tests call :func:`require_chromium` (skips with the reason when no browser is installed) and
+:func:`render`. Network access is cut (every host resolves to nothing), so a page that needs
+the network shows broken resources.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+MAX_SCREENSHOT_HEIGHT = 16000
+MARKER_ID = "geoscope-load-check"
+
+# Appended to a copy of the page: after the load event it records, in the DOM that
+# --dump-dom prints, how many images there are, which failed to load, and the page height.
+PROBE = """<script>
+window.addEventListener("load", function () {
+  var broken = [];
+  for (var i = 0; i < document.images.length; i++) {
+    var img = document.images[i];
+    if (!img.complete || img.naturalWidth === 0) { broken.push(img.getAttribute("src")); }
+  }
+  var marker = document.createElement("div");
+  marker.id = "MARKER_ID";
+  marker.setAttribute("data-images", String(document.images.length));
+  marker.setAttribute("data-broken", JSON.stringify(broken));
+  marker.setAttribute("data-height", String(document.documentElement.scrollHeight));
+  document.body.appendChild(marker);
+});
+</script>""".replace("MARKER_ID", MARKER_ID)
+
+
+@dataclass
+class Rendered:
+    """What the browser made of a page."""
+
+    dom: str
+    """The document after load, as ``--dump-dom`` prints it."""
+    images: int
+    broken_images: list[str]
+    """``src`` of every image that failed to load (naturalWidth 0)."""
+    failed_requests: list[str]
+    """Console lines about resources that failed to load."""
+    height: int
+    screenshot: Path | None
+
+
+def find_chromium() -> str | None:
+    """Path of an installed Chromium or Chrome, or None."""
+    for name in CANDIDATES:
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+def require_chromium() -> str:
+    """Path of the browser, or skip the test saying how to get one."""
+    found = find_chromium()
+    if found is None:
+        pytest.skip("needs headless Chromium ('apt-get install chromium'; make test installs it)")
+    return found
+
+
+def _run(
+    browser: str, args: list[str], profile: Path, timeout: float
+) -> subprocess.CompletedProcess:
+    command = [
+        browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+        "--no-first-run", "--no-default-browser-check", "--disable-extensions",
+        "--host-resolver-rules=MAP * ~NOTFOUND", f"--user-data-dir={profile}",
+        "--enable-logging=stderr", "--v=0", *args,
+    ]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def render(page: Path, screenshot: Path | None = None, *, width: int = 1280,
+           timeout: float = 90) -> Rendered:
+    """Load ``page`` (a local HTML file) headless; optionally save a full-page PNG screenshot."""
+    browser = require_chromium()
+    page = page.resolve()
+    text = page.read_text(encoding="utf-8")
+    probe = page.with_name(f".probe-{page.name}")
+    probe.write_text(text.replace("</body>", PROBE + "\n</body>"), encoding="utf-8")
+    with tempfile.TemporaryDirectory(prefix="geoscope-chromium-") as profile:
+        try:
+            done = _run(browser, ["--dump-dom", "--virtual-time-budget=10000",
+                                  f"--window-size={width},1000", probe.as_uri()],
+                        Path(profile), timeout)
+        finally:
+            probe.unlink(missing_ok=True)
+        match = re.search(rf'<div id="{MARKER_ID}"[^>]*>', done.stdout)
+        if match is None:
+            raise AssertionError(f"page never finished loading in Chromium: {done.stderr[-2000:]}")
+        marker = match.group(0)
+        attr = dict(re.findall(r'data-(\w+)="([^"]*)"', marker))
+        broken = json.loads(attr["broken"].replace("&quot;", '"'))
+        failed = [line for line in done.stderr.splitlines()
+                  if "Failed to load resource" in line or "net::ERR_" in line]
+        height = int(attr["height"])
+        shot = None
+        if screenshot is not None:
+            screenshot.parent.mkdir(parents=True, exist_ok=True)
+            size = f"{width},{min(max(height, 600), MAX_SCREENSHOT_HEIGHT)}"
+            _run(browser, [f"--screenshot={screenshot.resolve()}", f"--window-size={size}",
+                           "--hide-scrollbars", "--virtual-time-budget=10000", page.as_uri()],
+                 Path(profile), timeout)
+            if not screenshot.is_file():
+                raise AssertionError(f"Chromium wrote no screenshot to {screenshot}")
+            shot = screenshot
+    return Rendered(done.stdout, int(attr["images"]), broken, failed, height, shot)

@@ -1,0 +1,211 @@
+"""The place model end to end on images the test makes: labels → train → bundle → predict → evaluate."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from geoscope.bundle import read_bundle
+from geoscope.cli.main import main
+from geoscope.data.manifest import Manifest, read_manifest, write_manifest
+from geoscope.errors import ModelError
+from geoscope.evaluate import evaluate
+from geoscope.fit import FitOptions, fit
+from geoscope.geo import haversine_km
+from geoscope.labels import LabelScheme
+from geoscope.models.heads import ProjectionHead
+from geoscope.models.losses import haversine_smoothed_targets, symmetric_clip_loss
+from geoscope.predict import load_model
+from geoscope.results import CENTROID, MODEL
+from geoscope.train import TrainConfig
+
+# Three towns, each with its own look: a colour cast and a stripe pattern.
+TOWNS = {"Paris": (48.8566, 2.3522, (200, 60, 60)), "Berlin": (52.52, 13.405, (60, 180, 60)),
+         "Madrid": (40.4168, -3.7038, (60, 60, 210))}
+
+
+def _town_image(path: Path, colour: tuple[int, int, int], stripes: int, rng: np.random.Generator) -> None:
+    base = np.array(colour, dtype=np.float64)[None, None, :] * np.ones((96, 128, 1))
+    x = np.arange(128)[None, :, None]
+    base = base * (0.75 + 0.25 * np.sin(x * stripes * np.pi / 128))
+    noisy = np.clip(base + rng.normal(0, 25, base.shape), 0, 255).astype(np.uint8)
+    Image.fromarray(noisy).save(path, quality=92)
+
+
+@pytest.fixture(scope="module")
+def town_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("towns")
+    (root / "images").mkdir()
+    rng = np.random.default_rng(0)
+    rows = []
+    for t, (name, (lat, lon, colour)) in enumerate(TOWNS.items()):
+        for i in range(24):
+            path = root / "images" / f"{name}_{i:02d}.jpg"
+            _town_image(path, colour, 2 + 3 * t, rng)
+            jitter = rng.normal(0, 0.02, 2)
+            split = "test" if i < 5 else "val" if i < 9 else "train"
+            rows.append({"image": f"images/{path.name}", "lat": lat + jitter[0], "lon": lon + jitter[1],
+                         "location_id": f"{name}-{i}", "split": split})
+    write_manifest(pd.DataFrame(rows), root / "manifest.csv")
+    return root / "manifest.csv"
+
+
+@pytest.fixture(scope="module")
+def town_model(town_manifest: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("model") / "towns"
+    options = FitOptions(scheme=LabelScheme("grid", {"cell_km": 50.0}), augment=True,
+                         train=TrainConfig(max_epochs=25, batch_size=32, early_stop=25, lr_head=3e-3, lr_text=3e-3))
+    fit(read_manifest(town_manifest), options, out, progress=False)
+    return out
+
+
+def test_projection_head_keeps_the_residual_and_normalises() -> None:
+    head = ProjectionHead(12, 8, dropout=0.0)
+    out = head(torch.randn(5, 12))
+    assert out.shape == (5, 8)
+    assert torch.allclose(out.mean(dim=1), torch.zeros(5), atol=1e-5)  # LayerNorm output
+
+
+def test_symmetric_loss_is_low_for_matching_pairs_and_high_otherwise() -> None:
+    matched = torch.eye(4) * 20
+    assert symmetric_clip_loss(matched) < 1e-3
+    assert symmetric_clip_loss(matched.flip(0)) > 10
+
+
+def test_haversine_smoothing_favours_the_true_label_and_its_neighbours() -> None:
+    lat = torch.tensor([48.85, 52.52, 40.42], dtype=torch.float64)
+    lon = torch.tensor([2.35, 13.40, -3.70], dtype=torch.float64)
+    targets = haversine_smoothed_targets(torch.tensor([0]), lat[:1], lon[:1], lat, lon, tau_km=500.0)
+    assert targets.argmax() == 0 and torch.isclose(targets.sum(), torch.tensor(1.0, dtype=targets.dtype))
+    # Berlin (≈880 km from Paris) gets more weight than Madrid (≈1050 km).
+    assert targets[0, 1] > targets[0, 2] > 0
+    one_hot = haversine_smoothed_targets(torch.tensor([2]), lat[:1], lon[:1], lat, lon, tau_km=0.0)
+    assert one_hot.tolist() == [[0.0, 0.0, 1.0]]
+
+
+def test_bundle_holds_weights_labels_history_and_card(town_model: Path) -> None:
+    files = read_bundle(town_model)
+    assert {"config.json", "weights.safetensors", "labels.csv", "history.json", "README.md"} <= \
+        {p.name for p in town_model.iterdir()}
+    assert sorted(files.labels["name"]) == sorted(TOWNS)
+    assert files.tensors["place_embeddings"].shape[0] == 3
+    splits = {r["split"] for r in files.history}
+    assert splits == {"train", "val", "test"}
+    assert files.config["training"]["best_epoch"] >= 1
+    assert not any(p.suffix in {".pt", ".pkl", ".pth"} for p in town_model.iterdir())
+
+
+def test_predict_ranks_the_right_town_first(town_manifest: Path, town_model: Path) -> None:
+    model = load_model(town_model)
+    test = read_manifest(town_manifest).split("test")
+    predictions = model.predict(test.image_paths, top_k=3)
+    truth = test.frame["image"].str.extract(r"images/(\w+)_")[0]
+    hits = [p.guesses[0].label == t for p, t in zip(predictions, truth, strict=True)]
+    assert np.mean(hits) >= 0.9
+    for p in predictions:
+        probs = [g.probability for g in p.guesses]
+        assert probs == sorted(probs, reverse=True) and sum(probs) <= 1 + 1e-6
+
+
+def test_cli_predict_json_and_views(town_manifest: Path, town_model: Path, capsys: pytest.CaptureFixture) -> None:
+    images = [str(p) for p in read_manifest(town_manifest).split("test").image_paths[:3]]
+    assert main(["predict", *images, "--model", str(town_model), "--top-k", "2", "--json"]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert [a["image"] for a in answer] == images
+    assert all(len(a["guesses"]) == 2 for a in answer)
+    assert set(answer[0]["guesses"][0]) == {"lat", "lon", "label", "probability"}
+    assert main(["predict", *images, "--model", str(town_model), "--views", "--json"]) == 0
+    fused = json.loads(capsys.readouterr().out)
+    assert len(fused) == 1 and fused[0]["views"] == images
+
+
+def test_predict_reports_a_bad_image_and_answers_the_others(
+    town_manifest: Path, town_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    good = str(read_manifest(town_manifest).split("test").image_paths[0])
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    code = main(["predict", good, str(bad), "--model", str(town_model), "--json"])
+    out, err = capsys.readouterr()
+    assert code == 2
+    answer = json.loads(out)
+    assert answer[0]["guesses"] and not answer[1]["guesses"]
+    assert "broken.jpg" in err and "Traceback" not in err
+
+
+def test_evaluate_beats_the_centroid_and_fills_every_metric(town_manifest: Path, town_model: Path) -> None:
+    test = read_manifest(town_manifest).split("test")
+    result, errors = evaluate(load_model(town_model), test, progress=False)
+    assert not errors and len(result.predictions) == 15
+    m = result.metrics
+    assert m[MODEL]["label_accuracy"] >= 0.9
+    assert m[MODEL]["median_km"] < m[CENTROID]["median_km"]
+    expected = haversine_km(result.predictions["lat"], result.predictions["lon"],
+                            result.predictions["pred_lat"], result.predictions["pred_lon"])
+    assert np.allclose(result.predictions["error_km"], expected)
+    assert set(m[MODEL]["within_km"]) == {"1", "25", "200", "750", "2500"}
+
+
+def test_cli_evaluate_json(town_manifest: Path, town_model: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["evaluate", str(town_manifest), "--model", str(town_model), "--split", "test", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["n"] == 15 and {"model", "centroid", "knn"} <= set(report["metrics"])
+
+
+def test_training_is_deterministic_with_a_seed(town_manifest: Path, tmp_path: Path) -> None:
+    options = FitOptions(scheme=LabelScheme("grid", {"cell_km": 50.0}), augment=False,
+                         train=TrainConfig(max_epochs=3, batch_size=16, seed=3))
+    manifest = read_manifest(town_manifest)
+    _, first = fit(manifest, options, tmp_path / "a", progress=False)
+    _, second = fit(manifest, options, tmp_path / "b", progress=False)
+    assert first.history == second.history
+
+
+@pytest.mark.parametrize("damage", ["missing", "truncated", "version", "not-a-dir"])
+def test_broken_bundles_fail_in_one_line(town_model: Path, tmp_path: Path, damage: str,
+                                         capsys: pytest.CaptureFixture) -> None:
+    broken = tmp_path / "broken"
+    if damage != "missing":
+        shutil.copytree(town_model, broken)
+    if damage == "truncated":
+        data = (broken / "weights.safetensors").read_bytes()
+        (broken / "weights.safetensors").write_bytes(data[: len(data) // 3])
+    elif damage == "version":
+        config = json.loads((broken / "config.json").read_text())
+        config["format_version"] = 99
+        (broken / "config.json").write_text(json.dumps(config))
+    elif damage == "not-a-dir":
+        shutil.rmtree(broken)
+        broken.write_text("hello")
+    with pytest.raises(ModelError):
+        load_model(broken)
+    assert main(["predict", "x.jpg", "--model", str(broken)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and str(broken) in err
+
+
+def test_train_cli_writes_a_bundle(town_manifest: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "cli-model"
+    assert main(["train", str(town_manifest), "--labels", "grid", "--cell-km", "50", "-o", str(out),
+                 "--max-epochs", "2", "--no-augment"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    config = json.loads((out / "config.json").read_text())
+    assert config["labels"] == {"kind": "grid", "cell_km": 50.0}
+    assert config["training"]["command"][:2] == ["geoscope", "train"] or config["training"]["command"]
+
+
+def test_manifest_without_split_is_split_by_place(town_manifest: Path, tmp_path: Path) -> None:
+    manifest = read_manifest(town_manifest)
+    frame = manifest.frame.drop(columns="split")
+    options = FitOptions(scheme=LabelScheme("grid", {"cell_km": 50.0}), augment=False,
+                         train=TrainConfig(max_epochs=2))
+    path, result = fit(Manifest(frame, manifest.root), options, tmp_path / "m", progress=False)
+    sizes = json.loads((path / "config.json").read_text())["training"]["data"]["splits"]
+    assert sizes["train"] > sizes["val"] > 0
