@@ -200,7 +200,7 @@ def check_report(index: Path, result: EvaluationResult) -> Page:
         wanted = {"n": (metrics["n"], "count"), "median_km": (metrics["median_km"], "km"),
                   "mean_km": (metrics["mean_km"], "km"), "geoscore": (metrics["geoscore"], "score")}
         wanted |= {f"within_km.{k}": (v, "share") for k, v in metrics["within_km"].items()}
-        if "label_accuracy" in metrics:
+        if math.isfinite(metrics.get("label_accuracy", math.nan)):
             wanted["label_accuracy"] = (metrics["label_accuracy"], "share")
         for key, (value, kind) in wanted.items():
             data, shown = page.cells[(key, column)]
@@ -218,6 +218,15 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> tuple[EvaluationResult, np
     frame = made_frame(root / "images")
     result, intended = build_result(frame, labels=frame["label"], splits=True, history=True)
     index = write_report(result, root / "report", examples_per_grid=6, seed=5)
+    return result, intended, index
+
+
+@pytest.fixture(scope="module")
+def us_west(tmp_path_factory: pytest.TempPathFactory) -> tuple[EvaluationResult, np.ndarray, Path]:
+    frame = us_west_frame()
+    result, intended = build_result(frame, labels=frame["label"], splits=True, history=True,
+                                    model_name="jitter", dataset="us-west (240 images)")
+    index = write_report(result, tmp_path_factory.mktemp("us-west") / "report")
     return result, intended, index
 
 
@@ -351,15 +360,13 @@ def test_empty_result_is_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.shared_data
-def test_us_west_report_with_known_errors(tmp_path: Path) -> None:
-    frame = us_west_frame()
-    result, intended = build_result(frame, labels=frame["label"], splits=True, history=True,
-                                    model_name="jitter", dataset="us-west (240 images)")
+def test_us_west_report_with_known_errors(us_west) -> None:
+    result, intended, index = us_west
     assert np.allclose(result.predictions["error_km"], intended, rtol=1e-6)
-    index = write_report(result, tmp_path / "report")
     check_report(index, result)
     median = float(np.median(intended))
-    assert math.isclose(result.metrics[MODEL]["median_km"], median, rel_tol=0.02)
+    assert math.isclose(result.metrics[MODEL]["median_km"], median, rel_tol=1e-6)
+    assert "cell " in index.read_text(encoding="utf-8")
 
 
 def test_page_renders_in_headless_chromium_with_nothing_broken(made) -> None:
@@ -384,12 +391,9 @@ def test_browser_check_sees_a_broken_image(tmp_path: Path) -> None:
 
 
 @pytest.mark.shared_data
-def test_us_west_report_screenshot(tmp_path: Path) -> None:
+def test_us_west_report_screenshot(us_west) -> None:
     require_chromium()
-    frame = us_west_frame()
-    result, _ = build_result(frame, labels=frame["label"], splits=True, history=True,
-                             model_name="jitter", dataset="us-west (240 images)")
-    index = write_report(result, tmp_path / "report")
+    _, _, index = us_west
     shown = render(index, ARTIFACTS / "report-us-west.png")
     assert shown.broken_images == [] and shown.failed_requests == []
 
@@ -410,3 +414,31 @@ def test_a_failure_midway_leaves_the_earlier_report(made, tmp_path, monkeypatch)
         write_report(result, out, examples_per_grid=1)
     assert index.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]
+
+
+def test_one_item_without_baselines(tmp_path: Path) -> None:
+    image = make_images(tmp_path / "images", 1)[0]
+    p = pd.DataFrame({"image": [str(image)], "lat": [48.2], "lon": [16.37], "pred_lat": [48.2],
+                      "pred_lon": [16.37], "error_km": [0.0], "probability": [1.0],
+                      "true_label": ["Vienna"], "pred_label": ["Vienna"]})
+    metrics = {MODEL: summarize_errors([0.0]).to_dict() | {"label_accuracy": 1.0}}
+    result = EvaluationResult(p, {}, metrics, "solo", "one photo")
+    index = write_report(result, tmp_path / "report")
+    page = check_report(index, result)
+    assert "confusion-figure" in page.ids
+    assert "Predicted: Vienna  True: Vienna" in index.read_text(encoding="utf-8")
+
+
+def test_predicted_labels_without_true_labels(tmp_path: Path) -> None:
+    """A label model evaluated where no truth label is known (evaluate stores None)."""
+    frame = made_frame(tmp_path / "images", n=6)
+    result, _ = build_result(frame, labels=frame["label"], splits=False, history=False)
+    result.predictions["true_label"] = None
+    for metrics in result.metrics.values():
+        metrics["label_accuracy"] = float("nan")
+    index = write_report(result, tmp_path / "report", examples_per_grid=2)
+    page = check_report(index, result)
+    text = index.read_text(encoding="utf-8")
+    assert ("label_accuracy", 0) not in page.cells and "predicts coordinates" in text
+    row = result.predictions.nsmallest(1, "error_km").iloc[0]
+    assert f"Predicted: {row['pred_label']}  True: {row['lat']:.2f}, {row['lon']:.2f}" in text

@@ -60,7 +60,7 @@ def grid_cells(region: Region | str, cell_km: float, *, min_land_fraction: float
         lat0 = -90.0 + row * dlat
         first = int(np.floor((min_lon + 180) / dlon))
         last = int(np.ceil((max_lon + 180) / dlon))
-        cols = np.arange(max(first, 0), min(last, int(round(360 / dlon))))
+        cols = np.arange(max(first, 0), min(last, int(np.rint(360 / dlon))))
         lon0 = -180.0 + cols * dlon
         boxes = shapely.box(lon0, lat0, lon0 + dlon, lat0 + dlat)
         touching = shapely.intersects(land, boxes)
@@ -81,20 +81,24 @@ def grid_cells(region: Region | str, cell_km: float, *, min_land_fraction: float
     frame = pd.DataFrame(records, columns=["row", "col", "lat", "lon", "land_fraction",
                                            "min_lat", "min_lon", "max_lat", "max_lon", "piece"])
     frame.insert(0, "cell_id", np.arange(len(frame)))
-    _name_cells(frame, region, name_places)
+    frame["lat"] = frame["lat"].round(6)
+    frame["lon"] = frame["lon"].round(6)
+    frame["land_fraction"] = frame["land_fraction"].round(4)
+    frame["name"], frame["population"] = _name_cells(frame, region, name_places)
     return frame[list(GRID_COLUMNS)]
 
 
-def _name_cells(frame: pd.DataFrame, region: Region, places: pd.DataFrame | None) -> None:
+def _name_cells(frame: pd.DataFrame, region: Region,
+                places: pd.DataFrame | None) -> tuple[NDArray, NDArray]:
+    """Each cell's name and the population of the places inside its land."""
     if places is None:
         places = load_places(_padded(region), min_population=NAMING_MIN_POPULATION)
     names = np.empty(len(frame), dtype=object)
     population = np.zeros(len(frame), dtype=np.int64)
     if len(places) == 0:
-        frame["name"] = [f"cell {r}/{c}" for r, c in zip(frame["row"], frame["col"], strict=True)]
-        frame["population"] = population
-        frame.drop(columns="piece", inplace=True)
-        return
+        for i, (r, c) in enumerate(zip(frame["row"], frame["col"], strict=True)):
+            names[i] = f"cell {r}/{c}"
+        return names, population
     plat, plon = places["lat"].to_numpy(), places["lon"].to_numpy()
     pids = assign_grid(plat, plon, frame)
     inside = np.zeros(len(places), dtype=bool)
@@ -110,9 +114,7 @@ def _name_cells(frame: pd.DataFrame, region: Region, places: pd.DataFrame | None
     for i in range(len(frame)):
         names[i] = biggest.get(i, places["name"].iloc[nearest[i]])
         population[i] = int(population_by_cell.get(i, 0))
-    frame["name"] = names
-    frame["population"] = population
-    frame.drop(columns="piece", inplace=True)
+    return names, population
 
 
 def _padded(region: Region) -> Region:

@@ -21,7 +21,7 @@ from .. import __version__
 from ..cells import grid_cells
 from ..errors import GeoscopeError
 from ..fileio import atomic_write_bytes, atomic_write_json
-from ..geo import offset_km, validate_coordinates
+from ..geo import EARTH_RADIUS_KM, validate_coordinates
 from ..places import cities_table, merge_suburbs, top_places
 from ..regions import BOUNDARY_SOURCE, Region, resolve_region
 
@@ -88,7 +88,7 @@ def sample_disc(region: Region, lat: float, lon: float, radius_km: float, n: int
         batch = int(min(max((n - have) / rate * 1.3, 32), 1_000_000))
         r = radius_km * np.sqrt(rng.uniform(0, 1, batch))
         theta = rng.uniform(0, 2 * np.pi, batch)
-        plat, plon = offset_km(np.full(batch, lat), np.full(batch, lon), r * np.cos(theta), r * np.sin(theta))
+        plat, plon = _destination(lat, lon, theta, r)
         hit = region.on_land(plat, plon)
         rate = max(hit.mean(), 0.01)
         found.append(np.column_stack([plat[hit], plon[hit]]))
@@ -96,6 +96,17 @@ def sample_disc(region: Region, lat: float, lon: float, radius_km: float, n: int
         if have >= n:
             break
     return np.concatenate(found)[:n] if found else np.empty((0, 2))
+
+
+def _destination(lat: float, lon: float, bearing: np.ndarray, distance_km: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Points ``distance_km`` from (lat, lon) along each bearing (radians), on the sphere."""
+    phi, lam = np.radians(lat), np.radians(lon)
+    delta = np.asarray(distance_km) / EARTH_RADIUS_KM
+    phi2 = np.arcsin(np.sin(phi) * np.cos(delta) + np.cos(phi) * np.sin(delta) * np.cos(bearing))
+    lam2 = lam + np.arctan2(np.sin(bearing) * np.sin(delta) * np.cos(phi),
+                            np.cos(delta) - np.sin(phi) * np.sin(phi2))
+    return np.degrees(phi2), (np.degrees(lam2) + 180.0) % 360.0 - 180.0
 
 
 def _check_count(name: str, value: float, *, integer: bool = True) -> None:

@@ -14,15 +14,15 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 
 from ..errors import GeoscopeError
 from .efficientnet import (
     EMBED_DIM,
-    EfficientNetEmbedding,
     LITE_MODELS,
+    EfficientNetEmbedding,
     block_count,
     lite_preprocess,
     load_efficientnet,
@@ -179,7 +179,7 @@ def _efficientnet_spec(name: str) -> EncoderSpec:
     )
 
 
-@lru_cache(maxsize=None)
+@cache
 def _trunk_shape(base: str, n_top: int) -> tuple[int, ...]:
     import torch
     from efficientnet_lite_pytorch import EfficientNet

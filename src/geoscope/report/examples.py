@@ -39,13 +39,15 @@ def pick_examples(predictions: pd.DataFrame, n: int, seed: int = 0) -> dict[str,
 
 
 def describe(row: pd.Series) -> tuple[str, str, bool | None]:
-    """``("Predicted: X  True: Y", "error N km", correct)`` for one prediction row."""
+    """``("Predicted: X  True: Y", "error N km", correct)`` for one prediction row.
+
+    X and Y are label names where known, else coordinates rounded to 0.01°.
+    """
     true_label, pred_label = row.get("true_label"), row.get("pred_label")
-    if _present(true_label) and _present(pred_label):
-        truth, guess, correct = str(true_label), str(pred_label), str(true_label) == str(pred_label)
-    else:
-        truth = _coords(row["lat"], row["lon"])
-        guess, correct = _coords(row["pred_lat"], row["pred_lon"]), None
+    has_true, has_pred = _present(true_label), _present(pred_label)
+    truth = str(true_label) if has_true else _coords(row["lat"], row["lon"])
+    guess = str(pred_label) if has_pred else _coords(row["pred_lat"], row["pred_lon"])
+    correct = truth == guess if has_true and has_pred else None
     return f"Predicted: {guess}  True: {truth}", f"error {format_km(row['error_km'])} km", correct
 
 

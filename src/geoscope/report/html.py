@@ -100,7 +100,7 @@ def comparison_table(rows: Sequence[PublishedFigure]) -> str:
 def split_table(per_split: dict[str, dict[str, dict]], names: Sequence[str],
                 display: dict[str, str]) -> str:
     """One row per split; each metric's column group holds the model and every baseline."""
-    labelled = any(m.get("label_accuracy") is not None
+    labelled = any(_finite(m.get("label_accuracy")) is not None
                    for per in per_split.values() for m in per.values())
     metrics = [("median_km", "median error (km)", "km", None),
                ("within_km", "within 25 km", "share", "25"),

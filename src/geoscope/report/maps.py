@@ -85,8 +85,9 @@ def error_map_figure(
     ax.set_facecolor(OCEAN)
     # regions' boxes are (min_lat, min_lon, max_lat, max_lon); clip wider than the view so
     # the clip edges stay out of sight.
-    _draw_outlines(ax, country_outlines(bbox=(max(lat0 - 2, -90), max(lon0 - 2, -180),
-                                              min(lat1 + 2, 90), min(lon1 + 2, 180))))
+    outlines = country_outlines(bbox=(max(lat0 - 2, -90), max(lon0 - 2, -180),
+                                      min(lat1 + 2, 90), min(lon1 + 2, 180)))
+    _draw_outlines(ax, outlines, tolerance=(lon1 - lon0) / 2000)
     positive = err[err > 0]
     vmin = max(float(positive.min()) if positive.size else 1.0, 0.1)
     vmax = max(float(err.max()) if err.size else 1.0, vmin * 10)
@@ -119,21 +120,20 @@ def error_map_figure(
     return path
 
 
-def _draw_outlines(ax, outlines: object) -> None:
-    """Country polygons as filled patches (holes kept), lines as borders."""
+def _draw_outlines(ax, outlines: object, tolerance: float) -> None:
+    """Country polygons as one filled patch (holes kept), simplified below a pixel or so."""
     geometries: Iterable = outlines.values() if isinstance(outlines, Mapping) else outlines
-    for geometry in geometries:
-        for part in shapely.get_parts(np.asarray([geometry], dtype=object)):
-            if isinstance(part, Polygon) and not part.is_empty:
-                ax.add_patch(PathPatch(_polygon_path(orient(part)), facecolor=LAND,
-                                       edgecolor=BORDER, linewidth=0.6, zorder=1))
-            elif isinstance(part, LineString | MultiLineString):
-                for line in shapely.get_parts(np.asarray([part], dtype=object)):
-                    x, y = line.xy
-                    ax.plot(x, y, color=BORDER, linewidth=0.6, zorder=1)
-
-
-def _polygon_path(polygon: Polygon) -> MplPath:
-    rings = [polygon.exterior, *polygon.interiors]
-    return MplPath.make_compound_path(*(MplPath(np.asarray(r.coords)[:, :2], closed=True)
-                                        for r in rings))
+    simplified = shapely.simplify(np.asarray(list(geometries), dtype=object), tolerance)
+    rings: list[MplPath] = []
+    for part in shapely.get_parts(simplified):
+        if isinstance(part, Polygon) and not part.is_empty:
+            part = orient(part)  # exterior counter-clockwise, holes clockwise
+            rings += [MplPath(np.asarray(r.coords)[:, :2], closed=True)
+                      for r in (part.exterior, *part.interiors)]
+        elif isinstance(part, LineString | MultiLineString):
+            for line in shapely.get_parts(part):
+                x, y = line.xy
+                ax.plot(x, y, color=BORDER, linewidth=0.6, zorder=1)
+    if rings:
+        ax.add_patch(PathPatch(MplPath.make_compound_path(*rings), facecolor=LAND,
+                               edgecolor=BORDER, linewidth=0.6, zorder=1))

@@ -6,6 +6,7 @@ the Agg canvas and written as PNG.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -87,11 +88,13 @@ def confusion_figure(
     size = max(4.5, 0.34 * len(order) + 2.2)
     fig = Figure(figsize=(size + 1.0, size), layout="constrained")
     ax = fig.add_subplot()
-    display = ConfusionMatrixDisplay.from_predictions(
-        t, p, labels=order, display_labels=[_short(x) for x in order], normalize="true",
-        ax=ax, cmap="Blues", colorbar=True, values_format=".0%", xticks_rotation="vertical",
-        text_kw={"fontsize": 7},
-    )
+    with warnings.catch_warnings():  # "a single label was found": we pass every label
+        warnings.filterwarnings("ignore", message="A single label", category=UserWarning)
+        display = ConfusionMatrixDisplay.from_predictions(
+            t, p, labels=order, display_labels=[_short(x) for x in order], normalize="true",
+            ax=ax, cmap="Blues", colorbar=True, values_format=".0%", xticks_rotation="vertical",
+            text_kw={"fontsize": 7},
+        )
     for text, value in zip(display.text_.ravel(), display.confusion_matrix.ravel(), strict=True):
         if value == 0:
             text.set_text("")

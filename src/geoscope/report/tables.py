@@ -39,6 +39,13 @@ class MetricRow:
         return pick(finite, key=finite.__getitem__)
 
 
+def _is_finite(value: object) -> bool:
+    try:
+        return math.isfinite(float(value))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
+
+
 def series_names(result: EvaluationResult) -> list[str]:
     """The model first, then each baseline, in the order evaluate produced them."""
     names = [MODEL, *result.baselines]
@@ -81,7 +88,7 @@ def metric_rows(metrics: dict[str, dict], names: list[str]) -> list[MetricRow]:
         key = f"{t:g}"
         rows.append(MetricRow(f"within_km.{key}", f"Within {key} km ({THRESHOLD_NAMES.get(t, '')})",
                               "share", "higher", {n: get(n, "within_km", key) for n in names}))
-    if any(metrics.get(n, {}).get("label_accuracy") is not None for n in names):
+    if any(_is_finite(metrics.get(n, {}).get("label_accuracy")) for n in names):
         rows.append(MetricRow("label_accuracy", "Label accuracy", "share", "higher",
                               {n: get(n, "label_accuracy") for n in names}))
     return rows

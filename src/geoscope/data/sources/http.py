@@ -40,11 +40,11 @@ class NetworkError(FetchError):
     """The service could not be reached, or kept failing, after every retry."""
 
 
-class BudgetExhausted(Exception):  # noqa: N818 - a signal, not an error
+class BudgetExhausted(Exception):
     """The request budget is spent; no further request was sent."""
 
 
-class Stopped(Exception):  # noqa: N818 - a signal, not an error
+class Stopped(Exception):
     """Another worker asked every request to stop."""
 
 
@@ -168,7 +168,7 @@ class HttpClient:
 
     def _send(self, request: urllib.request.Request, shown: str) -> Response:
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as answer:  # noqa: S310
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as answer:
                 body = _read_limited(answer, shown)
                 return Response(answer.status, _headers(answer.headers), body, shown)
         except urllib.error.HTTPError as exc:

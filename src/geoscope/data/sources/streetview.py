@@ -12,8 +12,8 @@ import os
 import re
 from collections.abc import Sequence
 
-from .http import AuthError, FetchError, HttpClient, Response, error_detail
 from . import Located, View
+from .http import AuthError, FetchError, HttpClient, Response, error_detail
 
 ENV_KEY = "GOOGLE_MAPS_API_KEY"
 ENV_URL = "GEOSCOPE_STREETVIEW_URL"

@@ -1,0 +1,134 @@
+"""``geoscope data plan grid|cities`` and ``geoscope data fetch``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..errors import GeoscopeError
+from ..places import SUBURB_SCALE_KM
+
+DEFAULT_REGION = "GB"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from ..data.plan import SEED_CITIES, SEED_GRID
+
+    plan = subparsers.add_parser("plan", help="sample the points of a dataset to fetch (offline)")
+    kinds = plan.add_subparsers(dest="plan_kind", metavar="KIND", required=True)
+
+    grid = kinds.add_parser("grid", help="random land points in every cell of a regular grid")
+    _region_args(grid)
+    grid.add_argument("--cell-km", type=float, default=SEED_GRID["cell_km"],
+                      help="cell size in km (default %(default)g, the seed's UK grid)")
+    grid.add_argument("--per-cell", type=int, default=SEED_GRID["per_cell"],
+                      help="points per cell (default %(default)d)")
+    grid.add_argument("--min-land", type=float, default=0.0, metavar="FRACTION",
+                      help="drop cells with less land than this fraction (default 0: any land)")
+    grid.set_defaults(func=run_plan_grid)
+
+    cities = kinds.add_parser("cities", help="random land points around the most populous places")
+    _region_args(cities)
+    cities.add_argument("--top", type=int, default=SEED_CITIES["top"],
+                        help="how many places, largest first (default %(default)d)")
+    cities.add_argument("--radius-km", type=float, default=SEED_CITIES["radius_km"],
+                        help="sample within this distance of each centre (default %(default)g)")
+    cities.add_argument("--per-city", type=int, default=SEED_CITIES["per_city"],
+                        help="points per place (default %(default)d)")
+    cities.add_argument("--merge-suburbs", action="store_true",
+                        help="label suburbs and satellite towns with their city "
+                             f"(reach {SUBURB_SCALE_KM:g} km × (population/100k)^⅓)")
+    cities.add_argument("--min-population", type=int, default=15000,
+                        help="smallest place considered (default %(default)d)")
+    cities.set_defaults(func=run_plan_cities)
+
+    fetch = subparsers.add_parser("fetch", help="download a plan's images and write a manifest (resumable)")
+    fetch.add_argument("plan", help="plan folder (or its points.csv, or any CSV with lat, lon)")
+    fetch.add_argument("--source", required=True, choices=("streetview", "mapillary"),
+                       help="streetview (key in GOOGLE_MAPS_API_KEY) or mapillary "
+                            "(token in MAPILLARY_ACCESS_TOKEN)")
+    fetch.add_argument("--headings", default="0,90,180",
+                       help="camera headings in degrees (default %(default)s); 'any' for one "
+                            "image per place (Mapillary)")
+    fetch.add_argument("-o", "--out", required=True, help="output folder (rerun the same to resume)")
+    fetch.add_argument("--max-requests", type=int, default=None, metavar="N",
+                       help="send at most N requests in this run, then stop cleanly")
+    fetch.add_argument("--workers", type=int, default=8, help="requests in flight (default %(default)d)")
+    fetch.add_argument("--retries", type=int, default=5,
+                       help="retries of a 429/5xx/network failure (default %(default)d)")
+    fetch.add_argument("--backoff", type=float, default=1.0, metavar="SECONDS",
+                       help="first retry wait, doubled each time (default %(default)g)")
+    fetch.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
+                       help="per-request timeout (default %(default)g)")
+    fetch.add_argument("--radius-m", type=float, default=50.0,
+                       help="search radius around each point in metres (default %(default)g)")
+    fetch.add_argument("--size", default="640x640", help="Street View image size (default %(default)s)")
+    fetch.add_argument("--fov", type=float, default=90.0, help="Street View field of view (default %(default)g)")
+    fetch.add_argument("--pitch", type=float, default=0.0, help="Street View pitch (default %(default)g)")
+    fetch.add_argument("--any-source", action="store_true",
+                       help="Street View: allow indoor panoramas too (default: outdoor only)")
+    fetch.add_argument("--base-url", default=None,
+                       help="API base URL (default: the public one, or GEOSCOPE_STREETVIEW_URL / "
+                            "GEOSCOPE_MAPILLARY_URL)")
+    fetch.add_argument("--no-progress", action="store_true", help="no progress bar")
+    fetch.set_defaults(func=run_fetch)
+
+
+def _region_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--region", default=DEFAULT_REGION,
+                        help="ISO country code (GB, GBR), box 'min_lat,min_lon,max_lat,max_lon' "
+                             "or a .geojson file (default %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default %(default)d)")
+    parser.add_argument("-o", "--out", required=True, help="output folder")
+
+
+def run_plan_grid(args: argparse.Namespace) -> int:
+    from ..data.plan import grid_plan, write_plan
+
+    plan = grid_plan(args.region, args.cell_km, args.per_cell, seed=args.seed,
+                     min_land_fraction=args.min_land)
+    path = write_plan(plan, args.out)
+    print(f"{len(plan.points):,} points in {len(plan.table):,} cells of {args.cell_km:g} km "
+          f"over {plan.meta['region_name']} → {path}")
+    return 0
+
+
+def run_plan_cities(args: argparse.Namespace) -> int:
+    from ..data.plan import cities_plan, write_plan
+
+    plan = cities_plan(args.region, args.top, args.radius_km, args.per_city, merge=args.merge_suburbs,
+                       seed=args.seed, min_population=args.min_population)
+    path = write_plan(plan, args.out)
+    merged = f", {len(plan.table):,} after merging suburbs" if args.merge_suburbs else ""
+    print(f"{len(plan.points):,} points around {plan.meta['places']:,} places{merged} "
+          f"in {plan.meta['region_name']} → {path}")
+    return 0
+
+
+def run_fetch(args: argparse.Namespace) -> int:
+    from ..data.fetch import fetch, parse_headings, summary_lines
+    from ..data.sources import make_source
+    from ..data.sources.http import Budget, HttpClient
+
+    headings = parse_headings(args.headings)
+    if args.source == "streetview" and not headings:
+        raise GeoscopeError("Street View needs headings, e.g. --headings 0,90,180")
+    if args.max_requests is not None and args.max_requests < 1:
+        raise GeoscopeError(f"--max-requests must be at least 1 (got {args.max_requests})")
+    if args.retries < 0 or args.backoff < 0 or args.timeout <= 0:
+        raise GeoscopeError("--retries and --backoff must be ≥ 0 and --timeout > 0")
+    client = HttpClient(retries=args.retries, backoff_s=args.backoff, timeout_s=args.timeout,
+                        budget=Budget(args.max_requests))
+    settings: dict = {"headings": list(headings), "radius_m": args.radius_m}
+    if args.source == "streetview":
+        options = {"size": args.size, "fov": args.fov, "pitch": args.pitch, "outdoor": not args.any_source}
+    else:
+        options = {}
+    settings.update(options)
+    source = make_source(args.source, client, headings=headings, base_url=args.base_url,
+                         radius_m=args.radius_m, **options)
+    result = fetch(args.plan, args.out, source, client, settings=settings, workers=args.workers,
+                   progress=not args.no_progress and sys.stderr.isatty())
+    for line in summary_lines(result):
+        print(line)
+    return 1 if result.failed else 0
