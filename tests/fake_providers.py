@@ -35,6 +35,7 @@ class FakeProviders:
         self.downloads: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._faults: list[tuple[int, str]] = []
+        self._active = 0
         self._images: dict[str, bytes] = {}
         self._server: ThreadingHTTPServer | None = None
 
@@ -82,6 +83,16 @@ class FakeProviders:
     def count(self, kind: str) -> int:
         with self._lock:
             return sum(1 for k, _, _ in self.log if k == kind)
+
+    def wait_idle(self, timeout_s: float = 10.0) -> None:
+        """Wait until no request is being answered (e.g. those of a client just killed)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with self._lock:
+                if self._active == 0:
+                    return
+            time.sleep(0.01)
+        raise TimeoutError("fake server still busy")
 
     def reset_counts(self) -> None:
         with self._lock:
@@ -141,13 +152,21 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             kind, route = routes.get(url.path, ("unknown", self._not_found))
         self.fake._record(kind, params, headers)
-        fault = self.fake._take_fault()
-        if fault is not None:
-            status, retry_after = fault
-            extra = {"Retry-After": retry_after} if retry_after else {}
-            self._send(status, b'{"error": "slow down"}', "application/json", extra)
-            return
-        route(url.path, params, headers)
+        with self.fake._lock:
+            self.fake._active += 1
+        try:
+            fault = self.fake._take_fault()
+            if fault is not None:
+                status, retry_after = fault
+                extra = {"Retry-After": retry_after} if retry_after else {}
+                self._send(status, b'{"error": "slow down"}', "application/json", extra)
+                return
+            route(url.path, params, headers)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client went away (a test killed it)
+        finally:
+            with self.fake._lock:
+                self.fake._active -= 1
 
     def _send(self, status: int, body: bytes, content_type: str, extra: dict | None = None) -> None:
         self.send_response(status)

@@ -66,7 +66,7 @@ def prepare(manifest: Manifest, options: FitOptions, *, progress: bool = True) -
     plain = extract_features(manifest.image_paths, encoder, progress=progress)
     variants = [np.asarray(plain.embeddings, dtype=np.float32)]
     if options.augment:
-        flipped = extract_features(manifest.image_paths, encoder, views="hflip", progress=progress)
+        flipped = extract_features(manifest.image_paths, encoder, augment="hflip", progress=progress)
         variants.append(np.asarray(flipped.embeddings, dtype=np.float32))
     valid = np.asarray(plain.valid, dtype=bool)
 

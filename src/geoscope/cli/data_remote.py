@@ -119,15 +119,13 @@ def run_fetch(args: argparse.Namespace) -> int:
         raise GeoscopeError("--retries and --backoff must be ≥ 0 and --timeout > 0")
     client = HttpClient(retries=args.retries, backoff_s=args.backoff, timeout_s=args.timeout,
                         budget=Budget(args.max_requests))
-    settings: dict = {"headings": list(headings), "radius_m": args.radius_m}
     if args.source == "streetview":
         options = {"size": args.size, "fov": args.fov, "pitch": args.pitch, "outdoor": not args.any_source}
     else:
         options = {}
-    settings.update(options)
     source = make_source(args.source, client, headings=headings, base_url=args.base_url,
                          radius_m=args.radius_m, **options)
-    result = fetch(args.plan, args.out, source, client, settings=settings, workers=args.workers,
+    result = fetch(args.plan, args.out, source, client, workers=args.workers,
                    progress=not args.no_progress and sys.stderr.isatty())
     for line in summary_lines(result):
         print(line)

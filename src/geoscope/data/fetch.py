@@ -75,7 +75,7 @@ class _Journal:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.entries: list[dict] = []
+        self.entries: dict[int, dict] = {}  # the last record of each point wins
         self.header: dict | None = None
         self._lock = threading.Lock()
         if path.exists():
@@ -101,7 +101,7 @@ class _Journal:
             if record.get("type") == "header":
                 self.header = self.header or record
             elif record.get("type") == "point":
-                self.entries.append(record)
+                self.entries[record["point_id"]] = record
 
     def append(self, record: dict) -> None:
         line = (json.dumps(record, separators=(",", ":")) + "\n").encode("utf-8")
@@ -110,11 +110,11 @@ class _Journal:
             self._handle.flush()
             os.fsync(self._handle.fileno())
             if record.get("type") == "point":
-                self.entries.append(record)
+                self.entries[record["point_id"]] = record
 
     def snapshot(self) -> list[dict]:
         with self._lock:
-            return list(self.entries)
+            return list(self.entries.values())
 
     def close(self) -> None:
         self._handle.close()
@@ -162,12 +162,12 @@ def _remove_partials(out: Path) -> int:
 
 
 def fetch(plan: str | os.PathLike[str], out_dir: str | os.PathLike[str], source: Source,
-          client: HttpClient, *, settings: dict | None = None, workers: int = 8,
+          client: HttpClient, *, workers: int = 8,
           progress: bool = True, log: Callable[[str], None] | None = None) -> FetchResult:
     """Download the imagery of every point of ``plan`` into ``out_dir`` and write its manifest.
 
-    ``settings`` (source name, headings, image options) are recorded on the first run and
-    must match on a rerun. Stops early, keeping all finished work, when the client's budget
+    The source's settings (headings, radius, image options) are recorded on the first run
+    and must match on a rerun. Stops early, keeping all finished work, when the client's budget
     is spent. Raises :class:`AuthError` or :class:`NetworkError` (after writing the
     manifest) when the key is refused or the service cannot be reached.
     """
@@ -178,7 +178,7 @@ def fetch(plan: str | os.PathLike[str], out_dir: str | os.PathLike[str], source:
     if out.exists() and not out.is_dir():
         raise FetchError(f"{out}: exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
-    settings = {"source": source.name, **(settings or {})}
+    settings = {"source": source.name, **source.settings}
     say = log or _default_log
     with _exclusive(out):
         _remove_partials(out)
@@ -219,8 +219,12 @@ class _Run:
         self.claims: dict[str, int] = {}
         self.lock = threading.Lock()
         self.new_images = 0
-        for entry in journal.entries:
-            for view in entry.get("views", []):
+        self.finished: set[int] = set()
+        for entry in journal.snapshot():
+            views = entry.get("views", [])
+            if all((out / v["image"]).is_file() for v in views):  # else fetch what went missing
+                self.finished.add(entry["point_id"])
+            for view in views:
                 self.claims.setdefault(view["claim"], entry["point_id"])
 
     def process(self, point_id: int, lat: float, lon: float) -> str:
@@ -274,8 +278,7 @@ def _run(points: pd.DataFrame, out: Path, source: Source, client: HttpClient, jo
     from tqdm import tqdm
 
     run = _Run(out, source, client, journal)
-    finished = {e["point_id"] for e in journal.entries}
-    todo = points[~points["point_id"].isin(finished)]
+    todo = points[~points["point_id"].isin(run.finished)]
     failures: list[str] = []
     fatal: BaseException | None = None
     budget_hit = False

@@ -36,12 +36,13 @@ class PooledImageModel(nn.Module):
 class ClipTextEmbedding(nn.Module):
     """CLIP text tower + projection: token ids → text embeds (not normalised)."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, text_model: nn.Module, projection: nn.Module) -> None:
         super().__init__()
-        self.model = model
+        self.text_model, self.projection = text_model, projection
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids=input_ids, attention_mask=attention_mask).text_embeds
+        out = self.text_model(input_ids=input_ids, attention_mask=attention_mask)
+        return self.projection(out.pooler_output)
 
 
 class PooledTextModel(nn.Module):

@@ -259,11 +259,14 @@ def load_text_parts(name: str, pooling: str | None = None) -> HFTextParts:
     tokenizer = _load_tokenizer(ref)
     model_type = config.model_type
     if model_type in ("clip", "clip_text_model"):
-        model = load_model(transformers.CLIPTextModelWithProjection, ref)
+        if model_type == "clip":  # the whole model: its config, not the tower's, knows the projection
+            model = load_model(transformers.CLIPModel, ref)
+        else:
+            model = load_model(transformers.CLIPTextModelWithProjection, ref)
+        module = ClipTextEmbedding(model.text_model, model.text_projection).eval()
         text_config = getattr(config, "text_config", config)
         dim = int(getattr(config, "projection_dim", text_config.hidden_size))
-        max_length = int(text_config.max_position_embeddings)
-        return HFTextParts(ClipTextEmbedding(model).eval(), tokenizer, dim, max_length)
+        return HFTextParts(module, tokenizer, dim, int(text_config.max_position_embeddings))
     hidden = getattr(config, "hidden_size", None)
     if not hidden or model_type in ("resnet", "vit", "clip_vision_model"):
         raise GeoscopeError(f"hf:{ref}: {model_type!r} is not a supported text model")

@@ -46,6 +46,11 @@ class Source(Protocol):
 
     name: str
 
+    @property
+    def settings(self) -> dict:
+        """The options that shape the dataset (headings, radius, image size, …)."""
+        ...
+
     def locate(self, lat: float, lon: float, point_id: int) -> Located:
         """The imagery near a point (raises ``FetchError`` subclasses on failure)."""
         ...

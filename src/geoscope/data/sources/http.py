@@ -140,6 +140,8 @@ class HttpClient:
         if params:
             url = f"{url}{'&' if '?' in url else '?'}{urllib.parse.urlencode(params)}"
         shown = self.scrub(url)
+        if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+            raise FetchError(f"{shown}: only http and https URLs can be fetched")
         request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT, **(headers or {})})
         attempt = 0
         while True:
@@ -179,6 +181,8 @@ class HttpClient:
             finally:
                 exc.close()
             return Response(exc.code, _headers(exc.headers), body, shown)
+        except ValueError as exc:  # a malformed URL; its text may hold the key
+            raise FetchError(f"{shown}: bad URL ({self.scrub(str(exc))})") from None
         except urllib.error.URLError as exc:
             reason = exc.reason
             text = reason.strerror if isinstance(reason, OSError) and reason.strerror else reason

@@ -45,6 +45,12 @@ class Mapillary:
         self.tolerance_deg = tolerance_deg
         self.panoramas = panoramas
 
+    @property
+    def settings(self) -> dict:
+        """What shapes the dataset; a resumed fetch must use the same."""
+        return {"headings": list(self.headings), "radius_m": self.radius_m, "limit": self.limit,
+                "tolerance_deg": self.tolerance_deg, "panoramas": self.panoramas}
+
     def locate(self, lat: float, lon: float, point_id: int) -> Located:
         dlat = np.degrees(self.radius_m / 1000 / EARTH_RADIUS_KM)
         dlon = dlat / max(np.cos(np.radians(lat)), 0.01)

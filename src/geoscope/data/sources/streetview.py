@@ -51,6 +51,12 @@ class StreetView:
         self.size, self.fov, self.pitch = size, fov, pitch
         self.outdoor = outdoor
 
+    @property
+    def settings(self) -> dict:
+        """What shapes the dataset; a resumed fetch must use the same."""
+        return {"headings": list(self.headings), "radius_m": self.radius_m, "size": self.size,
+                "fov": self.fov, "pitch": self.pitch, "outdoor": self.outdoor}
+
     def locate(self, lat: float, lon: float, point_id: int) -> Located:
         params = {"location": f"{lat:.6f},{lon:.6f}", "radius": f"{self.radius_m:g}", "key": self.key}
         if self.outdoor:

@@ -1,0 +1,277 @@
+"""Image and text encoders: preprocessing, EfficientNet weights, ONNX vs torch, tiny HF checkpoints."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import shared_dataset
+from PIL import Image
+
+from geoscope.encoders.image import available_image_encoders, get_image_encoder
+from geoscope.encoders.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess, Views
+from geoscope.errors import GeoscopeError
+from geoscope.images import open_image
+
+# ---------------------------------------------------------------- preprocessing
+
+
+def test_preprocess_shape_and_normalisation() -> None:
+    pre = Preprocess(size=32, crop_size=24, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.5))
+    image = Image.new("RGB", (64, 48), (255, 102, 0))
+    out = pre(image)
+    assert out.shape == (3, 24, 24) and out.dtype == np.float32
+    expected = (np.array([1.0, 0.4, 0.0]) - np.array(pre.mean)) / np.array(pre.std)
+    np.testing.assert_allclose(out.mean(axis=(1, 2)), expected, atol=1e-5)
+    assert pre.resize(image).size == (43, 32)  # shorter side to 32, aspect kept
+
+
+def test_views_crops_and_flip() -> None:
+    pre = Preprocess(size=224, crop_size=224, mean=(0.5,) * 3, std=(0.5,) * 3)
+    assert pre.crop_boxes(448, 224, 3) == [(0, 0, 224, 224), (112, 0, 336, 224), (224, 0, 448, 224)]
+    assert pre.crop_boxes(224, 448, 2) == [(0, 0, 224, 224), (0, 224, 224, 448)]
+    rng = np.random.default_rng(0)
+    square = Image.fromarray(rng.integers(0, 255, (224, 224, 3), dtype=np.uint8))
+    plain, flipped = pre.views(square, Views()), pre.views(square, Views(hflip=True))
+    np.testing.assert_array_equal(flipped, plain[..., ::-1])
+    wide = Image.fromarray(rng.integers(0, 255, (224, 448, 3), dtype=np.uint8))
+    grid = pre.views(wide, Views.parse("grid"))
+    assert grid.shape == (3, 3, 224, 224)
+    np.testing.assert_array_equal(grid[0], pre.to_array(wide.crop((0, 0, 224, 224))))
+
+
+def test_views_parse() -> None:
+    assert Views.parse(None) == Views()
+    assert Views.parse("hflip+grid").key == "hflip+crops3"
+    assert Views.parse("crops2") == Views(crops=2)
+    assert Views.parse("plain").key == "plain"
+    with pytest.raises(GeoscopeError, match="unknown view"):
+        Views.parse("rotate")
+
+
+def test_preprocess_round_trips_as_dict() -> None:
+    pre = Preprocess(256, 224, IMAGENET_MEAN, IMAGENET_STD, "bilinear")
+    assert Preprocess.from_dict(json.loads(json.dumps(pre.to_dict()))) == pre
+
+
+# ---------------------------------------------------------------- registry and EfficientNet
+
+
+def test_unknown_names_are_clear() -> None:
+    assert {"efficientnet-lite0", "efficientnet-lite2"} <= set(available_image_encoders())
+    with pytest.raises(GeoscopeError, match=r"unknown image encoder 'resnet9000'.*efficientnet-lite0"):
+        get_image_encoder("resnet9000")
+    with pytest.raises(GeoscopeError, match="backend"):
+        get_image_encoder("efficientnet-lite0", backend="tensorrt")
+    with pytest.raises(GeoscopeError, match="trunk-<n>"):
+        get_image_encoder("efficientnet-lite0/trunk-99")
+
+
+def test_efficientnet_weights_expect_our_normalisation() -> None:
+    """The stem's batch-norm means are what ImageNet images give under mean = std = 0.5."""
+    from geoscope.encoders.efficientnet import lite_preprocess, load_efficientnet
+
+    net = load_efficientnet("efficientnet-lite0")
+    pre = lite_preprocess("efficientnet-lite0")
+    weight = net._conv_stem.weight.detach().sum(dim=(2, 3)).numpy()  # (32, 3)
+    running_mean = net._bn0.running_mean.numpy()
+
+    def stem_mean(mean: tuple, std: tuple) -> np.ndarray:  # stem output of a flat ImageNet-mean image
+        return weight @ ((np.array(IMAGENET_MEAN) - np.array(mean)) / np.array(std))
+
+    ours = np.corrcoef(stem_mean(pre.mean, pre.std), running_mean)[0, 1]
+    assert ours > 0.9
+    imagenet_scaled = stem_mean(IMAGENET_MEAN, IMAGENET_STD)
+    assert np.abs(imagenet_scaled).max() < 1e-6  # that scaling would make these means all zero
+
+
+def _street_images(n: int) -> list[Image.Image]:
+    folder = shared_dataset("london-uk")
+    paths = sorted((folder / "images").glob("*.jpg"))[:n]
+    return [open_image(p) for p in paths]
+
+
+@pytest.mark.shared_data
+def test_onnx_matches_torch_on_real_images() -> None:
+    images = _street_images(3)
+    onnx_encoder = get_image_encoder("efficientnet-lite0")
+    torch_encoder = get_image_encoder("efficientnet-lite0", backend="torch")
+    batch = np.stack([onnx_encoder.preprocess(im) for im in images])
+    a, b = onnx_encoder.encode(batch), torch_encoder.encode(batch)
+    assert a.shape == (3, 1280) and a.dtype == np.float32
+    assert np.abs(a - b).max() <= 1e-4 * max(1.0, np.abs(b).max())
+    np.testing.assert_allclose(onnx_encoder.encode(batch[:1]), a[:1], atol=1e-5)  # dynamic batch
+    assert list(Path(_cache()).glob("onnx/efficientnet-lite0-*.onnx"))
+    # the weights classify street images as ImageNet things, not noise
+    import torch
+
+    net = torch_encoder.torch_module().net
+    with torch.inference_mode():
+        probs = net(torch.from_numpy(batch)).softmax(dim=1).numpy()
+    assert probs.max(axis=1).min() > 0.02  # far above uniform (0.001)
+
+
+def _cache() -> str:
+    import os
+
+    return os.environ["GEOSCOPE_CACHE"]
+
+
+def test_split_efficientnet_recomposes_and_trunk_encoder() -> None:
+    import torch
+
+    from geoscope.encoders import split_efficientnet
+
+    trunk, top = split_efficientnet("efficientnet-lite0", 2)
+    full = get_image_encoder("efficientnet-lite0", backend="torch")
+    x = torch.from_numpy(np.random.default_rng(1).standard_normal((2, 3, 224, 224)).astype(np.float32))
+    with torch.inference_mode():
+        maps = trunk(x)
+        recomposed = top(maps).numpy()
+    assert tuple(maps.shape) == (2, 192, 7, 7)
+    np.testing.assert_allclose(recomposed, full.encode(x.numpy()), atol=1e-4)
+    encoder = get_image_encoder("efficientnet-lite0/trunk-2")
+    assert encoder.output_shape == (192, 7, 7) and encoder.dim == 192 * 49
+    assert encoder.storage_dtype == "float16"
+    np.testing.assert_allclose(encoder.encode(x.numpy()), maps.reshape(2, -1).numpy(), atol=1e-3)
+    assert sum(p.numel() for p in top.parameters()) < sum(p.numel() for p in trunk.parameters()) * 3
+
+
+# ---------------------------------------------------------------- tiny Hugging Face checkpoints
+
+
+@pytest.fixture(scope="module")
+def tiny_hf(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny random CLIP, ResNet and DistilBERT checkpoints saved to folders, with tokenizers."""
+    import transformers
+
+    root = tmp_path_factory.mktemp("hf")
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    clip_vocab = {c: i for i, c in enumerate(letters)}
+    clip_vocab.update({f"{c}</w>": 26 + i for i, c in enumerate(letters)})
+    clip_vocab.update({"<|startoftext|>": 52, "<|endoftext|>": 53})
+    clip_config = transformers.CLIPConfig(
+        text_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+                     "num_attention_heads": 2, "vocab_size": 54, "max_position_embeddings": 32,
+                     "bos_token_id": 52, "eos_token_id": 53, "pad_token_id": 53},
+        vision_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+                       "num_attention_heads": 2, "image_size": 32, "patch_size": 8},
+        projection_dim=8,
+    )
+    paths = {"clip": root / "clip", "resnet": root / "resnet", "distilbert": root / "distilbert"}
+    transformers.CLIPModel(clip_config).save_pretrained(paths["clip"])
+    try:  # transformers 5 takes the vocabulary directly; 4 wants files
+        clip_tokenizer = transformers.CLIPTokenizer(vocab=clip_vocab, merges=[])
+    except TypeError:
+        (root / "vocab.json").write_text(json.dumps(clip_vocab))
+        (root / "merges.txt").write_text("#version: 0.2\n")
+        clip_tokenizer = transformers.CLIPTokenizer(root / "vocab.json", root / "merges.txt")
+    clip_tokenizer.save_pretrained(paths["clip"])
+    (paths["clip"] / "preprocessor_config.json").write_text(json.dumps({
+        "crop_size": {"height": 32, "width": 32}, "do_center_crop": True, "do_normalize": True,
+        "do_rescale": True, "do_resize": True, "image_mean": [0.48145466, 0.4578275, 0.40821073],
+        "image_std": [0.26862954, 0.26130258, 0.27577711], "resample": 3,
+        "rescale_factor": 1 / 255, "size": {"shortest_edge": 32},
+    }))
+    resnet = transformers.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1],
+                                       layer_type="bottleneck")
+    transformers.ResNetModel(resnet).save_pretrained(paths["resnet"])
+    (paths["resnet"] / "preprocessor_config.json").write_text(json.dumps({
+        "crop_pct": 0.875, "do_normalize": True, "do_resize": True, "image_mean": list(IMAGENET_MEAN),
+        "image_std": list(IMAGENET_STD), "resample": 3, "size": {"shortest_edge": 28},
+    }))
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *letters, *(f"##{c}" for c in letters),
+             "london", "paris", "ontario", "uk"]
+    (root / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    transformers.BertTokenizerFast(vocab_file=str(root / "vocab.txt")).save_pretrained(paths["distilbert"])
+    distil = transformers.DistilBertConfig(vocab_size=len(vocab), dim=16, hidden_dim=32, n_layers=1,
+                                           n_heads=2, max_position_embeddings=64)
+    transformers.DistilBertModel(distil).save_pretrained(paths["distilbert"])
+    return paths
+
+
+def test_hf_clip_image_and_text_by_path(tiny_hf: dict[str, Path]) -> None:
+    import torch
+    import transformers
+
+    from geoscope.encoders.text import get_text_encoder
+
+    name = f"hf:{tiny_hf['clip']}"
+    encoder = get_image_encoder(name)
+    assert encoder.dim == 8
+    pre = encoder.preprocess
+    assert (pre.size, pre.crop_size, pre.resample) == (32, 32, "bicubic")
+    assert pre.mean[0] == pytest.approx(0.48145466)
+    image = Image.fromarray(np.random.default_rng(2).integers(0, 255, (40, 60, 3), dtype=np.uint8))
+    batch = np.stack([pre(image), pre(image.transpose(Image.Transpose.FLIP_LEFT_RIGHT))])
+    a = encoder.encode(batch)
+    b = get_image_encoder(name, backend="torch").encode(batch)
+    np.testing.assert_allclose(a, b, atol=1e-4)
+    model = transformers.CLIPModel.from_pretrained(tiny_hf["clip"]).eval()
+    with torch.inference_mode():
+        vision = model.vision_model(pixel_values=torch.from_numpy(batch)).pooler_output
+        np.testing.assert_allclose(b, model.visual_projection(vision).numpy(), atol=1e-5)
+
+    text = get_text_encoder(name)
+    assert text.dim == 8
+    out = text.encode(["london", "paris ontario"])
+    assert out.shape == (2, 8) and np.isfinite(out).all()
+    tokens = text.tokenize(["london"])
+    with torch.inference_mode():
+        hidden = model.text_model(**tokens).pooler_output
+        np.testing.assert_allclose(out[:1], model.text_projection(hidden).numpy(), atol=1e-5)
+    assert "torchvision" not in sys.modules
+
+
+def test_hf_resnet_by_path(tiny_hf: dict[str, Path]) -> None:
+    encoder = get_image_encoder(f"hf:{tiny_hf['resnet']}")
+    assert encoder.dim == 16
+    assert (encoder.preprocess.size, encoder.preprocess.crop_size) == (32, 28)  # 28 / 0.875
+    batch = np.random.default_rng(3).standard_normal((3, 3, 28, 28)).astype(np.float32)
+    np.testing.assert_allclose(encoder.encode(batch),
+                               get_image_encoder(f"hf:{tiny_hf['resnet']}", "torch").encode(batch), atol=1e-4)
+
+
+def test_hf_distilbert_pooling(tiny_hf: dict[str, Path]) -> None:
+    import torch
+    import transformers
+
+    from geoscope.encoders.text import get_text_encoder
+
+    mean = get_text_encoder(f"hf:{tiny_hf['distilbert']}")
+    cls = get_text_encoder(f"hf:{tiny_hf['distilbert']}", pooling="cls")
+    texts = ["london uk", "paris"]
+    a, b = mean.encode(texts), cls.encode(texts)
+    assert a.shape == b.shape == (2, 16)
+    model = transformers.DistilBertModel.from_pretrained(tiny_hf["distilbert"]).eval()
+    tokens = mean.tokenize(texts)
+    with torch.inference_mode():
+        hidden = model(**tokens).last_hidden_state.numpy()
+    mask = tokens["attention_mask"].numpy()[..., None]
+    np.testing.assert_allclose(a, (hidden * mask).sum(1) / mask.sum(1), atol=1e-5)
+    np.testing.assert_allclose(b, hidden[:, 0], atol=1e-5)
+    assert isinstance(mean.torch_module(), torch.nn.Module)
+
+
+def test_hf_errors_are_one_line(tmp_path: Path, tiny_hf: dict[str, Path]) -> None:
+    from geoscope.encoders.text import get_text_encoder
+
+    with pytest.raises(GeoscopeError, match=r"no config\.json"):
+        get_image_encoder(f"hf:{tmp_path}")
+    with pytest.raises(GeoscopeError, match="text model"):
+        get_image_encoder(f"hf:{tiny_hf['distilbert']}")
+    with pytest.raises(GeoscopeError, match="unknown text encoder"):
+        get_text_encoder("word2vec")
+
+
+def test_minilm_places_similar_names_together() -> None:
+    from geoscope.encoders.text import get_text_encoder
+
+    encoder = get_text_encoder("minilm")
+    assert encoder.dim == 384
+    v = encoder.encode(["London, UK", "London, England", "Zagreb, Croatia"])
+    np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
+    assert v[0] @ v[1] > v[0] @ v[2] + 0.3
