@@ -256,6 +256,31 @@ def test_hf_distilbert_pooling(tiny_hf: dict[str, Path]) -> None:
     assert isinstance(mean.torch_module(), torch.nn.Module)
 
 
+def test_hf_hub_name_loads_from_the_offline_cache(tmp_path: Path, tiny_hf: dict[str, Path],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A repository name resolves through the Hugging Face cache, as for a user who fetched it once."""
+    import shutil
+
+    from huggingface_hub import constants
+
+    from geoscope.encoders.text import get_text_encoder
+
+    commit = "0" * 40
+    for repo, folder in (("tiny/resnet", tiny_hf["resnet"]), ("tiny/clip", tiny_hf["clip"])):
+        entry = tmp_path / f"models--{repo.replace('/', '--')}"
+        shutil.copytree(folder, entry / "snapshots" / commit)
+        (entry / "refs").mkdir()
+        (entry / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    encoder = get_image_encoder("hf:tiny/resnet", backend="torch")
+    assert encoder.dim == 16 and encoder.preprocess.crop_size == 28
+    assert encoder.encode(np.zeros((1, 3, 28, 28), dtype=np.float32)).shape == (1, 16)
+    assert get_text_encoder("hf:tiny/clip").encode(["paris"]).shape == (1, 8)
+    with pytest.raises(GeoscopeError, match="not in the Hugging Face cache"):
+        get_image_encoder("hf:openai/clip-vit-base-patch32")
+
+
 def test_hf_errors_are_one_line(tmp_path: Path, tiny_hf: dict[str, Path]) -> None:
     from geoscope.encoders.text import get_text_encoder
 

@@ -372,5 +372,5 @@ def test_a_bad_base_url_is_one_line_without_the_key(fp, keys, tmp_path, monkeypa
     code = run_cli(monkeypatch, "data", "fetch", str(expected["plan"]), "--source", "streetview",
                    "--base-url", "ftp://example.invalid/sv", "-o", str(tmp_path / "out"))
     err = capsys.readouterr().err
-    assert code == 2 and "only http and https" in err and err.count("\n") == 1
+    assert code == 2 and "bad base URL" in err and err.count("\n") == 1
     assert_no_secrets(tmp_path / "out", err)

@@ -143,5 +143,5 @@ def test_assign_nearest_with_a_radius() -> None:
     names = dict(zip(cities["city_id"], cities["name"], strict=True))
     assert names[ids[0]] == "London" and names[ids[1]] == "Manchester"
     assert ids[2] == -1
-    unlimited = assign_nearest([57.0], [-5.0], cities)
-    assert unlimited[0] in names
+    unlimited = assign_nearest([57.0, np.nan], [-5.0, 0.0], cities)
+    assert unlimited[0] in names and unlimited[1] == -1

@@ -62,10 +62,14 @@ def grid_cells(region: Region | str, cell_km: float, *, min_land_fraction: float
         last = int(np.ceil((max_lon + 180) / dlon))
         cols = np.arange(max(first, 0), min(last, int(np.rint(360 / dlon))))
         lon0 = -180.0 + cols * dlon
+        strip = shapely.clip_by_rect(land, -180.0, lat0, 180.0, lat0 + dlat)
+        if strip.is_empty or len(cols) == 0:
+            continue
+        shapely.prepare(strip)
         boxes = shapely.box(lon0, lat0, lon0 + dlon, lat0 + dlat)
-        touching = shapely.intersects(land, boxes)
+        touching = shapely.intersects(strip, boxes)
         for col, box in zip(cols[touching], boxes[touching], strict=True):
-            piece = shapely.clip_by_rect(land, *box.bounds)
+            piece = shapely.clip_by_rect(strip, *box.bounds)
             if piece.is_empty:
                 continue
             fraction = piece.area / box.area
@@ -92,7 +96,8 @@ def _name_cells(frame: pd.DataFrame, region: Region,
                 places: pd.DataFrame | None) -> tuple[NDArray, NDArray]:
     """Each cell's name and the population of the places inside its land."""
     if places is None:
-        places = load_places(_padded(region), min_population=NAMING_MIN_POPULATION)
+        near = region if region.country is not None else _padded(region)
+        places = load_places(near, min_population=NAMING_MIN_POPULATION)
     names = np.empty(len(frame), dtype=object)
     population = np.zeros(len(frame), dtype=np.int64)
     if len(places) == 0:
@@ -166,6 +171,6 @@ def assign_nearest(lat: ArrayLike, lon: ArrayLike, places: pd.DataFrame,
     column = id_column or next((c for c in ("cell_id", "city_id", "place_id") if c in places), None)
     ids = np.arange(len(places)) if column is None else places[column].to_numpy(dtype=np.int64)
     out = ids[index].astype(np.int64)
-    if radius_km is not None:
-        out[distance > radius_km] = -1
+    far = ~np.isfinite(distance) if radius_km is None else ~(distance <= radius_km)
+    out[far] = -1
     return out

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from .data.manifest import Manifest, read_manifest
+from .encoders.onnx_runtime import cpu_count
 from .encoders.preprocess import Preprocess, Views
 from .errors import BadImageError, GeoscopeError
 from .fileio import atomic_open, atomic_write_bytes, atomic_write_json
@@ -131,7 +132,7 @@ def extract_features(
         encoder = ImageEncoder(spec, backend)
     elif not isinstance(encoder, ImageEncoder):
         encoder = get_image_encoder(str(encoder), backend)
-    workers = os.cpu_count() or 1 if workers is None else max(0, workers)
+    workers = cpu_count() if workers is None else max(0, workers)
 
     digests, read_errors = hash_files(paths, workers)
     store = ShardStore(Path(cache) if cache else cache_dir() / "features", encoder, views)
@@ -158,9 +159,7 @@ def extract_features(
             errors.append(f"{path}: {reason}")
         else:
             out[i], valid[i] = row, True
-    embeddings = np.nanmean(out, axis=1) if combine == "mean" and views.count > 1 else out
-    if combine == "mean" and views.count == 1:
-        embeddings = out[:, 0]
+    embeddings = out.mean(axis=1) if combine == "mean" else out  # NaN rows stay NaN
     return FeatureSet(
         embeddings=np.ascontiguousarray(embeddings, dtype=np.float32), valid=valid, errors=errors,
         encoder_name=encoder.name, paths=[str(p) for p in paths], views=views.key,

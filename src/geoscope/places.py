@@ -66,19 +66,25 @@ def load_places(region: Region | str | None = None, *, min_population: int = 150
     return frame.reset_index(drop=True)
 
 
-def nearest_place(lat: ArrayLike, lon: ArrayLike, places: pd.DataFrame,
-                  *, chunk: int = 4096) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
-    """For each point, the row position in ``places`` of the nearest place and its distance in km."""
+def nearest_place(lat: ArrayLike, lon: ArrayLike,
+                  places: pd.DataFrame) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
+    """For each point, the row position in ``places`` of the nearest place and its distance in km.
+
+    Points with missing coordinates get position 0 and distance NaN.
+    """
+    from scipy.spatial import cKDTree
+
     la = np.atleast_1d(np.asarray(lat, dtype=np.float64))
     lo = np.atleast_1d(np.asarray(lon, dtype=np.float64))
     if len(places) == 0:
         raise GeoscopeError("no places to search: the gazetteer has none in this region")
-    targets = to_unit_vectors(places["lat"].to_numpy(), places["lon"].to_numpy())
-    points = to_unit_vectors(la, lo)
-    index = np.empty(len(la), dtype=np.int64)
-    for start in range(0, len(la), chunk):
-        index[start:start + chunk] = np.argmax(points[start:start + chunk] @ targets.T, axis=1)
-    distance = haversine_km(la, lo, places["lat"].to_numpy()[index], places["lon"].to_numpy()[index])
+    plat, plon = places["lat"].to_numpy(dtype=np.float64), places["lon"].to_numpy(dtype=np.float64)
+    tree = cKDTree(to_unit_vectors(plat, plon))
+    ok = np.isfinite(la) & np.isfinite(lo)
+    index = np.zeros(len(la), dtype=np.int64)
+    if ok.any():
+        index[ok] = tree.query(to_unit_vectors(la[ok], lo[ok]))[1]
+    distance = haversine_km(la, lo, plat[index], plon[index])
     return index, distance
 
 

@@ -310,7 +310,10 @@ def _run(points: pd.DataFrame, out: Path, source: Source, client: HttpClient, jo
                 except (AuthError, NetworkError) as exc:
                     fatal = fatal or exc
                     client.stop.set()
-                except (FetchError, BadImageError, OSError) as exc:
+                except OSError as exc:  # the disk, not the service: no point can succeed
+                    fatal = fatal or FetchError(f"cannot write to {out}: {exc.strerror or exc}")
+                    client.stop.set()
+                except (FetchError, BadImageError) as exc:
                     failures.append(client.scrub(str(exc)))
                     if len(failures) <= 3:
                         say(f"geoscope: warning: {failures[-1]}")

@@ -67,10 +67,17 @@ def fetch_file(ref: str, filename: str, *, required: bool = True) -> Path | None
     if os.sep in ref and ref.startswith((".", "/", "~")):
         raise GeoscopeError(f"{ref}: folder not found")
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
     try:
         return Path(hf_hub_download(ref, filename))
+    except LocalEntryNotFoundError:
+        if required:
+            raise GeoscopeError(
+                f"hf:{ref}: {filename} is not in the Hugging Face cache and the hub cannot be reached "
+                "(connect once, or pass a local folder)"
+            ) from None
+        return None
     except EntryNotFoundError:
         if required:
             raise GeoscopeError(f"hf:{ref}: repository has no {filename}") from None

@@ -59,9 +59,9 @@ class TextEncoder:
         """Embed each text; float32 ``(len(texts), dim)``."""
         import torch
 
-        texts = list(texts) if not isinstance(texts, str) else texts
         if isinstance(texts, str):
             raise TypeError("texts must be a list of strings, not one string")
+        texts = list(texts)
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         out = []

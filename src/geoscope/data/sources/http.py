@@ -66,6 +66,14 @@ def scrub(text: str, secrets: Iterable[str] = ()) -> str:
     return out
 
 
+def check_base_url(url: str) -> str:
+    """``url`` without a trailing slash; raises :class:`FetchError` unless it is http(s)://host/…."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise FetchError(f"bad base URL {scrub(url)!r}: need http:// or https:// and a host")
+    return url.rstrip("/")
+
+
 class Budget:
     """A thread-safe count of requests, with an optional limit."""
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from ...geo import EARTH_RADIUS_KM, haversine_km
 from . import Located, View
-from .http import AuthError, FetchError, HttpClient, Response, error_detail
+from .http import AuthError, FetchError, HttpClient, Response, check_base_url, error_detail
 from .streetview import safe_name
 
 ENV_TOKEN = "MAPILLARY_ACCESS_TOKEN"
@@ -38,7 +38,7 @@ class Mapillary:
             raise FetchError(f"Mapillary search radius must be within 0–5000 m (got {radius_m:g})")
         self.client = client
         self.token = token
-        self.base_url = (base_url or os.environ.get(ENV_URL) or DEFAULT_URL).rstrip("/")
+        self.base_url = check_base_url(base_url or os.environ.get(ENV_URL) or DEFAULT_URL)
         self.headings = tuple(float(h) % 360 for h in headings)
         self.radius_m = radius_m
         self.limit = limit

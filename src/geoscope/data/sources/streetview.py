@@ -13,7 +13,7 @@ import re
 from collections.abc import Sequence
 
 from . import Located, View
-from .http import AuthError, FetchError, HttpClient, Response, error_detail
+from .http import AuthError, FetchError, HttpClient, Response, check_base_url, error_detail
 
 ENV_KEY = "GOOGLE_MAPS_API_KEY"
 ENV_URL = "GEOSCOPE_STREETVIEW_URL"
@@ -45,7 +45,7 @@ class StreetView:
             raise FetchError("Street View needs at least one heading")
         self.client = client
         self.key = key
-        self.base_url = (base_url or os.environ.get(ENV_URL) or DEFAULT_URL).rstrip("/")
+        self.base_url = check_base_url(base_url or os.environ.get(ENV_URL) or DEFAULT_URL)
         self.headings = tuple(float(h) % 360 for h in headings)
         self.radius_m = radius_m
         self.size, self.fov, self.pitch = size, fov, pitch
