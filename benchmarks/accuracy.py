@@ -11,7 +11,7 @@ import argparse
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -37,17 +37,19 @@ class Task:
     by: str
     block_km: float = 1.0
     goal: str = ""
+    smoothing_km: float = 0.0
 
 
 TASKS = (
     Task("which London (UK vs Ontario), label accuracy", ("london-uk", "london-on"),
          LabelScheme("column", {"column": "city"}), "block", 1.0, "≥ 97%"),
     Task("London UK, spatial 5-fold, median km", ("london-uk",),
-         LabelScheme("grid", {"cell_km": 5.0}), "block", 1.0, "≤ 12 km"),
+         LabelScheme("grid", {"cell_km": 5.0}), "block", 1.0, "≤ 12 km", 5.0),
     Task("western USA, 3 views fused, median km / 40-cell accuracy", ("us-west",),
-         LabelScheme("column", {"column": "grid_cell"}), "location", goal="≤ 250 km / ≥ 30%"),
+         LabelScheme("column", {"column": "grid_cell"}), "location", goal="≤ 250 km / ≥ 30%",
+         smoothing_km=150.0),
     Task("Croatia, 4 views fused, median km", ("croatia",),
-         LabelScheme("grid", {"cell_km": 50.0}), "location", goal="≤ 60 km"),
+         LabelScheme("grid", {"cell_km": 50.0}), "location", goal="≤ 60 km", smoothing_km=50.0),
 )
 
 
@@ -70,7 +72,8 @@ def cross_validate(task: Task, folds: int, encoder: str, config: TrainConfig) ->
         frame = manifest.frame.copy()
         frame["split"] = np.where(fold == k, "test", np.where(inner == 0, "val", "train"))
         with tempfile.TemporaryDirectory() as tmp:
-            options = FitOptions(scheme=task.scheme, image_encoder=encoder, train=config)
+            options = FitOptions(scheme=task.scheme, image_encoder=encoder,
+                                 train=replace(config, label_smoothing_km=task.smoothing_km))
             fit(Manifest(frame, manifest.root), options, Path(tmp) / "model", progress=False)
             model = load_model(Path(tmp) / "model")
             test = Manifest(frame[frame["split"] == "test"].reset_index(drop=True), manifest.root)

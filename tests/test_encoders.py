@@ -281,6 +281,27 @@ def test_hf_hub_name_loads_from_the_offline_cache(tmp_path: Path, tiny_hf: dict[
         get_image_encoder("hf:openai/clip-vit-base-patch32")
 
 
+@pytest.mark.parametrize(("values", "expected"), [
+    # openai/clip-vit-base-patch32 (older integer form)
+    ({"crop_size": 224, "do_center_crop": True, "do_normalize": True, "do_resize": True, "resample": 3,
+      "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711],
+      "size": 224}, (224, 224, "bicubic", True)),
+    # microsoft/resnet-50: resize to 224 / 0.875, crop 224
+    ({"crop_pct": 0.875, "do_normalize": True, "do_resize": True, "image_mean": [0.485, 0.456, 0.406],
+      "image_std": [0.229, 0.224, 0.225], "resample": 3, "size": 224}, (256, 224, "bicubic", True)),
+    # google/vit-base-patch16-224: squash to 224×224, bilinear, mean = std = 0.5
+    ({"do_normalize": True, "do_resize": True, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5],
+      "resample": 2, "size": {"height": 224, "width": 224}}, (224, 224, "bilinear", False)),
+])
+def test_hf_preprocess_reads_real_configs(tmp_path: Path, values: dict, expected: tuple) -> None:
+    from geoscope.encoders.hub import hf_preprocess
+
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(values))
+    pre = hf_preprocess(str(tmp_path), "clip", None)
+    assert (pre.size, pre.crop_size, pre.resample, pre.keep_aspect) == expected
+    assert pre.mean == pytest.approx(tuple(values["image_mean"]))
+
+
 def test_hf_errors_are_one_line(tmp_path: Path, tiny_hf: dict[str, Path]) -> None:
     from geoscope.encoders.text import get_text_encoder
 

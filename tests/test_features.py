@@ -39,7 +39,7 @@ def test_rerun_is_all_cache_hits_and_copies_hit(tmp_path: Path, encoder) -> None
     copy.parent.mkdir()
     shutil.copy(paths[2], copy)
     again = extract_features([*paths, copy], encoder, progress=False, cache=tmp_path / "cache")
-    assert (again.encoded, again.cached) == (0, 7)
+    assert (again.encoded, again.cached, again.duplicates) == (0, 7, 1)
     np.testing.assert_array_equal(again.embeddings[:6], first.embeddings)
     np.testing.assert_array_equal(again.embeddings[6], first.embeddings[2])
 

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -32,6 +32,9 @@ from .fileio import atomic_open, atomic_write_bytes, atomic_write_json
 from .images import open_image
 from .paths import cache_dir
 
+if TYPE_CHECKING:
+    from .encoders.image import ImageEncoder
+
 SHARD_SIZE = 512
 _HASH_BYTES = 20
 
@@ -42,9 +45,10 @@ class FeatureSet:
 
     ``embeddings`` is float32 ``(n, dim)`` (views averaged) or ``(n, views, dim)`` (views
     kept); rows of bad images are NaN and ``valid`` is false there, with one line per bad
-    image in ``errors``. ``encoded`` and ``cached`` count images this call decoded and
-    encoded versus served from the cache. Trunk feature maps come flattened: reshape rows
-    to ``output_shape``.
+    image in ``errors``. ``encoded`` counts distinct image files this call decoded and
+    encoded, ``cached`` the rows served from what was cached before it, ``duplicates`` the
+    rows whose file is byte-identical to an earlier row's (they share its features).
+    Trunk feature maps come flattened: reshape rows to ``output_shape``.
     """
 
     embeddings: np.ndarray
@@ -56,6 +60,7 @@ class FeatureSet:
     output_shape: tuple[int, ...] = ()
     encoded: int = 0
     cached: int = 0
+    duplicates: int = 0
     seconds: float = 0.0
     encode_seconds: float = field(default=0.0, repr=False)
 
@@ -95,7 +100,7 @@ class FeatureSet:
 
 def extract_features(
     images: Manifest | str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
-    encoder: Any,
+    encoder: ImageEncoder | str,
     *,
     batch_size: int = 64,
     workers: int | None = None,
@@ -118,7 +123,7 @@ def extract_features(
     Bad images are reported in ``errors`` and skipped. ``cache`` overrides the cache
     root's ``features`` folder.
     """
-    from .encoders.image import ImageEncoder, get_image_encoder, image_encoder_spec
+    from .encoders.image import get_image_encoder
 
     start = time.perf_counter()
     if combine not in ("mean", "stack"):
@@ -128,10 +133,7 @@ def extract_features(
     views = Views.parse(augment)
     paths = image_paths(images)
     if isinstance(encoder, str):
-        spec = image_encoder_spec(encoder)
-        encoder = ImageEncoder(spec, backend)
-    elif not isinstance(encoder, ImageEncoder):
-        encoder = get_image_encoder(str(encoder), backend)
+        encoder = get_image_encoder(encoder, backend)  # cheap: weights load only if needed
     workers = cpu_count() if workers is None else max(0, workers)
 
     digests, read_errors = hash_files(paths, workers)
@@ -165,6 +167,7 @@ def extract_features(
         encoder_name=encoder.name, paths=[str(p) for p in paths], views=views.key,
         output_shape=tuple(encoder.output_shape), encoded=len(todo),
         cached=sum(d is not None and d not in todo for d in digests),
+        duplicates=sum(d is not None for d in digests) - len(set(digests) - {None}),
         seconds=time.perf_counter() - start, encode_seconds=encode_seconds,
     )
 
@@ -201,7 +204,7 @@ def hash_files(paths: Sequence[Path], workers: int = 2) -> tuple[list[bytes | No
 class ShardStore:
     """The cached outputs of one encoder and view variant: shards indexed by content hash."""
 
-    def __init__(self, root: Path, encoder: Any, views: Views) -> None:
+    def __init__(self, root: Path, encoder: ImageEncoder, views: Views) -> None:
         self.folder = root / encoder.cache_key / views.key
         self.views, self.dim = views, encoder.dim
         self.dtype = np.dtype(encoder.storage_dtype)
@@ -297,7 +300,7 @@ def _prefetch(executor: Executor | None, fn: Callable[[Any], Any], items: Iterab
         yield pending.popleft().result()
 
 
-def _encode_missing(todo: dict[bytes, Path], encoder: Any, views: Views, store: ShardStore, *,
+def _encode_missing(todo: dict[bytes, Path], encoder: ImageEncoder, views: Views, store: ShardStore, *,
                     batch_size: int, workers: int, shard_size: int, progress: bool) -> None:
     from functools import partial
 
@@ -336,7 +339,8 @@ def _encode_missing(todo: dict[bytes, Path], encoder: Any, views: Views, store: 
             executor.shutdown(wait=True, cancel_futures=True)
 
 
-def _encode_batch(encoder: Any, views: Views, pending: list[tuple[int, np.ndarray]], outputs: np.ndarray) -> None:
+def _encode_batch(encoder: ImageEncoder, views: Views, pending: list[tuple[int, np.ndarray]],
+                  outputs: np.ndarray) -> None:
     batch = np.concatenate([array for _, array in pending])  # (k * views, 3, c, c)
     encoded = encoder.encode(batch).reshape(len(pending), views.count, encoder.dim)
     for (row, _), value in zip(pending, encoded, strict=True):

@@ -35,12 +35,12 @@ class TrainConfig:
     """``"clip"``: the seed's symmetric in-batch loss; ``"label"``: softmax over all places."""
     label_smoothing_km: float = 0.0
     """τ of PIGEON's haversine label smoothing (``"label"`` loss only); 0 = one-hot."""
-    lr_head: float = 1e-3
+    lr_head: float = 1e-4
     wd_head: float = 1e-4
     lr_image: float = 1e-4
     """For trainable image-encoder layers, when the model fine-tunes some."""
     wd_image: float = 1e-5
-    lr_text: float = 1e-3
+    lr_text: float = 1e-4
     """For the place-name (text) projection head."""
     wd_text: float = 1e-4
     batch_size: int = 256
@@ -49,10 +49,12 @@ class TrainConfig:
     """ReduceLROnPlateau patience (epochs without validation improvement before the lr drops)."""
     factor: float = 0.5
     """ReduceLROnPlateau factor."""
-    early_stop: int = 6
+    early_stop: int = 8
     """Stop after this many epochs without validation improvement."""
-    feature_noise: float = 0.0
+    feature_noise: float = 1.0
     """Std of Gaussian noise added to input features during training (relative to their std)."""
+    learn_place_offsets: bool = True
+    """Let every place learn an offset from its name's embedding (names can repeat or say little)."""
     seed: int = 0
 
     def to_dict(self) -> dict:
@@ -98,7 +100,7 @@ def _param_groups(model: PlaceCLIP, config: TrainConfig, image_adapter: nn.Modul
     groups = [
         {"name": "head", "params": [*model.image_head.parameters(), model.logit_scale],
          "lr": config.lr_head, "weight_decay": config.wd_head},
-        {"name": "text", "params": list(model.text_head.parameters()),
+        {"name": "text", "params": [*model.text_head.parameters(), model.place_offsets],
          "lr": config.lr_text, "weight_decay": config.wd_text},
     ]
     if image_adapter is not None:
@@ -138,7 +140,9 @@ def train_place_clip(
     seed_everything(config.seed)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     image_dim = _image_dim(train, image_adapter)
-    model = PlaceCLIP(PlaceCLIPConfig(image_dim, text_features.shape[1], config.embed_dim, config.dropout))
+    n_places = len(text_features) if config.learn_place_offsets else 0
+    model = PlaceCLIP(PlaceCLIPConfig(image_dim, text_features.shape[1], config.embed_dim, config.dropout,
+                                      n_places=n_places))
     adapter = image_adapter if image_adapter is not None else nn.Identity()
     optimizer = torch.optim.AdamW(_param_groups(model, config, image_adapter))
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(

@@ -48,6 +48,8 @@ def run_features(args: argparse.Namespace) -> int:
     rate = f"  ({result.images_per_second:.1f} images/s)" if result.encoded else ""
     print(f"  encoded now  {result.encoded:,}{rate}")
     print(f"  from cache   {result.cached:,}")
+    if result.duplicates:
+        print(f"  duplicates   {result.duplicates:,} (byte-identical files, features shared)")
     print(f"  bad images   {bad:,}")
     for line in result.errors[:MAX_ERRORS_SHOWN]:
         print(f"    {line}")

@@ -18,10 +18,15 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import GeoscopeError
 from .preprocess import IMAGENET_MEAN, IMAGENET_STD, RESAMPLE, Preprocess
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from .image import EncoderSpec
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -210,7 +215,7 @@ def _image_kind(ref: str, config: Any) -> HFImageModel:
     return HFImageModel(model_type, int(hidden))
 
 
-def hf_image_spec(name: str):
+def hf_image_spec(name: str) -> EncoderSpec:
     """The :class:`~geoscope.encoders.image.EncoderSpec` of an ``hf:`` vision checkpoint."""
     from .image import EncoderSpec, fingerprint
 
@@ -223,7 +228,7 @@ def hf_image_spec(name: str):
                        build=lambda: build_image_module(ref, kind.model_type))
 
 
-def build_image_module(ref: str, model_type: str):
+def build_image_module(ref: str, model_type: str) -> nn.Module:
     """The torch module (pixels → embedding) of a vision checkpoint."""
     import transformers
 

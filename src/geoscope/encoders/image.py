@@ -15,6 +15,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -31,6 +32,9 @@ from .efficientnet import (
 )
 from .onnx_runtime import OnnxRunner, export_onnx, onnx_cache_path, slug
 from .preprocess import Preprocess
+
+if TYPE_CHECKING:
+    from torch import nn
 
 BACKENDS = ("onnx", "torch")
 PATTERNS = ("<name>/trunk-<n>", "hf:<repo-or-path>")
@@ -49,7 +53,7 @@ class EncoderSpec:
     preprocess: Preprocess
     output_shape: tuple[int, ...]
     fingerprint: str
-    build: Callable[[], object]
+    build: Callable[[], nn.Module]
     storage_dtype: str = "float32"
 
 
@@ -106,7 +110,7 @@ class ImageEncoder:
     def __repr__(self) -> str:
         return f"ImageEncoder({self.name!r}, dim={self.dim}, backend={self.backend!r})"
 
-    def torch_module(self):
+    def torch_module(self) -> nn.Module:
         """A fresh torch module (images → outputs) in eval mode, for fine-tuning."""
         return self.spec.build().eval()
 
@@ -124,7 +128,7 @@ class ImageEncoder:
             raise GeoscopeError(f"{self.name}: model gives {out.shape[1]} values per image, expected {self.dim}")
         return out
 
-    def _torch(self):
+    def _torch(self) -> nn.Module:
         if self._module is None:
             self._module = self.torch_module()
         return self._module
@@ -132,8 +136,11 @@ class ImageEncoder:
     def _run_torch(self, batch: np.ndarray) -> np.ndarray:
         import torch
 
+        if self._module is None:  # channels-last: ~1.5× faster convolutions on CPU
+            self._module = self.torch_module().to(memory_format=torch.channels_last)
+        images = torch.from_numpy(batch).contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
-            return self._torch()(torch.from_numpy(batch)).float().numpy()
+            return self._module(images).float().numpy()
 
     def _run_onnx(self, batch: np.ndarray) -> np.ndarray:
         if self._runner is None:

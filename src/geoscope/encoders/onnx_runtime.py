@@ -7,12 +7,16 @@ import os
 import re
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import GeoscopeError
 from ..fileio import atomic_write_bytes
 from ..paths import cache_subdir
+
+if TYPE_CHECKING:
+    from torch import nn
 
 OPSET = 17
 TOLERANCE = 1e-4
@@ -37,7 +41,7 @@ def onnx_cache_path(name: str, fingerprint: str) -> Path:
     return cache_subdir("onnx") / f"{slug(name)}-{fingerprint[:12]}.onnx"
 
 
-def export_onnx(module, example: np.ndarray, path: str | os.PathLike[str], *,
+def export_onnx(module: nn.Module, example: np.ndarray, path: str | os.PathLike[str], *,
                 tolerance: float = TOLERANCE) -> float:
     """Export ``module`` (one float32 NCHW input → one output) with a dynamic batch axis.
 

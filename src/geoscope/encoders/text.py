@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import GeoscopeError
 from .hub import HFTextParts, load_text_parts
+
+if TYPE_CHECKING:
+    import torch
 
 
 def _minilm_path() -> str:
@@ -43,7 +47,7 @@ class TextEncoder:
     def __repr__(self) -> str:
         return f"TextEncoder({self.name!r}, dim={self.dim})"
 
-    def tokenize(self, texts: Sequence[str]) -> dict:
+    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         """Padded, truncated token tensors (``input_ids``, ``attention_mask``) for the module."""
         if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
             raise TypeError("texts must be a list of strings")
@@ -51,7 +55,7 @@ class TextEncoder:
                                 max_length=self.max_length, return_tensors="pt")
         return {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"]}
 
-    def torch_module(self):
+    def torch_module(self) -> torch.nn.Module:
         """A copy of the torch module ``(input_ids, attention_mask) → (n, dim)``, for fine-tuning."""
         return copy.deepcopy(self._module)
 

@@ -27,6 +27,8 @@ class PlaceCLIPConfig:
     embed_dim: int = 256
     dropout: float = 0.1
     init_temperature: float = 0.07
+    n_places: int = 0
+    """With n_places > 0 each place also learns its own offset, added to its name's embedding."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -41,14 +43,18 @@ class PlaceCLIP(nn.Module):
         self.image_head = ProjectionHead(config.image_dim, config.embed_dim, config.dropout)
         self.text_head = ProjectionHead(config.text_dim, config.embed_dim, config.dropout)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / config.init_temperature)))
+        self.place_offsets = nn.Parameter(torch.zeros(config.n_places, config.embed_dim))
 
     def embed_images(self, image_features: torch.Tensor) -> torch.Tensor:
         """Unit-length image embeddings."""
         return F.normalize(self.image_head(image_features), dim=-1)
 
     def embed_places(self, text_features: torch.Tensor) -> torch.Tensor:
-        """Unit-length place embeddings."""
-        return F.normalize(self.text_head(text_features), dim=-1)
+        """Unit-length place embeddings (one row per place, in label order)."""
+        embedded = self.text_head(text_features)
+        if self.config.n_places:
+            embedded = embedded + self.place_offsets
+        return F.normalize(embedded, dim=-1)
 
     def scale(self) -> torch.Tensor:
         """Inverse temperature, clamped to 100 as in CLIP."""
