@@ -109,7 +109,7 @@ def main() -> int:
         return 2
     config = TrainConfig()
     print(f"encoder {args.encoder}, {args.folds}-fold, config {config.to_dict()}\n")
-    print(f"| task | goal | model | centroid | kNN | time |\n|---|---|---|---|---|---|")
+    print("| task | goal | model | centroid | kNN | time |\n|---|---|---|---|---|---|")
     for i, task in enumerate(TASKS, 1):
         if args.task and i not in args.task:
             continue

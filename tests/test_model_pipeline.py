@@ -206,6 +206,6 @@ def test_manifest_without_split_is_split_by_place(town_manifest: Path, tmp_path:
     frame = manifest.frame.drop(columns="split")
     options = FitOptions(scheme=LabelScheme("grid", {"cell_km": 50.0}), augment=False,
                          train=TrainConfig(max_epochs=2))
-    path, result = fit(Manifest(frame, manifest.root), options, tmp_path / "m", progress=False)
+    path, _result = fit(Manifest(frame, manifest.root), options, tmp_path / "m", progress=False)
     sizes = json.loads((path / "config.json").read_text())["training"]["data"]["splits"]
     assert sizes["train"] > sizes["val"] > 0

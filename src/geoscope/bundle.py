@@ -59,6 +59,10 @@ def save_bundle(
         labels.to_csv(staging / LABELS, index=False)
         atomic_write_json(staging / HISTORY, history)
         atomic_write_text(staging / CARD, card)
+        mask = os.umask(0)
+        os.umask(mask)
+        staging.chmod(0o777 & ~mask)  # mkdtemp makes 0700
+        (staging / WEIGHTS).chmod(0o666 & ~mask)
         if target.exists():
             old = target.with_name(f".{target.name}.old")
             shutil.rmtree(old, ignore_errors=True)

@@ -98,11 +98,11 @@ def _keep_used(frame: pd.DataFrame, ids: np.ndarray, table: pd.DataFrame) -> tup
     table.insert(2, "lat", [c[0] for c in centroids])
     table.insert(3, "lon", [c[1] for c in centroids])
     table.insert(4, "count", np.bincount(new_ids[new_ids >= 0], minlength=used.size))
-    table["name"] = _unique_names(table["name"].astype(str).tolist())
     if "country_code" not in table:
         world = load_places(None)
         nearest, _ = nearest_place(table["lat"], table["lon"], world)
         table["country_code"] = world["country_code"].to_numpy()[nearest]
+    table["name"] = _unique_names(table["name"].astype(str).tolist(), table["country_code"].tolist())
     return new_ids, table
 
 
@@ -110,7 +110,12 @@ def _origin(table: pd.DataFrame) -> str:
     return "city" if "population" in table and "members" in table else "cell"
 
 
-def _unique_names(names: list[str]) -> list[str]:
+def _unique_names(names: list[str], countries: list[str | None]) -> list[str]:
+    """Names that tell places apart: "London, United Kingdom" beside "London, Canada", then numbers."""
+    repeated = {n for n in names if names.count(n) > 1}
+    known = country_names()
+    names = [f"{n}, {known.get(c or '', c)}" if n in repeated and c else n
+             for n, c in zip(names, countries, strict=True)]
     seen: dict[str, int] = {}
     out = []
     for name in names:
