@@ -11,6 +11,7 @@ import pandas as pd
 
 from ..errors import GeoscopeError
 from ..results import MODEL, EvaluationResult
+from .html import finite_or_none
 from .seed import SEED_FIGURES, PublishedFigure
 from .tables import display_name
 
@@ -98,9 +99,9 @@ def evaluation_rows(result: EvaluationResult) -> list[PublishedFigure]:
         rows.append(PublishedFigure(
             name=title,
             dataset=result.dataset,
-            accuracy=_finite(metrics.get("label_accuracy")),
-            mean_km=_finite(metrics.get("mean_km")),
-            median_km=_finite(metrics.get("median_km")),
+            accuracy=finite_or_none(metrics.get("label_accuracy")),
+            mean_km=finite_or_none(metrics.get("mean_km")),
+            median_km=finite_or_none(metrics.get("median_km")),
             source="this evaluation",
         ))
     return rows
@@ -111,11 +112,3 @@ def comparison_rows(
 ) -> list[PublishedFigure]:
     """Every row of the comparison table: this evaluation, the seed, then the user's figures."""
     return [*evaluation_rows(result), *SEED_FIGURES, *user]
-
-
-def _finite(value: object) -> float | None:
-    try:
-        number = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None

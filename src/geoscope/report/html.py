@@ -24,7 +24,8 @@ def esc(text: object) -> str:
     return html.escape(str(text), quote=True)
 
 
-def _finite(value: object) -> float | None:
+def finite_or_none(value: object) -> float | None:
+    """A finite float, or None for missing, non-numeric, NaN or infinite values."""
     try:
         number = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
@@ -35,7 +36,7 @@ def _finite(value: object) -> float | None:
 def format_value(value: object, kind: str) -> str:
     """A number as the page shows it: ``count`` 1,234; ``km`` 12.3 / 292; ``score`` 3,210;
     ``share`` 14.3%; ``share2`` 14.34%; missing or NaN as a dash."""
-    number = _finite(value)
+    number = finite_or_none(value)
     if number is None:
         return DASH
     if kind == "count":
@@ -51,7 +52,7 @@ def format_value(value: object, kind: str) -> str:
 
 def num_cell(value: object, kind: str, *, best: bool = False, extra: str = "") -> str:
     """A right-aligned number cell carrying the exact value in ``data-value``."""
-    number = _finite(value)
+    number = finite_or_none(value)
     data = f' data-value="{number!r}"' if number is not None else ""
     classes = " ".join(c for c in ("num", "best" if best else "", extra) if c)
     return f'<td class="{classes}"{data}>{esc(format_value(value, kind))}</td>'
@@ -100,7 +101,7 @@ def comparison_table(rows: Sequence[PublishedFigure]) -> str:
 def split_table(per_split: dict[str, dict[str, dict]], names: Sequence[str],
                 display: dict[str, str]) -> str:
     """One row per split; each metric's column group holds the model and every baseline."""
-    labelled = any(_finite(m.get("label_accuracy")) is not None
+    labelled = any(finite_or_none(m.get("label_accuracy")) is not None
                    for per in per_split.values() for m in per.values())
     metrics = [("median_km", "median error (km)", "km", None),
                ("within_km", "within 25 km", "share", "25"),
