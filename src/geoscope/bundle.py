@@ -20,7 +20,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from .errors import ModelError
-from .fileio import atomic_write_json, atomic_write_text
+from .fileio import atomic_write_json, atomic_write_text, current_umask
 
 FORMAT = "geoscope-bundle"
 FORMAT_VERSION = 1
@@ -59,8 +59,7 @@ def save_bundle(
         labels.to_csv(staging / LABELS, index=False)
         atomic_write_json(staging / HISTORY, history)
         atomic_write_text(staging / CARD, card)
-        mask = os.umask(0)
-        os.umask(mask)
+        mask = current_umask()
         staging.chmod(0o777 & ~mask)  # mkdtemp makes 0700
         (staging / WEIGHTS).chmod(0o666 & ~mask)
         if target.exists():

@@ -18,35 +18,6 @@ from .labels import LabelScheme, assign_labels
 from .predict import GeoModel
 from .results import CENTROID, KNN, MODEL, EvaluationResult
 
-KNN_K = 10
-KNN_SUPPORT_KM = 25.0
-
-
-def knn_locate(
-    query: np.ndarray, gallery: np.ndarray, gallery_lat: np.ndarray, gallery_lon: np.ndarray,
-    k: int = KNN_K, support_km: float = KNN_SUPPORT_KM,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Locate each query at the neighbour with the most similar company nearby.
-
-    Of the ``k`` most cosine-similar gallery items, pick the one whose neighbours within
-    ``support_km`` add up to the largest similarity (a vote that copes with several modes).
-    """
-    q = query / np.linalg.norm(query, axis=1, keepdims=True).clip(1e-12)
-    g = gallery / np.linalg.norm(gallery, axis=1, keepdims=True).clip(1e-12)
-    k = min(k, len(g))
-    out_lat, out_lon = np.empty(len(q)), np.empty(len(q))
-    for start in range(0, len(q), 1024):
-        sims = q[start : start + 1024] @ g.T
-        top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-        top_sims = np.take_along_axis(sims, top, axis=1)
-        la, lo = gallery_lat[top], gallery_lon[top]
-        close = haversine_km(la[:, :, None], lo[:, :, None], la[:, None, :], lo[:, None, :]) <= support_km
-        support = (close * top_sims[:, None, :]).sum(axis=2)
-        best = support.argmax(axis=1)
-        rows = np.arange(len(top))
-        out_lat[start : start + 1024], out_lon[start : start + 1024] = la[rows, best], lo[rows, best]
-    return out_lat, out_lon
-
 
 def evaluate(
     model: GeoModel, manifest: Manifest, *, fuse_views: bool | None = None, progress: bool = True,

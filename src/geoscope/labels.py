@@ -72,10 +72,8 @@ def assign_labels(lat: np.ndarray, lon: np.ndarray, table: pd.DataFrame, scheme:
     if scheme.kind == "grid":
         return assign_grid(lat, lon, table.rename(columns={"label": "cell_id"}))
     if scheme.kind == "cities":
-        return assign_nearest(lat, lon, table.rename(columns={"city_lat": "_", "city_lon": "__"})
-                              .assign(lat=table.get("city_lat", table["lat"]),
-                                      lon=table.get("city_lon", table["lon"])),
-                              scheme.params.get("radius_km"), id_column="label")
+        centres = table.assign(lat=table["city_lat"], lon=table["city_lon"])  # not the image centroids
+        return assign_nearest(lat, lon, centres, scheme.params.get("radius_km"), id_column="label")
     if values is None:
         return np.full(len(lat), -1, dtype=np.int64)
     lookup = dict(zip(table["value"].astype(str), table["label"], strict=True))

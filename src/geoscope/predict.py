@@ -18,6 +18,7 @@ import torch
 
 from .bundle import BundleFiles, read_bundle
 from .errors import ModelError
+from .knn import knn_locate
 from .models.place_clip import PlaceCLIP, PlaceCLIPConfig
 
 
@@ -110,8 +111,6 @@ class GeoModel:
 
     def knn(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """kNN baseline: locate frozen encoder features among the training gallery."""
-        from .evaluate import knn_locate
-
         t = self.files.tensors
         query = (np.asarray(features, dtype=np.float32) - t["gallery.pca_mean"]) @ t["gallery.pca_components"].T
         return knn_locate(query, t["gallery.features"].astype(np.float32),
@@ -138,7 +137,7 @@ class GeoModel:
         fs = extract_features([Path(p) for p in paths], self.encoder, progress=progress)
         embeddings = self.embed(np.nan_to_num(fs.embeddings))
         valid = np.asarray(fs.valid, dtype=bool)
-        errors = _errors_by_path(paths, fs.errors)
+        errors = dict(zip(np.flatnonzero(~valid).tolist(), fs.errors, strict=True))  # in row order
         if views:
             if not valid.any():
                 return [Prediction(paths[0], [], "no readable view", views=paths)]
@@ -149,18 +148,9 @@ class GeoModel:
         probs = self.probabilities(embeddings)
         return [
             Prediction(p, self.guesses(probs[i], top_k)) if valid[i]
-            else Prediction(p, [], errors.get(p, "unreadable image"))
+            else Prediction(p, [], errors[i])
             for i, p in enumerate(paths)
         ]
-
-
-def _errors_by_path(paths: list[str], errors: Sequence[str]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for message in errors:
-        for p in paths:
-            if message.startswith(p):
-                out[p] = message
-    return out
 
 
 def load_model(directory: str | os.PathLike[str] | None = None) -> GeoModel:

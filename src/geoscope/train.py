@@ -138,7 +138,6 @@ def train_place_clip(
     ``image`` parameter group. ``extra_splits`` (e.g. ``test``) are only measured.
     """
     seed_everything(config.seed)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     image_dim = _image_dim(train, image_adapter)
     n_places = len(text_features) if config.learn_place_offsets else 0
     model = PlaceCLIP(PlaceCLIPConfig(image_dim, text_features.shape[1], config.embed_dim, config.dropout,
