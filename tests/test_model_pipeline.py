@@ -193,12 +193,14 @@ def test_broken_bundles_fail_in_one_line(town_model: Path, tmp_path: Path, damag
 
 def test_train_cli_writes_a_bundle(town_manifest: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "cli-model"
-    assert main(["train", str(town_manifest), "--labels", "grid", "--cell-km", "50", "-o", str(out),
-                 "--max-epochs", "2", "--no-augment"]) == 0
+    argv = ["train", str(town_manifest), "--labels", "grid", "--cell-km", "50", "-o", str(out),
+            "--max-epochs", "2", "--no-augment", "--no-learn-place-offsets"]
+    assert main(argv) == 0
     assert "wrote" in capsys.readouterr().out
     config = json.loads((out / "config.json").read_text())
     assert config["labels"] == {"kind": "grid", "cell_km": 50.0}
-    assert config["training"]["command"][:2] == ["geoscope", "train"] or config["training"]["command"]
+    assert config["training"]["command"] == ["geoscope", *argv]
+    assert config["training"]["config"]["learn_place_offsets"] is False
 
 
 def test_manifest_without_split_is_split_by_place(town_manifest: Path, tmp_path: Path) -> None:

@@ -55,7 +55,9 @@ def _register(module_name: str, subparsers: argparse._SubParsersAction) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the process exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # the command as given, for records such as a model's training command
     try:
         code = args.func(args)
     except GeoscopeError as exc:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from dataclasses import fields
 
 from ..data.manifest import read_manifest
@@ -27,9 +26,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="search learning rate, weight decay, patience and factor by val loss")
     defaults = TrainConfig()
     for f in fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        parser.add_argument(flag, type=type(getattr(defaults, f.name)), default=getattr(defaults, f.name),
-                            help=f"(default {getattr(defaults, f.name)})")
+        flag, default = "--" + f.name.replace("_", "-"), getattr(defaults, f.name)
+        if isinstance(default, bool):  # type=bool would read "False" as True
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
+        else:
+            parser.add_argument(flag, type=type(default), default=default, help=f"(default {default})")
     parser.set_defaults(func=run)
 
 
@@ -39,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     options = FitOptions(scheme=scheme_from_args(args.labels, args), image_encoder=args.encoder,
                          text_encoder=args.text_encoder, train=config, augment=args.augment,
                          search=args.search, name=args.name or args.output.rstrip("/").split("/")[-1])
-    path, result = fit(manifest, options, args.output, command=["geoscope", *sys.argv[1:]])
+    path, result = fit(manifest, options, args.output, command=["geoscope", *args.argv])
     print(f"best epoch {result.best_epoch} (val loss {result.best_val_loss:.4f})")
     for record in (r for r in result.history if r["epoch"] == result.best_epoch):
         print(f"  {record['split']:5s}  accuracy {record['accuracy']:6.1%}  mean {record['mean_km']:8.1f} km"
