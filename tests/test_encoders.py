@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import shared_dataset
+import torch
+from conftest import make_images, shared_dataset
 from PIL import Image
 
 from geoscope.encoders.image import available_image_encoders, get_image_encoder
@@ -321,3 +322,23 @@ def test_minilm_places_similar_names_together() -> None:
     v = encoder.encode(["London, UK", "London, England", "Zagreb, Croatia"])
     np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
     assert v[0] @ v[1] > v[0] @ v[2] + 0.3
+
+
+def test_image_side_cached_trunk_and_pretrained_top_give_the_frozen_features(tmp_path: Path) -> None:
+    from geoscope.models.image_side import ImageSide, apply_adapter
+
+    paths = make_images(tmp_path / "wide", 6, size=(200, 100))
+    frozen = ImageSide("efficientnet-lite0", 0, crops=2)
+    tuned = ImageSide("efficientnet-lite0", 1, crops=2)
+    expected = frozen.extract(paths, progress=False).embeddings  # full net, crops averaged
+    maps = tuned.extract(paths, progress=False).embeddings  # cached trunk maps, both crops side by side
+    assert maps.shape == (6, 2 * int(np.prod(get_image_encoder(tuned.cached_encoder).output_shape)))
+    adapter = tuned.adapter()
+    got = apply_adapter(adapter, maps)
+    assert np.abs(got - expected).max() < 2e-2 * np.abs(expected).max()  # trunk maps are cached as float16
+
+    adapter.train()  # training: random windows of the maps, batch-norm statistics untouched
+    before = {k: v.clone() for k, v in adapter.state_dict().items() if "running" in k}
+    out = adapter(torch.from_numpy(maps))
+    assert out.shape == (6, 1280) and not torch.allclose(out, torch.from_numpy(got), atol=1e-3)
+    assert all(torch.equal(v, adapter.state_dict()[k]) for k, v in before.items())

@@ -211,3 +211,67 @@ def test_manifest_without_split_is_split_by_place(town_manifest: Path, tmp_path:
     path, _result = fit(Manifest(frame, manifest.root), options, tmp_path / "m", progress=False)
     sizes = json.loads((path / "config.json").read_text())["training"]["data"]["splits"]
     assert sizes["train"] > sizes["val"] > 0
+
+
+def test_finetuned_top_is_trained_saved_and_used_by_predict(town_manifest: Path, tmp_path: Path) -> None:
+    from geoscope.encoders.efficientnet import split_efficientnet
+
+    options = FitOptions(scheme=LabelScheme("grid", {"cell_km": 50.0}), augment=False, finetune_blocks=1, crops=2,
+                         train=TrainConfig(max_epochs=3, batch_size=16, early_stop=3, lr_image=1e-3))
+    out, result = fit(read_manifest(town_manifest), options, tmp_path / "ft", progress=False)
+    files = read_bundle(out)
+    assert files.config["image_encoder"] == {"name": "efficientnet-lite0", "finetune_blocks": 1, "crops": 2}
+    _, pretrained = split_efficientnet("efficientnet-lite0", 1)
+    tuned = {k.removeprefix("image_top.top."): v for k, v in files.tensors.items() if k.startswith("image_top.")}
+    assert tuned.keys() == pretrained.state_dict().keys()
+    moved = [k for k, v in pretrained.state_dict().items() if v.is_floating_point()
+             and not np.allclose(v.numpy(), tuned[k])]
+    assert moved and all("running" not in k for k in moved)  # weights trained, batch-norm statistics frozen
+
+    model = load_model(out)
+    test = read_manifest(town_manifest).split("test")
+    predicted = model.predict(test.image_paths, top_k=1)
+    # The bundle's answers are the trained model's own: same top-1 as its test-split accuracy says.
+    truth = test.frame["image"].str.extract(r"images/(\w+)_")[0]
+    accuracy = np.mean([p.guesses[0].label == t for p, t in zip(predicted, truth, strict=True)])
+    best = next(r for r in result.history if r["epoch"] == result.best_epoch and r["split"] == "test")
+    assert accuracy == pytest.approx(best["accuracy"])
+
+
+def test_serve_answers_uploads_and_refuses_bad_ones(town_manifest: Path, town_model: Path) -> None:
+    import threading
+    import urllib.error
+    import urllib.request
+
+    from geoscope.serve import make_server
+
+    model = load_model(town_model)
+    server = make_server(model, "127.0.0.1", 0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+
+    def post(body: bytes, query: str = "") -> tuple[int, dict]:
+        request = urllib.request.Request(f"{base}/predict{query}", data=body, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=30) as reply:
+                return reply.status, json.loads(reply.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    try:
+        test = read_manifest(town_manifest).split("test")
+        image = test.image_paths[0]
+        status, answer = post(image.read_bytes(), "?top_k=2")
+        expected = model.predict([image], top_k=2)[0]
+        assert status == 200 and answer["guesses"] == [g.to_dict() for g in expected.guesses]
+        status, answer = post(b"not an image")
+        assert status == 422 and "upload" in answer["error"] and "/tmp" not in answer["error"]
+        assert post(image.read_bytes(), "?top_k=x")[0] == 400
+        with urllib.request.urlopen(f"{base}/", timeout=30) as reply:
+            assert b"<input type=\"file\"" in reply.read()
+        with urllib.request.urlopen(f"{base}/health", timeout=30) as reply:
+            assert json.loads(reply.read())["labels"] == len(TOWNS)
+    finally:
+        server.shutdown()
+        server.server_close()

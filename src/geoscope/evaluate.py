@@ -1,7 +1,7 @@
 """Honest evaluation of a model on a manifest, beside two baselines on the same rows.
 
 Baselines: the training centroid (always guess the middle of the training data) and
-k-nearest neighbours over the same frozen encoder features (the bundle's gallery).
+k-nearest neighbours over the same image features (the bundle's gallery).
 Views of one place are fused when the manifest has several per place.
 """
 
@@ -12,7 +12,6 @@ import pandas as pd
 
 from .data.manifest import Manifest
 from .errors import GeoscopeError
-from .features import extract_features
 from .geo import haversine_km, summarize_errors
 from .labels import LabelScheme, assign_labels
 from .predict import GeoModel
@@ -25,7 +24,7 @@ def evaluate(
 ) -> tuple[EvaluationResult, list[str]]:
     """Evaluate ``model`` on every readable row of ``manifest``; returns the result and the
     one-line errors of images that could not be read (those rows are left out)."""
-    features = extract_features(manifest.image_paths, model.encoder, progress=progress)
+    features = model.image_features(manifest.image_paths, progress=progress)
     valid = np.asarray(features.valid, dtype=bool)
     if not valid.any():
         raise GeoscopeError("no image of the manifest could be read")

@@ -18,9 +18,9 @@ from .bundle import save_bundle
 from .data.manifest import Manifest, summarize
 from .data.split import split_manifest
 from .errors import GeoscopeError
-from .features import extract_features
 from .geo import spherical_mean
 from .labels import LabelScheme, assign_labels, make_labels, prompt
+from .models.image_side import ImageSide, apply_adapter
 from .train import TrainConfig, TrainingData, TrainResult, search_grid, train_place_clip
 
 GALLERY_DIM = 128
@@ -37,8 +37,16 @@ class FitOptions:
     train: TrainConfig = field(default_factory=TrainConfig)
     augment: bool = True
     """Also train on horizontally flipped copies of each image."""
+    finetune_blocks: int = 0
+    """Fine-tune the image encoder's last N MBConv blocks (0: frozen encoder)."""
+    crops: int = 1
+    """Square crops along each image's long side, features averaged (2 for 448×224 frames)."""
     search: bool = False
     name: str = "geoscope-model"
+
+    @property
+    def image_side(self) -> ImageSide:
+        return ImageSide(self.image_encoder, self.finetune_blocks, self.crops)
 
 
 @dataclass
@@ -48,48 +56,45 @@ class PreparedData:
     splits: dict[str, TrainingData]
     labels: pd.DataFrame
     text_features: np.ndarray
-    frozen_train: np.ndarray
-    train_frame: pd.DataFrame
     skipped: list[str]
 
 
 def prepare(manifest: Manifest, options: FitOptions, *, progress: bool = True) -> PreparedData:
-    """Split if needed, label the training rows, extract (cached) image and text features."""
-    from .encoders.image import get_image_encoder
+    """Split if needed, label the rows, extract (cached) image and text features."""
     from .encoders.text import get_text_encoder
 
     frame = manifest.frame
     if "split" not in frame:
         frame = split_manifest(frame, by="location", val=0.1, test=0.1, seed=options.train.seed)
         manifest = Manifest(frame, manifest.root)
-    encoder = get_image_encoder(options.image_encoder)
-    plain = extract_features(manifest.image_paths, encoder, progress=progress)
-    variants = [np.asarray(plain.embeddings, dtype=np.float32)]
+    side = options.image_side
+    plain = side.extract(manifest.image_paths, progress=progress)
+    variants = [plain.embeddings]
     if options.augment:
-        flipped = extract_features(manifest.image_paths, encoder, augment="hflip", progress=progress)
-        variants.append(np.asarray(flipped.embeddings, dtype=np.float32))
+        variants.append(side.extract(manifest.image_paths, hflip=True, progress=progress).embeddings)
     valid = np.asarray(plain.valid, dtype=bool)
 
     train_mask = (frame["split"] == "train").to_numpy() & valid
-    ids, labels = make_labels(frame[train_mask].reset_index(drop=True), options.scheme)
+    train_ids, labels = make_labels(frame[train_mask].reset_index(drop=True), options.scheme)
     texts = [prompt(n, c) for n, c in zip(labels["name"], labels.get("country_code", [None] * len(labels)),
                                           strict=True)]
     text_features = get_text_encoder(options.text_encoder).encode(texts).astype(np.float32)
 
+    ids = np.full(len(frame), -1, dtype=np.int64)
+    ids[train_mask] = train_ids
+    others = ~train_mask & valid
+    values = frame[options.scheme.params["column"]][others] if options.scheme.kind == "column" else None
+    ids[others] = assign_labels(frame["lat"].to_numpy()[others], frame["lon"].to_numpy()[others], labels,
+                                options.scheme, values)
     splits: dict[str, TrainingData] = {}
-    stacked = np.stack(variants)
-    values = frame[options.scheme.params["column"]] if options.scheme.kind == "column" else None
-    all_ids = assign_labels(frame["lat"].to_numpy(), frame["lon"].to_numpy(), labels, options.scheme, values)
-    all_ids[np.flatnonzero(train_mask)] = ids
     for name in ("train", "val", "test"):
-        rows = (frame["split"] == name).to_numpy() & valid & (all_ids >= 0)
+        rows = (frame["split"] == name).to_numpy() & valid & (ids >= 0)
         if rows.any():
-            splits[name] = TrainingData(stacked[:, rows], all_ids[rows], frame["lat"].to_numpy()[rows],
-                                        frame["lon"].to_numpy()[rows])
+            splits[name] = TrainingData(np.stack([v[rows] for v in variants]), ids[rows],
+                                        frame["lat"].to_numpy()[rows], frame["lon"].to_numpy()[rows])
     if "val" not in splits:
         raise GeoscopeError("the validation split has no labelled image: use a larger --val fraction")
-    return PreparedData(splits, labels, text_features, variants[0][train_mask],
-                        frame[train_mask].reset_index(drop=True), list(plain.errors))
+    return PreparedData(splits, labels, text_features, list(plain.errors))
 
 
 def fit(manifest: Manifest, options: FitOptions, out_dir: str | os.PathLike[str], *,
@@ -105,8 +110,9 @@ def fit(manifest: Manifest, options: FitOptions, out_dir: str | os.PathLike[str]
         if options.search and progress:
             print(f"search {i}/{len(configs)}: lr {config.lr_head:g}, wd {config.wd_head:g}, "
                   f"patience {config.patience}, factor {config.factor:g}", file=sys.stderr)
+        adapter = options.image_side.adapter() if options.finetune_blocks else None
         result = train_place_clip(data.splits["train"], data.splits["val"], data.text_features, coords,
-                                  config, extra_splits=extra, progress=progress)
+                                  config, image_adapter=adapter, extra_splits=extra, progress=progress)
         trials.append({**_search_keys(config), "val_loss": result.best_val_loss, "epoch": result.best_epoch})
         if best is None or result.best_val_loss < best.best_val_loss:
             best = result
@@ -120,11 +126,11 @@ def _search_keys(config: TrainConfig) -> dict:
             "factor": config.factor}
 
 
-def _gallery(features: np.ndarray, frame: pd.DataFrame, seed: int) -> dict[str, np.ndarray]:
-    """PCA-reduced frozen features of (a sample of) the training images, for kNN."""
+def _gallery(train: TrainingData, adapter: torch.nn.Module, seed: int) -> dict[str, np.ndarray]:
+    """PCA-reduced image features of (a sample of) the training images, for kNN."""
     rng = np.random.default_rng(seed)
-    keep = np.sort(rng.choice(len(features), size=min(len(features), GALLERY_MAX), replace=False))
-    x = features[keep].astype(np.float64)
+    keep = np.sort(rng.choice(len(train), size=min(len(train), GALLERY_MAX), replace=False))
+    x = apply_adapter(adapter, train.features[0, keep]).astype(np.float64)
     mean = x.mean(axis=0)
     _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
     components = vt[: min(GALLERY_DIM, vt.shape[0])]
@@ -132,8 +138,8 @@ def _gallery(features: np.ndarray, frame: pd.DataFrame, seed: int) -> dict[str, 
         "gallery.pca_mean": mean.astype(np.float32),
         "gallery.pca_components": components.astype(np.float32),
         "gallery.features": ((x - mean) @ components.T).astype(np.float16),
-        "gallery.lat": frame["lat"].to_numpy()[keep].astype(np.float64),
-        "gallery.lon": frame["lon"].to_numpy()[keep].astype(np.float64),
+        "gallery.lat": train.lat[keep].astype(np.float64),
+        "gallery.lon": train.lon[keep].astype(np.float64),
     }
 
 
@@ -150,15 +156,18 @@ def _bundle_parts(manifest: Manifest, data: PreparedData, options: FitOptions, r
     tensors = {f"model.{k}": v.detach().numpy() for k, v in model.state_dict().items()
                if not k.startswith("text_head.")}
     tensors["place_embeddings"] = places.astype(np.float32)
-    tensors.update(_gallery(data.frozen_train, data.train_frame, options.train.seed))
-    centroid = spherical_mean(data.train_frame["lat"], data.train_frame["lon"])
+    if result.image_adapter is not None:
+        tensors.update({f"image_top.{k}": v.detach().numpy() for k, v in result.image_adapter.state_dict().items()})
+    adapter = result.image_adapter if result.image_adapter is not None else torch.nn.Identity()
+    tensors.update(_gallery(data.splits["train"], adapter, options.train.seed))
+    centroid = spherical_mean(data.splits["train"].lat, data.splits["train"].lon)
     metrics = _final_metrics(result)
     summary = summarize(manifest)
     config = {
         "name": options.name,
         "geoscope_version": __version__,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "image_encoder": {"name": options.image_encoder},
+        "image_encoder": options.image_side.to_dict(),
         "text_encoder": {"name": options.text_encoder, "prompt": "a street view photo in {name}, {country}"},
         "model": {"type": "place-clip", "place_clip": model.config.to_dict()},
         "labels": options.scheme.to_dict(),
@@ -186,9 +195,14 @@ def _model_card(options: FitOptions, data: PreparedData, result: TrainResult, me
         f"| {split} | {m['accuracy']:.1%} | {m['mean_km']:.1f} | {m['median_km']:.1f} |"
         for split, m in metrics.items()
     )
+    side = options.image_side
+    image = (f"`{side.name}` image features (its last {side.finetune_blocks} block(s) fine-tuned)"
+             if side.finetune_blocks else f"frozen `{side.name}` image features")
+    if side.crops > 1:
+        image += f" averaged over {side.crops} square crops per image"
     return f"""# {options.name}
 
-A geoscope place-name CLIP model: frozen `{options.image_encoder}` image features and
+A geoscope place-name CLIP model: {image} and
 `{options.text_encoder}` embeddings of prompts such as "{prompt(data.labels['name'].iloc[0])}",
 each through a projection head into one space; it answers with one of {len(data.labels)}
 places ({options.scheme.kind} labels: {options.scheme.to_dict()}).
@@ -205,6 +219,6 @@ them, with a probability that says nothing about being out of region.
 {rows}
 
 ## Limits
-Street-level imagery of the training regions only; one frozen ImageNet backbone; labels are
+Street-level imagery of the training regions only; one ImageNet backbone; labels are
 places, so errors inside a label's area are at least the distance to its centroid.
 """

@@ -18,7 +18,9 @@ import torch
 
 from .bundle import BundleFiles, read_bundle
 from .errors import ModelError
+from .features import FeatureSet
 from .knn import knn_locate
+from .models.image_side import ImageSide, apply_adapter
 from .models.place_clip import PlaceCLIP, PlaceCLIPConfig
 
 
@@ -70,29 +72,53 @@ class GeoModel:
             self.model.load_state_dict(heads, strict=False)
             self.model.eval()
             self.place_embeddings = torch.from_numpy(files.tensors["place_embeddings"].astype(np.float32))
-        except (KeyError, TypeError, RuntimeError) as exc:
+            self.image_side = ImageSide.from_dict(self.config["image_encoder"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise ModelError(f"{files.path}: incompatible model bundle ({str(exc).splitlines()[0]})") from None
         if len(self.labels) != self.place_embeddings.shape[0]:
             raise ModelError(f"{files.path}: labels.csv has {len(self.labels)} rows but the weights "
                              f"hold {self.place_embeddings.shape[0]} places")
+        self._adapter: torch.nn.Module | None = None
         self._encoder = None
 
     @property
     def encoder_name(self) -> str:
-        return self.config["image_encoder"]["name"]
+        return self.image_side.name
 
     @property
     def encoder(self):
-        """The frozen image encoder the model was trained on (loaded on first use)."""
+        """The image encoder whose outputs the model reads (loaded on first use, then reused)."""
         if self._encoder is None:
             from .encoders.image import get_image_encoder
 
-            self._encoder = get_image_encoder(self.encoder_name)
+            self._encoder = get_image_encoder(self.image_side.cached_encoder)
         return self._encoder
+
+    @property
+    def adapter(self) -> torch.nn.Module:
+        """Cached encoder outputs → image features (the fine-tuned encoder top, if any; loaded on first use)."""
+        if self._adapter is None:
+            adapter = self.image_side.adapter()
+            weights = {k.removeprefix("image_top."): torch.from_numpy(v.copy())
+                       for k, v in self.files.tensors.items() if k.startswith("image_top.")}
+            if self.image_side.finetune_blocks:
+                try:
+                    adapter.load_state_dict(weights)
+                except RuntimeError as exc:
+                    raise ModelError(f"{self.path}: fine-tuned encoder weights do not fit "
+                                     f"({str(exc).splitlines()[0]})") from None
+            self._adapter = adapter.eval()
+        return self._adapter
+
+    def image_features(self, images: Sequence[str | os.PathLike[str]], *, progress: bool = False) -> FeatureSet:
+        """Image features of each image (NaN rows for unreadable ones, listed in ``errors``)."""
+        features = self.image_side.extract([Path(p) for p in images], progress=progress, encoder=self.encoder)
+        features.embeddings = apply_adapter(self.adapter, features.embeddings)
+        return features
 
     @torch.no_grad()
     def embed(self, features: np.ndarray) -> np.ndarray:
-        """Unit image embeddings in the shared space for encoder features ``(n, dim)``."""
+        """Unit image embeddings in the shared space for image features ``(n, dim)``."""
         x = torch.as_tensor(np.asarray(features, dtype=np.float32))
         return self.model.embed_images(x).numpy()
 
@@ -110,7 +136,7 @@ class GeoModel:
         return float(lat), float(lon)
 
     def knn(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """kNN baseline: locate frozen encoder features among the training gallery."""
+        """kNN baseline: locate image features among the training gallery."""
         t = self.files.tensors
         query = (np.asarray(features, dtype=np.float32) - t["gallery.pca_mean"]) @ t["gallery.pca_components"].T
         return knn_locate(query, t["gallery.features"].astype(np.float32),
@@ -131,10 +157,8 @@ class GeoModel:
 
         Unreadable images come back with ``error`` set and no guesses; the others are answered.
         """
-        from .features import extract_features
-
         paths = [str(p) for p in images]
-        fs = extract_features([Path(p) for p in paths], self.encoder, progress=progress)
+        fs = self.image_features(paths, progress=progress)
         embeddings = self.embed(np.nan_to_num(fs.embeddings))
         valid = np.asarray(fs.valid, dtype=bool)
         errors = dict(zip(np.flatnonzero(~valid).tolist(), fs.errors, strict=True))  # in row order

@@ -35,12 +35,12 @@ class TrainConfig:
     """``"clip"``: the seed's symmetric in-batch loss; ``"label"``: softmax over all places."""
     label_smoothing_km: float = 0.0
     """τ of PIGEON's haversine label smoothing (``"label"`` loss only); 0 = one-hot."""
-    lr_head: float = 1e-4
+    lr_head: float = 1e-3
     wd_head: float = 1e-4
     lr_image: float = 1e-4
     """For trainable image-encoder layers, when the model fine-tunes some."""
     wd_image: float = 1e-5
-    lr_text: float = 1e-4
+    lr_text: float = 1e-3
     """For the place-name (text) projection head."""
     wd_text: float = 1e-4
     batch_size: int = 256
@@ -52,7 +52,7 @@ class TrainConfig:
     early_stop: int = 8
     """Stop after this many epochs without validation improvement."""
     feature_noise: float = 1.0
-    """Std of Gaussian noise added to input features during training (relative to their std)."""
+    """Std of Gaussian noise added to image features during training (relative to their std)."""
     learn_place_offsets: bool = True
     """Let every place learn an offset from its name's embedding (names can repeat or say little)."""
     seed: int = 0
@@ -94,6 +94,8 @@ class TrainResult:
     best_epoch: int
     best_val_loss: float
     history: list[dict] = field(default_factory=list)
+    image_adapter: nn.Module | None = None
+    """The trained image-side layers (fine-tuned encoder top), when there were any."""
 
 
 def _param_groups(model: PlaceCLIP, config: TrainConfig, image_adapter: nn.Module | None) -> list[dict]:
@@ -149,7 +151,7 @@ def train_place_clip(
     )
     texts = torch.as_tensor(text_features, dtype=torch.float32)
     coords = torch.as_tensor(label_coords, dtype=torch.float64)
-    feature_std = float(train.features[0].std()) or 1.0
+    feature_std = _feature_std(train, adapter)
     splits = {"train": train, "val": val, **(extra_splits or {})}
 
     best = (math.inf, -1, None, None)
@@ -166,10 +168,10 @@ def train_place_clip(
             if len(idx) < 2:
                 continue
             variant = rng.integers(0, train.features.shape[0], size=len(idx))
-            x = torch.as_tensor(train.features[variant, idx], dtype=torch.float32)
+            x = adapter(torch.as_tensor(train.features[variant, idx], dtype=torch.float32))
             if config.feature_noise > 0:
                 x = x + torch.randn_like(x) * config.feature_noise * feature_std
-            loss = _loss(model, adapter(x), texts, coords, train, idx, config)
+            loss = _loss(model, x, texts, coords, train, idx, config)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -196,7 +198,15 @@ def train_place_clip(
     adapter.load_state_dict(best[3])
     model.eval()
     adapter.eval()
-    return TrainResult(model, config, best[1], best[0], history)
+    return TrainResult(model, config, best[1], best[0], history, image_adapter)
+
+
+@torch.no_grad()
+def _feature_std(train: TrainingData, adapter: nn.Module) -> float:
+    """Spread of the image features the head sees (a sample of training rows)."""
+    adapter.eval()
+    sample = np.random.default_rng(0).permutation(len(train))[:512]
+    return float(adapter(torch.as_tensor(train.features[0, np.sort(sample)], dtype=torch.float32)).std()) or 1.0
 
 
 def _image_dim(train: TrainingData, adapter: nn.Module | None) -> int:
@@ -214,7 +224,8 @@ def _loss(
     labels = torch.as_tensor(data.label[idx], dtype=torch.long)
     if config.loss == "clip":
         # The seed's loss: each image against the place texts of its batch, and back.
-        logits = model(x, texts[labels])
+        places = model.embed_places(texts)[labels]  # with place offsets, embed all places and pick
+        logits = model.scale() * model.embed_images(x) @ places.T
         same = (labels[:, None] == labels[None, :]).float()
         targets = same / same.sum(dim=1, keepdim=True)
         return 0.5 * (soft_cross_entropy(logits, targets) + soft_cross_entropy(logits.T, targets))

@@ -18,7 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     model = load_model(args.model)
-    model.encoder  # load the encoder before the first request  # noqa: B018
+    model.encoder, model.adapter  # load both before the first request  # noqa: B018
     server = make_server(model, args.host, args.port)
     host, port = server.server_address[:2]
     print(f"geoscope serving {model.config.get('name')} on http://{host}:{port}/ (Ctrl-C to stop)", flush=True)

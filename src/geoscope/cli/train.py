@@ -19,6 +19,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("-o", "--output", required=True, help="model bundle directory to write")
     parser.add_argument("--encoder", default="efficientnet-lite0", help="image encoder name")
     parser.add_argument("--text-encoder", default="minilm")
+    parser.add_argument("--finetune-blocks", type=int, default=0, metavar="N",
+                        help="fine-tune the image encoder's last N blocks on cached activations (default 0: frozen)")
+    parser.add_argument("--crops", type=int, default=1,
+                        help="square crops along each image's long side, averaged (2 for 448x224 frames)")
     parser.add_argument("--name", default=None, help="model name (default: the output folder's)")
     parser.add_argument("--no-augment", dest="augment", action="store_false",
                         help="do not add horizontally flipped copies")
@@ -39,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
     config = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
     options = FitOptions(scheme=scheme_from_args(args.labels, args), image_encoder=args.encoder,
                          text_encoder=args.text_encoder, train=config, augment=args.augment,
+                         finetune_blocks=args.finetune_blocks, crops=args.crops,
                          search=args.search, name=args.name or args.output.rstrip("/").split("/")[-1])
     path, result = fit(manifest, options, args.output, command=["geoscope", *args.argv])
     print(f"best epoch {result.best_epoch} (val loss {result.best_val_loss:.4f})")

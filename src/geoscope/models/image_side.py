@@ -1,0 +1,144 @@
+"""The image side of a model: from pixels, through the cached encoder, to image features.
+
+A frozen model caches the encoder's pooled embedding of each image. A fine-tuned one
+caches the feature maps below the encoder's last ``finetune_blocks`` MBConv blocks
+(``<encoder>/trunk-<n>``) and trains those blocks (:class:`TrunkTop`) on the cache, so an
+epoch runs only the top of the network. Either way the image is seen as ``crops`` square
+crops along its long side, whose features are averaged.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..encoders.image import ImageEncoder
+from ..encoders.preprocess import Views
+from ..errors import GeoscopeError
+from ..features import FeatureSet, extract_features
+
+
+@dataclass(frozen=True)
+class ImageSide:
+    """Which encoder, how much of it is fine-tuned, and how many crops of each image."""
+
+    name: str = "efficientnet-lite0"
+    finetune_blocks: int = 0
+    crops: int = 1
+
+    def __post_init__(self) -> None:
+        if self.finetune_blocks < 0:
+            raise GeoscopeError(f"finetune_blocks must be 0 or more, not {self.finetune_blocks}")
+        if self.finetune_blocks and not self.name.startswith("efficientnet-"):
+            raise GeoscopeError(f"fine-tuning needs an EfficientNet-Lite encoder, not {self.name!r}")
+        Views(crops=self.crops)  # validates the count
+
+    @property
+    def cached_encoder(self) -> str:
+        """Name of the encoder whose outputs are cached (a trunk when fine-tuning)."""
+        return f"{self.name}/trunk-{self.finetune_blocks}" if self.finetune_blocks else self.name
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ImageSide:
+        """Inverse of :meth:`to_dict` (bundles written before fine-tuning hold only ``name``)."""
+        return cls(str(data["name"]), int(data.get("finetune_blocks", 0)), int(data.get("crops", 1)))
+
+    def extract(self, paths: Sequence[str | os.PathLike[str]], *, hflip: bool = False, progress: bool = True,
+                encoder: ImageEncoder | None = None) -> FeatureSet:
+        """Cached encoder outputs of every image, one flattened row each (crops side by side).
+
+        ``encoder`` (optional) is a loaded :attr:`cached_encoder`, reused across calls.
+        """
+        views = Views(hflip=hflip, crops=self.crops)
+        combine = "stack" if self.finetune_blocks else "mean"
+        fs = extract_features(list(paths), encoder or self.cached_encoder, augment=views, combine=combine,
+                              progress=progress)
+        if fs.embeddings.ndim == 3:
+            fs.embeddings = fs.embeddings.reshape(len(fs.embeddings), -1)
+        return fs
+
+    def adapter(self) -> nn.Module:
+        """Cached outputs → image features: the pretrained top when fine-tuning, else identity."""
+        if not self.finetune_blocks:
+            return nn.Identity()
+        from ..encoders.efficientnet import split_efficientnet
+        from ..encoders.image import image_encoder_spec
+
+        _, top = split_efficientnet(self.name, self.finetune_blocks)
+        return TrunkTop(top, image_encoder_spec(self.cached_encoder).output_shape, self.crops)
+
+
+class TrunkTop(nn.Module):
+    """Flattened trunk feature maps of ``crops`` crops per image → the top blocks → mean feature.
+
+    While training, each map is cut to a random ``train_window`` × ``train_window`` window
+    (default: two cells smaller than the map): a random crop of the image, augmentation
+    that also halves the work. Batch-norm statistics stay frozen (batches of one small
+    dataset would skew them); the blocks' weights and the norms' affine parameters train.
+    """
+
+    def __init__(self, top: nn.Module, map_shape: Sequence[int], crops: int = 1,
+                 train_window: int | None = None) -> None:
+        super().__init__()
+        self.top = top
+        self.map_shape = tuple(int(v) for v in map_shape)
+        self.crops = crops
+        side = min(self.map_shape[1:])
+        self.train_window = max(1, side - 2) if train_window is None else min(train_window, side)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        maps = x.reshape(n * self.crops, *self.map_shape)
+        if self.training:
+            maps = _random_windows(maps, self.train_window)
+        return self.top(maps).reshape(n, self.crops, -1).mean(dim=1)
+
+    def train(self, mode: bool = True) -> TrunkTop:
+        super().train(mode)
+        for module in self.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
+        return self
+
+
+def _random_windows(maps: torch.Tensor, size: int) -> torch.Tensor:
+    """One random ``size`` × ``size`` window of each ``(C, H, W)`` map."""
+    n, _, height, width = maps.shape
+    top = torch.randint(0, height - size + 1, (n, 1))
+    left = torch.randint(0, width - size + 1, (n, 1))
+    rows = (top + torch.arange(size))[:, :, None]
+    cols = (left + torch.arange(size))[:, None, :]
+    return maps.permute(0, 2, 3, 1)[torch.arange(n)[:, None, None], rows, cols].permute(0, 3, 1, 2)
+
+
+@torch.no_grad()
+def apply_adapter(adapter: nn.Module, features: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    """Run ``adapter`` (in eval mode) over rows of cached features; NaN rows stay NaN."""
+    features = np.asarray(features, dtype=np.float32)
+    if isinstance(adapter, nn.Identity):
+        return features
+    adapter.eval()
+    bad = ~np.isfinite(features).all(axis=1)
+    chunks = []
+    for start in range(0, len(features), batch_size):
+        batch = np.nan_to_num(features[start : start + batch_size], nan=0.0, posinf=0.0, neginf=0.0)
+        chunks.append(adapter(torch.from_numpy(batch)).numpy())
+    if not chunks:
+        return np.zeros((0, _output_dim(adapter, features.shape[1])), dtype=np.float32)
+    out = np.concatenate(chunks)
+    out[bad] = np.nan
+    return out
+
+
+@torch.no_grad()
+def _output_dim(adapter: nn.Module, input_dim: int) -> int:
+    adapter.eval()
+    return int(adapter(torch.zeros(1, input_dim)).shape[-1])
