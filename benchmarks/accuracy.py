@@ -48,7 +48,7 @@ TASKS = (
          LabelScheme("grid", {"cell_km": 5.0}), "block", 1.0, "≤ 12 km", 5.0),
     Task("western USA, 3 views fused, median km / 40-cell accuracy", ("us-west",),
          LabelScheme("column", {"column": "grid_cell"}), "location", goal="≤ 250 km / ≥ 30%",
-         smoothing_km=150.0, crops=2),
+         smoothing_km=150.0),
     Task("Croatia, 4 views fused, median km", ("croatia",),
          LabelScheme("grid", {"cell_km": 50.0}), "location", goal="≤ 60 km", smoothing_km=50.0),
 )
