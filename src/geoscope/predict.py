@@ -12,6 +12,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -22,6 +23,9 @@ from .features import FeatureSet
 from .knn import knn_locate
 from .models.image_side import ImageSide, apply_adapter
 from .models.place_clip import PlaceCLIP, PlaceCLIPConfig
+
+if TYPE_CHECKING:
+    from .encoders.image import ImageEncoder
 
 
 @dataclass(frozen=True)
@@ -82,11 +86,7 @@ class GeoModel:
         self._encoder = None
 
     @property
-    def encoder_name(self) -> str:
-        return self.image_side.name
-
-    @property
-    def encoder(self):
+    def encoder(self) -> ImageEncoder:
         """The image encoder whose outputs the model reads (loaded on first use, then reused)."""
         if self._encoder is None:
             from .encoders.image import get_image_encoder
