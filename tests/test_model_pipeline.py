@@ -275,3 +275,13 @@ def test_serve_answers_uploads_and_refuses_bad_ones(town_manifest: Path, town_mo
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.mark.parametrize(("extra", "message"), [(["--finetune-blocks", "40"], "has 16 blocks"),
+                                                (["--finetune-blocks", "1", "--encoder", "hf:x"], "EfficientNet-Lite")])
+def test_train_refuses_impossible_fine_tuning_in_one_line(town_manifest: Path, tmp_path: Path, extra: list[str],
+                                                          message: str, capsys: pytest.CaptureFixture) -> None:
+    assert main(["train", str(town_manifest), "-o", str(tmp_path / "m"), *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and message in err
+    assert not (tmp_path / "m").exists()

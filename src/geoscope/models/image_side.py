@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..encoders.image import ImageEncoder
+from ..encoders.efficientnet import LITE_MODELS, block_count, split_efficientnet
+from ..encoders.image import ImageEncoder, image_encoder_spec
 from ..encoders.preprocess import Views
 from ..errors import GeoscopeError
 from ..features import FeatureSet, extract_features
@@ -34,8 +35,12 @@ class ImageSide:
     def __post_init__(self) -> None:
         if self.finetune_blocks < 0:
             raise GeoscopeError(f"finetune_blocks must be 0 or more, not {self.finetune_blocks}")
-        if self.finetune_blocks and not self.name.startswith("efficientnet-"):
-            raise GeoscopeError(f"fine-tuning needs an EfficientNet-Lite encoder, not {self.name!r}")
+        if self.finetune_blocks:
+            if self.name not in LITE_MODELS:
+                raise GeoscopeError(f"fine-tuning needs an EfficientNet-Lite encoder, not {self.name!r}")
+            if self.finetune_blocks > (total := block_count(self.name)):
+                raise GeoscopeError(f"{self.name} has {total} blocks: fine-tune 0 to {total}, "
+                                    f"not {self.finetune_blocks}")
         Views(crops=self.crops)  # validates the count
 
     @property
@@ -69,9 +74,6 @@ class ImageSide:
         """Cached outputs → image features: the pretrained top when fine-tuning, else identity."""
         if not self.finetune_blocks:
             return nn.Identity()
-        from ..encoders.efficientnet import split_efficientnet
-        from ..encoders.image import image_encoder_spec
-
         _, top = split_efficientnet(self.name, self.finetune_blocks)
         return TrunkTop(top, image_encoder_spec(self.cached_encoder).output_shape, self.crops)
 
