@@ -40,7 +40,7 @@ class FitOptions:
     finetune_blocks: int = 0
     """Fine-tune the image encoder's last N MBConv blocks (0: frozen encoder)."""
     crops: int = 1
-    """Square crops along each image's long side, features averaged (2 for 448×224 frames)."""
+    """Square crops along each image's long side, features averaged (for wide frames)."""
     search: bool = False
     name: str = "geoscope-model"
 

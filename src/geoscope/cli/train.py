@@ -22,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--finetune-blocks", type=int, default=0, metavar="N",
                         help="fine-tune the image encoder's last N blocks on cached activations (default 0: frozen)")
     parser.add_argument("--crops", type=int, default=1,
-                        help="square crops along each image's long side, averaged (2 for 448x224 frames)")
+                        help="square crops along each image's long side, averaged (for wide frames; default 1)")
     parser.add_argument("--name", default=None, help="model name (default: the output folder's)")
     parser.add_argument("--no-augment", dest="augment", action="store_false",
                         help="do not add horizontally flipped copies")
