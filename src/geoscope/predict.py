@@ -99,9 +99,9 @@ class GeoModel:
         """Cached encoder outputs → image features (the fine-tuned encoder top, if any; loaded on first use)."""
         if self._adapter is None:
             adapter = self.image_side.adapter()
-            weights = {k.removeprefix("image_top."): torch.from_numpy(v.copy())
-                       for k, v in self.files.tensors.items() if k.startswith("image_top.")}
             if self.image_side.finetune_blocks:
+                weights = {k.removeprefix("image_top."): torch.from_numpy(v.copy())
+                           for k, v in self.files.tensors.items() if k.startswith("image_top.")}
                 try:
                     adapter.load_state_dict(weights)
                 except RuntimeError as exc:

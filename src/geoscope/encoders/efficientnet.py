@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import io
+from functools import cache
 from pathlib import Path
 
 import torch
@@ -67,6 +68,7 @@ def load_efficientnet(name: str) -> nn.Module:
     return net.eval()
 
 
+@cache
 def block_count(name: str) -> int:
     """Number of MBConv blocks of one Lite model (16 for lite0, 21 for lite2)."""
     from efficientnet_lite_pytorch import EfficientNet
