@@ -2,9 +2,9 @@
 
 Combines the sets into one manifest (absolute image paths, a ``dataset`` column), splits it
 by 1 km blocks (val 10%, test 10%, seed 0), labels it with a 100 km grid named from the
-offline gazetteer, trains the place-name CLIP model on EfficientNet-Lite0 with its last
-block fine-tuned on cached activations (flipped copies, random crops of the feature maps),
-and writes the bundle into ``src/geoscope/assets/default-model``.
+offline gazetteer, trains the place-name CLIP model on frozen EfficientNet-Lite0 stage
+statistics (``efficientnet-lite0/stats``, with flipped copies) and writes the bundle into
+``src/geoscope/assets/default-model``.
 
 Run: ``.venv/bin/python scripts/train_default_model.py [--data ../shared/data] [-o DIR]``
 """
@@ -48,9 +48,9 @@ def main() -> int:
     args = parser.parse_args()
     options = FitOptions(
         scheme=LabelScheme("grid", {"cell_km": 100.0}),
-        train=replace(TrainConfig(), label_smoothing_km=100.0),
-        finetune_blocks=1,
-        name="geoscope-default-lite0ft1-grid100",
+        train=replace(TrainConfig(), label_smoothing_km=100.0, feature_noise=2.0),
+        image_encoder="efficientnet-lite0/stats",
+        name="geoscope-default-lite0stats-grid100",
     )
     path, result = fit(combined_manifest(args.data), options, args.output,
                        command=["python", "scripts/train_default_model.py"])

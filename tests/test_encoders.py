@@ -141,6 +141,23 @@ def test_split_efficientnet_recomposes_and_trunk_encoder() -> None:
     assert sum(p.numel() for p in top.parameters()) < sum(p.numel() for p in trunk.parameters()) * 3
 
 
+def test_stage_statistics_hold_the_pooled_embedding_and_earlier_stages() -> None:
+    stats = get_image_encoder("efficientnet-lite0/stats")
+    plain = get_image_encoder("efficientnet-lite0")
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2, 3, 224, 224)).astype(np.float32)
+    out = stats.encode(x)
+    assert stats.output_shape == (4048,) and out.shape == (2, 4048)
+    assert stats.spec.mixed_scales and not plain.spec.mixed_scales
+    np.testing.assert_allclose(get_image_encoder("efficientnet-lite0/stats", "torch").encode(x), out, atol=1e-4)
+    head = slice(4048 - 2 * 1280, 4048 - 1280)  # then the head's std
+    np.testing.assert_allclose(out[:, head], plain.encode(x), atol=1e-4)
+    assert (out[:, head.stop :] >= 0).all() and out[:, : head.start].std() > 0.1
+    # a flat grey image has (almost) no spatial spread in any stage, a noisy one has plenty
+    flat = stats.encode(np.zeros((1, 3, 224, 224), dtype=np.float32))
+    assert flat[0, head.stop :].mean() < out[:, head.stop :].mean()
+
+
 # ---------------------------------------------------------------- tiny Hugging Face checkpoints
 
 

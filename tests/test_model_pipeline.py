@@ -159,6 +159,31 @@ def test_cli_evaluate_json(town_manifest: Path, town_model: Path, capsys: pytest
     assert report["n"] == 15 and {"model", "centroid", "knn"} <= set(report["metrics"])
 
 
+def test_standardised_training_does_not_depend_on_the_scale_of_feature_dimensions() -> None:
+    from geoscope.train import TrainingData, train_place_clip
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 300)
+    centres = rng.standard_normal((3, 8))
+    x = (centres[labels] + 0.8 * rng.standard_normal((300, 8))).astype(np.float32)
+    lat, lon = 50.0 + labels.astype(float), labels.astype(float)
+    scale = np.logspace(-3, 3, 8).astype(np.float32)  # dimensions six orders of magnitude apart
+    texts = rng.standard_normal((3, 5)).astype(np.float32)
+    coords = np.array([[50.0, 0.0], [51.0, 1.0], [52.0, 2.0]])
+    config = TrainConfig(max_epochs=15, batch_size=64, embed_dim=16)
+    results = []
+    for features in (x, x * scale):
+        train = TrainingData(features[:200], labels[:200], lat[:200], lon[:200])
+        val = TrainingData(features[200:], labels[200:], lat[200:], lon[200:])
+        result = train_place_clip(train, val, texts, coords, config, standardize_features=True, progress=False)
+        np.testing.assert_allclose(result.model.image_shift.numpy(), features[:200].mean(axis=0), rtol=1e-4)
+        with torch.no_grad():
+            results.append(result.model.embed_images(torch.from_numpy(features[200:])).numpy())
+            places = result.model.embed_places(torch.from_numpy(texts)).numpy()
+        assert ((results[-1] @ places.T).argmax(axis=1) == labels[200:]).mean() > 0.8  # it learned
+    np.testing.assert_allclose(results[0], results[1], atol=2e-3)
+
+
 def test_training_is_deterministic_with_a_seed(town_manifest: Path, tmp_path: Path) -> None:
     options = FitOptions(scheme=LabelScheme("grid", {"cell_km": 50.0}), augment=False,
                          train=TrainConfig(max_epochs=3, batch_size=16, seed=3))

@@ -112,7 +112,8 @@ def fit(manifest: Manifest, options: FitOptions, out_dir: str | os.PathLike[str]
                   f"patience {config.patience}, factor {config.factor:g}", file=sys.stderr)
         adapter = options.image_side.adapter() if options.finetune_blocks else None
         result = train_place_clip(data.splits["train"], data.splits["val"], data.text_features, coords,
-                                  config, image_adapter=adapter, extra_splits=extra, progress=progress)
+                                  config, image_adapter=adapter, standardize_features=options.image_side.mixed_scales,
+                                  extra_splits=extra, progress=progress)
         trials.append({**_search_keys(config), "val_loss": result.best_val_loss, "epoch": result.best_epoch})
         if best is None or result.best_val_loss < best.best_val_loss:
             best = result
@@ -126,14 +127,14 @@ def _search_keys(config: TrainConfig) -> dict:
             "factor": config.factor}
 
 
-def _gallery(train: TrainingData, adapter: torch.nn.Module, seed: int) -> dict[str, np.ndarray]:
-    """PCA-reduced image features of (a sample of) the training images, for kNN."""
+def _gallery(train: TrainingData, adapter: torch.nn.Module, standardize: bool, seed: int) -> dict[str, np.ndarray]:
+    """PCA-reduced image features (standardised when ``standardize``) of (a sample of) the training images."""
     rng = np.random.default_rng(seed)
     keep = np.sort(rng.choice(len(train), size=min(len(train), GALLERY_MAX), replace=False))
     x = apply_adapter(adapter, train.features[0, keep]).astype(np.float64)
-    mean = x.mean(axis=0)
-    _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
-    components = vt[: min(GALLERY_DIM, vt.shape[0])]
+    mean, scale = x.mean(axis=0), (x.std(axis=0).clip(1e-6) if standardize else np.ones(x.shape[1]))
+    _, _, vt = np.linalg.svd((x - mean) / scale, full_matrices=False)
+    components = vt[: min(GALLERY_DIM, vt.shape[0])] / scale  # standardise, then project: one matrix
     return {
         "gallery.pca_mean": mean.astype(np.float32),
         "gallery.pca_components": components.astype(np.float32),
@@ -159,7 +160,7 @@ def _bundle_parts(manifest: Manifest, data: PreparedData, options: FitOptions, r
     if result.image_adapter is not None:
         tensors.update({f"image_top.{k}": v.detach().numpy() for k, v in result.image_adapter.state_dict().items()})
     adapter = result.image_adapter if result.image_adapter is not None else torch.nn.Identity()
-    tensors.update(_gallery(data.splits["train"], adapter, options.train.seed))
+    tensors.update(_gallery(data.splits["train"], adapter, options.image_side.mixed_scales, options.train.seed))
     centroid = spherical_mean(data.splits["train"].lat, data.splits["train"].lon)
     metrics = _final_metrics(result)
     summary = summarize(manifest)

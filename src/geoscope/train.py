@@ -52,7 +52,7 @@ class TrainConfig:
     early_stop: int = 8
     """Stop after this many epochs without validation improvement."""
     feature_noise: float = 1.0
-    """Std of Gaussian noise added to image features during training (relative to their std)."""
+    """Std of Gaussian noise added to image features during training, relative to their overall std."""
     learn_place_offsets: bool = True
     """Let every place learn an offset from its name's embedding (names can repeat or say little)."""
     seed: int = 0
@@ -128,6 +128,7 @@ def train_place_clip(
     config: TrainConfig,
     *,
     image_adapter: nn.Module | None = None,
+    standardize_features: bool = False,
     extra_splits: dict[str, TrainingData] | None = None,
     progress: bool = True,
     on_epoch: Callable[[int, PlaceCLIP], None] | None = None,
@@ -137,7 +138,8 @@ def train_place_clip(
     ``text_features`` holds one row per label (the prompt's text embedding) and
     ``label_coords`` its ``(lat, lon)``. ``image_adapter`` (optional) maps the cached
     inputs to image features and may hold trainable encoder layers, trained in the
-    ``image`` parameter group. ``extra_splits`` (e.g. ``test``) are only measured.
+    ``image`` parameter group. ``standardize_features`` standardises the image features per
+    dimension (for encoders that mix scales). ``extra_splits`` (e.g. ``test``) are only measured.
     """
     seed_everything(config.seed)
     image_dim = _image_dim(train, image_adapter)
@@ -151,7 +153,10 @@ def train_place_clip(
     )
     texts = torch.as_tensor(text_features, dtype=torch.float32)
     coords = torch.as_tensor(label_coords, dtype=torch.float64)
-    feature_std = _feature_std(train, adapter)
+    sample = _training_features(train, adapter)
+    if standardize_features:
+        model.set_image_statistics(sample)
+    noise = config.feature_noise * float(model.standardize(sample).std())
     splits = {"train": train, "val": val, **(extra_splits or {})}
 
     best = (math.inf, -1, None, None)
@@ -169,9 +174,7 @@ def train_place_clip(
                 continue
             variant = rng.integers(0, train.features.shape[0], size=len(idx))
             x = adapter(torch.as_tensor(train.features[variant, idx], dtype=torch.float32))
-            if config.feature_noise > 0:
-                x = x + torch.randn_like(x) * config.feature_noise * feature_std
-            loss = _loss(model, x, texts, coords, train, idx, config)
+            loss = _loss(model, x, texts, coords, train, idx, config, noise)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -202,11 +205,12 @@ def train_place_clip(
 
 
 @torch.no_grad()
-def _feature_std(train: TrainingData, adapter: nn.Module) -> float:
-    """Spread of the image features the head sees (a sample of training rows)."""
+def _training_features(train: TrainingData, adapter: nn.Module, limit: int = 4096) -> torch.Tensor:
+    """Image features the head sees, for (a sample of at most ``limit``) training rows."""
     adapter.eval()
-    sample = np.random.default_rng(0).permutation(len(train))[:512]
-    return float(adapter(torch.as_tensor(train.features[0, np.sort(sample)], dtype=torch.float32)).std()) or 1.0
+    sample = np.sort(np.random.default_rng(0).permutation(len(train))[:limit])
+    return torch.cat([adapter(torch.as_tensor(train.features[0, sample[i : i + 512]], dtype=torch.float32))
+                      for i in range(0, len(sample), 512)])
 
 
 def _image_dim(train: TrainingData, adapter: nn.Module | None) -> int:
@@ -219,19 +223,19 @@ def _image_dim(train: TrainingData, adapter: nn.Module | None) -> int:
 
 def _loss(
     model: PlaceCLIP, x: torch.Tensor, texts: torch.Tensor, coords: torch.Tensor,
-    data: TrainingData, idx: np.ndarray, config: TrainConfig,
+    data: TrainingData, idx: np.ndarray, config: TrainConfig, noise: float = 0.0,
 ) -> torch.Tensor:
     labels = torch.as_tensor(data.label[idx], dtype=torch.long)
     if config.loss == "clip":
         # The seed's loss: each image against the place texts of its batch, and back.
         places = model.embed_places(texts)[labels]  # with place offsets, embed all places and pick
-        logits = model.scale() * model.embed_images(x) @ places.T
+        logits = model.scale() * model.embed_images(x, noise) @ places.T
         same = (labels[:, None] == labels[None, :]).float()
         targets = same / same.sum(dim=1, keepdim=True)
         return 0.5 * (soft_cross_entropy(logits, targets) + soft_cross_entropy(logits.T, targets))
     if config.loss != "label":
         raise ValueError(f"unknown loss {config.loss!r}: use 'clip' or 'label'")
-    logits = model(x, texts)
+    logits = model(x, texts, noise)
     targets = haversine_smoothed_targets(
         labels, torch.as_tensor(data.lat[idx]), torch.as_tensor(data.lon[idx]),
         coords[:, 0], coords[:, 1], config.label_smoothing_km,

@@ -15,7 +15,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("manifest", help="CSV or Parquet manifest")
     parser.add_argument("--encoder", default="efficientnet-lite0",
-                        help="efficientnet-lite0 (default), efficientnet-lite2, <name>/trunk-<n>, "
+                        help="efficientnet-lite0 (default), efficientnet-lite2, <name>/stats, <name>/trunk-<n>, "
                              "hf:<repo-or-path>")
     parser.add_argument("--backend", choices=("onnx", "torch"), default="onnx",
                         help="inference engine (default: onnx, through ONNX Runtime)")

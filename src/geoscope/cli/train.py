@@ -17,7 +17,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--labels", choices=("grid", "cities", "column"), default="grid")
     add_scheme_arguments(parser)
     parser.add_argument("-o", "--output", required=True, help="model bundle directory to write")
-    parser.add_argument("--encoder", default="efficientnet-lite0", help="image encoder name")
+    parser.add_argument("--encoder", default="efficientnet-lite0",
+                        help="image encoder: efficientnet-lite0 (default), efficientnet-lite2, <name>/stats, hf:<repo>")
     parser.add_argument("--text-encoder", default="minilm")
     parser.add_argument("--finetune-blocks", type=int, default=0, metavar="N",
                         help="fine-tune the image encoder's last N blocks on cached activations (default 0: frozen)")

@@ -122,6 +122,37 @@ class EfficientNetTop(nn.Module):
         return self.act(self.bn1(self.conv_head(x))).mean(dim=(2, 3))
 
 
+class EfficientNetStageStats(nn.Module):
+    """Image → mean and standard deviation over space of each stage's output and of the head conv.
+
+    The pooled head alone (:class:`EfficientNetEmbedding`) keeps what ImageNet classes need;
+    the statistics of earlier stages keep texture, colour and layout (road markings,
+    kerbs, vegetation, building materials) that tell regions apart. Stages with fewer
+    than ``min_channels`` channels are left out. Lite0 gives 4,048 values per image.
+    """
+
+    def __init__(self, net: nn.Module, min_channels: int = 40) -> None:
+        super().__init__()
+        self.net = net
+        channels = [block._project_conv.out_channels for block in net._blocks]
+        self.taps = frozenset(
+            i for i, c in enumerate(channels)
+            if c >= min_channels and (i == len(channels) - 1 or channels[i + 1] != c)
+        )
+        self.drop_connect_rate = net._global_params.drop_connect_rate or 0.0
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        net = self.net
+        x = net._swish(net._bn0(net._conv_stem(images)))
+        stats = []
+        for index, block in enumerate(net._blocks):
+            x = block(x, drop_connect_rate=self.drop_connect_rate * index / len(net._blocks))
+            if index in self.taps:
+                stats += [x.mean(dim=(2, 3)), x.std(dim=(2, 3))]
+        x = net._swish(net._bn1(net._conv_head(x)))
+        return torch.cat([*stats, x.mean(dim=(2, 3)), x.std(dim=(2, 3))], dim=1)
+
+
 def split_efficientnet(name: str, n_top_blocks: int) -> tuple[EfficientNetTrunk, EfficientNetTop]:
     """A freshly loaded Lite model cut before its last ``n_top_blocks`` MBConv blocks.
 

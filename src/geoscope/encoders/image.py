@@ -1,6 +1,7 @@
 """A registry of named image encoders, each carrying its own preprocessing.
 
-Names: ``efficientnet-lite0`` (224 px), ``efficientnet-lite2`` (260 px), their trunks
+Names: ``efficientnet-lite0`` (224 px), ``efficientnet-lite2`` (260 px), ``<name>/stats``
+(mean and std of every stage's output: texture and colour as well as objects), their trunks
 ``<name>/trunk-<n>`` (feature maps before the last ``n`` MBConv blocks, for caching and
 fine-tuning the top) and ``hf:<repo-or-path>`` (CLIP, ResNet, ViT-like models through
 ``transformers``). Frozen inference runs through ONNX Runtime (exported once into the
@@ -24,6 +25,7 @@ from .efficientnet import (
     EMBED_DIM,
     LITE_MODELS,
     EfficientNetEmbedding,
+    EfficientNetStageStats,
     block_count,
     lite_preprocess,
     load_efficientnet,
@@ -37,7 +39,7 @@ if TYPE_CHECKING:
     from torch import nn
 
 BACKENDS = ("onnx", "torch")
-PATTERNS = ("<name>/trunk-<n>", "hf:<repo-or-path>")
+PATTERNS = ("<name>/stats", "<name>/trunk-<n>", "hf:<repo-or-path>")
 _TRUNK = re.compile(r"^trunk-(\d+)$")
 
 
@@ -55,6 +57,8 @@ class EncoderSpec:
     fingerprint: str
     build: Callable[[], nn.Module]
     storage_dtype: str = "float32"
+    mixed_scales: bool = False
+    """Outputs concatenate blocks on different scales (``<name>/stats``): heads standardise them per dimension."""
 
 
 class ImageEncoder:
@@ -175,10 +179,15 @@ def _efficientnet_spec(name: str) -> EncoderSpec:
             name, preprocess, (EMBED_DIM,), fingerprint("efficientnet-embedding/1", *identity),
             build=lambda: EfficientNetEmbedding(load_efficientnet(base)),
         )
+    if variant == "stats":
+        return EncoderSpec(
+            name, preprocess, (_stats_dim(base),), fingerprint("efficientnet-stage-stats/1", *identity),
+            build=lambda: EfficientNetStageStats(load_efficientnet(base)), mixed_scales=True,
+        )
     match = _TRUNK.match(variant)
     total = block_count(base)
     if not match or not 0 <= int(match[1]) <= total:
-        raise GeoscopeError(f"unknown variant {variant!r} of {base}: use trunk-<n> with n in 0..{total}")
+        raise GeoscopeError(f"unknown variant {variant!r} of {base}: use stats, or trunk-<n> with n in 0..{total}")
     n_top = int(match[1])
     return EncoderSpec(
         name, preprocess, _trunk_shape(base, n_top), fingerprint("efficientnet-trunk/1", n_top, *identity),
@@ -198,6 +207,14 @@ def _trunk_shape(base: str, n_top: int) -> tuple[int, ...]:
     with torch.inference_mode():
         out = EfficientNetTrunk(net, len(net._blocks) - n_top)(torch.zeros(1, 3, size, size))
     return tuple(out.shape[1:])
+
+
+@cache
+def _stats_dim(base: str) -> int:
+    from efficientnet_lite_pytorch import EfficientNet
+
+    stats = EfficientNetStageStats(EfficientNet.from_name(base))
+    return 2 * (sum(stats.net._blocks[i]._project_conv.out_channels for i in stats.taps) + EMBED_DIM)
 
 
 _REGISTRY: dict[str, Callable[[str], EncoderSpec]] = {name: _efficientnet_spec for name in LITE_MODELS}

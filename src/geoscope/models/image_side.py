@@ -48,6 +48,11 @@ class ImageSide:
         """Name of the encoder whose outputs are cached (a trunk when fine-tuning)."""
         return f"{self.name}/trunk-{self.finetune_blocks}" if self.finetune_blocks else self.name
 
+    @property
+    def mixed_scales(self) -> bool:
+        """Whether the image features mix blocks on different scales (the head then standardises them)."""
+        return not self.finetune_blocks and image_encoder_spec(self.name).mixed_scales
+
     def to_dict(self) -> dict:
         return asdict(self)
 

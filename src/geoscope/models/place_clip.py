@@ -44,10 +44,29 @@ class PlaceCLIP(nn.Module):
         self.text_head = ProjectionHead(config.text_dim, config.embed_dim, config.dropout)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / config.init_temperature)))
         self.place_offsets = nn.Parameter(torch.zeros(config.n_places, config.embed_dim))
+        self.register_buffer("image_shift", torch.zeros(config.image_dim))
+        self.register_buffer("image_scale", torch.ones(config.image_dim))
 
-    def embed_images(self, image_features: torch.Tensor) -> torch.Tensor:
-        """Unit-length image embeddings."""
-        return F.normalize(self.image_head(image_features), dim=-1)
+    def set_image_statistics(self, features: torch.Tensor) -> None:
+        """Standardise image features by the per-dimension mean and std of these (training) rows.
+
+        For encoders whose outputs mix scales (``<name>/stats``); without it the head would
+        weigh dimensions by their scale. Features of one scale are better left as they are:
+        standardising pooled EfficientNet features cost 10 km of median error in Croatia.
+        """
+        self.image_shift.copy_(features.mean(dim=0))
+        self.image_scale.copy_(features.std(dim=0).clamp(min=1e-6))
+
+    def standardize(self, image_features: torch.Tensor) -> torch.Tensor:
+        """Image features as the head reads them (standardised, when :meth:`set_image_statistics` ran)."""
+        return (image_features - self.image_shift) / self.image_scale
+
+    def embed_images(self, image_features: torch.Tensor, noise: float = 0.0) -> torch.Tensor:
+        """Unit-length image embeddings; ``noise`` (training) is the std of Gaussian noise added to the input."""
+        x = self.standardize(image_features)
+        if noise > 0:
+            x = x + noise * torch.randn_like(x)
+        return F.normalize(self.image_head(x), dim=-1)
 
     def embed_places(self, text_features: torch.Tensor) -> torch.Tensor:
         """Unit-length place embeddings (one row per place, in label order)."""
@@ -60,6 +79,7 @@ class PlaceCLIP(nn.Module):
         """Inverse temperature, clamped to 100 as in CLIP."""
         return self.logit_scale.exp().clamp(max=100.0)
 
-    def forward(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+    def forward(self, image_features: torch.Tensor, text_features: torch.Tensor, noise: float = 0.0) -> torch.Tensor:
         """Logits of every image (rows) against every place text (columns)."""
-        return self.scale() * self.embed_images(image_features) @ self.embed_places(text_features).T
+        return self.scale() * self.embed_images(image_features, noise) @ self.embed_places(text_features).T
+
