@@ -82,4 +82,3 @@ class PlaceCLIP(nn.Module):
     def forward(self, image_features: torch.Tensor, text_features: torch.Tensor, noise: float = 0.0) -> torch.Tensor:
         """Logits of every image (rows) against every place text (columns)."""
         return self.scale() * self.embed_images(image_features, noise) @ self.embed_places(text_features).T
-
