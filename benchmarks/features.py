@@ -1,6 +1,6 @@
 """Feature-extraction throughput: images/s end to end (decode + preprocess + encode), no cache.
 
-For each offline encoder (EfficientNet-Lite0/2) and each backend (torch, ONNX Runtime),
+For each offline encoder (EfficientNet-Lite0, its stage statistics, Lite2) and each backend (torch, ONNX Runtime),
 on a random sample of ``../shared/data/london-uk`` and ``us-west``; model loading and
 ONNX export happen before the clock starts. Also the rate of decoding + preprocessing
 alone on the decode threads. Run: ``python benchmarks/features.py [--images 256]``.
@@ -25,7 +25,7 @@ from geoscope.features import extract_features, load_views
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SETS = ("london-uk", "us-west")
-ENCODERS = ("efficientnet-lite0", "efficientnet-lite2")
+ENCODERS = ("efficientnet-lite0", "efficientnet-lite0/stats", "efficientnet-lite2")
 BACKENDS = ("torch", "onnx")
 
 
@@ -73,11 +73,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nimages/s end to end (decode + preprocess + encode), {workers} cores, "
           f"batch {args.batch_size}, {workers} decode threads, no cache\n")
     columns = ("set", "n", "encoder", "torch", "onnx", "onnx/torch", "decode only")
-    widths = (10, 4, 18, 7, 7, 10, 11)
+    widths = (10, 4, 24, 7, 7, 10, 11)
     print("| " + " | ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)) + " |")
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for name, n, encoder_name, torch_rate, onnx_rate, decode in rows:
-        print(f"| {name:<10} | {n:>4} | {encoder_name:<18} | {torch_rate:>7.1f} | {onnx_rate:>7.1f} | "
+        print(f"| {name:<10} | {n:>4} | {encoder_name:<24} | {torch_rate:>7.1f} | {onnx_rate:>7.1f} | "
               f"{onnx_rate / torch_rate:>9.2f}× | {decode:>11.0f} |")
     return 0
 
