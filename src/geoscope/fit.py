@@ -21,6 +21,7 @@ from .errors import GeoscopeError
 from .geo import spherical_mean
 from .labels import LabelScheme, assign_labels, make_labels, prompt
 from .models.image_side import ImageSide, apply_adapter
+from .models.place_clip import PlaceCLIP
 from .train import TrainConfig, TrainingData, TrainResult, search_grid, train_place_clip
 
 GALLERY_DIM = 128
@@ -127,14 +128,15 @@ def _search_keys(config: TrainConfig) -> dict:
             "factor": config.factor}
 
 
-def _gallery(train: TrainingData, adapter: torch.nn.Module, standardize: bool, seed: int) -> dict[str, np.ndarray]:
-    """PCA-reduced image features (standardised when ``standardize``) of (a sample of) the training images."""
+def _gallery(train: TrainingData, adapter: torch.nn.Module, model: PlaceCLIP, seed: int) -> dict[str, np.ndarray]:
+    """PCA-reduced image features of (a sample of) the training images, for kNN, scaled as ``model`` reads them."""
     rng = np.random.default_rng(seed)
     keep = np.sort(rng.choice(len(train), size=min(len(train), GALLERY_MAX), replace=False))
     x = apply_adapter(adapter, train.features[0, keep]).astype(np.float64)
-    mean, scale = x.mean(axis=0), (x.std(axis=0).clip(1e-6) if standardize else np.ones(x.shape[1]))
+    scale = model.image_scale.double().numpy()
+    mean = x.mean(axis=0)
     _, _, vt = np.linalg.svd((x - mean) / scale, full_matrices=False)
-    components = vt[: min(GALLERY_DIM, vt.shape[0])] / scale  # standardise, then project: one matrix
+    components = vt[: min(GALLERY_DIM, vt.shape[0])] / scale  # scale, then project: one matrix
     return {
         "gallery.pca_mean": mean.astype(np.float32),
         "gallery.pca_components": components.astype(np.float32),
@@ -160,7 +162,7 @@ def _bundle_parts(manifest: Manifest, data: PreparedData, options: FitOptions, r
     if result.image_adapter is not None:
         tensors.update({f"image_top.{k}": v.detach().numpy() for k, v in result.image_adapter.state_dict().items()})
     adapter = result.image_adapter if result.image_adapter is not None else torch.nn.Identity()
-    tensors.update(_gallery(data.splits["train"], adapter, options.image_side.mixed_scales, options.train.seed))
+    tensors.update(_gallery(data.splits["train"], adapter, model, options.train.seed))
     centroid = spherical_mean(data.splits["train"].lat, data.splits["train"].lon)
     metrics = _final_metrics(result)
     summary = summarize(manifest)

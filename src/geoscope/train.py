@@ -142,18 +142,17 @@ def train_place_clip(
     dimension (for encoders that mix scales). ``extra_splits`` (e.g. ``test``) are only measured.
     """
     seed_everything(config.seed)
-    image_dim = _image_dim(train, image_adapter)
-    n_places = len(text_features) if config.learn_place_offsets else 0
-    model = PlaceCLIP(PlaceCLIPConfig(image_dim, text_features.shape[1], config.embed_dim, config.dropout,
-                                      n_places=n_places))
     adapter = image_adapter if image_adapter is not None else nn.Identity()
+    sample = _training_features(train, adapter)
+    n_places = len(text_features) if config.learn_place_offsets else 0
+    model = PlaceCLIP(PlaceCLIPConfig(sample.shape[1], text_features.shape[1], config.embed_dim, config.dropout,
+                                      n_places=n_places))
     optimizer = torch.optim.AdamW(_param_groups(model, config, image_adapter))
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="min", factor=config.factor, patience=config.patience
     )
     texts = torch.as_tensor(text_features, dtype=torch.float32)
     coords = torch.as_tensor(label_coords, dtype=torch.float64)
-    sample = _training_features(train, adapter)
     if standardize_features:
         model.set_image_statistics(sample)
     noise = config.feature_noise * float(model.standardize(sample).std())
@@ -211,14 +210,6 @@ def _training_features(train: TrainingData, adapter: nn.Module, limit: int = 409
     sample = np.sort(np.random.default_rng(0).permutation(len(train))[:limit])
     return torch.cat([adapter(torch.as_tensor(train.features[0, sample[i : i + 512]], dtype=torch.float32))
                       for i in range(0, len(sample), 512)])
-
-
-def _image_dim(train: TrainingData, adapter: nn.Module | None) -> int:
-    if adapter is None:
-        return train.features.shape[-1]
-    with torch.no_grad():
-        adapter.eval()
-        return int(adapter(torch.as_tensor(train.features[0, :2], dtype=torch.float32)).shape[-1])
 
 
 def _loss(

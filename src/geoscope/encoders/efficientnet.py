@@ -139,14 +139,15 @@ class EfficientNetStageStats(nn.Module):
             i for i, c in enumerate(channels)
             if c >= min_channels and (i == len(channels) - 1 or channels[i + 1] != c)
         )
-        self.drop_connect_rate = net._global_params.drop_connect_rate or 0.0
+        self.dim = 2 * (sum(channels[i] for i in self.taps) + net._conv_head.out_channels)
+        """Values per image."""
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        net = self.net
+        net = self.net  # a frozen encoder: blocks run without drop-connect
         x = net._swish(net._bn0(net._conv_stem(images)))
         stats = []
         for index, block in enumerate(net._blocks):
-            x = block(x, drop_connect_rate=self.drop_connect_rate * index / len(net._blocks))
+            x = block(x)
             if index in self.taps:
                 stats += [x.mean(dim=(2, 3)), x.std(dim=(2, 3))]
         x = net._swish(net._bn1(net._conv_head(x)))

@@ -213,8 +213,7 @@ def _trunk_shape(base: str, n_top: int) -> tuple[int, ...]:
 def _stats_dim(base: str) -> int:
     from efficientnet_lite_pytorch import EfficientNet
 
-    stats = EfficientNetStageStats(EfficientNet.from_name(base))
-    return 2 * (sum(stats.net._blocks[i]._project_conv.out_channels for i in stats.taps) + EMBED_DIM)
+    return EfficientNetStageStats(EfficientNet.from_name(base)).dim
 
 
 _REGISTRY: dict[str, Callable[[str], EncoderSpec]] = {name: _efficientnet_spec for name in LITE_MODELS}
