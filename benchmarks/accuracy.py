@@ -1,8 +1,11 @@
 """Accuracy targets of the place model, measured by cross-validation on ../shared/data.
 
 Each task trains through the same path users run (``fit`` → bundle → ``evaluate``) on
-k−1 folds and measures the held-out fold, then prints one table: model beside the
-training-centroid and kNN baselines. Run: ``python benchmarks/accuracy.py [--folds 5]``.
+k−1 folds and measures the held-out fold, then prints one table: model beside a linear
+probe (scikit-learn logistic regression, standardised, C = 0.01, on the same features and
+labels), the training-centroid and kNN baselines. The "outer ring" task holds out each
+London's outer fifth (by distance from its centre), like photos from outside the sets' area.
+Run: ``python benchmarks/accuracy.py [--folds 5] [--task N] [--scheme geocells] [--no-augment]``.
 """
 
 from __future__ import annotations
@@ -41,9 +44,15 @@ class Task:
     crops: int = 1
 
 
+PROBE = "probe"
+RING_SHARE = 0.2
+"""The outer-ring task holds out this share of each city's images, the farthest from its centre."""
+
 TASKS = (
     Task("which London (UK vs Ontario), label accuracy", ("london-uk", "london-on"),
          LabelScheme("column", {"column": "city"}), "block", 1.0, "≥ 97%"),
+    Task("which London, outer ring held out, label accuracy", ("london-uk", "london-on"),
+         LabelScheme("column", {"column": "city"}), "ring", 1.0, "≥ 96%"),
     Task("London UK, spatial 5-fold, median km", ("london-uk",),
          LabelScheme("grid", {"cell_km": 5.0}), "block", 1.0, "≤ 12 km", 5.0),
     Task("western USA, 3 views fused, median km / 40-cell accuracy", ("us-west",),
@@ -64,33 +73,98 @@ def load_sets(names: tuple[str, ...]) -> Manifest:
     return Manifest(pd.concat(frames, ignore_index=True), Path("/"))
 
 
-def cross_validate(task: Task, folds: int, encoder: str, config: TrainConfig, finetune_blocks: int,
-                   max_folds: int | None = None, progress: bool = False) -> dict:
+def outer_ring(frame: pd.DataFrame, share: float = RING_SHARE) -> np.ndarray:
+    """Test mask: each city's ``share`` of images farthest from its medoid."""
+    from geoscope.geo import haversine_km
+    from geoscope.naming import geographic_medoid
+
+    test = np.zeros(len(frame), dtype=bool)
+    for _, rows in frame.groupby("city").groups.items():
+        idx = np.asarray(rows)
+        centre = geographic_medoid(frame["lat"].to_numpy()[idx], frame["lon"].to_numpy()[idx])
+        d = haversine_km(frame["lat"].to_numpy()[idx], frame["lon"].to_numpy()[idx], *centre)
+        test[idx[d >= np.quantile(d, 1 - share)]] = True
+    return test
+
+
+def cross_validate(task: Task, folds: int, options: FitOptions, max_folds: int | None = None,
+                   progress: bool = False) -> dict:
     manifest = load_sets(task.sets)
-    fold = kfold(manifest.frame, folds, by=task.by, block_km=task.block_km, seed=0)
-    inner = kfold(manifest.frame, 10, by=task.by, block_km=task.block_km, seed=1)
-    results = []
+    inner = kfold(manifest.frame, 10, by="block" if task.by == "ring" else task.by, block_km=task.block_km, seed=1)
+    if task.by == "ring":
+        fold, folds = np.where(outer_ring(manifest.frame), 0, -1), 1
+    else:
+        fold = kfold(manifest.frame, folds, by=task.by, block_km=task.block_km, seed=0)
+    results, probes = [], []
     for k in range(min(folds, max_folds or folds)):
         frame = manifest.frame.copy()
         frame["split"] = np.where(fold == k, "test", np.where(inner == 0, "val", "train"))
         with tempfile.TemporaryDirectory() as tmp:
-            options = FitOptions(scheme=task.scheme, image_encoder=encoder, finetune_blocks=finetune_blocks,
-                                 crops=task.crops, train=replace(config, label_smoothing_km=task.smoothing_km))
-            fit(Manifest(frame, manifest.root), options, Path(tmp) / "model", progress=progress)
+            task_options = replace(options, scheme=task.scheme, crops=task.crops,
+                                   train=replace(options.train, label_smoothing_km=task.smoothing_km))
+            fit(Manifest(frame, manifest.root), task_options, Path(tmp) / "model", progress=progress)
             model = load_model(Path(tmp) / "model")
             test = Manifest(frame[frame["split"] == "test"].reset_index(drop=True), manifest.root)
             result, _ = evaluate(model, test, progress=False)
+            probes.append(linear_probe(model, Manifest(frame, manifest.root), result, task_options))
         results.append(result)
-    return pool(results)
+    return pool(results, probes)
 
 
-def pool(results: list) -> dict:
+def linear_probe(model, manifest: Manifest, result, options: FitOptions) -> pd.DataFrame:
+    """Logistic regression (standardised, C = 0.01) on the model's own features and training labels.
+
+    Trained on the train rows (with flipped copies when the model had them), it predicts the
+    held-out items of ``result`` (views averaged in probability); returns their predictions.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from geoscope.geo import haversine_km
+    from geoscope.labels import LabelScheme, assign_labels
+
+    frame = manifest.frame
+    scheme = LabelScheme.from_dict(model.config["labels"])
+    values = frame[scheme.params["column"]] if scheme.kind == "column" else None
+    ids = assign_labels(frame["lat"].to_numpy(), frame["lon"].to_numpy(), model.labels, scheme, values)
+    train = (frame["split"] == "train").to_numpy() & (ids >= 0)
+    side = options.image_side
+    x_train = [side.extract([manifest.image_paths[i] for i in np.flatnonzero(train)], progress=False).embeddings]
+    if options.augment:
+        x_train.append(side.extract([manifest.image_paths[i] for i in np.flatnonzero(train)], hflip=True,
+                                    progress=False).embeddings)
+    y = np.concatenate([ids[train]] * len(x_train))
+    probe = make_pipeline(StandardScaler(), LogisticRegression(C=0.01, max_iter=2000))
+    probe.fit(np.nan_to_num(np.concatenate(x_train)), y)
+    test = frame[frame["split"] == "test"].reset_index(drop=True)
+    test_paths = [manifest.root / p for p in test["image"]]
+    proba = probe.predict_proba(np.nan_to_num(side.extract(test_paths, progress=False).embeddings))
+    places = Manifest(test, manifest.root).place_ids
+    codes = pd.factorize(places)[0]
+    fused = np.zeros((codes.max() + 1, proba.shape[1]))
+    np.add.at(fused, codes, proba)
+    pred = probe.classes_[fused.argmax(axis=1)]
+    first = ~places.duplicated().to_numpy()
+    lat, lon = test["lat"].to_numpy()[first], test["lon"].to_numpy()[first]
+    labels = model.labels
+    out = pd.DataFrame({"pred_lat": labels["lat"].to_numpy()[pred], "pred_lon": labels["lon"].to_numpy()[pred],
+                        "pred_label": labels["name"].to_numpy()[pred]})
+    out["error_km"] = haversine_km(lat, lon, out["pred_lat"], out["pred_lon"])
+    fused_views = len(result.predictions) == len(out)
+    return out if fused_views else out.iloc[:0]
+
+
+def pool(results: list, probes: list[pd.DataFrame]) -> dict:
     """Metrics over all held-out folds together."""
     from geoscope.geo import summarize_errors
 
     out = {}
-    for name in (MODEL, CENTROID, KNN):
-        tables = [r.predictions if name == MODEL else r.baselines[name] for r in results]
+    for name in (MODEL, PROBE, CENTROID, KNN):
+        if name == PROBE and any(len(p) == 0 for p in probes):
+            continue
+        tables = [r.predictions if name == MODEL else p if name == PROBE else r.baselines[name]
+                  for r, p in zip(results, probes, strict=True)]
         errors = np.concatenate([t["error_km"].to_numpy() for t in tables])
         correct = np.concatenate([
             (t["pred_label"].to_numpy() == r.predictions["true_label"].to_numpy())
@@ -111,6 +185,9 @@ def main() -> int:
                         help="override a TrainConfig field, e.g. --set lr_image=3e-4")
     parser.add_argument("--max-folds", type=int, default=None,
                         help="hold out only the first K of the folds (quicker, noisier)")
+    parser.add_argument("--no-augment", dest="augment", action="store_false", help="no flipped training copies")
+    parser.add_argument("--scheme", help="label scheme for the km tasks instead of theirs, e.g. geocells "
+                        "or geocells:min_images=20,max_images=200")
     args = parser.parse_args()
     if not (DATA / "us-west" / "manifest.csv").is_file():
         print(f"needs the real datasets in {DATA}", file=sys.stderr)
@@ -122,14 +199,19 @@ def main() -> int:
     held = min(args.folds, args.max_folds or args.folds)
     print(f"encoder {args.encoder}, fine-tuned blocks {args.finetune_blocks}, {args.folds}-fold "
           f"({held} held out), config {config.to_dict()}\n")
-    print("| task | goal | model | centroid | kNN | time |\n|---|---|---|---|---|---|")
+    print("| task | goal | model | probe | centroid | kNN | time |\n|---|---|---|---|---|---|---|")
+    options = FitOptions(scheme=LabelScheme("grid"), image_encoder=args.encoder,
+                         finetune_blocks=args.finetune_blocks, augment=args.augment, train=config)
     for i, task in enumerate(TASKS, 1):
         if args.task and i not in args.task:
             continue
+        if args.scheme and task.scheme.kind != "column":
+            kind, _, params = args.scheme.partition(":")
+            task = replace(task, scheme=LabelScheme(kind, {k: float(v) for k, v in
+                                                           (p.split("=") for p in params.split(",") if p)}))
         start = time.perf_counter()
-        m = cross_validate(task, args.folds, args.encoder, config, args.finetune_blocks, args.max_folds,
-                           args.progress)
-        cells = [_cell(m[name], task) for name in (MODEL, CENTROID, KNN)]
+        m = cross_validate(task, args.folds, options, args.max_folds, args.progress)
+        cells = [_cell(m[name], task) if name in m else "–" for name in (MODEL, PROBE, CENTROID, KNN)]
         print(f"| {task.name} | {task.goal} | " + " | ".join(cells) + f" | {time.perf_counter() - start:.0f} s |",
               flush=True)
     return 0

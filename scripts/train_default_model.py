@@ -41,18 +41,22 @@ def combined_manifest(data: Path) -> Manifest:
     return Manifest(frame, Path("/"))
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
-    parser.add_argument("-o", "--output", type=Path, default=REPO / "src" / "geoscope" / "assets" / "default-model")
-    args = parser.parse_args()
-    options = FitOptions(
+def default_options() -> FitOptions:
+    """How the default model is trained (also used by the benchmarks that retrain it on subsets)."""
+    return FitOptions(
         scheme=LabelScheme("grid", {"cell_km": 100.0}),
         train=replace(TrainConfig(), label_smoothing_km=100.0, feature_noise=2.0),
         image_encoder="efficientnet-lite0/stats",
         name="geoscope-default-lite0stats-grid100",
     )
-    path, result = fit(combined_manifest(args.data), options, args.output,
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
+    parser.add_argument("-o", "--output", type=Path, default=REPO / "src" / "geoscope" / "assets" / "default-model")
+    args = parser.parse_args()
+    path, result = fit(combined_manifest(args.data), default_options(), args.output,
                        command=["python", "scripts/train_default_model.py"])
     for record in (r for r in result.history if r["epoch"] == result.best_epoch):
         print(f"{record['split']:5s} accuracy {record['accuracy']:.1%} median {record['median_km']:.1f} km "

@@ -141,7 +141,7 @@ def test_split_in_place_keeps_columns(tmp_path: Path, capsys: pytest.CaptureFixt
     assert frame["location_id"].iloc[0] == "0000"
     assert frame.groupby("location_id")["split"].nunique().max() == 1
     assert frame["split"].value_counts().to_dict() == {"train": 36, "val": 12, "test": 12}
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["images", "manifest.csv"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["DATASET.md", "dataset.json", "images", "manifest.csv"]
 
 
 def test_split_blocks_to_other_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

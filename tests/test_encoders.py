@@ -295,7 +295,7 @@ def test_hf_hub_name_loads_from_the_offline_cache(tmp_path: Path, tiny_hf: dict[
     assert encoder.dim == 16 and encoder.preprocess.crop_size == 28
     assert encoder.encode(np.zeros((1, 3, 28, 28), dtype=np.float32)).shape == (1, 16)
     assert get_text_encoder("hf:tiny/clip").encode(["paris"]).shape == (1, 8)
-    with pytest.raises(GeoscopeError, match="not in the Hugging Face cache"):
+    with pytest.raises(GeoscopeError, match="not in the local cache"):
         get_image_encoder("hf:openai/clip-vit-base-patch32")
 
 

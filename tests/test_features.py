@@ -170,3 +170,12 @@ def test_real_set_second_run_does_no_work(tmp_path: Path, encoder) -> None:
     assert first.encoded == 24 and first.valid.all()
     assert second.encoded == 0 and second.seconds < 2.0
     np.testing.assert_array_equal(first.embeddings, second.embeddings)
+
+
+def test_progress_bar_names_the_flipped_copies(tmp_path: Path, encoder, capsys: pytest.CaptureFixture[str]) -> None:
+    images = make_images(tmp_path, 2, seed=5)
+    extract_features(images, encoder, augment="hflip", workers=0, cache=tmp_path / "cache")
+    assert "encoding efficientnet-lite0, flipped copies" in capsys.readouterr().err
+    extract_features(images, encoder, workers=0, cache=tmp_path / "cache")
+    err = capsys.readouterr().err
+    assert "encoding efficientnet-lite0" in err and "flipped" not in err

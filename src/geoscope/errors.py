@@ -20,3 +20,15 @@ class ManifestError(GeoscopeError):
 
 class ModelError(GeoscopeError):
     """A model bundle that is missing, truncated or incompatible."""
+
+
+def quote_name(name: object) -> str:
+    """A file name (or other user text) for a one-line message: as it is when printable, else
+    quoted with ``!r`` (``'a\\nb.jpg'``), so a newline or an escape never splits or garbles the line."""
+    text = str(name)
+    return text if text.isprintable() else repr(text)
+
+
+def one_line(message: str) -> str:
+    """``message`` with every unprintable character (newline, tab, escape) written as its escape."""
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in message)

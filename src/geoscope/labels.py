@@ -1,9 +1,12 @@
-"""Place labels for a manifest, the seed's two ways (grid cells, top-N cities) or from a column.
+"""Place labels for a manifest: the seed's two ways (grid cells, top-N cities), semantic
+geocells (the recommended scheme), H3 hexagons, or a column.
 
 A label table has one row per place a model can answer: ``label`` (0…n−1), ``name``
-(a place name from the offline gazetteer), ``lat``/``lon`` (the centroid of the training
-images it holds, the point a prediction of that label stands for) and ``count``.
-Scheme-specific columns (grid bounds, city population) follow.
+("Croydon, England, United Kingdom": unique, see :mod:`geoscope.naming`), ``lat``/``lon``
+(the geographic medoid of the training images it holds, the point a prediction of that
+label stands for), ``count``, ``spread_km`` (median distance of its images to that point),
+and the hierarchy: ``place``, ``region``, ``country``, ``country_code``.
+Scheme-specific columns (grid bounds, city population, H3 cell) follow.
 """
 
 from __future__ import annotations
@@ -15,11 +18,13 @@ import pandas as pd
 
 from .cells import assign_grid, assign_nearest, grid_cells
 from .errors import GeoscopeError
-from .geo import haversine_km, spherical_mean
-from .places import cities_table, load_places, merge_suburbs, nearest_place
+from .geo import haversine_km
+from .geocells import geocell_ids
+from .naming import geographic_medoid, locate, majority, name_labels
+from .places import cities_table, load_places, merge_suburbs
 from .regions import country_names, region_from_points
 
-KINDS = ("grid", "cities", "column")
+KINDS = ("geocells", "grid", "cities", "h3", "column")
 
 
 @dataclass
@@ -52,15 +57,22 @@ def make_labels(frame: pd.DataFrame, scheme: LabelScheme) -> tuple[np.ndarray, p
                             bool(scheme.params.get("merge_suburbs", True)))
         ids = assign_nearest(frame["lat"], frame["lon"], table, scheme.params.get("radius_km"),
                              id_column="label")
+    elif scheme.kind == "geocells":
+        ids = geocell_ids(frame["lat"], frame["lon"], min_images=int(scheme.params.get("min_images", 30)),
+                          max_images=int(scheme.params.get("max_images", 400)))
+        table = pd.DataFrame({"label": np.arange(int(ids.max()) + 1)})
+    elif scheme.kind == "h3":
+        cells = h3_cells(frame["lat"], frame["lon"], int(scheme.params.get("h3_res", 4)))
+        names, ids = np.unique(cells, return_inverse=True)
+        table = pd.DataFrame({"label": np.arange(len(names)), "h3": names})
     elif scheme.kind == "column":
         column = scheme.params["column"]
         if column not in frame:
             raise GeoscopeError(f"manifest has no column {column!r} to take labels from")
         values = frame[column].astype(str)
         names = sorted(values.unique())
-        table = pd.DataFrame({"label": np.arange(len(names)), "name": names, "value": names})
+        table = pd.DataFrame({"label": np.arange(len(names)), "value": names})
         ids = pd.Index(names).get_indexer(values)
-        table["name"] = [_column_label_name(column, v, frame[values == v]) for v in names]
     else:
         raise GeoscopeError(f"unknown label kind {scheme.kind!r}: use one of {', '.join(KINDS)}")
     return _keep_used(frame, np.asarray(ids, dtype=np.int64), table)
@@ -72,8 +84,14 @@ def assign_labels(lat: np.ndarray, lon: np.ndarray, table: pd.DataFrame, scheme:
     if scheme.kind == "grid":
         return assign_grid(lat, lon, table.rename(columns={"label": "cell_id"}))
     if scheme.kind == "cities":
-        centres = table.assign(lat=table["city_lat"], lon=table["city_lon"])  # not the image centroids
+        centres = table.assign(lat=table["city_lat"], lon=table["city_lon"])  # not the image medoids
         return assign_nearest(lat, lon, centres, scheme.params.get("radius_km"), id_column="label")
+    if scheme.kind == "geocells":
+        return _nearest_in_country(np.asarray(lat, dtype=np.float64), np.asarray(lon, dtype=np.float64), table)
+    if scheme.kind == "h3":
+        lookup = dict(zip(table["h3"].astype(str), table["label"], strict=True))
+        cells = h3_cells(lat, lon, int(scheme.params.get("h3_res", 4)))
+        return np.array([lookup.get(c, -1) for c in cells], dtype=np.int64)
     if values is None:
         return np.full(len(lat), -1, dtype=np.int64)
     lookup = dict(zip(table["value"].astype(str), table["label"], strict=True))
@@ -88,38 +106,58 @@ def _keep_used(frame: pd.DataFrame, ids: np.ndarray, table: pd.DataFrame) -> tup
     remap = np.full(int(ids.max()) + 1, -1, dtype=np.int64)
     remap[used] = np.arange(used.size)
     new_ids = np.where(ids >= 0, remap[np.clip(ids, 0, None)], -1)
-    lat, lon = frame["lat"].to_numpy(), frame["lon"].to_numpy()
-    centroids = [spherical_mean(lat[new_ids == k], lon[new_ids == k]) for k in range(used.size)]
+    lat, lon = frame["lat"].to_numpy(dtype=np.float64), frame["lon"].to_numpy(dtype=np.float64)
+    where = locate(lat, lon)
+    members = [new_ids == k for k in range(used.size)]
+    medoids = np.array([geographic_medoid(lat[m], lon[m]) for m in members])
+    spread = np.array([np.median(haversine_km(lat[m], lon[m], *medoids[k])) for k, m in enumerate(members)])
+    country = np.array([majority(where["country_code"].to_numpy()[m]) for m in members], dtype=object)
+    region = np.array([majority(where["region"].to_numpy()[m & (where["country_code"].to_numpy() == c)])
+                       for m, c in zip(members, country, strict=True)], dtype=object)
+    counts = np.bincount(new_ids[new_ids >= 0], minlength=used.size)
+    origin = _origin(table)
     if "lat" in table:
-        table = table.rename(columns={"lat": f"{_origin(table)}_lat", "lon": f"{_origin(table)}_lon"})
-    table.insert(0, "label", np.arange(used.size))
-    table.insert(2, "lat", [c[0] for c in centroids])
-    table.insert(3, "lon", [c[1] for c in centroids])
-    table.insert(4, "count", np.bincount(new_ids[new_ids >= 0], minlength=used.size))
-    if "country_code" not in table:
-        world = load_places(None)
-        nearest, _ = nearest_place(table["lat"], table["lon"], world)
-        table["country_code"] = world["country_code"].to_numpy()[nearest]
-    table["name"] = _unique_names(table["name"].astype(str).tolist(), table["country_code"].tolist())
-    return new_ids, table
+        table = table.rename(columns={"lat": f"{origin}_lat", "lon": f"{origin}_lon"})
+    fixed = table["name"].to_numpy(dtype=object) if origin == "city" else \
+        np.array([None if _is_code(v) else v for v in table["value"]], dtype=object) if "value" in table else None
+    order = np.argsort(-counts, kind="stable")  # bigger labels pick their names first
+    names = name_labels(medoids[order, 0], medoids[order, 1], spread[order], country[order], region[order],
+                        fixed=None if fixed is None else fixed[order])
+    names = names.iloc[np.argsort(order)].reset_index(drop=True)
+    table = table.drop(columns=[c for c in ("name", "country_code") if c in table]).reset_index(drop=True)
+    head = pd.DataFrame({"label": np.arange(used.size), "name": names["name"], "lat": medoids[:, 0],
+                         "lon": medoids[:, 1], "count": counts, "spread_km": spread.round(3),
+                         "place": names["place"], "region": names["region"], "country": names["country"],
+                         "country_code": names["country_code"]})
+    return new_ids, pd.concat([head, table], axis=1)
+
+
+def _nearest_in_country(lat: np.ndarray, lon: np.ndarray, table: pd.DataFrame) -> np.ndarray:
+    """The label whose medoid is nearest, among the labels of the point's own country when it has any."""
+    out = np.full(len(lat), -1, dtype=np.int64)
+    ok = np.isfinite(lat) & np.isfinite(lon)
+    if not ok.any():
+        return out
+    codes = locate(lat[ok], lon[ok])["country_code"].to_numpy()
+    d = haversine_km(lat[ok][:, None], lon[ok][:, None], table["lat"].to_numpy()[None], table["lon"].to_numpy()[None])
+    same = codes[:, None] == table["country_code"].astype(str).to_numpy()[None]
+    d = np.where(same.any(axis=1, keepdims=True) & ~same, np.inf, d)
+    out[ok] = table["label"].to_numpy()[np.argmin(d, axis=1)]
+    return out
+
+
+def h3_cells(lat, lon, resolution: int) -> list[str]:
+    """The H3 cell (hexagon index) of each point at ``resolution`` (0 coarse … 15 fine)."""
+    import h3
+
+    if not 0 <= resolution <= 15:
+        raise GeoscopeError(f"H3 resolution must be 0 to 15 (got {resolution})")
+    return [h3.latlng_to_cell(float(a), float(o), resolution)
+            for a, o in zip(np.asarray(lat, dtype=np.float64), np.asarray(lon, dtype=np.float64), strict=True)]
 
 
 def _origin(table: pd.DataFrame) -> str:
     return "city" if "population" in table and "members" in table else "cell"
-
-
-def _unique_names(names: list[str], countries: list[str | None]) -> list[str]:
-    """Names that tell places apart: "London, United Kingdom" beside "London, Canada", then numbers."""
-    repeated = {n for n in names if names.count(n) > 1}
-    known = country_names()
-    names = [f"{n}, {known.get(c or '', c)}" if n in repeated and c else n
-             for n, c in zip(names, countries, strict=True)]
-    seen: dict[str, int] = {}
-    out = []
-    for name in names:
-        seen[name] = seen.get(name, 0) + 1
-        out.append(name if seen[name] == 1 else f"{name} ({seen[name]})")
-    return out
 
 
 def _separate_regions(lat: np.ndarray, lon: np.ndarray, tile_deg: float = 2.0) -> np.ndarray:
@@ -164,20 +202,16 @@ def _city_table(frame: pd.DataFrame, top: int, merge: bool) -> pd.DataFrame:
     return table.rename(columns={"city_id": "geonames_id"}).assign(label=np.arange(len(table)))
 
 
-def _column_label_name(column: str, value: str, rows: pd.DataFrame) -> str:
-    """A column value that is a name names its label; a code is named by the nearest town."""
-    if not value.replace(".", "").replace("-", "").isdigit():
-        return value
-    lat, lon = spherical_mean(rows["lat"], rows["lon"])
-    places = load_places(region_from_points(rows["lat"].to_numpy(), rows["lon"].to_numpy(), 50.0),
-                         min_population=1000)
-    if places.empty:
-        return f"{column} {value}"
-    d = haversine_km(lat, lon, places["lat"], places["lon"])
-    return str(places["name"].iloc[int(np.argmin(d))])
+def _is_code(value: str) -> bool:
+    """Whether a column value is a code ("17", "3.2") rather than a place name."""
+    return value.replace(".", "").replace("-", "").isdigit()
 
 
 def prompt(name: str, country_code: str | None = None) -> str:
-    """The text a place is described by, as the seed did: "a street view photo in {name}"."""
+    """The text a place is described by, as the seed did: "a street view photo in {name}".
+
+    The country is added when the name does not already end with it.
+    """
     country = country_names().get(country_code or "", "")
-    return f"a street view photo in {name}, {country}" if country else f"a street view photo in {name}"
+    return f"a street view photo in {name}, {country}" if country and not name.endswith(country) \
+        else f"a street view photo in {name}"

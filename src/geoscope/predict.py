@@ -1,63 +1,35 @@
 """Ranked location guesses for images, from a model bundle.
 
 ``GeoModel`` holds a bundle's place embeddings (computed once at training time), its
-image head and the frozen encoder it was trained on; ``predict`` answers with the
-top-k places, their coordinates and probabilities, for each image or for the fused
-views of one place.
+image head and the frozen encoder it was trained on; ``predict`` answers (see
+:mod:`geoscope.answer`) with the top-k places, the hierarchy of countries and regions,
+coverage and confidence, for each image or for the fused views of one place.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+from .answer import Answerer, Calibration, Coverage, Guess, Prediction, coverage_scores
 from .bundle import BundleFiles, read_bundle
 from .errors import ModelError
 from .features import FeatureSet
 from .knn import knn_locate
 from .models.image_side import ImageSide, apply_adapter
 from .models.place_clip import PlaceCLIP, PlaceCLIPConfig
+from .refine import check_refiner, refine_in_labels
 
 if TYPE_CHECKING:
     from .encoders.image import ImageEncoder
 
-
-@dataclass(frozen=True)
-class Guess:
-    """One ranked guess: where, which place, how likely."""
-
-    lat: float
-    lon: float
-    label: str
-    probability: float
-
-    def to_dict(self) -> dict:
-        return {"lat": round(self.lat, 6), "lon": round(self.lon, 6), "label": self.label,
-                "probability": round(self.probability, 6)}
-
-
-@dataclass
-class Prediction:
-    """The guesses for one image (or one place seen from several views), or why it failed."""
-
-    image: str
-    guesses: list[Guess]
-    error: str | None = None
-    views: list[str] | None = None
-
-    def to_dict(self) -> dict:
-        out: dict = {"image": self.image, "guesses": [g.to_dict() for g in self.guesses]}
-        if self.views is not None:
-            out["views"] = self.views
-        if self.error is not None:
-            out["error"] = self.error
-        return out
+__all__ = ["GeoModel", "Guess", "Prediction", "load_model"]
 
 
 class GeoModel:
@@ -84,6 +56,12 @@ class GeoModel:
                              f"hold {self.place_embeddings.shape[0]} places")
         self._adapter: torch.nn.Module | None = None
         self._encoder = None
+        gallery_label = files.tensors.get("gallery.label")
+        if gallery_label is not None and gallery_label.size and not 0 <= gallery_label.min() <= gallery_label.max() \
+                < len(self.labels):
+            raise ModelError(f"{files.path}: gallery.label names labels outside 0…{len(self.labels) - 1}")
+        self.coverage = Coverage.from_dict(self.config.get("coverage"))
+        self.answerer = Answerer(self.labels, self.coverage, Calibration.from_dict(self.config.get("calibration")))
 
     @property
     def encoder(self) -> ImageEncoder:
@@ -135,46 +113,102 @@ class GeoModel:
         lat, lon = self.config["training"]["centroid"]
         return float(lat), float(lon)
 
+    def gallery_query(self, features: np.ndarray) -> np.ndarray:
+        """Image features projected into the kNN gallery's space (scaled as the head reads them, PCA)."""
+        t = self.files.tensors
+        return (np.asarray(features, dtype=np.float32) - t["gallery.pca_mean"]) @ t["gallery.pca_components"].T
+
     def knn(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """kNN baseline: locate image features among the training gallery."""
         t = self.files.tensors
-        query = (np.asarray(features, dtype=np.float32) - t["gallery.pca_mean"]) @ t["gallery.pca_components"].T
-        return knn_locate(query, t["gallery.features"].astype(np.float32),
+        return knn_locate(self.gallery_query(features), t["gallery.features"].astype(np.float32),
                           t["gallery.lat"], t["gallery.lon"])
 
-    def guesses(self, probabilities: np.ndarray, top_k: int) -> list[Guess]:
-        """The ``top_k`` most probable places of one probability row."""
-        order = np.argsort(-probabilities)[: max(1, top_k)]
-        rows = self.labels.iloc[order]
-        return [Guess(float(r.lat), float(r.lon), str(r.name), float(p))
-                for r, p in zip(rows.itertuples(index=False), probabilities[order], strict=True)]
+    def coverage_scores(self, features: np.ndarray) -> np.ndarray:
+        """How much each image (features, or the mean features of a place's views) is like the training images."""
+        k = self.coverage.k if self.coverage is not None else 10
+        gallery = self.files.tensors["gallery.features"].astype(np.float32)
+        return coverage_scores(self.gallery_query(features), gallery, k)
+
+    @property
+    def can_refine(self) -> bool:
+        """Whether the bundle's gallery knows each image's label (needed by ``refine="knn"``)."""
+        return "gallery.label" in self.files.tensors
+
+    def refined_coordinates(self, features: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Coordinates of guessed ``labels`` ``(n, m)`` refined by the training images most like ``features``."""
+        if not self.can_refine:
+            raise ModelError(f"{self.path}: this bundle's gallery has no labels to refine with: retrain it")
+        t = self.files.tensors
+        return refine_in_labels(self.gallery_query(features), labels, t["gallery.features"].astype(np.float32),
+                                t["gallery.lat"], t["gallery.lon"], t["gallery.label"],
+                                self.labels["lat"].to_numpy(), self.labels["lon"].to_numpy())
+
+    def _refine(self, prediction: Prediction, features: np.ndarray) -> Prediction:
+        """The place guesses of ``prediction`` at refined coordinates."""
+        index = {name: i for i, name in enumerate(self.labels["name"].astype(str))}
+        rows = [index[g.label] for g in prediction.guesses if g.label in index]
+        if prediction.error or len(rows) != len(prediction.guesses):
+            return prediction  # country/region guesses, or nothing to refine
+        lat, lon = self.refined_coordinates(features[None], np.asarray([rows]))
+        prediction.guesses = [replace(g, lat=float(a), lon=float(o))
+                              for g, a, o in zip(prediction.guesses, lat[0], lon[0], strict=True)]
+        return prediction
 
     def predict(
         self, images: Sequence[str | os.PathLike[str]], top_k: int = 5, *, views: bool = False,
-        progress: bool = False,
+        level: str = "place", refine: str = "none", allow_missing_views: bool = False, progress: bool = False,
     ) -> list[Prediction]:
         """Guesses for each image; with ``views=True`` the images are views of one place, fused.
 
         Unreadable images come back with ``error`` set and no guesses; the others are answered.
+        A place with an unreadable view is answered only with ``allow_missing_views`` (and says so).
+        ``refine="knn"`` moves each place guess to where its most similar training images are.
         """
+        check_refiner(refine)
+        if refine == "knn" and not self.can_refine:
+            raise ModelError(f"{self.path}: this bundle's gallery has no labels to refine with: retrain it")
+        answers = self._predict(images, top_k, views, level, allow_missing_views, progress)
+        if refine == "knn":
+            answers = [self._refine(p, f) for p, f in answers]
+        return [p for p, _ in answers]
+
+    def _predict(self, images: Sequence[str | os.PathLike[str]], top_k: int, views: bool, level: str,
+                 allow_missing_views: bool, progress: bool) -> list[tuple[Prediction, np.ndarray]]:
+        """Each prediction with the image features it was made from."""
         paths = [str(p) for p in images]
         fs = self.image_features(paths, progress=progress)
-        embeddings = self.embed(np.nan_to_num(fs.embeddings))
+        features = np.nan_to_num(fs.embeddings)
         valid = np.asarray(fs.valid, dtype=bool)
         errors = dict(zip(np.flatnonzero(~valid).tolist(), fs.errors, strict=True))  # in row order
         if views:
-            if not valid.any():
-                return [Prediction(paths[0], [], "no readable view", views=paths)]
-            fused = embeddings[valid].mean(axis=0, keepdims=True)
-            probs = self.probabilities(fused)[0]
-            return [Prediction(paths[0], self.guesses(probs, top_k),
-                               views=[p for p, ok in zip(paths, valid, strict=True) if ok])]
-        probs = self.probabilities(embeddings)
+            fused = features[valid].mean(axis=0) if valid.any() else features[0]
+            return [(self._answer_views(paths, features, valid, errors, top_k, level, allow_missing_views), fused)]
+        probs = self.probabilities(self.embed(features))
+        scores = self.coverage_scores(features)
         return [
-            Prediction(p, self.guesses(probs[i], top_k)) if valid[i]
-            else Prediction(p, [], errors[i])
+            (self.answerer.answer(p, probs[i], top_k=top_k, level=level, coverage_score=float(scores[i]))
+             if valid[i] else Prediction(p, [], errors[i]), features[i])
             for i, p in enumerate(paths)
         ]
+
+    def _answer_views(self, paths: list[str], features: np.ndarray, valid: np.ndarray, errors: dict[int, str],
+                      top_k: int, level: str, allow_missing: bool) -> Prediction:
+        """One answer for the views of one place: their embeddings averaged."""
+        unread = "; ".join(errors.values())
+        if not valid.any():
+            return Prediction(paths[0], [], f"no view could be read: {unread}", views=paths)
+        warnings = []
+        if not valid.all():
+            if not allow_missing:
+                return Prediction(paths[0], [], f"{int((~valid).sum())} of {len(paths)} views could not be read "
+                                  f"({unread}); allow fewer views to answer from the others", views=paths)
+            warnings.append(f"answered from {int(valid.sum())} of {len(paths)} views: {unread}")
+        fused = self.embed(features[valid]).mean(axis=0, keepdims=True)
+        score = float(self.coverage_scores(features[valid].mean(axis=0, keepdims=True))[0])
+        return self.answerer.answer(paths[0], self.probabilities(fused)[0], top_k=top_k, level=level,
+                                    coverage_score=score, views=[p for p, ok in zip(paths, valid, strict=True) if ok],
+                                    warnings=warnings)
 
 
 def load_model(directory: str | os.PathLike[str] | None = None) -> GeoModel:

@@ -151,6 +151,25 @@ def country_outlines(bbox: BBox | None = None) -> list[BaseGeometry]:
     return [g for g in clipped if not g.is_empty]
 
 
+def country_of(lat: ArrayLike, lon: ArrayLike) -> NDArray[np.object_]:
+    """ISO alpha-2 code of the country holding each point ("" at sea or outside every country)."""
+    la = np.atleast_1d(np.asarray(lat, dtype=np.float64))
+    lo = np.atleast_1d(np.asarray(lon, dtype=np.float64))
+    units = [c for c in countries() if c.iso2]
+    tree = _country_tree()
+    out = np.full(len(la), "", dtype=object)
+    ok = np.isfinite(la) & np.isfinite(lo)
+    points, shapes = tree.query(shapely.points(lo[ok], la[ok]), predicate="intersects")
+    rows = np.flatnonzero(ok)[points]
+    out[rows[::-1]] = [units[i].iso2 for i in shapes[::-1]]  # the first unit wins where shapes overlap
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def _country_tree() -> shapely.STRtree:
+    return shapely.STRtree([c.geometry for c in countries() if c.iso2])
+
+
 def country_names() -> dict[str, str]:
     """ISO alpha-2 code → country name, for every country the boundary source knows."""
     names: dict[str, str] = {}

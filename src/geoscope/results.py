@@ -29,6 +29,10 @@ class EvaluationResult:
     ``history`` is the bundle's training history: one dict per epoch and split with keys
     ``epoch``, ``split``, ``loss``, ``accuracy``, ``mean_km``, ``median_km``.
     ``labels`` is the model's label table (``label``, ``name``, ``lat``, ``lon``) or None.
+    Where the model knows them, ``predictions`` also has ``coverage_score``, ``in_coverage``,
+    ``confidence_25``/``_200``/``_750`` (calibrated probability that the top guess is within
+    that distance) and ``pred_country``. ``training_rows`` counts the manifest's rows left out
+    because the model was trained on their images.
     """
 
     predictions: pd.DataFrame
@@ -38,3 +42,4 @@ class EvaluationResult:
     dataset: str
     history: list[dict] = field(default_factory=list)
     labels: pd.DataFrame | None = None
+    training_rows: int = 0

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .errors import GeoscopeError
 from .geo import haversine_km
 from .models.losses import haversine_smoothed_targets, soft_cross_entropy
 from .models.place_clip import PlaceCLIP, PlaceCLIPConfig
@@ -55,7 +56,28 @@ class TrainConfig:
     """Std of Gaussian noise added to image features during training, relative to their overall std."""
     learn_place_offsets: bool = True
     """Let every place learn an offset from its name's embedding (names can repeat or say little)."""
+    level_weight: float = 0.0
+    """Weight of the coarse levels' losses (country, region: probabilities summed over their places)."""
     seed: int = 0
+
+    LOSSES = ("clip", "label")
+
+    def __post_init__(self) -> None:
+        """Refuse, in one line, a setting no training run can use."""
+        if self.loss not in self.LOSSES:
+            raise GeoscopeError(f"loss must be one of {', '.join(self.LOSSES)}, not {self.loss!r}")
+        positive = ("embed_dim", "lr_head", "lr_image", "lr_text", "batch_size", "max_epochs", "early_stop")
+        at_least_zero = ("wd_head", "wd_image", "wd_text", "patience", "feature_noise", "label_smoothing_km",
+                         "level_weight")
+        for name in positive + at_least_zero:
+            value = getattr(self, name)
+            if not (math.isfinite(value) and (value > 0 if name in positive else value >= 0)):
+                need = "greater than 0" if name in positive else "0 or more"
+                raise GeoscopeError(f"{name} must be a finite number {need}, not {value!r}")
+        if not 0 <= self.dropout < 1:
+            raise GeoscopeError(f"dropout must be in [0, 1), not {self.dropout!r}")
+        if not 0 < self.factor < 1:
+            raise GeoscopeError(f"factor (the learning-rate cut on a plateau) must be in (0, 1), not {self.factor!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -130,6 +152,7 @@ def train_place_clip(
     image_adapter: nn.Module | None = None,
     standardize_features: bool = False,
     extra_splits: dict[str, TrainingData] | None = None,
+    label_levels: np.ndarray | None = None,
     progress: bool = True,
     on_epoch: Callable[[int, PlaceCLIP], None] | None = None,
 ) -> TrainResult:
@@ -140,6 +163,9 @@ def train_place_clip(
     inputs to image features and may hold trainable encoder layers, trained in the
     ``image`` parameter group. ``standardize_features`` standardises the image features per
     dimension (for encoders that mix scales). ``extra_splits`` (e.g. ``test``) are only measured.
+    ``label_levels`` ``(levels, places)`` gives each place's group at coarser levels (country,
+    region); with ``config.level_weight`` > 0 the loss also scores the summed probability of
+    the true group at each level, so "which country" is learned as such.
     """
     seed_everything(config.seed)
     adapter = image_adapter if image_adapter is not None else nn.Identity()
@@ -152,7 +178,8 @@ def train_place_clip(
         optimizer, mode="min", factor=config.factor, patience=config.patience
     )
     texts = torch.as_tensor(text_features, dtype=torch.float32)
-    coords = torch.as_tensor(label_coords, dtype=torch.float64)
+    coords = torch.tensor(np.asarray(label_coords), dtype=torch.float64)
+    groups = _level_matrices(label_levels, len(text_features)) if config.level_weight > 0 else []
     if standardize_features:
         model.set_image_statistics(sample)
     noise = config.feature_noise * float(model.standardize(sample).std())
@@ -173,7 +200,7 @@ def train_place_clip(
                 continue
             variant = rng.integers(0, train.features.shape[0], size=len(idx))
             x = adapter(torch.as_tensor(train.features[variant, idx], dtype=torch.float32))
-            loss = _loss(model, x, texts, coords, train, idx, config, noise)
+            loss = _loss(model, x, texts, coords, train, idx, config, noise, groups)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -212,9 +239,23 @@ def _training_features(train: TrainingData, adapter: nn.Module, limit: int = 409
                       for i in range(0, len(sample), 512)])
 
 
+def _level_matrices(label_levels: np.ndarray | None, n_places: int) -> list[torch.Tensor]:
+    """One ``(places, groups)`` membership matrix per coarse level (levels with one group are skipped)."""
+    if label_levels is None:
+        return []
+    out = []
+    for level in np.atleast_2d(label_levels):
+        codes = np.unique(level, return_inverse=True)[1].ravel()
+        if codes.max() > 0:
+            out.append(torch.nn.functional.one_hot(torch.as_tensor(codes), int(codes.max()) + 1).float())
+    assert all(m.shape[0] == n_places for m in out)
+    return out
+
+
 def _loss(
     model: PlaceCLIP, x: torch.Tensor, texts: torch.Tensor, coords: torch.Tensor,
     data: TrainingData, idx: np.ndarray, config: TrainConfig, noise: float = 0.0,
+    groups: Sequence[torch.Tensor] = (),
 ) -> torch.Tensor:
     labels = torch.as_tensor(data.label[idx], dtype=torch.long)
     if config.loss == "clip":
@@ -231,7 +272,13 @@ def _loss(
         labels, torch.as_tensor(data.lat[idx]), torch.as_tensor(data.lon[idx]),
         coords[:, 0], coords[:, 1], config.label_smoothing_km,
     ).float()
-    return soft_cross_entropy(logits, targets)
+    loss = soft_cross_entropy(logits, targets)
+    if groups:
+        probabilities = torch.softmax(logits, dim=-1)
+        for members in groups:
+            group_p = (probabilities @ members).clamp(min=1e-8)
+            loss = loss + config.level_weight * -(targets @ members * group_p.log()).sum(dim=-1).mean()
+    return loss
 
 
 @torch.no_grad()

@@ -9,8 +9,10 @@ from pathlib import Path
 
 from ..data.importers import import_csv, import_folder, rebase_images
 from ..data.manifest import place_ids, read_manifest, summarize, write_manifest
+from ..data.provenance import derive_dataset_card, write_dataset_card
 from ..data.split import GROUPINGS, leakage_report, split_manifest
-from ..errors import GeoscopeError
+from ..errors import GeoscopeError, quote_name
+from ..fileio import check_writable
 
 OUTPUT_HELP = "manifest to write (.csv or .parquet)"
 
@@ -90,37 +92,52 @@ def run_check(args: argparse.Namespace) -> int:
 
 def run_import_folder(args: argparse.Namespace) -> int:
     root = Path(args.folder)
+    check_writable(args.output)
     frame, skipped = import_folder(root, output=args.output)
     total = len(frame) + len(skipped)
     if total == 0:
         raise GeoscopeError(f"{root}: no image files found")
     if len(frame) == 0:
         path, reason = skipped[0]
-        raise GeoscopeError(f"{root}: none of the {total:,} images has a usable EXIF GPS position "
-                            f"(e.g. {_shown(path, root)}: {reason})")
+        raise GeoscopeError(f"{quote_name(root)}: none of the {total:,} images has a usable EXIF GPS position "
+                            f"(e.g. {quote_name(_shown(path, root))}: {reason})")
     write_manifest(frame, args.output)
+    write_dataset_card(args.output, frame, {"kind": "folder", "location": str(root.absolute()),
+                                            "images_found": total, "without_gps": len(skipped)},
+                       step={"command": ["geoscope", *args.argv]})
     print(f"wrote {args.output}: {len(frame):,} of {total:,} images with GPS, "
           f"{len(skipped):,} left out")
     for path, reason in skipped:
-        print(f"  {_shown(path, root)}: {reason}")
+        print(f"  {quote_name(_shown(path, root))}: {reason}")
     return 0
 
 
 def run_import_csv(args: argparse.Namespace) -> int:
+    check_writable(args.output)
     manifest = import_csv(args.csv, image_col=args.image_col, lat_col=args.lat_col,
                           lon_col=args.lon_col, root=args.root, output=args.output)
     write_manifest(manifest, args.output)
+    write_dataset_card(args.output, manifest.frame, {
+        "kind": "csv", "location": str(Path(args.csv).absolute()),
+        "images_root": str(Path(args.root or Path(args.csv).parent).absolute())},
+        step={"command": ["geoscope", *args.argv]})
     places = manifest.place_ids.nunique()
     print(f"wrote {args.output}: {len(manifest):,} images at {places:,} places from {args.csv}")
     return 0
 
 
 def run_split(args: argparse.Namespace) -> int:
+    output = Path(args.output) if args.output else Path(args.manifest)
+    check_writable(output)
     manifest = read_manifest(args.manifest)
     frame = split_manifest(manifest.frame, args.by, block_km=args.block_km, val=args.val,
                            test=args.test, seed=args.seed, gap_km=args.gap_km)
-    output = Path(args.output) if args.output else Path(args.manifest)
-    write_manifest(rebase_images(frame, manifest.root, output.absolute().parent), output)
+    written = rebase_images(frame, manifest.root, output.absolute().parent)
+    write_manifest(written, output)
+    derive_dataset_card(args.manifest, output, written, {
+        "step": "split", "command": ["geoscope", *args.argv], "by": args.by,
+        "block_km": args.block_km if args.by == "block" else None, "val": args.val, "test": args.test,
+        "seed": args.seed, "gap_km": args.gap_km})
     report = leakage_report(frame)
     places = place_ids(frame)
     sizes = {name: {"images": int((frame["split"] == name).sum()),

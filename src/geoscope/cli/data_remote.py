@@ -6,13 +6,14 @@ import argparse
 import sys
 
 from ..errors import GeoscopeError
+from ..fileio import check_writable
 from ..places import SUBURB_SCALE_KM
 
 DEFAULT_REGION = "GB"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from ..data.plan import SEED_CITIES, SEED_GRID
+    from ..data.plan import MIN_LAND_FRACTION, SEED_CITIES, SEED_GRID
 
     plan = subparsers.add_parser("plan", help="sample the points of a dataset to fetch (offline)")
     kinds = plan.add_subparsers(dest="plan_kind", metavar="KIND", required=True)
@@ -23,8 +24,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                       help="cell size in km (default %(default)g, the seed's UK grid)")
     grid.add_argument("--per-cell", type=int, default=SEED_GRID["per_cell"],
                       help="points per cell (default %(default)d)")
-    grid.add_argument("--min-land", type=float, default=0.0, metavar="FRACTION",
-                      help="drop cells with less land than this fraction (default 0: any land)")
+    grid.add_argument("--min-land", type=float, default=MIN_LAND_FRACTION, metavar="FRACTION",
+                      help="leave out cells whose land is less than this share of their area "
+                           "(default %(default)g; 0 keeps every cell that touches land)")
     grid.set_defaults(func=run_plan_grid)
 
     cities = kinds.add_parser("cities", help="random land points around the most populous places")
@@ -85,6 +87,10 @@ def _region_args(parser: argparse.ArgumentParser) -> None:
 def run_plan_grid(args: argparse.Namespace) -> int:
     from ..data.plan import grid_plan, write_plan
 
+    if not 0 <= args.min_land <= 1:
+        raise GeoscopeError(f"--min-land is a share of a cell's area, between 0 and 1 (got {args.min_land:g})")
+    check_writable(args.out, folder=True)
+
     plan = grid_plan(args.region, args.cell_km, args.per_cell, seed=args.seed,
                      min_land_fraction=args.min_land)
     path = write_plan(plan, args.out)
@@ -96,6 +102,7 @@ def run_plan_grid(args: argparse.Namespace) -> int:
 def run_plan_cities(args: argparse.Namespace) -> int:
     from ..data.plan import cities_plan, write_plan
 
+    check_writable(args.out, folder=True)
     plan = cities_plan(args.region, args.top, args.radius_km, args.per_city, merge=args.merge_suburbs,
                        seed=args.seed, min_population=args.min_population)
     path = write_plan(plan, args.out)
@@ -110,6 +117,7 @@ def run_fetch(args: argparse.Namespace) -> int:
     from ..data.sources import make_source
     from ..data.sources.http import Budget, HttpClient
 
+    check_writable(args.out, folder=True)
     headings = parse_headings(args.headings)
     if args.source == "streetview" and not headings:
         raise GeoscopeError("Street View needs headings, e.g. --headings 0,90,180")

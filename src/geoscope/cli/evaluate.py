@@ -9,9 +9,12 @@ import sys
 from pathlib import Path
 
 from ..data.manifest import read_manifest
+from ..errors import ManifestError, quote_name
 from ..evaluate import evaluate
+from ..fileio import check_writable
 from ..geo import THRESHOLDS_KM
 from ..predict import load_model
+from ..refine import REFINERS
 from ..results import CENTROID, KNN, MODEL
 
 
@@ -23,6 +26,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="only rows of this split (default: all rows)")
     parser.add_argument("--views", choices=("auto", "fuse", "separate"), default="auto",
                         help="fuse the views of one place (auto: when places have several)")
+    parser.add_argument("--refine", choices=REFINERS, default="none",
+                        help="knn: move the top guess to where its most similar training images are (none)")
+    parser.add_argument("--include-training-rows", action="store_true",
+                        help="also measure rows whose images the model was trained on (left out by default)")
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
     parser.add_argument("--report", metavar="DIR", help="also write an HTML report into DIR")
     parser.add_argument("--compare", metavar="CSV", help="report: extra figures to compare with")
@@ -30,17 +37,35 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.report:
+        check_writable(args.report, folder=True)
     manifest = read_manifest(args.manifest)
     if args.split:
-        manifest = manifest.split(args.split)
+        present = manifest.split(args.split)
+        if len(present) == 0:
+            splits = ", ".join(sorted(str(s) for s in manifest.frame["split"].dropna().unique())) or "none"
+            raise ManifestError(f"{quote_name(args.manifest)}: no row of the manifest is in split {args.split!r} "
+                                f"(splits present: {splits})")
+        manifest = present
     model = load_model(args.model)
     fuse = {"auto": None, "fuse": True, "separate": False}[args.views]
-    result, errors = evaluate(model, manifest, fuse_views=fuse, dataset=str(args.manifest))
+    result, errors = evaluate(model, manifest, fuse_views=fuse, dataset=str(args.manifest),
+                              include_training_rows=args.include_training_rows, refine=args.refine)
     for line in errors:
         print(f"geoscope: skipped {line}", file=sys.stderr)
+    if result.training_rows:
+        verb = "measured with the others (--include-training-rows)" if args.include_training_rows else \
+            "left out (--include-training-rows keeps them)"
+        print(f"geoscope: {result.training_rows:,} rows hold images the model was trained on: {verb}",
+              file=sys.stderr)
+    p = result.predictions
+    if "in_coverage" in p and not args.json:
+        print(f"{int((~p['in_coverage']).sum()):,} of {len(p):,} flagged outside what the model knows")
     if args.json:
-        print(json.dumps({"n": len(result.predictions), "metrics": result.metrics,
-                          "skipped": len(errors)}, indent=2))
+        coverage = float(result.predictions["in_coverage"].mean()) if "in_coverage" in result.predictions else None
+        print(json.dumps(_strict({"n": len(result.predictions), "metrics": result.metrics,
+                                  "skipped": len(errors), "training_rows": result.training_rows,
+                                  "in_coverage": coverage}), indent=2, allow_nan=False))
     else:
         print_metrics(result.metrics, len(result.predictions))
     if args.report:
@@ -53,20 +78,34 @@ def run(args: argparse.Namespace) -> int:
 
 
 def print_metrics(metrics: dict, n: int) -> None:
-    """The metrics table: model beside the centroid and kNN baselines."""
+    """The metrics table: model beside the centroid and kNN baselines, saying on how many items each figure is."""
     columns = (MODEL, CENTROID, KNN)
-    rows = [("label accuracy", "label_accuracy", "pct"), ("mean error km", "mean_km", "km"),
+    labelled = metrics[MODEL].get("n_labelled", n)
+    accuracy = "label accuracy" if labelled == n else f"label accuracy ({labelled:,} of {n:,} labelled)"
+    rows = [(accuracy, "label_accuracy", "pct"), ("mean error km", "mean_km", "km"),
             ("median error km", "median_km", "km"), ("GeoScore", "geoscore", "score")]
     rows += [(f"within {t:g} km", f"within:{t:g}", "pct") for t in THRESHOLDS_KM]
     print(f"{n:,} evaluated")
-    print(f"  {'':18}" + "".join(f"{c:>12}" for c in columns))
+    width = max(18, *(len(title) for title, _, _ in rows))
+    print(f"  {'':{width}}" + "".join(f"{c:>12}" for c in columns))
     for title, key, kind in rows:
         cells = []
         for c in columns:
             value = metrics[c]["within_km"][key.split(":")[1]] if key.startswith("within:") \
                 else metrics[c].get(key, math.nan)
             cells.append(_format(value, kind))
-        print(f"  {title:18}" + "".join(f"{v:>12}" for v in cells))
+        print(f"  {title:{width}}" + "".join(f"{v:>12}" for v in cells))
+
+
+def _strict(value: object) -> object:
+    """``value`` with every NaN or infinite float replaced by None, so that it is valid JSON."""
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_strict(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def _format(value: float, kind: str) -> str:

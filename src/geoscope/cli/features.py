@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 MAX_ERRORS_SHOWN = 10
 
@@ -33,16 +34,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_features(args: argparse.Namespace) -> int:
-    from ..errors import GeoscopeError
+    from ..errors import GeoscopeError, quote_name
     from ..features import extract_features
+    from ..fileio import check_writable
 
     if args.batch_size < 1:
         raise GeoscopeError("--batch-size must be at least 1")
+    if args.output:
+        check_writable(args.output)  # before hours of encoding, not after
     result = extract_features(
         args.manifest, args.encoder, batch_size=args.batch_size, workers=args.workers,
         progress=not args.quiet, augment=args.views, combine=args.combine, backend=args.backend,
     )
     bad = len(result.errors)
+    if bad and bad == len(result):
+        raise GeoscopeError(f"{quote_name(args.manifest)}: no image could be read ({bad:,} of {bad:,} failed; "
+                            f"{_first(result.errors)})")
     print(f"{args.manifest}: {len(result):,} images, {result.encoder_name} "
           f"({args.backend}, views {result.views})")
     rate = f"  ({result.images_per_second:.1f} images/s)" if result.encoded else ""
@@ -60,4 +67,13 @@ def run_features(args: argparse.Namespace) -> int:
     if args.output:
         path = result.save(args.output)
         print(f"  written      {path}")
+    if bad:
+        print(f"geoscope: warning: {bad:,} of {len(result):,} images could not be read ({_first(result.errors)})",
+              file=sys.stderr)
     return 0
+
+
+def _first(errors: list[str], shown: int = 3) -> str:
+    """The first few one-line errors, for a summary line."""
+    more = f"; … and {len(errors) - shown:,} more" if len(errors) > shown else ""
+    return ("first: " if len(errors) > 1 else "") + "; ".join(errors[:shown]) + more

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from .. import __version__
-from ..errors import GeoscopeError
+from ..errors import GeoscopeError, one_line
 
 DATA = ("geoscope.cli.data_local", "geoscope.cli.data_remote")
 TOP_LEVEL = (
@@ -61,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code = args.func(args)
     except GeoscopeError as exc:
-        print(f"geoscope: error: {exc}", file=sys.stderr)
+        print(f"geoscope: error: {one_line(str(exc))}", file=sys.stderr)  # a newline never splits it
         return 2
     except KeyboardInterrupt:
         print("geoscope: interrupted; finished work is kept, rerun to resume", file=sys.stderr)

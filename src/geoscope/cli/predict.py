@@ -1,46 +1,125 @@
-"""``geoscope predict IMAGE [IMAGE ...]``: ranked guesses of where each photo was taken."""
+"""``geoscope predict IMAGE_OR_FOLDER ...``: ranked guesses of where each photo was taken.
+
+Prints a readable table (or strict JSON with ``--json``), or with ``-o out.csv|out.geojson|out.jsonl``
+writes a file chunk by chunk that a rerun of the same command continues without duplicates.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
 import sys
+import textwrap
 
-from ..predict import Prediction, load_model
+from ..batch import CHUNK_SIZE, find_inputs, predict_chunks
+from ..errors import GeoscopeError, one_line, quote_name
+
+MAX_ERROR_LINES = 20
+
+
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("predict", help="guess where photos were taken")
-    parser.add_argument("images", nargs="+", metavar="IMAGE")
+    parser = subparsers.add_parser(
+        "predict", help="guess where photos were taken",
+        description="Guess where photos were taken. Folders are searched recursively for images.")
+    parser.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER")
     parser.add_argument("--model", help="model bundle directory (default: the bundled model)")
-    parser.add_argument("--top-k", type=int, default=5, help="guesses per image (5)")
+    parser.add_argument("--top-k", type=_at_least_one, default=5, help="guesses per image (5)")
     parser.add_argument("--views", action="store_true",
-                        help="the images are views of one place: fuse them into one answer")
-    parser.add_argument("--json", action="store_true", help="print one JSON list")
+                        help="views of one place: the files named are one place, and so is each folder of images")
+    parser.add_argument("--level", choices=("country", "region", "place"),
+                        help="answer at this level of the place hierarchy (models that have one)")
+    out = parser.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="print one strict JSON list instead of the table")
+    out.add_argument("-o", "--output", metavar="FILE",
+                     help="write FILE.csv, FILE.geojson or FILE.jsonl incrementally; rerun to continue")
+    parser.add_argument("--allow-missing-views", action="store_true",
+                        help="with --views, answer a place from the views that could be read (and say so)")
+    parser.add_argument("--chunk-size", type=_at_least_one, default=CHUNK_SIZE,
+                        help=f"images answered (and written) together ({CHUNK_SIZE})")
+    parser.add_argument("--limit", type=_at_least_one,
+                        help="answer at most this many images (places with --views) not yet in the output, then stop")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    model = load_model(args.model)
-    predictions = model.predict(args.images, top_k=args.top_k, views=args.views)
-    if args.json:
-        print(json.dumps([p.to_dict() for p in predictions], indent=2))
-    else:
-        for p in predictions:
-            print_table(p)
-    failed = [p for p in predictions if p.error]
-    for p in failed:
-        print(f"geoscope: error: {p.error}", file=sys.stderr)
+    from tqdm import tqdm
+
+    from ..outputs import checked_record, open_predictions_file, render_table, strict_json
+    from ..predict import load_model
+
+    inputs = find_inputs(args.images, views=args.views)
+    if inputs.skipped:
+        print(f"geoscope: skipped {inputs.skipped} non-image file{'s' * (inputs.skipped != 1)} "
+              "(by the name's suffix)", file=sys.stderr)
+    if not inputs.units:
+        raise GeoscopeError(f"no images found in {', '.join(quote_name(a) for a in args.images)}")
+    sink = open_predictions_file(args.output, top_k=args.top_k) if args.output else None
+    units = [u for u in inputs.units if sink is None or not sink.holds(u.key)]
+    if sink is not None and len(units) < len(inputs.units):
+        print(f"geoscope: {len(inputs.units) - len(units)} already in {quote_name(sink.path)}; "
+              f"{len(units)} to go", file=sys.stderr)
+    complete = args.limit is None or args.limit >= len(units)
+    units = units[: args.limit]
+    model = load_model(args.model) if units else None
+    _reconfigure_stdout()
+
+    failed: list[str] = []
+    total = sum(len(u.paths) for u in units)
+    bar = tqdm(total=total, unit="img", desc="predicting", file=sys.stderr, leave=False, dynamic_ncols=True,
+               disable=None if total > args.chunk_size else True)
+    first = True
+    try:
+        if args.json:
+            print("[", end="")
+        chunks = predict_chunks(model, units, top_k=args.top_k, views=args.views, chunk_size=args.chunk_size,
+                                level=args.level, allow_missing_views=args.allow_missing_views or None)
+        for chunk, records in chunks if units else ():
+            records = [checked_record(r) for r in records]
+            if sink is not None:
+                sink.write(records)
+            elif args.json:
+                for record in records:
+                    text = textwrap.indent(strict_json(record, indent=2, ascii_only=True), "  ")
+                    bar.write(("\n" if first else ",\n") + text, file=sys.stdout, end="")
+                    first = False
+            else:
+                for record in records:
+                    bar.write(("" if first else "\n") + render_table(record), file=sys.stdout)
+                    first = False
+            failed += [str(r["error"]) for r in records if r.get("error")]
+            bar.update(sum(len(u.paths) for u in chunk))
+        if args.json:
+            print("\n]" if not first else "]")
+    finally:
+        bar.close()
+        if sink is not None:
+            sink.close(complete=complete)
+    for error in failed[:MAX_ERROR_LINES]:
+        print(f"geoscope: error: {one_line(error)}", file=sys.stderr)
+    if len(failed) > MAX_ERROR_LINES:
+        where = f" (each is in {quote_name(sink.path)})" if sink is not None else ""
+        print(f"geoscope: error: {len(failed) - MAX_ERROR_LINES} more could not be answered{where}", file=sys.stderr)
+    if sink is not None:
+        done = len(units) - len(failed)
+        print(f"geoscope: {quote_name(sink.path)}: {len(sink)} answers, {done} new"
+              + (f", {len(failed)} could not be answered" if failed else "")
+              + ("" if complete else "; rerun the same command to continue"), file=sys.stderr)
     return 2 if failed else 0
 
 
-def print_table(prediction: Prediction) -> None:
-    """A readable block of guesses for one image."""
-    title = prediction.image if not prediction.views else f"{len(prediction.views)} views: {prediction.image} …"
-    print(title)
-    if prediction.error:
-        print(f"  (not answered: {prediction.error})")
-        return
-    print(f"  {'#':>2}  {'place':<28} {'lat':>10} {'lon':>11}  probability")
-    for rank, g in enumerate(prediction.guesses, 1):
-        print(f"  {rank:>2}  {g.label[:28]:<28} {g.lat:>10.4f} {g.lon:>11.4f}  {g.probability:>10.1%}")
+def _reconfigure_stdout() -> None:
+    """Place names a terminal cannot show are replaced, never a traceback."""
+    reconfigure = getattr(sys.stdout, "reconfigure", None)
+    if reconfigure is not None:
+        with contextlib.suppress(ValueError, OSError):
+            reconfigure(errors="replace")

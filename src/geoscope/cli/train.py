@@ -6,7 +6,13 @@ import argparse
 from dataclasses import fields
 
 from ..data.manifest import read_manifest
+from ..data.provenance import read_dataset_card
+from ..encoders.image import image_encoder_spec
+from ..encoders.text import check_text_encoder
+from ..fileio import check_writable
 from ..fit import FitOptions, fit
+from ..labels import KINDS
+from ..models.image_side import ImageSide
 from ..train import TrainConfig
 from .labels import add_scheme_arguments, scheme_from_args
 
@@ -14,12 +20,15 @@ from .labels import add_scheme_arguments, scheme_from_args
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("train", help="train a place model on a manifest")
     parser.add_argument("manifest")
-    parser.add_argument("--labels", choices=("grid", "cities", "column"), default="grid")
+    parser.add_argument("--labels", choices=KINDS, default="grid",
+                        help="geocells (regions split by data density), grid, cities, h3 or column (grid)")
     add_scheme_arguments(parser)
     parser.add_argument("-o", "--output", required=True, help="model bundle directory to write")
     parser.add_argument("--encoder", default="efficientnet-lite0",
                         help="image encoder: efficientnet-lite0 (default), efficientnet-lite2, <name>/stats, hf:<repo>")
     parser.add_argument("--text-encoder", default="minilm")
+    parser.add_argument("--block-km", type=float, default=1.0,
+                        help="without a split column, split by blocks of this size (val 10%%, test 10%%; default 1)")
     parser.add_argument("--finetune-blocks", type=int, default=0, metavar="N",
                         help="fine-tune the image encoder's last N blocks on cached activations (default 0: frozen)")
     parser.add_argument("--crops", type=int, default=1,
@@ -35,17 +44,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         if isinstance(default, bool):  # type=bool would read "False" as True
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
         else:
-            parser.add_argument(flag, type=type(default), default=default, help=f"(default {default})")
+            choices = TrainConfig.LOSSES if f.name == "loss" else None
+            parser.add_argument(flag, type=type(default), default=default, choices=choices,
+                                help=f"(default {default})")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    manifest = read_manifest(args.manifest)
+    # everything that can be checked before hours of encoding and training is checked here
     config = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
-    options = FitOptions(scheme=scheme_from_args(args.labels, args), image_encoder=args.encoder,
+    scheme = scheme_from_args(args.labels, args)
+    ImageSide(args.encoder, args.finetune_blocks, args.crops)  # validates the fine-tuning and crops
+    image_encoder_spec(args.encoder)  # an unknown name, or a hub checkpoint out of reach: one line now
+    check_writable(args.output, folder=True)
+    check_text_encoder(args.text_encoder)
+    manifest = read_manifest(args.manifest)
+    options = FitOptions(scheme=scheme, image_encoder=args.encoder,
                          text_encoder=args.text_encoder, train=config, augment=args.augment,
                          finetune_blocks=args.finetune_blocks, crops=args.crops,
-                         search=args.search, name=args.name or args.output.rstrip("/").split("/")[-1])
+                         search=args.search, name=args.name or args.output.rstrip("/").split("/")[-1],
+                         block_km=args.block_km, provenance=read_dataset_card(args.manifest))
     path, result = fit(manifest, options, args.output, command=["geoscope", *args.argv])
     print(f"best epoch {result.best_epoch} (val loss {result.best_val_loss:.4f})")
     for record in (r for r in result.history if r["epoch"] == result.best_epoch):

@@ -27,7 +27,8 @@ from ..errors import BadImageError
 from ..fileio import atomic_write_bytes
 from ..images import open_image
 from .manifest import write_manifest
-from .plan import read_plan
+from .plan import PLAN_FILE, plan_points_path, read_plan
+from .provenance import read_dataset_card, write_dataset_card
 from .sources import Located, Source, View
 from .sources.http import (
     AuthError,
@@ -185,9 +186,33 @@ def fetch(plan: str | os.PathLike[str], out_dir: str | os.PathLike[str], source:
         journal = _Journal(out / JOURNAL)
         try:
             _check_header(journal, settings, plan_fingerprint(points), out)
-            return _run(points, out, source, client, journal, workers, progress, say)
+            try:
+                return _run(points, out, source, client, journal, workers, progress, say)
+            finally:
+                _describe(out, plan, source, settings)
         finally:
             journal.close()
+
+
+def _describe(out: Path, plan: str | os.PathLike[str], source: Source, settings: dict) -> None:
+    """Write the dataset card of the fetched manifest: provider, its terms, plan and region, settings."""
+    manifest = out / MANIFEST
+    if not manifest.is_file():
+        return
+    points = plan_points_path(plan).absolute()
+    info = {"kind": source.name, "location": getattr(source, "base_url", source.name),
+            "terms": getattr(source, "terms", "see the provider's terms of use"), "plan": str(points),
+            "settings": settings}
+    try:
+        plan_meta = json.loads((points.parent / PLAN_FILE).read_text(encoding="utf-8"))
+        info["region"] = plan_meta.get("region_name") or plan_meta.get("region")
+    except (OSError, ValueError, AttributeError):
+        pass
+    before = read_dataset_card(manifest)
+    if before and before.get("sources") and before["sources"][0].get("kind") == source.name \
+            and before["sources"][0].get("when"):
+        info["when"] = before["sources"][0].get("when")  # a resumed fetch keeps the first run's date
+    write_dataset_card(manifest, pd.read_csv(manifest), info, step={"step": "fetch", "plan": str(points)})
 
 
 def _default_log(message: str) -> None:

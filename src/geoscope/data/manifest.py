@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..errors import ManifestError
+from ..errors import ManifestError, one_line, quote_name
 from ..fileio import atomic_write_bytes
 from ..geo import bounding_box
 
@@ -71,20 +71,51 @@ def read_manifest(path: str | os.PathLike[str], *, check_images: bool = True) ->
     """
     path = Path(path)
     if not path.is_file():
-        raise ManifestError(f"{path}: manifest not found")
+        raise ManifestError(f"{quote_name(path)}: manifest not found")
+    parquet = path.suffix.lower() in {".parquet", ".pq"}
     try:
-        if path.suffix.lower() in {".parquet", ".pq"}:
-            frame = pd.read_parquet(path)
-        else:
-            frame = pd.read_csv(path, dtype=dict.fromkeys(STRING_COLUMNS, "string"))
+        frame = pd.read_parquet(path) if parquet else pd.read_csv(path, dtype=dict.fromkeys(STRING_COLUMNS, "string"))
     except (ValueError, OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ManifestError(f"{path}: cannot parse as a table ({first})") from None
-    frame = _normalise(frame)
-    problems = validate_frame(frame, path.parent if check_images else None)
+        first = one_line(str(exc).strip().splitlines()[0]) if str(exc).strip() else type(exc).__name__
+        raise ManifestError(f"{quote_name(path)}: cannot parse as a table ({first})") from None
+    problems = column_type_problems(frame) if parquet else []
+    if not problems:
+        frame = _normalise(frame)
+        problems = validate_frame(frame, path.parent if check_images else None)
     if problems:
-        raise ManifestError(f"{path}: " + "; ".join(problems))
+        raise ManifestError(f"{quote_name(path)}: " + "; ".join(problems))
     return Manifest(frame.reset_index(drop=True), path.parent.resolve())
+
+
+def column_type_problems(frame: pd.DataFrame) -> list[str]:
+    """Columns of a typed table (Parquet) whose type cannot hold what they mean, one message each.
+
+    ``lat``, ``lon`` and ``heading`` must be numbers (not text, not booleans); ``image`` must be
+    text (file paths). A CSV has no types: its cells are parsed and checked row by row instead.
+    """
+    problems = []
+    for column in ("lat", "lon", "heading"):
+        if column in frame:
+            dtype = frame[column].dtype
+            numeric = pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_bool_dtype(dtype)
+            if not numeric and not frame[column].isna().all():
+                problems.append(f"column {column!r} has type {dtype} ({_kind(frame[column])}), not numbers")
+    if "image" in frame:
+        values = frame["image"]
+        text = values.map(lambda v: isinstance(v, str)) | values.isna()
+        if not text.all():
+            problems.append(f"column 'image' has type {values.dtype} ({_kind(values[~text])}), not file paths "
+                            f"(text) at {_rows(~text)}")
+    return problems
+
+
+def _kind(values: pd.Series) -> str:
+    """What the first non-missing value is, for a message: ``e.g. 'north'``, ``e.g. 3``."""
+    present = values.dropna()
+    if not len(present):
+        return "all missing"
+    first = present.iloc[0]
+    return f"e.g. {(first.item() if isinstance(first, np.generic) else first)!r}"
 
 
 def _normalise(frame: pd.DataFrame) -> pd.DataFrame:
@@ -137,7 +168,7 @@ def validate_frame(frame: pd.DataFrame, root: Path | None) -> list[str]:
     normal = frame["image"].map(lambda p: os.path.normpath(p) if isinstance(p, str) and p else p)
     dup = normal.duplicated(keep="first") & ~empty
     if dup.any():
-        problems.append(f"duplicate image at {_rows(dup)} ({frame['image'][dup].iloc[0]})")
+        problems.append(f"duplicate image at {_rows(dup)} ({quote_name(frame['image'][dup].iloc[0])})")
     if "split" in frame:
         bad = frame["split"].notna() & ~frame["split"].isin(SPLITS)
         if bad.any():
@@ -147,7 +178,7 @@ def validate_frame(frame: pd.DataFrame, root: Path | None) -> list[str]:
                            for p in frame["image"]])
         if not exists.all():
             first = frame["image"][~exists].iloc[0]
-            problems.append(f"image file missing at {_rows(~exists)} ({root / first})")
+            problems.append(f"image file missing at {_rows(~exists)} ({quote_name(root / first)})")
     return problems
 
 

@@ -31,6 +31,9 @@ MAX_PROBLEMS_SHOWN = 5
 
 SEED_GRID = {"cell_km": 25.0, "per_cell": 20}
 """The seed project's UK grid."""
+MIN_LAND_FRACTION = 0.05
+"""A grid cell with less land than this share of its area gets no points unless asked (an islet in the sea
+would otherwise get as many photos as a county)."""
 SEED_CITIES = {"top": 150, "radius_km": 5.0, "per_city": 350}
 """The seed project's most-populous-cities set."""
 
@@ -117,16 +120,26 @@ def _check_count(name: str, value: float, *, integer: bool = True) -> None:
 
 def grid_plan(region: Region | str, cell_km: float = SEED_GRID["cell_km"],
               per_cell: int = SEED_GRID["per_cell"], *, seed: int = 0,
-              min_land_fraction: float = 0.0) -> Plan:
-    """``per_cell`` random land points in every grid cell of about ``cell_km`` that touches land.
+              min_land_fraction: float = MIN_LAND_FRACTION) -> Plan:
+    """``per_cell`` random points on the region's land in every grid cell of about ``cell_km``
+    whose land covers at least ``min_land_fraction`` of it (0: every cell that touches land).
 
     Points carry ``cell_id`` and ``cell`` (the cell's name); the table is :func:`grid_cells`.
     """
     _check_count("cell size", cell_km, integer=False)
     _check_count("points per cell", per_cell)
+    if not 0 <= min_land_fraction <= 1:
+        raise PlanError(f"the minimum land fraction must be between 0 and 1 (got {min_land_fraction:g})")
     spec = region if isinstance(region, str) else region.name
     region = resolve_region(region) if isinstance(region, str) else region
-    cells = grid_cells(region, cell_km, min_land_fraction=min_land_fraction)
+    cells = grid_cells(region, cell_km)
+    enough = cells["land_fraction"].to_numpy() >= min_land_fraction
+    if not enough.any():
+        raise PlanError(f"none of the {len(cells):,} cells of {cell_km:g} km that touch land in {region.name} "
+                        f"has at least {min_land_fraction:.0%} land (the most has {cells['land_fraction'].max():.2%}); "
+                        "lower the minimum land fraction (--min-land) to plan them anyway")
+    cells = cells[enough].reset_index(drop=True)
+    cells["cell_id"] = np.arange(len(cells))
     land = region.land
     parts = []
     for i, cell in enumerate(cells.itertuples(index=False)):

@@ -6,8 +6,10 @@ Text: CLIP text towers (text embeds) and BERT-like models (mean or CLS pooling,
 following a sentence-transformers folder's pooling and normalisation when present).
 Preprocessing is read from ``preprocessor_config.json`` as plain values and applied by
 our own :class:`Preprocess`, so no image processor (nor torchvision) is involved.
-A repository name is fetched into the Hugging Face cache on first use; offline, only
-what is already cached (or a local folder) loads.
+A repository name is fetched into the Hugging Face cache on first use. What is cached is
+used first; the hub gets one short try (no retries) per repository and process; when it
+cannot be reached (or ``HF_HUB_OFFLINE`` is set) a cached snapshot loads from disk, and a
+repository that is not cached fails at once, in one line.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import GeoscopeError
+from ..errors import GeoscopeError, quote_name
 from .preprocess import IMAGENET_MEAN, IMAGENET_STD, RESAMPLE, Preprocess
 
 if TYPE_CHECKING:
@@ -32,6 +34,10 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 _PIL_CODES = {int(v): k for k, v in RESAMPLE.items()}
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack")
+PROBE_TIMEOUT_S = 5.0
+"""How long the one try to reach the hub may take."""
+_HUB_STATE: dict[str, str] = {}
+"""Repository → ``ok``, ``missing`` or ``unreachable``: what its one try found (once per process)."""
 
 
 def split_ref(name: str) -> str:
@@ -59,21 +65,86 @@ def quiet_transformers() -> Iterator[None]:
             logging.enable_progress_bar()
 
 
+def hub_offline() -> bool:
+    """Whether the Hugging Face hub must not be contacted (``HF_HUB_OFFLINE``, read now or at import)."""
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {
+        "1", "true", "yes", "on"}
+
+
+def _hub_state(ref: str) -> str:
+    """One short try (no retries) to reach a hub repository: ``ok``, ``missing`` or ``unreachable``."""
+    if hub_offline():
+        return "unreachable"
+    if ref not in _HUB_STATE:
+        from huggingface_hub import get_hf_file_metadata, hf_hub_url
+        from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
+
+        try:
+            get_hf_file_metadata(hf_hub_url(ref, "config.json"), timeout=PROBE_TIMEOUT_S, retry_on_errors=False)
+            _HUB_STATE[ref] = "ok"
+        except EntryNotFoundError:
+            _HUB_STATE[ref] = "ok"  # the repository is there; the missing file is reported when it is needed
+        except RepositoryNotFoundError:
+            _HUB_STATE[ref] = "missing"
+        except Exception:  # no network, DNS, timeout, proxy, server error: all mean "not now"
+            _HUB_STATE[ref] = "unreachable"
+    return _HUB_STATE[ref]
+
+
+def _cached_snapshot(ref: str) -> Path | None:
+    """The folder of the cached snapshot of a hub repository (holding its config.json), if any."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(ref, "config.json")
+    except ValueError:  # not a valid repository id
+        return None
+    return Path(found).parent if isinstance(found, str) else None
+
+
+def locate(ref: str) -> str:
+    """Where to load a checkpoint from: a local folder as it is; a hub repository by name when the hub
+    answers, else from its cached snapshot folder. Raises one line when it is neither here nor reachable."""
+    folder = Path(ref).expanduser()
+    if folder.is_dir():
+        return str(folder)
+    if os.sep in ref and ref.startswith((".", "/", "~")):
+        raise GeoscopeError(f"{quote_name(ref)}: folder not found")
+    state = _hub_state(ref)
+    if state == "ok":
+        return ref
+    snapshot = _cached_snapshot(ref)
+    if snapshot is not None:
+        return str(snapshot)
+    if state == "missing":
+        raise GeoscopeError(f"hf:{ref}: no such repository on the Hugging Face hub (or it is private or gated)")
+    raise GeoscopeError(f"cannot fetch {ref!r} from the Hugging Face hub (offline?) and it is not in the local cache")
+
+
 def fetch_file(ref: str, filename: str, *, required: bool = True) -> Path | None:
-    """One file of a local folder or hub repository (downloaded into the HF cache if needed)."""
+    """One file of a local folder or hub repository: from the cache first, else downloaded (see :func:`locate`)."""
     folder = Path(ref).expanduser()
     if folder.is_dir():
         path = folder / filename
         if path.is_file():
             return path
         if required:
-            raise GeoscopeError(f"{folder}: no {filename} (not a transformers checkpoint folder)")
+            raise GeoscopeError(f"{quote_name(folder)}: no {filename} (not a transformers checkpoint folder)")
         return None
-    if os.sep in ref and ref.startswith((".", "/", "~")):
-        raise GeoscopeError(f"{ref}: folder not found")
-    from huggingface_hub import hf_hub_download
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
+    source = locate(ref)  # one line at once when the hub is out of reach and nothing is cached
+    cached = try_to_load_from_cache(ref, filename)
+    if isinstance(cached, str):
+        return Path(cached)
+    if cached is not None or source != ref:  # known to be absent, or offline and not cached
+        if required:
+            where = "repository has no" if cached is not None else "hub cannot be reached and the cache has no"
+            raise GeoscopeError(f"hf:{ref}: {where} {filename}")
+        return None
     try:
         return Path(hf_hub_download(ref, filename))
     except LocalEntryNotFoundError:
@@ -129,7 +200,7 @@ def load_config(ref: str) -> Any:
     fetch_file(ref, "config.json")  # clear error first
     try:
         with quiet_transformers():
-            return AutoConfig.from_pretrained(ref)
+            return AutoConfig.from_pretrained(locate(ref))
     except (OSError, ValueError, KeyError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise GeoscopeError(f"hf:{ref}: cannot read its config ({first})") from None
@@ -139,7 +210,7 @@ def load_model(cls: Any, ref: str) -> Any:
     """``cls.from_pretrained(ref)`` in eval mode, with one-line errors."""
     try:
         with quiet_transformers():
-            return cls.from_pretrained(ref).eval()
+            return cls.from_pretrained(locate(ref)).eval()
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise GeoscopeError(f"hf:{ref}: cannot load the model ({first})") from None
@@ -296,7 +367,7 @@ def _load_tokenizer(ref: str) -> Any:
 
     try:
         with quiet_transformers():
-            return AutoTokenizer.from_pretrained(ref)
+            return AutoTokenizer.from_pretrained(locate(ref))
     except (OSError, ValueError, KeyError, TypeError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise GeoscopeError(f"hf:{ref}: cannot load its tokenizer ({first})") from None

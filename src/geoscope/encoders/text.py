@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import GeoscopeError
-from .hub import HFTextParts, load_text_parts
+from .hub import HFTextParts, load_text_parts, locate, split_ref
 
 if TYPE_CHECKING:
     import torch
@@ -86,10 +86,21 @@ def get_text_encoder(name: str, *, pooling: str | None = None) -> TextEncoder:
 
     ``pooling`` (``mean`` or ``cls``) overrides the default of BERT-like checkpoints.
     """
+    return TextEncoder(name.strip(), load_text_parts(text_checkpoint(name), pooling))
+
+
+def text_checkpoint(name: str) -> str:
+    """The folder or hub repository a text encoder name stands for; unknown names are refused."""
     name = name.strip()
     if name in _ALIASES:
-        return TextEncoder(name, load_text_parts(_ALIASES[name](), pooling))
+        return _ALIASES[name]()
     if name.startswith("hf:"):
-        return TextEncoder(name, load_text_parts(name, pooling))
+        return split_ref(name)
     known = ", ".join([*_ALIASES, "hf:<repo-or-path>"])
     raise GeoscopeError(f"unknown text encoder {name!r} (known: {known})")
+
+
+def check_text_encoder(name: str) -> None:
+    """Refuse at once a text encoder that cannot load: an unknown name, a missing folder, or a hub
+    checkpoint that is not cached while the hub cannot be reached (one short try, no retries)."""
+    locate(text_checkpoint(name))

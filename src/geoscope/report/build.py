@@ -23,7 +23,7 @@ from . import html
 from .comparison import comparison_rows, read_comparison_csv
 from .examples import GRIDS, pick_examples, write_examples
 from .maps import error_map_figure
-from .plots import confusion_figure, cumulative_error_figure, training_figure
+from .plots import confusion_figure, cumulative_error_figure, reliability_figure, training_figure
 from .tables import (
     display_name,
     has_labels,
@@ -156,6 +156,10 @@ def _build(result: EvaluationResult, folder: Path, user_rows: list, n_examples: 
         "Black dots: true locations; crosses: predictions; each line joins a pair and is "
         "coloured by its error.")))
 
+    trust = _trust_section(result, folder, figures)
+    if trust:
+        sections.append(("trust", "Coverage and confidence", trust))
+
     grids = pick_examples(p, n_examples, seed)
     body = ""
     for grid in GRIDS:
@@ -177,6 +181,28 @@ def _build(result: EvaluationResult, folder: Path, user_rows: list, n_examples: 
         facts.append(("splits", ", ".join(sorted(p["split"].dropna().astype(str).unique()))))
     return html.page(f"Evaluation: {result.model_name} on {result.dataset}", facts, sections,
                      generator=GENERATOR)
+
+
+def _trust_section(result: EvaluationResult, folder: Path, figures: Path) -> str | None:
+    """How many items the model called out of coverage, and whether its confidence means what it says."""
+    p = result.predictions
+    parts = []
+    if "in_coverage" in p:
+        inside = p["in_coverage"].to_numpy(dtype=bool)
+        text = (f"{int((~inside).sum()):,} of {len(p):,} items ({(~inside).mean():.1%}) were flagged as outside "
+                "what the model knows (\"don't know\").")
+        if inside.any() and (~inside).any():
+            text += (f" Median error inside coverage {np.median(p['error_km'][inside]):,.1f} km, "
+                     f"outside {np.median(p['error_km'][~inside]):,.1f} km.")
+        parts.append(f"<p>{html.esc(text)}</p>")
+    figure = reliability_figure(p, figures / "reliability.png")
+    if figure is not None:
+        parts.append(html.figure(_rel(figure, folder), "reliability diagram", fig_id="reliability-figure"))
+    if not parts:
+        return None
+    return html.section("trust", "Coverage and confidence", "".join(parts),
+                        "The confidence beside each answer is the calibrated probability that the top guess is "
+                        "within 25, 200 or 750 km; the diagram compares it with how often that came true here.")
 
 
 def _rel(path: Path, folder: Path) -> str:

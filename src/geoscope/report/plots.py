@@ -135,3 +135,41 @@ def training_figure(history: Sequence[Mapping], path: Path) -> Path | None:
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8, frameon=False)
     return _save(fig, path)
+
+
+def reliability_figure(predictions: pd.DataFrame, path: Path, bins: int = 10) -> Path | None:
+    """Calibrated confidence against how often it came true, one curve per distance (25, 200, 750 km).
+
+    A point (x, y): of the items whose confidence was about x, a share y had the top guess
+    within that distance; on the diagonal the confidence means what it says. ``None`` when
+    the predictions carry no confidence.
+    """
+    columns = [c for c in predictions if c.startswith("confidence_")]
+    if not columns:
+        return None
+    fig = Figure(figsize=(5.4, 4.6), layout="constrained")
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], color="#9a9a9a", linewidth=1, linestyle=":", label="perfect calibration")
+    edges = np.linspace(0, 1, bins + 1)
+    for i, column in enumerate(columns):
+        km = float(column.split("_")[1])
+        confidence = predictions[column].to_numpy(dtype=np.float64)
+        hit = predictions["error_km"].to_numpy() <= km
+        which = np.clip(np.digitize(confidence, edges) - 1, 0, bins - 1)
+        xs, ys, ns = [], [], []
+        for b in range(bins):
+            inside = which == b
+            if inside.sum() >= 5:
+                xs.append(confidence[inside].mean())
+                ys.append(hit[inside].mean())
+                ns.append(int(inside.sum()))
+        ax.plot(xs, ys, marker="o", color=f"C{i}", label=f"within {km:g} km (n = {len(confidence):,})")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.xaxis.set_major_formatter(PercentFormatter(1.0))
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+    ax.set_xlabel("stated confidence")
+    ax.set_ylabel("share that came true")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8, frameon=False)
+    return _save(fig, path)

@@ -45,6 +45,8 @@ class Source(Protocol):
     """A remote image source; one instance serves every worker thread."""
 
     name: str
+    terms: str
+    """The provider's terms of use in one sentence, recorded in the dataset card."""
 
     @property
     def settings(self) -> dict:

@@ -30,6 +30,8 @@ class Mapillary:
     """The Mapillary Graph API v4 as an image source."""
 
     name = "mapillary"
+    terms = ("Mapillary Terms of Use (https://www.mapillary.com/terms): images are CC BY-SA 4.0, "
+             "credit Mapillary and its contributors and share derived works alike")
 
     def __init__(self, client: HttpClient, token: str, *, base_url: str | None = None,
                  headings: Sequence[float] = (0, 90, 180), radius_m: float = 50.0,

@@ -32,6 +32,8 @@ class StreetView:
     """The Street View Static API as an image source."""
 
     name = "streetview"
+    terms = ("Google Maps Platform Terms of Service (https://cloud.google.com/maps-platform/terms): "
+             "Street View images are Google's, licensed for display, not for redistribution")
 
     def __init__(self, client: HttpClient, key: str, *, base_url: str | None = None,
                  headings: Sequence[float] = (0, 90, 180), radius_m: float = 50.0,

@@ -1,0 +1,237 @@
+"""What a person reads: ranked guesses with names, the hierarchy, coverage and confidence.
+
+Decided once here; the table, JSON, CSV/GeoJSON outputs, the report and the web page all
+render a :class:`Prediction`. A model's probabilities over its labels become guesses at
+one of three levels (``place``: the labels; ``region`` and ``country``: their summed
+probabilities), together with the probability of each country and region, whether the
+photo is within what the model knows (``in_coverage``) and the calibrated probability that
+the top guess is within 25, 200 and 750 km.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from .errors import GeoscopeError
+from .geo import haversine_km
+
+LEVELS = ("place", "region", "country")
+CONFIDENCE_KM = (25, 200, 750)
+LEVEL_ROWS = 5
+"""Entries listed per level of the hierarchy."""
+
+
+@dataclass(frozen=True)
+class Guess:
+    """One ranked guess: where, which place (and its region and country), how likely."""
+
+    lat: float
+    lon: float
+    label: str
+    probability: float
+    place: str = ""
+    region: str = ""
+    country: str = ""
+
+    def to_dict(self) -> dict:
+        return {"lat": round(self.lat, 6), "lon": round(self.lon, 6), "label": self.label,
+                "place": self.place, "region": self.region, "country": self.country,
+                "probability": round(self.probability, 6)}
+
+
+@dataclass
+class Prediction:
+    """The answer for one image (or one place seen from several views), or why there is none."""
+
+    image: str
+    guesses: list[Guess]
+    error: str | None = None
+    views: list[str] | None = None
+    in_coverage: bool | None = None
+    coverage_score: float | None = None
+    confidence: dict[str, float] | None = None
+    levels: dict[str, list[dict]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        out: dict = {"image": self.image}
+        if self.views is not None:
+            out["views"] = self.views
+        if self.error is not None:
+            out["error"] = self.error
+            out["guesses"] = []
+            return out
+        out.update({
+            "in_coverage": self.in_coverage,
+            "coverage_score": None if self.coverage_score is None else round(self.coverage_score, 6),
+            "confidence": self.confidence,
+            "levels": self.levels,
+            "guesses": [g.to_dict() for g in self.guesses],
+        })
+        if self.warnings:
+            out["warnings"] = self.warnings
+        return out
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """Whether a photo is like the training data: its coverage score against a threshold.
+
+    The score is the mean cosine similarity of the image to its ``k`` most similar training
+    images (in the model's kNN gallery); the threshold keeps ``kept`` of held-out images of
+    the training regions in coverage.
+    """
+
+    threshold: float
+    k: int = 10
+    kept: float = 0.95
+
+    def to_dict(self) -> dict:
+        return {"score": "knn-cosine", "k": self.k, "threshold": self.threshold, "kept": self.kept}
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> Coverage | None:
+        if not data:
+            return None
+        return cls(float(data["threshold"]), int(data.get("k", 10)), float(data.get("kept", 0.95)))
+
+
+def coverage_scores(query: np.ndarray, gallery: np.ndarray, k: int) -> np.ndarray:
+    """Mean cosine similarity of each query row to its ``k`` most similar gallery rows."""
+    q = query / np.linalg.norm(query, axis=1, keepdims=True).clip(1e-12)
+    g = gallery / np.linalg.norm(gallery, axis=1, keepdims=True).clip(1e-12)
+    k = max(1, min(k, len(g)))
+    out = np.empty(len(q))
+    for start in range(0, len(q), 1024):
+        sims = q[start : start + 1024] @ g.T
+        out[start : start + 1024] = np.partition(sims, len(g) - k, axis=1)[:, -k:].mean(axis=1)
+    return out
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """P(top guess within d km) = sigmoid(a · logit(mass within d km of the top guess) + b), per d."""
+
+    coefficients: dict[str, tuple[float, float]]
+
+    def to_dict(self) -> dict:
+        return {d: list(ab) for d, ab in self.coefficients.items()}
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> Calibration | None:
+        return cls({str(d): (float(ab[0]), float(ab[1])) for d, ab in data.items()}) if data else None
+
+    def __call__(self, mass: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {d: _sigmoid(a * _logit(mass[d]) + b) for d, (a, b) in self.coefficients.items()}
+
+
+def mass_near_top(probabilities: np.ndarray, label_lat: np.ndarray, label_lon: np.ndarray,
+                  distances_km=CONFIDENCE_KM) -> dict[str, np.ndarray]:
+    """Probability the model puts within each distance of its top guess (one row per image)."""
+    top = probabilities.argmax(axis=1)
+    d = haversine_km(label_lat[top][:, None], label_lon[top][:, None], label_lat[None], label_lon[None])
+    return {str(km): (probabilities * (d <= km)).sum(axis=1) for km in distances_km}
+
+
+def fit_calibration(probabilities: np.ndarray, true_lat: np.ndarray, true_lon: np.ndarray,
+                    label_lat: np.ndarray, label_lon: np.ndarray) -> Calibration:
+    """Fit :class:`Calibration` on held-out rows (their probabilities and true coordinates)."""
+    from sklearn.linear_model import LogisticRegression
+
+    top = probabilities.argmax(axis=1)
+    error = haversine_km(true_lat, true_lon, label_lat[top], label_lon[top])
+    coefficients = {}
+    for d, mass in mass_near_top(probabilities, label_lat, label_lon).items():
+        hit = error <= float(d)
+        if hit.all() or not hit.any():  # nothing to learn: say what was seen
+            rate = float(hit.mean())
+            coefficients[d] = (0.0, float(_logit(np.array([rate]))[0]))
+            continue
+        model = LogisticRegression(C=10.0).fit(_logit(mass)[:, None], hit)
+        coefficients[d] = (float(model.coef_[0, 0]), float(model.intercept_[0]))
+    return Calibration(coefficients)
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=np.float64), 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p))
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+class Answerer:
+    """Turns probability rows over a model's labels into :class:`Prediction` objects."""
+
+    def __init__(self, labels: pd.DataFrame, coverage: Coverage | None = None,
+                 calibration: Calibration | None = None) -> None:
+        self.labels = labels
+        self.coverage = coverage
+        self.calibration = calibration
+        self.lat = labels["lat"].to_numpy(dtype=np.float64)
+        self.lon = labels["lon"].to_numpy(dtype=np.float64)
+        names = labels["name"].astype(str)
+        self.place = _column(labels, "place", names)
+        self.region = _column(labels, "region", "")
+        self.country = _column(labels, "country", "")
+        known_region = self.region != ""
+        region_names = np.where(known_region, self.region + ", " + self.country, "")
+        self.groups = {"country": self.country, "region": region_names}
+        self.names = names.to_numpy()
+
+    def answer(self, image: str, probabilities: np.ndarray, *, top_k: int = 5, level: str = "place",
+               coverage_score: float | None = None, views: list[str] | None = None,
+               warnings: list[str] | None = None) -> Prediction:
+        """The prediction for one probability row (labels in order)."""
+        if level not in LEVELS:
+            raise GeoscopeError(f"level must be one of {', '.join(LEVELS)} (got {level!r})")
+        if top_k < 1:
+            raise GeoscopeError(f"top_k must be at least 1 (got {top_k})")
+        p = np.asarray(probabilities, dtype=np.float64)
+        if not np.isfinite(p).all():
+            return Prediction(image, [], "the model produced no finite probabilities", views=views)
+        levels = {name: _rank(p, values)[:LEVEL_ROWS] for name, values in self.groups.items() if (values != "").any()}
+        guesses = self._place_guesses(p, top_k) if level == "place" else self._level_guesses(p, level, top_k)
+        confidence = None
+        if self.calibration is not None:
+            mass = mass_near_top(p[None], self.lat, self.lon)
+            confidence = {d: round(float(v[0]), 4) for d, v in self.calibration(mass).items()}
+        in_coverage = None
+        if self.coverage is not None and coverage_score is not None and math.isfinite(coverage_score):
+            in_coverage = bool(coverage_score >= self.coverage.threshold)
+        return Prediction(image, guesses, views=views, in_coverage=in_coverage, coverage_score=coverage_score,
+                          confidence=confidence, levels=levels, warnings=list(warnings or []))
+
+    def _place_guesses(self, p: np.ndarray, top_k: int) -> list[Guess]:
+        order = np.argsort(-p, kind="stable")[:top_k]
+        return [Guess(float(self.lat[i]), float(self.lon[i]), str(self.names[i]), float(p[i]), str(self.place[i]),
+                      str(self.region[i]), str(self.country[i])) for i in order]
+
+    def _level_guesses(self, p: np.ndarray, level: str, top_k: int) -> list[Guess]:
+        """One guess per country (or region): its summed probability, at its most probable label."""
+        values = self.groups[level]
+        out = []
+        for entry in _rank(p, values)[:top_k]:
+            members = np.flatnonzero(values == entry["name"])
+            best = members[np.argmax(p[members])]
+            region = str(self.region[best]) if level == "region" else ""
+            out.append(Guess(float(self.lat[best]), float(self.lon[best]), entry["name"], entry["probability"],
+                             "", region, str(self.country[best])))
+        return out
+
+
+def _rank(p: np.ndarray, values: np.ndarray) -> list[dict]:
+    """Probability summed per value, most probable first (unnamed values left out)."""
+    sums = pd.Series(p).groupby(values).sum().sort_values(ascending=False)
+    return [{"name": str(n), "probability": round(float(v), 6)} for n, v in sums.items() if n != ""]
+
+
+def _column(labels: pd.DataFrame, name: str, default) -> np.ndarray:
+    if name not in labels:
+        return np.asarray(default if isinstance(default, pd.Series) else [default] * len(labels), dtype=object)
+    return labels[name].fillna("").astype(str).to_numpy(dtype=object)

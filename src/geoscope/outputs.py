@@ -1,0 +1,494 @@
+"""Predictions on paper: the readable table, strict JSON, and resumable CSV, GeoJSON and JSONL files.
+
+Everything here renders the record of ``Prediction.to_dict()`` (keys may be absent for old
+bundles) and nothing else, so every output says the same. A record holding NaN or infinity
+is never written as such: :func:`checked_record` turns it into an error record.
+
+Files written by ``geoscope predict -o`` grow one chunk at a time and survive a kill; the same
+command run again reads back which images are done and answers only the others:
+
+- ``.jsonl`` (or ``.ndjson``): one record per line, the same object ``--json`` prints.
+- ``.csv``: one row per image (per place with ``--views``), what a spreadsheet user sorts and
+  filters: the top guess (label, place, region, country, lat, lon, probability), coverage, the
+  top of each level of the hierarchy, P(top guess within N km), then guesses 2…k as
+  ``label_2, lat_2, lon_2, probability_2``…; UTF-8 with a byte-order mark (so Excel reads
+  accented names right); line breaks inside a name are written as ``\\n``.
+- ``.geojson``: an RFC 7946 FeatureCollection, one Point feature (lon, lat) per image at its
+  top guess, properties ``image, label, place, region, country, probability, rank`` plus the
+  record's own keys (``in_coverage``, ``confidence``, ``levels``, ``guesses`` with all k
+  guesses, ``warnings``); an image that could not be answered has a null geometry and its
+  ``error``. One document cannot be appended to, so while a run is going a journal
+  ``<name>.journal.jsonl`` beside it holds the records and the GeoJSON is re-rendered from
+  it atomically after each chunk (less often once rendering would cost over a tenth of the
+  run); when the run completes the journal is removed.
+
+Appending a chunk is one ``write`` followed by ``fsync``: a kill leaves at most a cut last
+line, which the next run drops (and answers again) before appending.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import time
+import unicodedata
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Protocol
+
+from .errors import GeoscopeError, one_line, quote_name
+from .fileio import atomic_write_text, check_writable
+
+FORMATS = {".csv": "csv", ".geojson": "geojson", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+"""Output formats by file suffix."""
+
+NON_FINITE = "the model answered a non-finite number (NaN or infinity): its bundle may be broken"
+LEVEL_ORDER = ("country", "region", "place")
+_FLAT_GUESS_KEYS = ("label", "place", "region", "country", "probability")
+
+
+# --- strict JSON ---------------------------------------------------------------------------------
+
+def strict_json(obj: Any, *, indent: int | None = None, ascii_only: bool = False) -> str:
+    """JSON every parser accepts: NaN and infinity raise ``ValueError`` instead of becoming bare tokens."""
+    return json.dumps(obj, allow_nan=False, ensure_ascii=ascii_only, indent=indent, default=_plain)
+
+
+def _plain(obj: Any) -> Any:
+    if hasattr(obj, "item"):  # numpy scalars
+        return obj.item()
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    raise TypeError(f"cannot write {type(obj).__name__} as JSON")
+
+
+def checked_record(record: dict) -> dict:
+    """``record`` when it is strict JSON, else an error record for its image (a NaN never reaches a file)."""
+    try:
+        strict_json(record)
+    except ValueError:
+        kept = {k: record[k] for k in ("image", "views") if k in record}
+        return {**kept, "guesses": [], "error": NON_FINITE}
+    return record
+
+
+# --- the readable table --------------------------------------------------------------------------
+
+def percent(p: float) -> str:
+    """A probability as people read it: ``97 %``, ``4.2 %``, ``0.3 %``."""
+    value = 100 * float(p)
+    if value >= 99.95:
+        return "100 %"
+    return f"{value:.0f} %" if 9.95 <= value < 99.5 else f"{value:.1f} %"
+
+
+def display_width(text: str) -> int:
+    """Columns ``text`` takes in a terminal (wide East Asian characters count 2, combining marks 0)."""
+    width = 0
+    for ch in text:
+        if unicodedata.combining(ch) or unicodedata.category(ch) in ("Mn", "Me", "Cf"):
+            continue
+        width += 2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1
+    return width
+
+
+def _ljust(text: str, width: int) -> str:
+    return text + " " * max(0, width - display_width(text))
+
+
+def _short_name(name: str, parent: str | None) -> str:
+    """``England, United Kingdom`` under ``United Kingdom`` reads ``England``."""
+    suffix = f", {parent}" if parent else None
+    return name[: -len(suffix)] if suffix and name.endswith(suffix) and len(name) > len(suffix) else name
+
+
+def hierarchy_line(record: dict) -> str | None:
+    """``United Kingdom 97 % → England 97 % → Croydon 12 %``, or ``None`` without ``levels``."""
+    levels = record.get("levels") or {}
+    if not levels:
+        return None
+    order = [k for k in LEVEL_ORDER if k in levels] + [k for k in levels if k not in LEVEL_ORDER]
+    parts, parent = [], None
+    for level in order:
+        top = (levels.get(level) or [None])[0]
+        if not top or "name" not in top:
+            continue
+        name = str(top["name"])
+        parts.append(f"{one_line(_short_name(name, parent))} {percent(top.get('probability', 0.0))}")
+        parent = name
+    guesses = record.get("guesses") or []
+    if "place" not in levels and guesses:
+        top = guesses[0]
+        place = top.get("place") or _short_name(str(top.get("label", "")), parent)
+        parts.append(f"{one_line(str(place))} {percent(top.get('probability', 0.0))}")
+    return " → ".join(parts) or None
+
+
+def confidence_line(record: dict) -> str | None:
+    """``P(within 25 km) 41 % · 200 km 83 %``, or ``None`` without ``confidence``."""
+    confidence = record.get("confidence") or {}
+    items = sorted(confidence.items(), key=lambda kv: _as_number(kv[0]))
+    if not items:
+        return None
+    (first_km, first_p), *rest = items
+    return " · ".join([f"P(within {first_km} km) {percent(first_p)}", *(f"{km} km {percent(p)}" for km, p in rest)])
+
+
+def _as_number(text: object) -> float:
+    try:
+        return float(str(text))
+    except ValueError:
+        return math.inf
+
+
+OUTSIDE = "outside what this model knows: the guesses below are the most similar of the places it knows"
+
+
+def render_table(record: dict) -> str:
+    """The readable block for one record: title, hierarchy, coverage warning, confidence, guesses.
+
+    Names are never cut: the place column is as wide as the longest label.
+    """
+    image = quote_name(record.get("image", "?"))
+    views = record.get("views")
+    title = f"{len(views)} views of one place: {', '.join(quote_name(v) for v in views)}" if views else image
+    lines = [title]
+    warnings = [f"  warning: {one_line(str(w))}" for w in record.get("warnings") or []]
+    if record.get("error"):
+        return "\n".join([*lines, *warnings, f"  not answered: {one_line(str(record['error']))}"])
+    if (hierarchy := hierarchy_line(record)) is not None:
+        lines.append(f"  {hierarchy}")
+    if record.get("in_coverage") is False:
+        lines.append(f"  warning: {OUTSIDE}")
+    lines += warnings
+    if (confidence := confidence_line(record)) is not None:
+        lines.append(f"  {confidence}")
+    guesses = record.get("guesses") or []
+    labels = [one_line(str(g.get("label", ""))) for g in guesses]
+    width = max([display_width("place"), *map(display_width, labels)])
+    lines.append(f"  {'#':>2}  {_ljust('place', width)}  {'lat':>9}  {'lon':>10}  {'probability':>11}")
+    for rank, (g, label) in enumerate(zip(guesses, labels, strict=True), 1):
+        lines.append(f"  {rank:>2}  {_ljust(label, width)}  {g.get('lat', math.nan):>9.4f}  "
+                     f"{g.get('lon', math.nan):>10.4f}  {100 * g.get('probability', math.nan):>9.1f} %")
+    return "\n".join(lines)
+
+
+# --- GeoJSON features ----------------------------------------------------------------------------
+
+def record_to_feature(record: dict) -> dict:
+    """One RFC 7946 Point feature at the top guess (null geometry when there is none)."""
+    guesses = record.get("guesses") or []
+    top = guesses[0] if guesses else None
+    properties: dict[str, Any] = {"image": record.get("image")}
+    geometry = None
+    if top is not None:
+        properties.update({k: top.get(k) for k in _FLAT_GUESS_KEYS})  # every feature has the same columns
+        properties["rank"] = 1
+        properties["in_coverage"] = record.get("in_coverage")
+        if top.get("lat") is not None and top.get("lon") is not None:
+            geometry = {"type": "Point", "coordinates": [round(float(top["lon"]), 6), round(float(top["lat"]), 6)]}
+    properties.update({k: v for k, v in record.items() if k != "image"})
+    return {"type": "Feature", "geometry": geometry, "properties": properties}
+
+
+def feature_to_record(feature: dict) -> dict:
+    """Inverse of :func:`record_to_feature`."""
+    properties = feature["properties"]
+    flat = (*_FLAT_GUESS_KEYS, "rank") if properties.get("guesses") else ()
+    return {k: v for k, v in properties.items() if k not in flat}
+
+
+def feature_collection(features_json: Iterable[str]) -> str:
+    """A FeatureCollection document from features already written as JSON text."""
+    body = ",\n".join(features_json)
+    return '{"type": "FeatureCollection", "features": [\n' + body + ("\n" if body else "") + "]}\n"
+
+
+# --- CSV rows ------------------------------------------------------------------------------------
+
+CSV_LEAD = ("image", "views", "label", "place", "region", "country", "lat", "lon", "probability",
+            "in_coverage", "coverage_score")
+CSV_LEVELS = ("country", "region")
+CSV_RADII = ("25", "200", "750")
+CSV_GUESS = ("label", "lat", "lon", "probability")
+CSV_TAIL = ("warnings", "error")
+
+
+def csv_header(top_k: int, records: Iterable[dict] = ()) -> list[str]:
+    """Columns for ``top_k`` guesses; levels and radii beyond the usual ones are taken from ``records``."""
+    levels, radii = list(CSV_LEVELS), list(CSV_RADII)
+    for record in records:
+        levels += [k for k in (record.get("levels") or {}) if k not in levels and k != "place"]
+        radii += [str(k) for k in (record.get("confidence") or {}) if str(k) not in radii]
+    radii.sort(key=_as_number)
+    header = list(CSV_LEAD)
+    for level in levels:
+        header += [f"top_{level}", f"top_{level}_probability"]
+    header += [f"p_within_{km}km" for km in radii]
+    for rank in range(2, top_k + 1):
+        header += [f"{column}_{rank}" for column in CSV_GUESS]
+    return header + list(CSV_TAIL)
+
+
+def csv_cell(value: Any) -> str:
+    """One cell: numbers as they are, booleans ``true``/``false``, text on one line, ``None`` empty."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value)
+    return one_line(str(value))
+
+
+def csv_values(record: dict) -> dict[str, Any]:
+    """Every CSV column this record fills, by name."""
+    values: dict[str, Any] = {"image": record.get("image"), "views": ";".join(map(str, record.get("views") or [])),
+                              "in_coverage": record.get("in_coverage"),
+                              "coverage_score": record.get("coverage_score"),
+                              "warnings": " | ".join(map(str, record.get("warnings") or [])),
+                              "error": record.get("error")}
+    guesses = record.get("guesses") or []
+    if guesses:
+        values.update({k: guesses[0].get(k) for k in ("label", "place", "region", "country", "lat", "lon",
+                                                       "probability")})
+    for rank, guess in enumerate(guesses[1:], 2):
+        values.update({f"{k}_{rank}": guess.get(k) for k in CSV_GUESS})
+    for level, ranked in (record.get("levels") or {}).items():
+        if ranked:
+            values[f"top_{level}"] = ranked[0].get("name")
+            values[f"top_{level}_probability"] = ranked[0].get("probability")
+    for km, p in (record.get("confidence") or {}).items():
+        values[f"p_within_{km}km"] = p
+    return values
+
+
+def csv_text(rows: Iterable[list[str]]) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer).writerows(rows)
+    return buffer.getvalue()
+
+
+# --- resumable output files ----------------------------------------------------------------------
+
+class PredictionsFile(Protocol):
+    """An output file of ``geoscope predict -o``: which images it holds, and appending more."""
+
+    path: Path
+
+    def __len__(self) -> int: ...
+
+    def holds(self, image: str) -> bool:
+        """Whether the answer for this image (the record's ``image``) is already in the file."""
+
+    def write(self, records: list[dict]) -> None:
+        """Append the records of one chunk, whole."""
+
+    def close(self, *, complete: bool) -> None:
+        """Finish writing (``complete``: every image asked for is in the file)."""
+
+
+def open_predictions_file(path: str | os.PathLike[str], *, top_k: int) -> PredictionsFile:
+    """The output file for ``-o``, by its suffix, with what an earlier run already wrote read back.
+
+    Raises :class:`GeoscopeError` for an unknown suffix, an unwritable place, or an existing
+    file that is not a geoscope predictions file of this shape.
+    """
+    path = Path(path)
+    kind = FORMATS.get(path.suffix.lower())
+    if kind is None:
+        raise GeoscopeError(f"{quote_name(path)}: unknown output format; end the name in "
+                            f"{', '.join(FORMATS)}")
+    check_writable(path)
+    if kind == "csv":
+        return CsvFile(path, top_k)
+    if kind == "geojson":
+        return GeoJsonFile(path)
+    return JsonlFile(path)
+
+
+def append_whole(path: Path, data: bytes) -> None:
+    """Append ``data`` with one write, then flush it to disk."""
+    try:
+        with open(path, "ab") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as exc:
+        raise GeoscopeError(f"{quote_name(path)}: cannot write ({exc.strerror or exc})") from None
+
+
+def read_complete_lines(path: Path) -> list[str]:
+    """The whole lines of a file written by :func:`append_whole`; a cut last line is dropped from the file."""
+    if not path.is_file():
+        return []
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    if end < len(data):  # a line cut by a kill: remove it, it will be answered again
+        with open(path, "r+b") as handle:
+            handle.truncate(end)
+    try:
+        return data[:end].decode("utf-8-sig").splitlines()
+    except UnicodeDecodeError:
+        raise GeoscopeError(f"{quote_name(path)}: exists and is not a geoscope predictions file (not UTF-8); "
+                            "write to another file") from None
+
+
+def _parse_record(line: str, path: Path, number: int) -> dict:
+    try:
+        record = json.loads(line, parse_constant=_refuse_constant)
+    except ValueError:
+        record = None
+    if not isinstance(record, dict) or not isinstance(record.get("image"), str):
+        raise GeoscopeError(f"{quote_name(path)}: line {number} is not a geoscope prediction record; "
+                            "write to another file")
+    return record
+
+
+def _refuse_constant(token: str) -> Any:
+    raise ValueError(f"{token} is not JSON")
+
+
+class JsonlFile:
+    """``.jsonl``: one record per line, appended a chunk at a time."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.images = {_parse_record(line, path, n)["image"]
+                       for n, line in enumerate(read_complete_lines(path), 1) if line.strip()}
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def holds(self, image: str) -> bool:
+        return image in self.images
+
+    def write(self, records: list[dict]) -> None:
+        append_whole(self.path, "".join(strict_json(r) + "\n" for r in records).encode("utf-8"))
+        self.images.update(r["image"] for r in records)
+
+    def close(self, *, complete: bool) -> None:
+        pass
+
+
+class CsvFile:
+    """``.csv``: one row per image; the header is fixed by the first chunk (or read back)."""
+
+    def __init__(self, path: Path, top_k: int) -> None:
+        self.path, self.top_k = path, top_k
+        self.header: list[str] | None = None
+        self.images: set[str] = set()
+        lines = read_complete_lines(path)
+        if not lines:
+            return
+        rows = list(csv.reader(lines))
+        header = rows[0]
+        if header[: len(CSV_LEAD)] != list(CSV_LEAD) or header[-len(CSV_TAIL):] != list(CSV_TAIL):
+            raise GeoscopeError(f"{quote_name(path)}: exists and is not a geoscope predictions CSV; "
+                                "write to another file")
+        held = sum(column.startswith("probability_") for column in header) + 1
+        if top_k > held:
+            raise GeoscopeError(f"{quote_name(path)} holds {held} guesses per image: rerun with --top-k {held} "
+                                "or write to another file")
+        for n, row in enumerate(rows[1:], 2):
+            if len(row) != len(header):
+                raise GeoscopeError(f"{quote_name(path)}: line {n} has {len(row)} fields, the header "
+                                    f"{len(header)}; write to another file")
+            self.images.add(row[0])
+        self.header = header
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def holds(self, image: str) -> bool:
+        return one_line(image) in self.images
+
+    def write(self, records: list[dict]) -> None:
+        text = ""
+        if self.header is None:
+            self.header = csv_header(self.top_k, records)
+            text = "\ufeff" + csv_text([self.header])
+        rows = []
+        for record in records:
+            values = csv_values(record)
+            rows.append([csv_cell(values.get(column)) for column in self.header])
+        append_whole(self.path, (text + csv_text(rows)).encode("utf-8"))
+        self.images.update(one_line(r["image"]) for r in records)
+
+    def close(self, *, complete: bool) -> None:
+        if self.header is None and not self.path.exists():  # nothing was answered: still leave a valid file
+            append_whole(self.path, ("\ufeff" + csv_text([csv_header(self.top_k)])).encode("utf-8"))
+
+
+class GeoJsonFile:
+    """``.geojson``: a journal of records beside it while running; the document re-rendered from it atomically."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.journal = path.with_name(path.name + ".journal.jsonl")
+        self.features: list[str] = []
+        self.images: set[str] = set()
+        self._render_seconds = 0.0
+        self._rendered_at = 0.0
+        self._dirty = False
+        if self.journal.is_file():
+            records = [_parse_record(line, self.journal, n)
+                       for n, line in enumerate(read_complete_lines(self.journal), 1) if line.strip()]
+            self._dirty = True  # the document may lag behind its journal
+        else:
+            records = self._read_document()  # continue from a finished document
+        for record in records:
+            self._add(record)
+
+    def _read_document(self) -> list[dict]:
+        if not self.path.is_file() or self.path.stat().st_size == 0:
+            return []
+        try:
+            document = json.loads(self.path.read_text("utf-8"), parse_constant=_refuse_constant)
+            return [feature_to_record(f) for f in document["features"]]
+        except (ValueError, KeyError, TypeError):
+            raise GeoscopeError(f"{quote_name(self.path)}: exists and is not a geoscope predictions GeoJSON; "
+                                "write to another file") from None
+
+    def _add(self, record: dict) -> None:
+        self.features.append(strict_json(record_to_feature(record)))
+        self.images.add(record["image"])
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def holds(self, image: str) -> bool:
+        return image in self.images
+
+    def write(self, records: list[dict]) -> None:
+        if not self.journal.is_file() and self.features:  # the records of the finished document start it
+            atomic_write_text(self.journal, "".join(
+                strict_json(feature_to_record(json.loads(f))) + "\n" for f in self.features))
+        append_whole(self.journal, "".join(strict_json(r) + "\n" for r in records).encode("utf-8"))
+        for record in records:
+            self._add(record)
+        self._dirty = True
+        if time.perf_counter() - self._rendered_at >= 10 * self._render_seconds:
+            self.render()
+
+    def render(self) -> None:
+        """Write the whole FeatureCollection atomically."""
+        start = time.perf_counter()
+        try:
+            atomic_write_text(self.path, feature_collection(self.features))
+        except OSError as exc:
+            raise GeoscopeError(f"{quote_name(self.path)}: cannot write ({exc.strerror or exc})") from None
+        self._rendered_at = time.perf_counter()
+        self._render_seconds = self._rendered_at - start
+        self._dirty = False
+
+    def close(self, *, complete: bool) -> None:
+        if self._dirty or not self.path.is_file():
+            self.render()
+        if complete:
+            self.journal.unlink(missing_ok=True)

@@ -1,0 +1,308 @@
+"""The HTTP API and page: a FastAPI application around one loaded model.
+
+``POST /predict`` takes the image bytes as the body, or a multipart form with one or more
+files (``views=true`` fuses them as views of one place); ``GET /health``, ``GET /model``,
+``GET /model/places``, ``GET /countries.geojson`` and the page at ``/``. Every error is
+JSON ``{"error": "..."}``. Bodies are limited in size and must arrive within
+``body_timeout`` seconds of silence; when ``queue`` requests are in flight the next one
+gets 503 with ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gzip
+import os
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, ConfigDict
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .. import __version__
+from ..bundle import read_bundle
+from ..errors import GeoscopeError
+from .batching import Busy, MicroBatcher, UploadModel
+from .page import WEB_ASSETS, countries_geojson, model_places, model_summary
+
+MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+MAX_FILES = 16
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """How the service batches, queues and guards its input."""
+
+    max_batch: int = 16
+    """Most images in one micro-batch (encoded together, answered together)."""
+    encode_batch: int = 4
+    """Most images per run of the encoder: the micro-batch is encoded in runs of this many (on a 2-core
+    CPU EfficientNet-Lite0 costs 7.0 ms of CPU per image one at a time, 7.8 in fours, 10.3 in sixteens)."""
+    max_wait_ms: float = 5.0
+    """Longest a batch waits for requests still being decoded."""
+    queue: int = 64
+    """Most requests in flight (reading, decoding, queued or encoding); more get 503."""
+    max_upload_bytes: int = MAX_UPLOAD_BYTES
+    body_timeout: float = 5.0
+    """Seconds of silence allowed while a request body is arriving."""
+    decode_workers: int | None = None
+    """Threads decoding uploads (default: one per core)."""
+
+
+class Guess(BaseModel):
+    """One ranked guess (documentation of the reply; extra keys may appear)."""
+
+    model_config = ConfigDict(extra="allow")
+    lat: float
+    lon: float
+    label: str
+    probability: float
+    place: str | None = None
+    region: str | None = None
+    country: str | None = None
+
+
+class PredictionReply(BaseModel):
+    """The answer for one image or one place seen in several views (see ``Prediction.to_dict``)."""
+
+    model_config = ConfigDict(extra="allow")
+    image: str
+    guesses: list[Guess]
+    views: list[str] | None = None
+    in_coverage: bool | None = None
+    coverage_score: float | None = None
+    confidence: dict[str, float] | None = None
+    levels: dict[str, list[dict[str, Any]]] | None = None
+    warnings: list[str] | None = None
+    error: str | None = None
+
+
+class PredictionsReply(BaseModel):
+    """Several files sent without ``views=true``: one answer each."""
+
+    predictions: list[PredictionReply]
+
+
+class ErrorReply(BaseModel):
+    error: str
+
+
+_UPLOAD_BODY = {
+    "required": True,
+    "content": {
+        "image/*": {"schema": {"type": "string", "format": "binary"}},
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        "multipart/form-data": {"schema": {"type": "object", "properties": {
+            "files": {"type": "array", "items": {"type": "string", "format": "binary"}}}}},
+    },
+}
+
+
+def create_app(model: UploadModel | str | os.PathLike[str] | None = None,
+               settings: ServeSettings | None = None) -> FastAPI:
+    """The application serving ``model`` (an :class:`UploadModel`, a bundle directory, or the default)."""
+    settings = settings or ServeSettings()
+    if not isinstance(model, UploadModel):
+        model = UploadModel(read_bundle(model))
+    batcher = MicroBatcher(model, max_batch=settings.max_batch, encode_batch=settings.encode_batch,
+                           max_wait_ms=settings.max_wait_ms,
+                           capacity=settings.queue, decode_workers=settings.decode_workers)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await asyncio.to_thread(batcher.start)
+        asyncio.get_running_loop().run_in_executor(None, countries_geojson)  # the page's base map, made once
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(batcher.close)
+
+    app = FastAPI(
+        title="geoscope", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
+        description="Where was this street-level photo taken? Ranked guesses from the pixels alone.",
+    )
+    app.state.model = model
+    app.state.batcher = batcher
+    app.state.settings = settings
+    app.add_middleware(BodyGuard, max_bytes=settings.max_upload_bytes, timeout=settings.body_timeout)
+    _add_error_handlers(app, settings)
+
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(WEB_ASSETS / "index.html", media_type="text/html; charset=utf-8")
+
+    @app.get("/health", summary="Is the service up, and how busy")
+    async def health() -> dict:
+        return {"status": "ok", "model": model.config.get("name"), "labels": len(model.labels),
+                "in_flight": batcher.in_flight, "queue_limit": batcher.capacity,
+                "max_batch": batcher.max_batch, "batching": batcher.stats.to_dict()}
+
+    app.add_api_route("/health", health, methods=["HEAD"], include_in_schema=False)
+
+    @app.get("/model", summary="The model: name, encoder, labels, coverage and model card")
+    async def model_info() -> dict:
+        return model_summary(model)
+
+    @app.get("/model/places", summary="The places the model knows (its labels), with coordinates")
+    async def places() -> dict:
+        return {"places": model_places(model)}
+
+    @app.get("/countries.geojson", summary="Country outlines for the page's map (Natural Earth, simplified)")
+    async def countries(request: Request) -> Response:
+        body = await asyncio.to_thread(countries_geojson)
+        headers = {"Cache-Control": "public, max-age=86400", "Vary": "Accept-Encoding"}
+        if "gzip" in request.headers.get("accept-encoding", ""):
+            return Response(body, media_type="application/geo+json", headers={**headers, "Content-Encoding": "gzip"})
+        return Response(gzip.decompress(body), media_type="application/geo+json", headers=headers)
+
+    @app.post(
+        "/predict", summary="Guess where a photo (or several views of one place) was taken",
+        openapi_extra={"requestBody": _UPLOAD_BODY},
+        responses={200: {"model": PredictionReply | PredictionsReply}, 400: {"model": ErrorReply},
+                   413: {"model": ErrorReply}, 422: {"model": ErrorReply}, 503: {"model": ErrorReply}},
+    )
+    async def predict(
+        request: Request,
+        top_k: Annotated[int, Query(ge=1, le=50, description="guesses per answer")] = 5,
+        level: Annotated[Literal["country", "region", "place"],
+                         Query(description="guess places, or regions, or countries")] = "place",
+        refine: Annotated[Literal["none", "knn"], Query(description="refine within the guessed cell")] = "none",
+        views: Annotated[bool, Query(description="the files are views of one place: fuse them")] = False,
+        allow_missing_views: Annotated[bool, Query(
+            description="with views: answer from the readable views if some cannot be read (with a warning)")] = False,
+    ) -> JSONResponse:
+        try:
+            with batcher.admit() as ticket:
+                images = await _read_images(request)
+                predictions = await batcher.predict(ticket, images, top_k=top_k, views=views, level=level,
+                                                    refine=refine, allow_missing_views=allow_missing_views)
+        except Busy:
+            await _drain(request)
+            return JSONResponse({"error": "busy: too many requests in flight, retry in a second"},
+                                status_code=503, headers={"Retry-After": "1"})
+        answers = [p.to_dict() for p in predictions]
+        if all(a.get("error") for a in answers):
+            raise HTTPException(400, "; ".join(a["error"] for a in answers))
+        if len(answers) == 1:
+            return JSONResponse(answers[0])
+        return JSONResponse({"predictions": answers})
+
+    app.mount("/static", StaticFiles(directory=WEB_ASSETS), name="static")
+    return app
+
+
+async def _read_images(request: Request) -> list[tuple[str, bytes]]:
+    """The uploaded images as ``(name, bytes)``: the raw body, or every file of a multipart form."""
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("multipart/form-data"):
+        async with request.form(max_files=MAX_FILES, max_fields=MAX_FILES) as form:
+            files = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
+            images = [(upload_name(f.filename, i), await f.read()) for i, f in enumerate(files)]
+        if not images:
+            raise HTTPException(400, "the multipart form holds no file: send images as file fields")
+    else:
+        images = [("upload", await request.body())]
+    for name, data in images:
+        if not data:
+            raise HTTPException(400, f"{name}: empty upload: send the image bytes as the request body "
+                                     "or as files of a multipart form")
+    return images
+
+
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def upload_name(filename: str | None, index: int) -> str:
+    """A printable name for an uploaded file (its base name, at most 120 characters)."""
+    base = re.split(r"[\\/]", filename or "")[-1]
+    base = _UNSAFE.sub("?", base).strip()[:120]
+    return base or f"upload-{index + 1}"
+
+
+async def _drain(request: Request) -> None:
+    """Read and drop a refused request's body, so that closing the connection does not reset it."""
+    with contextlib.suppress(Exception):
+        async for _ in request.stream():
+            pass
+
+
+def _add_error_handlers(app: FastAPI, settings: ServeSettings) -> None:
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        message = str(exc.detail)
+        if exc.status_code == 404:
+            message = f"no such path {request.url.path}"
+        elif exc.status_code == 405:
+            allowed = (exc.headers or {}).get("Allow", "")
+            message = f"method {request.method} not allowed on {request.url.path}" + \
+                (f" (use {allowed})" if allowed else "")
+        elif exc.status_code == 413:
+            message = f"request body over the {settings.max_upload_bytes / 2**20:g} MiB limit"
+        return JSONResponse({"error": message}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = []
+        for error in exc.errors():
+            where = ".".join(str(p) for p in error.get("loc", ()) if p not in ("query", "body"))
+            parts.append(f"{where}: {error.get('msg', 'invalid')}" if where else str(error.get("msg")))
+        return JSONResponse({"error": "; ".join(parts) or "invalid request"}, status_code=422)
+
+    @app.exception_handler(GeoscopeError)
+    async def refused(request: Request, exc: GeoscopeError) -> JSONResponse:
+        return JSONResponse({"error": " ".join(str(exc).split())}, status_code=400)
+
+    @app.exception_handler(Exception)
+    async def crashed(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"error": f"internal error ({type(exc).__name__})"}, status_code=500)
+
+
+class BodyGuard:
+    """ASGI middleware: a request body must stay under ``max_bytes`` and keep arriving.
+
+    A body announced (``Content-Length``) or grown over the limit gets 413; a client that
+    goes silent for ``timeout`` seconds mid-body (say, one that promised more bytes than it
+    sends) gets 408. Both close the connection instead of holding a worker.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout: float) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+        self.timeout = timeout
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        announced = dict(scope["headers"]).get(b"content-length", b"").strip()
+        too_large = announced.isdigit() and int(announced) > self.max_bytes
+        complete, received = False, 0
+
+        async def guarded_receive() -> Message:
+            nonlocal complete, received
+            if complete:
+                return await receive()
+            if too_large:
+                raise HTTPException(413, headers={"Connection": "close"})
+            try:
+                message = await asyncio.wait_for(receive(), self.timeout)
+            except TimeoutError:
+                raise HTTPException(408, f"request body stalled for {self.timeout:g} s",
+                                    headers={"Connection": "close"}) from None
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                complete = True
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                raise HTTPException(413, headers={"Connection": "close"})
+            return message
+
+        await self.app(scope, guarded_receive, send)

@@ -1,0 +1,331 @@
+"""Dynamic micro-batching of uploads: decode in parallel, encode many requests as one batch.
+
+Each request is admitted (or refused when ``capacity`` requests are already in flight),
+its images are decoded and preprocessed on a thread pool, and the result joins a queue.
+One thread takes what is queued, waits up to ``max_wait_ms`` for requests still being
+decoded (never when none is), and encodes up to ``max_batch`` images (in runs of
+``encode_batch``: larger runs cost more CPU per image on small CPUs);
+a second thread answers the encoded batch (requests with the same options share one call
+of the model's ``predict``) while the first encodes the next. Uploads never touch the
+feature cache: :class:`UploadModel` answers ``predict`` from features computed here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import inspect
+import queue
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from threadpoolctl import threadpool_limits
+
+from ..encoders.onnx_runtime import cpu_count
+from ..encoders.preprocess import Views
+from ..errors import BadImageError
+from ..features import FeatureSet
+from ..images import open_image
+from ..models.image_side import apply_adapter
+from ..predict import GeoModel, Prediction
+
+
+class Busy(Exception):
+    """Too many requests in flight: the caller should answer 503 and ask the client to retry."""
+
+
+class UploadModel(GeoModel):
+    """A :class:`GeoModel` whose ``predict`` reads features computed from uploaded pixels.
+
+    :meth:`predict_features` hands the features of one request to ``predict`` (which asks
+    for them through :meth:`image_features`), so uploads get every step of the answer
+    (fusion, hierarchy, coverage) without being written to the feature cache. Only one
+    thread may call it at a time (the batch worker).
+    """
+
+    _given: FeatureSet | None = None
+    _options = frozenset(inspect.signature(GeoModel.predict).parameters) - {"self", "images", "progress"}
+
+    def image_features(self, images: Sequence[object], **_: object) -> FeatureSet:
+        given = self._given
+        if given is None or given.paths != [str(p) for p in images]:
+            raise RuntimeError("UploadModel predicts only through predict_features")
+        return given
+
+    def predict_features(self, features: FeatureSet, **options: object) -> list[Prediction]:
+        """``predict`` on already computed image features; ``options`` the model's predict accepts."""
+        options = {k: v for k, v in options.items() if k in self._options}
+        self._given = features
+        try:
+            return self.predict(features.paths, **options)
+        finally:
+            self._given = None
+
+
+def decode_upload(data: bytes, name: str, model: GeoModel) -> np.ndarray:
+    """One uploaded image as the encoder's preprocessed views ``(crops, 3, c, c)``; :class:`BadImageError` naming it."""
+    preprocess = model.encoder.preprocess
+    try:
+        image = open_image(data, min_size=preprocess.decode_size)
+    except BadImageError as exc:
+        reason = str(exc).removeprefix("<bytes>: ")
+        raise BadImageError(f"{name}: {reason}") from None
+    return preprocess.views(image, Views(crops=model.image_side.crops))
+
+
+def features_from_arrays(model: GeoModel, arrays: Sequence[np.ndarray], batch_size: int) -> np.ndarray:
+    """Image features ``(n, dim)`` of preprocessed views (one ``(crops, 3, c, c)`` array per image), uncached."""
+    encoder = model.encoder
+    crops = model.image_side.crops
+    c = encoder.preprocess.crop_size
+    stacked = np.concatenate(arrays) if arrays else np.zeros((0, 3, c, c), dtype=np.float32)
+    step = batch_size * crops
+    encoded = np.concatenate([encoder.encode(stacked[i:i + step]) for i in range(0, len(stacked), step)]
+                             or [np.zeros((0, encoder.dim), dtype=np.float32)])
+    encoded = encoded.reshape(len(arrays), crops, encoder.dim)
+    # As ImageSide.extract combines crops: the fine-tuned top reads them side by side, a frozen head their mean.
+    rows = encoded.reshape(len(arrays), -1) if model.image_side.finetune_blocks else encoded.mean(axis=1)
+    return apply_adapter(model.adapter, rows)
+
+
+@dataclass
+class Ticket:
+    """One admitted request; ``decoded`` once its images have joined (or left) the queue's way."""
+
+    decoded: bool = False
+
+
+@dataclass
+class _Job:
+    names: list[str]
+    arrays: list[np.ndarray | None]
+    errors: list[str | None]
+    options: dict
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future
+    features: FeatureSet | None = None
+
+
+@dataclass
+class BatchStats:
+    """What the worker did: sizes of the last batches (images), and totals."""
+
+    recent_sizes: collections.deque = field(default_factory=lambda: collections.deque(maxlen=1000))
+    batches: int = 0
+    images: int = 0
+    requests: int = 0
+    refused: int = 0
+
+    def to_dict(self) -> dict:
+        sizes = list(self.recent_sizes.copy())  # copy() is atomic; the encoding thread appends
+        return {"batches": self.batches, "images": self.images, "requests": self.requests,
+                "refused": self.refused, "largest_recent_batch": max(sizes, default=0),
+                "mean_recent_batch": round(float(np.mean(sizes)), 2) if sizes else 0.0}
+
+
+class MicroBatcher:
+    """Admits requests, decodes their images in parallel and encodes them in shared batches."""
+
+    def __init__(self, model: UploadModel, *, max_batch: int = 16, encode_batch: int = 4, max_wait_ms: float = 5.0,
+                 capacity: int = 64, decode_workers: int | None = None) -> None:
+        if max_batch < 1 or encode_batch < 1 or capacity < 1 or max_wait_ms < 0:
+            raise ValueError("max_batch, encode_batch and capacity must be at least 1, max_wait_ms at least 0")
+        self.model = model
+        self.max_batch = max_batch
+        self.encode_batch = encode_batch
+        self.max_wait = max_wait_ms / 1000.0
+        self.capacity = capacity
+        self.stats = BatchStats()
+        self._decode_workers = decode_workers or cpu_count()
+        self._in_flight = 0  # admitted and not yet answered (changed on the event loop only)
+        self._arriving = 0  # admitted and not yet queued: what a batch may wait for
+        self._queue: queue.Queue[_Job | None] = queue.Queue()
+        self._pool: ThreadPoolExecutor | None = None
+        self._answers: queue.Queue[list[_Job] | None] = queue.Queue(maxsize=2)  # encoded, to answer
+        self._workers: list[threading.Thread] = []
+        self._torch_threads = 1
+        self._blas_limits: threadpool_limits | None = None
+
+    @property
+    def in_flight(self) -> int:
+        """Requests admitted and not yet answered."""
+        return self._in_flight
+
+    def start(self) -> None:
+        """Load the encoder (one warm-up batch); start the decode pool, the encoding and answering threads."""
+        if self._workers:
+            return
+        # The head's matrices are tiny: one torch and one BLAS thread answer a request in a few ms,
+        # where two threads each, competing with the encoder's and the decoders', take 20-50 ms.
+        self._torch_threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        self._blas_limits = threadpool_limits(limits=1, user_api="blas")
+        c = self.model.encoder.preprocess.crop_size
+        features_from_arrays(self.model, [np.zeros((self.model.image_side.crops, 3, c, c), np.float32)], 1)
+        self._pool = ThreadPoolExecutor(self._decode_workers, thread_name_prefix="geoscope-serve-decode")
+        self._workers = [threading.Thread(target=self._collect, name="geoscope-serve-encode", daemon=True),
+                         threading.Thread(target=self._answer_all, name="geoscope-serve-answer", daemon=True)]
+        for worker in self._workers:
+            worker.start()
+
+    def close(self) -> None:
+        """Stop the workers after the queued requests and shut the decode pool down."""
+        if self._workers:
+            self._queue.put(None)
+            for worker in self._workers:
+                worker.join()
+            self._workers = []
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+            torch.set_num_threads(self._torch_threads)
+            if self._blas_limits is not None:
+                self._blas_limits.restore_original_limits()
+                self._blas_limits = None
+
+    @contextlib.contextmanager
+    def admit(self) -> Iterator[Ticket]:
+        """Hold one of ``capacity`` places for a request; raises :class:`Busy` when none is free."""
+        if self._in_flight >= self.capacity:
+            self.stats.refused += 1
+            raise Busy(f"{self._in_flight} requests in flight, the limit is {self.capacity}")
+        self._in_flight += 1
+        self._arriving += 1
+        ticket = Ticket()
+        try:
+            yield ticket
+        finally:
+            self._in_flight -= 1
+            if not ticket.decoded:
+                self._arriving -= 1
+
+    async def predict(self, ticket: Ticket, images: Sequence[tuple[str, bytes]],
+                      **options: object) -> list[Prediction]:
+        """Predictions for uploaded ``(name, bytes)`` images of a request admitted with ``ticket``.
+
+        ``options`` go to the model's ``predict`` (``top_k``, ``views``, and any others it
+        accepts). Images that cannot be decoded come back as predictions with ``error``.
+        """
+        if self._pool is None:
+            raise RuntimeError("MicroBatcher.start() was not called")
+        loop = asyncio.get_running_loop()
+        try:
+            decoded = await asyncio.gather(*(loop.run_in_executor(self._pool, self._decode, data, name)
+                                             for name, data in images))
+        finally:
+            ticket.decoded = True
+            self._arriving -= 1
+        future = loop.create_future()
+        job = _Job([name for name, _ in images], [a for a, _ in decoded], [e for _, e in decoded],
+                   dict(options), loop, future)
+        self._queue.put(job)
+        return await future
+
+    def _decode(self, data: bytes, name: str) -> tuple[np.ndarray | None, str | None]:
+        try:
+            return decode_upload(data, name, self.model), None
+        except BadImageError as exc:
+            return None, str(exc)
+
+    # --- the worker threads: one encodes batches, the other answers them (the two overlap) ---
+
+    def _collect(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None:
+                self._answers.put(None)
+                return
+            batch = [job]
+            size = job_size(job)
+            deadline = time.perf_counter() + self.max_wait
+            while size < self.max_batch:
+                try:
+                    job = self._queue.get_nowait()
+                except queue.Empty:
+                    remaining = deadline - time.perf_counter()
+                    if remaining <= 0 or self._arriving <= 0:  # nothing on its way: do not wait
+                        break
+                    try:
+                        job = self._queue.get(timeout=remaining)
+                    except queue.Empty:
+                        break
+                if job is None:
+                    self._queue.put(None)  # stop after this batch
+                    break
+                batch.append(job)
+                size += job_size(job)
+            self._encode(batch)
+
+    def _encode(self, batch: list[_Job]) -> None:
+        arrays = [a for job in batch for a in job.arrays if a is not None]
+        try:
+            features = features_from_arrays(self.model, arrays, self.encode_batch)
+        except Exception as exc:  # the encoder failed: every request of the batch fails with it
+            for job in batch:
+                _resolve(job, exception=exc)
+            return
+        self.stats.batches += 1
+        self.stats.images += len(arrays)
+        self.stats.requests += len(batch)
+        self.stats.recent_sizes.append(len(arrays))
+        start = 0
+        for job in batch:
+            valid = np.array([a is not None for a in job.arrays], dtype=bool)
+            rows = np.full((len(job.arrays), features.shape[1]), np.nan, dtype=np.float32)
+            rows[valid] = features[start:start + int(valid.sum())]
+            start += int(valid.sum())
+            job.features = FeatureSet(embeddings=rows, valid=valid, errors=[e for e in job.errors if e is not None],
+                                      encoder_name=self.model.encoder.name, paths=job.names)
+            job.arrays = []  # the pixels are no longer needed
+        self._answers.put(batch)
+
+    def _answer_all(self) -> None:
+        while (batch := self._answers.get()) is not None:
+            # Requests of single images with the same options share one predict call.
+            groups: dict[str, list[_Job]] = collections.defaultdict(list)
+            for job in batch:
+                key = repr(sorted(job.options.items())) if not job.options.get("views") else f"views-{id(job)}"
+                groups[key].append(job)
+            for jobs in groups.values():
+                self._answer(jobs)
+
+    def _answer(self, jobs: list[_Job]) -> None:
+        features = [job.features for job in jobs if job.features is not None]
+        merged = features[0] if len(features) == 1 else FeatureSet(
+            embeddings=np.concatenate([f.embeddings for f in features]),
+            valid=np.concatenate([f.valid for f in features]), errors=[e for f in features for e in f.errors],
+            encoder_name=features[0].encoder_name, paths=[p for f in features for p in f.paths])
+        try:
+            predictions = self.model.predict_features(merged, **jobs[0].options)
+        except Exception as exc:
+            for job in jobs:
+                _resolve(job, exception=exc)
+            return
+        start = 0
+        for job in jobs:
+            count = 1 if job.options.get("views") else len(job.names)
+            _resolve(job, result=predictions[start:start + count])
+            start += count
+
+
+def job_size(job: _Job) -> int:
+    """Images of one request that need encoding."""
+    return sum(a is not None for a in job.arrays)
+
+
+def _resolve(job: _Job, *, result: object = None, exception: BaseException | None = None) -> None:
+    def settle() -> None:
+        if job.future.done():  # the client went away
+            return
+        if exception is not None:
+            job.future.set_exception(exception)
+        else:
+            job.future.set_result(result)
+
+    job.loop.call_soon_threadsafe(settle)

@@ -1,0 +1,91 @@
+"""Running the application under uvicorn, with the settings a public-facing service needs.
+
+A large listen backlog (so a burst of connections waits instead of being reset), no
+``Server`` header, a keep-alive timeout for idle connections, and ``workers`` processes
+that each load the model (the application is then built from environment settings).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import socket
+from collections.abc import Callable
+
+import uvicorn
+from fastapi import FastAPI
+from uvicorn.supervisors import Multiprocess
+
+from ..bundle import read_bundle
+from ..errors import GeoscopeError
+from .app import ServeSettings, create_app
+
+BACKLOG = 2048
+KEEP_ALIVE_SECONDS = 5
+_ENV = "GEOSCOPE_SERVE_CONFIG"
+
+
+def uvicorn_config(app: FastAPI | str, host: str = "127.0.0.1", port: int = 8000, *, workers: int = 1,
+                   log_level: str = "warning") -> uvicorn.Config:
+    """The uvicorn configuration for ``app`` (an application, or an import string with ``workers``)."""
+    return uvicorn.Config(
+        app, host=host, port=port, workers=workers if isinstance(app, str) else None,
+        factory=isinstance(app, str), backlog=BACKLOG, timeout_keep_alive=KEEP_ALIVE_SECONDS,
+        server_header=False, date_header=True, log_level=log_level, access_log=False,
+        http="h11", lifespan="on",
+    )
+
+
+def serve(model_dir: str | None = None, host: str = "127.0.0.1", port: int = 8000, *, workers: int = 1,
+          settings: ServeSettings | None = None, log_level: str = "warning",
+          announce: Callable[[str], None] | None = None) -> None:
+    """Serve a model until interrupted; with ``workers`` > 1, that many processes share the socket.
+
+    The bundle is read (and a broken one refused) before the port is opened; ``announce``
+    is called with the base URL once the socket listens (port 0 picks a free one).
+    """
+    settings = settings or ServeSettings()
+    if workers > 1:
+        read_bundle(model_dir)  # refuse a broken bundle here, in one line, not in every worker
+        os.environ[_ENV] = json.dumps({"model": model_dir, "settings": dataclasses.asdict(settings)})
+        config = uvicorn_config(f"{__name__}:app_from_environment", host, port, workers=workers,
+                                log_level=log_level)
+    else:
+        config = uvicorn_config(create_app(model_dir, settings), host, port, log_level=log_level)
+    server = uvicorn.Server(config)
+    sock = listen(host, port)
+    if announce is not None:
+        bound_host, bound_port = sock.getsockname()[:2]
+        announce(f"http://{bound_host}:{bound_port}/")
+    if workers > 1:
+        Multiprocess(config, sockets=[sock]).run()
+    else:
+        server.run(sockets=[sock])
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A socket listening on ``host:port`` for uvicorn, Nagle's algorithm off for its connections.
+
+    Without ``TCP_NODELAY`` each keep-alive response waits ~40 ms for the client's delayed
+    ACK (uvicorn's own socket has protocol number 0, so asyncio does not set the option);
+    accepted connections inherit it from this socket.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind((host, port))
+        sock.listen(BACKLOG)  # from now on connections wait in the backlog, even before uvicorn runs
+    except OSError as exc:
+        sock.close()
+        raise GeoscopeError(f"cannot listen on {host}:{port} ({exc.strerror or exc})") from None
+    sock.set_inheritable(True)  # for worker processes
+    return sock
+
+
+def app_from_environment() -> FastAPI:
+    """The application a worker process builds from what :func:`serve` put in the environment."""
+    spec = json.loads(os.environ[_ENV])
+    return create_app(spec["model"], ServeSettings(**spec["settings"]))
