@@ -6,7 +6,7 @@ the row says "warm cache"). The 224 px images are real ``../shared/data/london-u
 12 MP photos are real frames cut to 4:3, upscaled to 4000×3000 and saved as JPEG quality 90
 (smoother than a phone's photos, so entropy decoding costs less than on a real photo).
 The bound is the encoder alone on a pre-decoded, preprocessed batch of the same size.
-Run: ``python benchmarks/predict.py [--images 512] [--photos 64] [--repeat 3]``.
+Run: ``python benchmarks/predict.py [--images 384] [--photos 48] [--repeat 3]``.
 """
 
 from __future__ import annotations
@@ -62,8 +62,8 @@ def timed(fn: Callable[[], object]) -> tuple[float, float]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=512, help="224 px images (512)")
-    parser.add_argument("--photos", type=int, default=64, help="12 MP photos (64)")
+    parser.add_argument("--images", type=int, default=384, help="224 px images (384)")
+    parser.add_argument("--photos", type=int, default=48, help="12 MP photos (48)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per row; the best counts (3)")
     args = parser.parse_args(argv)
     if not (DATA / "london-uk" / "manifest.csv").is_file():
@@ -95,11 +95,6 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
     batch = np.stack([pre(open_image(p)) for p in small[:64]])
     encoder.encode(batch[:2])  # ONNX export / session load before timing
 
-    def best(fn: Callable[[], object], n: int) -> tuple[float, float]:
-        """Wall and CPU (all threads) seconds per image, each the best of ``--repeat`` runs (a shared machine)."""
-        runs = [timed(fn) for _ in range(args.repeat)]
-        return min(w for w, _ in runs) / n, min(c for _, c in runs) / n
-
     def cold_predict(paths: list[Path]) -> Callable[[], object]:
         def go() -> object:
             shutil.rmtree(cache_dir() / "features", ignore_errors=True)
@@ -119,22 +114,27 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
         size = pre.decode_size if reduced else None
         return lambda: [pre(open_image(p, min_size=size)) for p in paths]
 
-    rows: list[tuple[str, int, tuple[float, float]]] = [
-        ("encoder alone, pre-decoded batch (the bound)", len(batch), best(lambda: encoder.encode(batch), len(batch))),
-        ("predict, 224 px, cold cache", len(small), best(cold_predict(small), len(small))),
-        ("predict, 224 px, warm cache", len(small), best(lambda: model.predict(small, top_k=5), len(small))),
+    cases: list[tuple[str, int, Callable[[], object]]] = [
+        ("encoder alone, pre-decoded batch (the bound)", len(batch), lambda: encoder.encode(batch)),
+        ("predict, 224 px, cold cache", len(small), cold_predict(small)),
+        ("predict, 224 px, warm cache", len(small), lambda: model.predict(small, top_k=5)),
         (f"predict -o out.jsonl in chunks of {CHUNK_SIZE} (the CLI's path), 224 px", len(small),
-         best(chunked_to_file(small), len(small))),
-        (f"predict, 12 MP JPEG ({megabytes:.1f} MB), cold cache", len(photos),
-         best(cold_predict(photos), len(photos))),
-        ("decode + preprocess, 224 px, 1 thread", 32, best(decode(small[:32], True), 32)),
-        ("decode + preprocess, 12 MP, reduced decode, 1 thread", 8, best(decode(photos[:8], True), 8)),
-        ("decode + preprocess, 12 MP, full decode, 1 thread", 8, best(decode(photos[:8], False), 8)),
+         chunked_to_file(small)),
+        (f"predict, 12 MP JPEG ({megabytes:.1f} MB), cold cache", len(photos), cold_predict(photos)),
+        ("decode + preprocess, 224 px, 1 thread", 32, decode(small[:32], True)),
+        ("decode + preprocess, 12 MP, reduced decode, 1 thread", 8, decode(photos[:8], True)),
+        ("decode + preprocess, 12 MP, full decode, 1 thread", 8, decode(photos[:8], False)),
     ]
+    runs: list[list[tuple[float, float]]] = [[] for _ in cases]
+    for _ in range(args.repeat):  # interleaved, so that a burst of other work on the machine hits every row alike
+        for measured, (_, _, fn) in zip(runs, cases, strict=True):
+            measured.append(timed(fn))
+    rows = [(label, n, (min(w for w, _ in measured) / n, min(c for _, c in measured) / n))
+            for (label, n, _), measured in zip(cases, runs, strict=True)]
     bound_s, bound_cpu = rows[0][2]
     print(f"\ndefault model ({model.image_side.name}), {cpu_count()} cores, temporary GEOSCOPE_CACHE "
-          f"(feature cache cold unless the row says warm), best of {args.repeat}; CPU is the process's "
-          "time on all threads (a fairer comparison on a shared machine)\n")
+          f"(feature cache cold unless the row says warm), best of {args.repeat} interleaved runs; CPU is the "
+          "process's time on all threads (a fairer comparison on a shared machine)\n")
     print(f"| {'what':<62} | {'n':>4} | {'images/s':>8} | {'ms/image':>8} | {'vs bound':>8} "
           f"| {'CPU ms/image':>12} | {'CPU vs bound':>12} |")
     print(f"|{'-' * 64}|{'-' * 6}|{'-' * 10}|{'-' * 10}|{'-' * 10}|{'-' * 14}|{'-' * 14}|")

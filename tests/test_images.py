@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import struct
 import zlib
 from pathlib import Path
@@ -194,6 +195,10 @@ def test_bad_images_get_one_line_naming_the_file(tmp_path: Path) -> None:
         open_image(tmp_path / "text.jpg")
     with pytest.raises(BadImageError, match="not found"):
         open_image(tmp_path / "missing.jpg")
+    (tmp_path / "phone.heic").write_bytes(b"\x00\x00\x00\x18ftypheic" + bytes(64))
+    if importlib.util.find_spec("pillow_heif") is None:
+        with pytest.raises(BadImageError, match="pillow-heif"):
+            open_image(tmp_path / "phone.heic")
 
 
 def test_preprocess_reads_a_wide_mode_image_as_rgb() -> None:

@@ -234,14 +234,42 @@ def test_train_cli_writes_a_bundle(town_manifest: Path, tmp_path: Path, capsys: 
     assert config["training"]["config"]["learn_place_offsets"] is False
 
 
-def test_manifest_without_split_is_split_by_place(town_manifest: Path, tmp_path: Path) -> None:
+def test_manifest_without_split_is_split_spatially_and_the_leakage_recorded(town_manifest: Path,
+                                                                             tmp_path: Path) -> None:
     manifest = read_manifest(town_manifest)
     frame = manifest.frame.drop(columns="split")
     options = FitOptions(scheme=LabelScheme("grid", {"cell_km": 50.0}), augment=False,
-                         train=TrainConfig(max_epochs=2))
+                         train=TrainConfig(max_epochs=2), block_km=1.0)
     path, _result = fit(Manifest(frame, manifest.root), options, tmp_path / "m", progress=False)
-    sizes = json.loads((path / "config.json").read_text())["training"]["data"]["splits"]
-    assert sizes["train"] > sizes["val"] > 0
+    data = json.loads((path / "config.json").read_text())["training"]["data"]
+    assert data["splits"]["train"] > data["splits"]["val"] > 0
+    assert data["leakage"]["nearest_train_val_km"] > 0  # no image shares a 1 km block with a training image
+    assert len(read_bundle(path).tensors["split.train_sha1"]) == data["splits"]["train"]
+
+
+def test_coverage_flags_photos_unlike_the_training_images(town_manifest: Path, town_model: Path,
+                                                          tmp_path: Path) -> None:
+    model = load_model(town_model)
+    assert model.coverage is not None and model.coverage.kept == 0.95
+    test = read_manifest(town_manifest).split("test")
+    inside = [p.in_coverage for p in model.predict(test.image_paths)]
+    assert np.mean(inside) >= 0.8
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (96, 128, 3), dtype=np.uint8)).save(tmp_path / "noise.png")
+    Image.new("RGB", (128, 96), (20, 40, 230)).save(tmp_path / "blue.png")
+    outside = model.predict([tmp_path / "noise.png", tmp_path / "blue.png"])
+    assert [p.in_coverage for p in outside] == [False, False]
+    assert all(p.confidence is not None and set(p.confidence) == {"25", "200", "750"} for p in outside)
+    assert "in_coverage: false" in (town_model / "README.md").read_text()
+
+
+def test_evaluate_leaves_out_the_rows_the_model_was_trained_on(town_manifest: Path, town_model: Path) -> None:
+    manifest = read_manifest(town_manifest)
+    result, _ = evaluate(load_model(town_model), manifest, progress=False)
+    trained = int((manifest.frame["split"] == "train").sum())
+    assert result.training_rows == trained and len(result.predictions) == len(manifest) - trained
+    everything, _ = evaluate(load_model(town_model), manifest, progress=False, include_training_rows=True)
+    assert everything.training_rows == trained and len(everything.predictions) == len(manifest)
 
 
 def test_finetuned_top_is_trained_saved_and_used_by_predict(town_manifest: Path, tmp_path: Path) -> None:

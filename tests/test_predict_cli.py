@@ -17,6 +17,7 @@ import pytest
 from conftest import REPO
 from PIL import Image
 
+from geoscope.batch import find_inputs
 from geoscope.cli.main import main
 from geoscope.outputs import (
     NON_FINITE,
@@ -176,7 +177,7 @@ def test_json_is_strict_and_a_non_finite_answer_becomes_an_error(capsys: pytest.
     with pytest.raises(ValueError):
         strict_json(record)
     checked = checked_record(record)
-    assert checked["error"] == NON_FINITE and strict_loads(strict_json(checked))["guesses"] == []
+    assert checked["error"] == f"x.jpg: {NON_FINITE}" and strict_loads(strict_json(checked))["guesses"] == []
     assert render_table(checked).count("not answered") == 1
 
 
@@ -269,3 +270,13 @@ def test_a_place_with_an_unreadable_view_is_answered_only_when_allowed(tmp_path:
     assert main(["predict", *views, "--views", "--allow-missing-views"]) == 0
     table = capsys.readouterr().out
     assert "warning: answered from 2 of 3 views" in table and "broken.jpg" in table
+
+
+def test_inputs_keep_the_order_given_and_are_answered_once(photos: Path) -> None:
+    first = str(photos / "b" / EXAMPLES[5].name)
+    inputs = find_inputs([first, str(photos), first])
+    keys = [u.key for u in inputs.units]
+    assert keys[0] == first and len(keys) == len(set(keys)) == 8 and inputs.skipped == 1
+    a0, a1 = (str(photos / "a" / p.name) for p in EXAMPLES[:2])
+    places = find_inputs([a0, str(photos / "b"), a1], views=True).units
+    assert [len(u.paths) for u in places] == [2, 4] and places[0].paths[1].endswith(EXAMPLES[1].name)

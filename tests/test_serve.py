@@ -28,12 +28,10 @@ from fastapi.responses import HTMLResponse
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from geoscope.bundle import read_bundle
 from geoscope.cli.main import main
 from geoscope.paths import cache_dir
-from geoscope.predict import load_model
+from geoscope.predict import GeoModel, load_model
 from geoscope.serve import MAX_UPLOAD_BYTES, ServeSettings, create_app, uvicorn_config
-from geoscope.serve.batching import UploadModel
 from geoscope.serve.page import WEB_ASSETS
 from geoscope.serve.server import listen
 
@@ -45,12 +43,12 @@ QUEUE = 16
 
 
 @pytest.fixture(scope="module")
-def model() -> UploadModel:
-    return UploadModel(read_bundle(None))
+def model() -> GeoModel:
+    return load_model()
 
 
 @pytest.fixture(scope="module")
-def client(model: UploadModel) -> Iterator[TestClient]:
+def client(model: GeoModel) -> Iterator[TestClient]:
     with TestClient(create_app(model)) as test_client:
         yield test_client
 
@@ -86,7 +84,7 @@ class LiveServer:
 
 
 @pytest.fixture(scope="module")
-def live(model: UploadModel) -> Iterator[LiveServer]:
+def live(model: GeoModel) -> Iterator[LiveServer]:
     app = create_app(model, ServeSettings(queue=QUEUE, body_timeout=BODY_TIMEOUT))
     app.add_api_route("/drop-test", _drop_test_page, include_in_schema=False)
     server = LiveServer(app)
@@ -161,9 +159,14 @@ def test_bad_query_parameters_are_422_naming_the_parameter(client: TestClient, q
     assert reply.json()["error"].startswith(f"{field}: ")
 
 
-def test_refine_knn_is_accepted(client: TestClient) -> None:
+def test_refine_knn_answers_or_says_why_not(client: TestClient, model: GeoModel) -> None:
     reply = client.post("/predict?refine=knn&top_k=2", content=LONDON.read_bytes())
-    assert reply.status_code == 200 and len(reply.json()["guesses"]) == 2
+    if model.can_refine:
+        assert reply.status_code == 200 and len(reply.json()["guesses"]) == 2
+    else:  # a bundle from before galleries knew their labels
+        assert reply.status_code == 400
+        error = reply.json()["error"]
+        assert "no labels to refine with" in error and str(model.path) not in error  # no server paths
 
 
 def test_bad_uploads_are_400_naming_the_problem(client: TestClient, tmp_path: Path) -> None:
@@ -204,7 +207,7 @@ def test_unknown_paths_and_methods_are_json(client: TestClient) -> None:
 # --- what the page and clients read ----------------------------------------------------------------
 
 
-def test_health_model_places_and_openapi(client: TestClient, model: UploadModel) -> None:
+def test_health_model_places_and_openapi(client: TestClient, model: GeoModel) -> None:
     health = client.get("/health").json()
     assert health["status"] == "ok" and health["labels"] == len(model.labels)
     info = client.get("/model").json()
@@ -348,7 +351,7 @@ def test_concurrent_requests_are_encoded_in_shared_batches(live: LiveServer) -> 
 # --- the page in a browser ------------------------------------------------------------------------------
 
 
-DROP_SCRIPT = """<script>
+DROP_SCRIPT = r"""<script>
 window.addEventListener("load", async function () {
   const file = new File([await (await fetch("DATA_URL")).blob()], "NAME", {type: "image/jpeg"});
   const files = new DataTransfer();
@@ -359,8 +362,16 @@ window.addEventListener("load", async function () {
     const map = document.getElementById("map");
     const done = document.body.dataset.state === "answered" && map.dataset.ready === "1";
     if (!done && Date.now() - started < 60000) { setTimeout(check, 50); return; }
+    const world = document.getElementById("world");
+    const scale = () => Number(/scale\(([^)]+)\)/.exec(world.getAttribute("transform"))[1]);
+    const before = scale();
+    document.getElementById("zoom-in").click();
+    const zoomed = scale() / before;
+    document.getElementById("zoom-out").click();
     const marker = document.createElement("div");
     marker.id = "MARKER_ID";
+    marker.setAttribute("data-zoom", zoomed.toFixed(3));
+    marker.setAttribute("data-restored", String(Math.abs(scale() / before - 1) < 1e-9));
     marker.setAttribute("data-state", document.body.dataset.state);
     marker.setAttribute("data-countries", String(document.querySelectorAll("#countries path.country").length));
     marker.setAttribute("data-markers", String(document.querySelectorAll("#markers .marker").length));
@@ -389,6 +400,7 @@ def test_the_page_shows_the_guesses_on_an_offline_map(live: LiveServer, tmp_path
     attrs = dict(re.findall(r'data-(\w+)="([^"]*)"', marker.group(0)))
     assert attrs["state"] == "answered"
     assert int(attrs["countries"]) > 200 and int(attrs["markers"]) == 5
+    assert attrs["zoom"] == "2.000" and attrs["restored"] == "true"  # the + and - buttons zoom the map
     expected = load_model().predict([LONDON], top_k=5)[0].guesses[0].label
     assert expected in done.stdout  # the top guess is listed on the page
 

@@ -23,6 +23,8 @@ LEVELS = ("place", "region", "country")
 CONFIDENCE_KM = (25, 200, 750)
 LEVEL_ROWS = 5
 """Entries listed per level of the hierarchy."""
+SCORE = "knn-distance"
+"""The coverage score this version computes (bundles with another are treated as having none)."""
 
 
 @dataclass(frozen=True)
@@ -81,9 +83,11 @@ class Prediction:
 class Coverage:
     """Whether a photo is like the training data: its coverage score against a threshold.
 
-    The score is the mean cosine similarity of the image to its ``k`` most similar training
-    images (in the model's kNN gallery); the threshold keeps ``kept`` of held-out images of
-    the training regions in coverage.
+    The score is minus the mean distance of the image to its ``k`` nearest training images
+    in the model's kNN gallery (PCA of the features as the head reads them); the threshold
+    keeps ``kept`` of held-out images of the training regions in coverage. Distance, not
+    cosine similarity: blank, blurred or noisy frames point the same way as street photos
+    but lie far from all of them.
     """
 
     threshold: float
@@ -91,24 +95,36 @@ class Coverage:
     kept: float = 0.95
 
     def to_dict(self) -> dict:
-        return {"score": "knn-cosine", "k": self.k, "threshold": self.threshold, "kept": self.kept}
+        return {"score": SCORE, "k": self.k, "threshold": self.threshold, "kept": self.kept}
 
     @classmethod
     def from_dict(cls, data: dict | None) -> Coverage | None:
-        if not data:
+        """The coverage a bundle's config describes; ``None`` when it has none (or another kind of score)."""
+        if not data or data.get("score") != SCORE:
             return None
         return cls(float(data["threshold"]), int(data.get("k", 10)), float(data.get("kept", 0.95)))
 
 
-def coverage_scores(query: np.ndarray, gallery: np.ndarray, k: int) -> np.ndarray:
-    """Mean cosine similarity of each query row to its ``k`` most similar gallery rows."""
-    q = query / np.linalg.norm(query, axis=1, keepdims=True).clip(1e-12)
-    g = gallery / np.linalg.norm(gallery, axis=1, keepdims=True).clip(1e-12)
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Each row scaled to unit length (zero rows stay zero)."""
+    return x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-12)
+
+
+def coverage_scores(query: np.ndarray, gallery: np.ndarray, k: int,
+                    gallery_sq: np.ndarray | None = None) -> np.ndarray:
+    """Minus the mean Euclidean distance of each query row to its ``k`` nearest gallery rows.
+
+    ``gallery_sq`` (optional) holds the gallery rows' squared norms, computed once by the caller.
+    """
+    g = np.asarray(gallery, dtype=np.float32)
+    g_sq = (g * g).sum(axis=1) if gallery_sq is None else gallery_sq
     k = max(1, min(k, len(g)))
-    out = np.empty(len(q))
-    for start in range(0, len(q), 1024):
-        sims = q[start : start + 1024] @ g.T
-        out[start : start + 1024] = np.partition(sims, len(g) - k, axis=1)[:, -k:].mean(axis=1)
+    out = np.empty(len(query))
+    for start in range(0, len(query), 1024):
+        q = np.asarray(query[start : start + 1024], dtype=np.float32)
+        d2 = (q * q).sum(axis=1)[:, None] - 2.0 * (q @ g.T) + g_sq[None]
+        nearest = np.partition(d2, k - 1, axis=1)[:, :k]
+        out[start : start + 1024] = -np.sqrt(np.clip(nearest, 0.0, None)).mean(axis=1)
     return out
 
 
@@ -192,6 +208,11 @@ class Answerer:
             raise GeoscopeError(f"level must be one of {', '.join(LEVELS)} (got {level!r})")
         if top_k < 1:
             raise GeoscopeError(f"top_k must be at least 1 (got {top_k})")
+        if level != "place" and not (self.groups[level] != "").any():
+            raise GeoscopeError(f"this model's labels have no {level} names (a bundle from an older geoscope): "
+                                "answer by place, or retrain it")
+        if coverage_score is not None and not math.isfinite(coverage_score):
+            coverage_score = None  # unknown: a model without training images to compare with
         p = np.asarray(probabilities, dtype=np.float64)
         if not np.isfinite(p).all():
             return Prediction(image, [], "the model produced no finite probabilities", views=views)

@@ -3,15 +3,19 @@
 A *unit* is what one record answers: one image, or with ``views`` one place seen from
 several images. Folders are searched recursively in name order (hidden files and folders
 are passed over); files found there without an image suffix are skipped and counted, while
-a file named on the command line is always tried.
+a file named on the command line is always tried. A manifest (``.csv``, ``.parquet``) named
+alone gives one unit per row (with ``views``, one per run of rows sharing ``location_id``),
+read a chunk at a time, so a manifest of millions of rows never sits in memory.
 """
 
 from __future__ import annotations
 
 import inspect
+import itertools
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -34,12 +38,76 @@ class Unit:
 class Inputs:
     """The units found, and how many files under the folders were not images."""
 
-    units: list[Unit]
+    units: Sequence[Unit] | ManifestUnits
     skipped: int
 
+
+MANIFEST_SUFFIXES = (".csv", ".parquet", ".pq")
+
+
+class ManifestUnits:
+    """The rows of a manifest as units (absolute image paths), read a chunk at a time on every pass."""
+
+    def __init__(self, path: str | os.PathLike[str], *, views: bool = False, chunk_rows: int | None = None) -> None:
+        from .data.manifest import CHUNK_ROWS
+
+        self.path, self.views, self.chunk_rows = Path(path), views, chunk_rows or CHUNK_ROWS
+
+    def __iter__(self) -> Iterator[Unit]:
+        from .data.manifest import iter_manifest
+
+        place: list[str] = []
+        last = None
+        for chunk in iter_manifest(self.path, chunk_rows=self.chunk_rows):
+            ids = chunk.frame["location_id"] if self.views and "location_id" in chunk.frame else None
+            for i, path in enumerate(map(str, chunk.image_paths)):
+                if ids is None:
+                    yield Unit(path, (path,))
+                    continue
+                if place and ids.iloc[i] != last:
+                    yield Unit(place[0], tuple(place))
+                    place = []
+                place.append(path)
+                last = ids.iloc[i]
+        if place:
+            yield Unit(place[0], tuple(place))
+
+
+@dataclass
+class Pending:
+    """The units still to answer (a stream for a manifest), counted in one pass over the inputs."""
+
+    units: Iterable[Unit]
+    count: int
+    """Units to answer now (at most the limit)."""
+    to_go: int
+    """Units not in the output yet (before the limit)."""
+    held: int
+    """Units the output already holds (passed over)."""
+    images: int
+    """Images among the units to answer now."""
+
     @property
-    def image_count(self) -> int:
-        return sum(len(u.paths) for u in self.units)
+    def complete(self) -> bool:
+        """Whether this run answers everything that is left (no limit cuts it short)."""
+        return self.count == self.to_go
+
+
+def pending_units(units: Sequence[Unit] | ManifestUnits, holds: Callable[[str], bool] | None = None,
+                  limit: int | None = None) -> Pending:
+    """The units ``holds`` does not hold, at most ``limit`` of them; a manifest is counted in one streamed pass
+    and read again, lazily, as the units are answered."""
+    held = to_go = images = 0
+    for unit in units:
+        if holds is not None and holds(unit.key):
+            held += 1
+            continue
+        to_go += 1
+        if limit is None or to_go <= limit:
+            images += len(unit.paths)
+    count = to_go if limit is None else min(limit, to_go)
+    todo = (u for u in units if holds is None or not holds(u.key))
+    return Pending(itertools.islice(todo, count), count, to_go, held, images)
 
 
 def find_inputs(arguments: Sequence[str], *, views: bool = False) -> Inputs:
@@ -49,23 +117,37 @@ def find_inputs(arguments: Sequence[str], *, views: bool = False) -> Inputs:
     ``views`` the files named directly are the views of one place, and each folder that
     holds images is one place whose images are its views.
     """
-    loose: list[str] = []
-    folders: list[list[str]] = []
+    manifests = [a for a in arguments if a.lower().endswith(MANIFEST_SUFFIXES) and os.path.isfile(a)]
+    if manifests:
+        if len(arguments) > 1:
+            from .errors import GeoscopeError, quote_name
+
+            raise GeoscopeError(f"{quote_name(manifests[0])}: a manifest is read alone, not with other images "
+                                "or folders")
+        return Inputs(ManifestUnits(manifests[0], views=views), 0)
+    groups: list[list[str]] = []  # in the order given: a folder's images, or files named directly
+    loose: list[str] | None = None
     skipped = 0
     for argument in arguments:
         if os.path.isdir(argument):
             found, not_images = _walk(argument)
-            folders += found
+            groups += found
             skipped += not_images
-        else:
+        elif not views:
+            groups.append([argument])
+        else:  # with views, the files named directly are one place, where the first of them stands
+            if loose is None:
+                loose = []
+                groups.append(loose)
             loose.append(argument)
-    if views:
-        groups = ([loose] if loose else []) + folders
-        units = [Unit(group[0], tuple(group)) for group in groups]
-    else:
-        units = [Unit(p, (p,)) for p in [*loose, *(p for group in folders for p in group)]]
-    unique = {u.key: u for u in reversed(units)}  # the first of each key wins
-    return Inputs([unique[k] for k in dict.fromkeys(u.key for u in units)], skipped)
+    units = [Unit(g[0], tuple(g)) for g in groups] if views else [Unit(p, (p,)) for g in groups for p in g]
+    seen: set[str] = set()
+    unique = []
+    for unit in units:
+        if unit.key not in seen:
+            seen.add(unit.key)
+            unique.append(unit)
+    return Inputs(unique, skipped)
 
 
 def _walk(top: str) -> tuple[list[list[str]], int]:
@@ -89,7 +171,7 @@ def _walk(top: str) -> tuple[list[list[str]], int]:
 
 
 def predict_chunks(
-    model: GeoModel, units: Sequence[Unit], *, top_k: int = 5, views: bool = False, chunk_size: int = CHUNK_SIZE,
+    model: GeoModel, units: Iterable[Unit], *, top_k: int = 5, views: bool = False, chunk_size: int = CHUNK_SIZE,
     **options: object,
 ) -> Iterator[tuple[list[Unit], list[dict]]]:
     """Records (``Prediction.to_dict()``) for ``units``, yielded a chunk of about ``chunk_size`` images at a time.

@@ -1,7 +1,8 @@
 """Honest evaluation of a model on a manifest, beside two baselines on the same rows.
 
 Baselines: the training centroid (always guess the middle of the training data) and
-k-nearest neighbours over the same image features (the bundle's gallery).
+k-nearest neighbours over the same image features (the bundle's gallery); a model without
+training images (zero-shot) has neither.
 Views of one place are fused when the manifest has several per place.
 """
 
@@ -101,10 +102,10 @@ def evaluate(
     names = labels["name"].to_numpy()
     predictions["true_label"] = np.where(true_ids >= 0, names[np.clip(true_ids, 0, None)], None)
 
-    baselines = {
-        CENTROID: _baseline(lat, lon, *model.training_centroid, labels, scheme, values),
-        KNN: _baseline(lat, lon, *model.knn(raw), labels, scheme, values),
-    }
+    baselines = {}
+    if model.training_centroid is not None:  # both baselines read the training images; a zero-shot model has none
+        baselines[CENTROID] = _baseline(lat, lon, *model.training_centroid, labels, scheme, values)
+        baselines[KNN] = _baseline(lat, lon, *model.knn(raw), labels, scheme, values)
     metrics = {MODEL: _metrics(predictions, true_ids, top)}
     for name, table in baselines.items():
         metrics[name] = _metrics(table, true_ids, table.pop("_pred_id").to_numpy())

@@ -7,6 +7,13 @@ images: their content hashes (SHA-1 of the file bytes, so a renamed or copied im
 hit), outputs ``(k, views, dim)``, a valid flag and, in its metadata, why bad images
 failed. The shards are the index: a shard is written atomically once all its images are
 done, so a killed run loses at most one unfinished shard and a rerun decodes nothing.
+
+Several processes may fill one folder at once: each claims a shard's worth of images before
+encoding them (:mod:`geoscope.claims`), passes over images another live process claimed and
+waits for those at the end, so no image is encoded twice and none is lost with a killed
+process. :func:`cache_features` encodes one *share* of the images (``share=(k, n)``: those
+whose content hash is ``k`` modulo ``n``, disjoint and the same on every machine), which is
+how ``geoscope features --shard K/N`` and torchrun ranks split a manifest.
 """
 
 from __future__ import annotations
@@ -24,8 +31,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .claims import WorkClaims
 from .data.manifest import Manifest, read_manifest
-from .encoders.onnx_runtime import cpu_count
+from .distributed import cores_per_process
 from .encoders.preprocess import Preprocess, Views
 from .errors import BadImageError, GeoscopeError, quote_name
 from .fileio import atomic_open, atomic_write_bytes, atomic_write_json
@@ -37,6 +45,8 @@ if TYPE_CHECKING:
 
 SHARD_SIZE = 512
 _HASH_BYTES = 20
+WAIT_SECONDS = 1.0
+"""How often a process waiting for images other processes claimed looks for their shards."""
 
 
 @dataclass
@@ -111,6 +121,7 @@ def extract_features(
     shard_size: int = SHARD_SIZE,
     cache: str | os.PathLike[str] | None = None,
     description: str | None = None,
+    device: str = "cpu",
 ) -> FeatureSet:
     """Features of every image, from the cache where possible, encoding only what is missing.
 
@@ -124,57 +135,153 @@ def extract_features(
     Bad images are reported in ``errors`` (one line each, the name quoted when it holds odd
     characters) and skipped. ``cache`` overrides the cache root's ``features`` folder.
     ``description`` labels the progress bar (default: what is encoded, e.g. "encoding
-    efficientnet-lite0, flipped copies").
+    efficientnet-lite0, flipped copies"). ``device`` (``cpu``, ``cuda:N``) is where an encoder
+    given by name runs. Other processes filling the same cache at the same time share the work.
     """
-    from .encoders.image import get_image_encoder
-
     start = time.perf_counter()
     if combine not in ("mean", "stack"):
         raise GeoscopeError(f"combine must be 'mean' or 'stack', not {combine!r}")
-    if batch_size < 1 or shard_size < 1:
-        raise GeoscopeError("batch_size and shard_size must be at least 1")
-    views = Views.parse(augment)
-    paths = image_paths(images)
-    if isinstance(encoder, str):
-        encoder = get_image_encoder(encoder, backend)  # cheap: weights load only if needed
-    workers = cpu_count() if workers is None else max(0, workers)
-
-    digests, read_errors = hash_files(paths, workers)
-    store = ShardStore(Path(cache) if cache else cache_dir() / "features", encoder, views)
-    todo: dict[bytes, Path] = {}
-    for path, digest in zip(paths, digests, strict=True):
-        if digest is not None and digest not in store and digest not in todo:
-            todo[digest] = path
-
-    encode_start = time.perf_counter()
-    if todo:
-        writable_cache_folder(store.folder, under_cache_root=cache is None)  # one line, before any work
-        _encode_missing(todo, encoder, views, store, batch_size=batch_size, workers=workers,
-                        shard_size=shard_size, progress=progress,
-                        description=description or progress_description(encoder.name, views))
-    encode_seconds = time.perf_counter() - encode_start if todo else 0.0
+    job = _Job.create(images, encoder, augment, backend, device, workers, batch_size, shard_size, cache)
+    paths, views, encoder, store = job.paths, job.views, job.encoder, job.store
+    digests, read_errors = hash_files(paths, job.workers)
+    todo = _missing(paths, digests, store)
+    encoded, encode_seconds = job.encode(todo, progress, description)
 
     out = np.full((len(paths), views.count, encoder.dim), np.nan, dtype=np.float32)
     valid = np.zeros(len(paths), dtype=bool)
-    errors: list[str] = []
-    for i, (path, digest) in enumerate(zip(paths, digests, strict=True)):
-        if digest is None:
-            errors.append(read_errors[i])
-            continue
-        row, reason = store.get(digest)
+    stored = [i for i, digest in enumerate(digests) if digest is not None]
+    reasons = dict(read_errors)
+    for i, row, reason in store.read([digests[i] for i in stored]):
         if row is None:
-            errors.append(f"{quote_name(path)}: {reason}")
+            reasons[stored[i]] = f"{quote_name(paths[stored[i]])}: {reason}"
         else:
-            out[i], valid[i] = row, True
-    embeddings = out.mean(axis=1) if combine == "mean" else out  # NaN rows stay NaN
+            out[stored[i]], valid[stored[i]] = row, True
+    errors = [reasons[i] for i in sorted(reasons)]
+    if combine == "mean":  # NaN rows stay NaN
+        embeddings = out[:, 0] if views.count == 1 else out.mean(axis=1)
+    else:
+        embeddings = out
     return FeatureSet(
         embeddings=np.ascontiguousarray(embeddings, dtype=np.float32), valid=valid, errors=errors,
         encoder_name=encoder.name, paths=[str(p) for p in paths], views=views.key,
-        output_shape=tuple(encoder.output_shape), encoded=len(todo),
-        cached=sum(d is not None and d not in todo for d in digests),
+        output_shape=tuple(encoder.output_shape), encoded=len(encoded),
+        cached=sum(d is not None and d not in encoded for d in digests),
         duplicates=sum(d is not None for d in digests) - len(set(digests) - {None}),
         seconds=time.perf_counter() - start, encode_seconds=encode_seconds,
     )
+
+
+@dataclass
+class CacheReport:
+    """What :func:`cache_features` did for one share of a list of images."""
+
+    rows: int
+    share_rows: int
+    """Rows whose image (by content hash) is this share's; unreadable files belong to no share."""
+    encoded: int
+    cached: int
+    """Distinct images of this share found in the cache (encoded before, or by another process)."""
+    seconds: float
+    encode_seconds: float = field(default=0.0, repr=False)
+
+    @property
+    def images_per_second(self) -> float:
+        return self.encoded / self.encode_seconds if self.encode_seconds > 0 else 0.0
+
+
+def cache_features(
+    images: Manifest | str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    encoder: ImageEncoder | str,
+    *,
+    share: tuple[int, int] = (0, 1),
+    batch_size: int = 64,
+    workers: int | None = None,
+    progress: bool = True,
+    augment: str | Views | None = None,
+    backend: str = "onnx",
+    shard_size: int = SHARD_SIZE,
+    cache: str | os.PathLike[str] | None = None,
+    description: str | None = None,
+    device: str = "cpu",
+) -> CacheReport:
+    """Encode into the cache the images of share ``k`` of ``n`` that it lacks; assemble nothing.
+
+    The share of an image is its content hash modulo ``n``: shares are disjoint, cover every
+    readable image, and do not depend on the order of the rows or on the machine. Images of
+    the share that another process has claimed are waited for. Other arguments are those of
+    :func:`extract_features`.
+    """
+    start = time.perf_counter()
+    k, n = share
+    if not (n >= 1 and 0 <= k < n):
+        raise GeoscopeError(f"share must be K/N with 0 <= K < N, not {k}/{n}")
+    job = _Job.create(images, encoder, augment, backend, device, workers, batch_size, shard_size, cache)
+    digests, _ = hash_files(job.paths, job.workers)
+    mine = {d for d in digests if d is not None and in_share(d, share)}
+    todo = _missing(job.paths, digests, job.store, share)
+    encoded, encode_seconds = job.encode(todo, progress, description)
+    return CacheReport(rows=len(job.paths), share_rows=sum(d in mine for d in digests), encoded=len(encoded),
+                       cached=len(mine) - len(encoded), seconds=time.perf_counter() - start,
+                       encode_seconds=encode_seconds)
+
+
+def in_share(digest: bytes, share: tuple[int, int]) -> bool:
+    """Whether the image with this content hash belongs to share ``k`` of ``n``."""
+    k, n = share
+    return n == 1 or int.from_bytes(digest[:8], "big") % n == k
+
+
+def _missing(paths: Sequence[Path], digests: Sequence[bytes | None], store: ShardStore,
+             share: tuple[int, int] = (0, 1)) -> dict[bytes, Path]:
+    """The distinct readable images (of a share) the store lacks, each with one of its paths."""
+    todo: dict[bytes, Path] = {}
+    for path, digest in zip(paths, digests, strict=True):
+        if digest is not None and digest not in store and digest not in todo and in_share(digest, share):
+            todo[digest] = path
+    return todo
+
+
+@dataclass
+class _Job:
+    """One encoder, view variant and cache folder, and how to encode into it."""
+
+    paths: list[Path]
+    encoder: ImageEncoder
+    views: Views
+    store: ShardStore
+    workers: int
+    batch_size: int
+    shard_size: int
+    under_cache_root: bool
+
+    @classmethod
+    def create(cls, images: Manifest | str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+               encoder: ImageEncoder | str, augment: str | Views | None, backend: str, device: str,
+               workers: int | None, batch_size: int, shard_size: int,
+               cache: str | os.PathLike[str] | None) -> _Job:
+        from .encoders.image import get_image_encoder
+
+        if batch_size < 1 or shard_size < 1:
+            raise GeoscopeError("batch_size and shard_size must be at least 1")
+        views = Views.parse(augment)
+        paths = image_paths(images)
+        if isinstance(encoder, str):
+            encoder = get_image_encoder(encoder, backend, device)  # cheap: weights load only if needed
+        workers = cores_per_process() if workers is None else max(0, workers)
+        store = ShardStore(Path(cache) if cache else cache_dir() / "features", encoder, views)
+        return cls(paths, encoder, views, store, workers, batch_size, shard_size, cache is None)
+
+    def encode(self, todo: dict[bytes, Path], progress: bool, description: str | None) -> tuple[set[bytes], float]:
+        """Encode ``todo`` into the store, sharing the work with other processes; returns the images
+        this process encoded and the seconds it took."""
+        if not todo:
+            return set(), 0.0
+        start = time.perf_counter()
+        writable_cache_folder(self.store.folder, under_cache_root=self.under_cache_root)  # one line, before any work
+        encoded = _encode_missing(todo, self.encoder, self.views, self.store, batch_size=self.batch_size,
+                                  workers=self.workers, shard_size=self.shard_size, progress=progress,
+                                  description=description or progress_description(self.encoder.name, self.views))
+        return encoded, time.perf_counter() - start
 
 
 def image_paths(images: Manifest | str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> list[Path]:
@@ -187,12 +294,20 @@ def image_paths(images: Manifest | str | os.PathLike[str] | Sequence[str | os.Pa
 
 
 def hash_files(paths: Sequence[Path], workers: int = 2) -> tuple[list[bytes | None], dict[int, str]]:
-    """SHA-1 of each file's bytes (``None`` where unreadable) and an error line for each of those."""
+    """SHA-1 of each file's bytes (``None`` where unreadable) and an error line for each of those.
+
+    A file reached again under another name (a link) is read once.
+    """
+    seen: dict[tuple[int, ...], bytes] = {}
 
     def digest(path: Path) -> bytes | str:
         try:
             with open(path, "rb") as handle:
-                return hashlib.file_digest(handle, "sha1").digest()
+                info = os.fstat(handle.fileno())
+                key = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+                if key not in seen:
+                    seen[key] = hashlib.file_digest(handle, "sha1").digest()
+                return seen[key]
         except FileNotFoundError:
             return f"{quote_name(path)}: image file not found"
         except IsADirectoryError:
@@ -206,6 +321,48 @@ def hash_files(paths: Sequence[Path], workers: int = 2) -> tuple[list[bytes | No
     return [None if isinstance(r, str) else r for r in results], errors
 
 
+class DigestIndex:
+    """Content hash → (shard, row), about 28 bytes per image, so a cache of millions of images fits in memory.
+
+    New shards' hashes go to a small dict, merged now and then into sorted arrays that are
+    searched by bisection. When an image is in several shards, any copy answers.
+    """
+
+    def __init__(self) -> None:
+        self.shards: list[Path] = []
+        self._sorted = np.zeros(0, dtype=f"V{_HASH_BYTES}")
+        self._where = np.zeros((0, 2), dtype=np.int32)
+        self._recent: dict[bytes, tuple[int, int]] = {}
+
+    def __len__(self) -> int:
+        return len(self._sorted) + len(self._recent)
+
+    def add(self, shard: Path, hashes: np.ndarray) -> None:
+        """Index the ``(k, 20)`` uint8 ``hashes`` of one shard's rows."""
+        number = len(self.shards)
+        self.shards.append(shard)
+        for row, digest in enumerate(hashes):
+            self._recent.setdefault(digest.tobytes(), (number, row))
+        if len(self._recent) >= max(65536, len(self._sorted) // 4):
+            self._merge()
+
+    def find(self, digest: bytes) -> tuple[Path, int] | None:
+        """The shard and row of an image, or ``None``."""
+        where = self._recent.get(digest)
+        if where is None and len(self._sorted):
+            key = np.frombuffer(digest, dtype=self._sorted.dtype)
+            i = int(np.searchsorted(self._sorted, key)[0])
+            if i < len(self._sorted) and self._sorted[i] == key[0]:
+                where = tuple(self._where[i])
+        return None if where is None else (self.shards[where[0]], int(where[1]))
+
+    def _merge(self) -> None:
+        keys = np.concatenate([self._sorted, np.frombuffer(b"".join(self._recent), dtype=self._sorted.dtype)])
+        where = np.concatenate([self._where, np.array(list(self._recent.values()), dtype=np.int32).reshape(-1, 2)])
+        order = np.argsort(keys, kind="stable")
+        self._sorted, self._where, self._recent = keys[order], where[order], {}
+
+
 class ShardStore:
     """The cached outputs of one encoder and view variant: shards indexed by content hash."""
 
@@ -213,19 +370,25 @@ class ShardStore:
         self.folder = root / encoder.cache_key / views.key
         self.views, self.dim = views, encoder.dim
         self.dtype = np.dtype(encoder.storage_dtype)
-        self._index: dict[bytes, tuple[Path, int]] = {}
-        self._loaded: dict[Path, dict[str, Any]] = {}
+        self._index = DigestIndex()
+        self._shards: set[str] = set()
         self._info = {
             "encoder": encoder.name, "fingerprint": encoder.fingerprint,
             "preprocess": encoder.preprocess.to_dict(), "views": views.key,
             "output_shape": list(encoder.output_shape), "storage_dtype": self.dtype.name,
         }
+        self.refresh()
+
+    def refresh(self) -> ShardStore:
+        """Index the shards other processes wrote since (returns the store)."""
         if self.folder.is_dir():
             for shard in sorted(self.folder.glob("shard-*.safetensors")):
-                self._add_to_index(shard)
+                if shard.name not in self._shards:
+                    self._add_to_index(shard)
+        return self
 
     def __contains__(self, digest: bytes) -> bool:
-        return digest in self._index
+        return self._index.find(digest) is not None
 
     def __len__(self) -> int:
         return len(self._index)
@@ -238,8 +401,8 @@ class ShardStore:
                 hashes = handle.get_tensor("hashes")
         except Exception:  # unreadable shard (should not happen with atomic writes): ignore, re-encode
             return
-        for row, digest in enumerate(hashes):
-            self._index.setdefault(digest.tobytes(), (shard, row))
+        self._shards.add(shard.name)
+        self._index.add(shard, hashes)
 
     def write(self, digests: list[bytes], outputs: np.ndarray, reasons: list[str | None]) -> Path:
         """Store one shard: ``outputs`` ``(k, views, dim)`` (ignored where ``reasons[i]`` is set)."""
@@ -261,19 +424,30 @@ class ShardStore:
 
     def get(self, digest: bytes) -> tuple[np.ndarray | None, str | None]:
         """One image's outputs ``(views, dim)`` as float32, or ``(None, why it failed)``."""
-        shard, row = self._index[digest]
-        if shard not in self._loaded:
-            from safetensors import safe_open
+        return next(self.read([digest]))[1:]
 
+    def read(self, digests: Sequence[bytes]) -> Iterator[tuple[int, np.ndarray | None, str | None]]:
+        """``(i, outputs, None)`` or ``(i, None, why it failed)`` for each stored ``digests[i]``, shard by shard.
+
+        One shard is in memory at a time, whatever order the images are in.
+        """
+        from safetensors import safe_open
+
+        by_shard: dict[Path, list[tuple[int, int]]] = collections.defaultdict(list)
+        for i, digest in enumerate(digests):
+            where = self._index.find(digest)
+            if where is None:
+                raise KeyError(digest.hex())
+            by_shard[where[0]].append((i, where[1]))
+        for shard, wanted in by_shard.items():
             with safe_open(str(shard), "np") as handle:
-                self._loaded[shard] = {
-                    "outputs": handle.get_tensor("outputs"), "valid": handle.get_tensor("valid"),
-                    "errors": json.loads((handle.metadata() or {}).get("errors", "{}")),
-                }
-        data = self._loaded[shard]
-        if not data["valid"][row]:
-            return None, data["errors"].get(str(row), "unreadable image")
-        return data["outputs"][row].astype(np.float32), None
+                outputs, valid = handle.get_tensor("outputs"), handle.get_tensor("valid")
+                errors = json.loads((handle.metadata() or {}).get("errors", "{}"))
+            for i, row in wanted:
+                if valid[row]:
+                    yield i, outputs[row].astype(np.float32), None
+                else:
+                    yield i, None, errors.get(str(row), "unreadable image")
 
 
 def load_views(path: Path, preprocess: Preprocess, views: Views) -> tuple[np.ndarray | None, str | None]:
@@ -318,42 +492,82 @@ def progress_description(encoder_name: str, views: Views) -> str:
 
 
 def _encode_missing(todo: dict[bytes, Path], encoder: ImageEncoder, views: Views, store: ShardStore, *,
-                    batch_size: int, workers: int, shard_size: int, progress: bool, description: str) -> None:
-    from functools import partial
+                    batch_size: int, workers: int, shard_size: int, progress: bool, description: str) -> set[bytes]:
+    """Encode ``todo`` into ``store``, a shard at a time, each claimed first; returns the images this process encoded.
 
+    Images another live process has claimed are left to it and waited for at the end; if it
+    dies, its claims lapse and they are encoded here.
+    """
     from tqdm import tqdm
 
-    digests = list(todo)
-    chunk = 4  # images per task
-    tasks = [[todo[d] for d in digests[i:i + chunk]] for i in range(0, len(digests), chunk)]
-    load = partial(_load_many, preprocess=encoder.preprocess, views=views)
     executor = ThreadPoolExecutor(workers, thread_name_prefix="geoscope-decode") if workers else None
-    bar = tqdm(total=len(digests), unit="img", desc=description, disable=not progress,
+    bar = tqdm(total=len(todo), unit="img", desc=description, disable=not progress,
                dynamic_ncols=True, smoothing=0.1)
+    encoded: set[bytes] = set()
     try:
-        results = (r for task in _prefetch(executor, load, tasks, depth=max(2, 2 * batch_size // chunk))
-                   for r in task)
-        for start in range(0, len(digests), shard_size):
-            shard_digests = digests[start:start + shard_size]
-            outputs = np.zeros((len(shard_digests), views.count, encoder.dim), dtype=np.float32)
-            reasons: list[str | None] = []
-            pending: list[tuple[int, np.ndarray]] = []
-            for row in range(len(shard_digests)):
-                array, reason = next(results)
-                reasons.append(reason)
-                if array is not None:
-                    pending.append((row, array))
-                else:
-                    bar.update(1)
-                if len(pending) >= batch_size or (row == len(shard_digests) - 1 and pending):
-                    _encode_batch(encoder, views, pending, outputs)
-                    bar.update(len(pending))
-                    pending = []
-            store.write(shard_digests, outputs, reasons)
+        with WorkClaims(store.folder) as claims:
+            remaining = list(todo)
+            while True:
+                encoded.update(_encode_claimed(remaining, todo, encoder, views, store, claims, executor, bar,
+                                               batch_size=batch_size, shard_size=shard_size))
+                store.refresh()
+                remaining = [d for d in remaining if d not in store]
+                if not remaining:
+                    break
+                bar.n = len(todo) - len(remaining)  # what the others finished counts too
+                bar.set_postfix_str(f"waiting for {len(remaining):,} images other processes claimed")
+                time.sleep(WAIT_SECONDS)
     finally:
         bar.close()
         if executor is not None:
             executor.shutdown(wait=True, cancel_futures=True)
+    return encoded
+
+
+def _encode_claimed(remaining: list[bytes], todo: dict[bytes, Path], encoder: ImageEncoder, views: Views,
+                    store: ShardStore, claims: WorkClaims, executor: Executor | None, bar: Any, *,
+                    batch_size: int, shard_size: int) -> list[bytes]:
+    """Claim shard-sized groups of ``remaining`` while any is free and encode them, decoding ahead on ``executor``."""
+    from functools import partial
+
+    chunk = 4  # images per decoding task
+    groups: collections.deque[list[bytes]] = collections.deque()
+
+    def claimed_groups() -> Iterator[list[bytes]]:
+        pending = remaining
+        while pending:
+            group = claims.claim(pending, store.refresh, shard_size)
+            if not group:
+                return
+            groups.append(group)
+            taken = set(group)
+            pending = [d for d in pending if d not in taken and d not in store]
+            yield group
+
+    tasks = ([todo[d] for d in group[i:i + chunk]] for group in claimed_groups() for i in range(0, len(group), chunk))
+    load = partial(_load_many, preprocess=encoder.preprocess, views=views)
+    results = (r for task in _prefetch(executor, load, tasks, depth=max(2, 2 * batch_size // chunk)) for r in task)
+    encoded: list[bytes] = []
+    for first in results:  # the first image of a group: the group is claimed by now
+        group = groups.popleft()
+        outputs = np.zeros((len(group), views.count, encoder.dim), dtype=np.float32)
+        reasons: list[str | None] = []
+        pending: list[tuple[int, np.ndarray]] = []
+        for row in range(len(group)):
+            array, reason = first if row == 0 else next(results)
+            reasons.append(reason)
+            if array is not None:
+                pending.append((row, array))
+            else:
+                bar.update(1)
+            if len(pending) >= batch_size or (row == len(group) - 1 and pending):
+                _encode_batch(encoder, views, pending, outputs)
+                bar.update(len(pending))
+                pending = []
+        store.write(group, outputs, reasons)
+        claims.release(group)
+        encoded += group
+    return encoded
 
 
 def _encode_batch(encoder: ImageEncoder, views: Views, pending: list[tuple[int, np.ndarray]],

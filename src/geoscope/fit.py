@@ -13,11 +13,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import __version__
+from . import __version__, distributed
 from .answer import Coverage, coverage_scores, fit_calibration
 from .bundle import save_bundle
 from .data.manifest import Manifest, summarize
 from .data.split import leakage_report, split_manifest
+from .encoders.onnx_runtime import onnx_device
 from .errors import GeoscopeError
 from .features import hash_files
 from .geo import spherical_mean
@@ -52,8 +53,12 @@ class FitOptions:
     name: str = "geoscope-model"
     block_km: float = 1.0
     """Without a ``split`` column the manifest is split by blocks of this size (val 10 %, test 10 %)."""
+    gap_km: float = 0.1
+    """…and training images closer than this to a val or test image are left out (near-duplicates)."""
     provenance: dict | None = None
     """The training manifest's dataset record (:func:`geoscope.data.provenance.read_dataset_card`)."""
+    device: str = "cpu"
+    """Torch device to train on (``cuda:0``: see :func:`geoscope.distributed.start`)."""
 
     @property
     def image_side(self) -> ImageSide:
@@ -87,20 +92,22 @@ def prepare(manifest: Manifest, options: FitOptions, *, progress: bool = True) -
     frame = manifest.frame
     if "split" not in frame:
         frame = split_manifest(frame, by="block", block_km=options.block_km, val=0.1, test=0.1,
-                               seed=options.train.seed)
+                               seed=options.train.seed, gap_km=options.gap_km)
         manifest = Manifest(frame, manifest.root)
         if progress:
-            print(f"split by {options.block_km:g} km blocks (val 10 %, test 10 %, seed {options.train.seed})",
-                  file=sys.stderr)
+            print(f"split by {options.block_km:g} km blocks (val 10 %, test 10 %, seed {options.train.seed}; "
+                  f"training images within {options.gap_km:g} km of them left out)", file=sys.stderr)
     leakage = leakage_report(frame)
     if progress:
         print(f"nearest train–val image {leakage['nearest_train_val_km']:.3f} km, train–test "
               f"{leakage['nearest_train_test_km']:.3f} km", file=sys.stderr)
     side = options.image_side
-    plain = side.extract(manifest.image_paths, progress=progress)
+    device = onnx_device("auto", torch.device(options.device).index or 0) if options.device.startswith("cuda") \
+        else "cpu"  # ONNX Runtime's CUDA provider when training on a GPU and it is installed
+    plain = side.extract(manifest.image_paths, progress=progress, device=device)
     variants = [plain.embeddings]
     if options.augment:
-        variants.append(side.extract(manifest.image_paths, hflip=True, progress=progress).embeddings)
+        variants.append(side.extract(manifest.image_paths, hflip=True, progress=progress, device=device).embeddings)
     valid = np.asarray(plain.valid, dtype=bool)
     if not valid.any():
         raise GeoscopeError(f"no image of the manifest could be read (first: {plain.errors[0]})")
@@ -141,7 +148,12 @@ def prepare(manifest: Manifest, options: FitOptions, *, progress: bool = True) -
 
 def fit(manifest: Manifest, options: FitOptions, out_dir: str | os.PathLike[str], *,
         progress: bool = True, command: Sequence[str] | None = None) -> tuple[Path, TrainResult]:
-    """Train a place-name CLIP model on ``manifest`` and save it as a bundle in ``out_dir``."""
+    """Train a place-name CLIP model on ``manifest`` and save it as a bundle in ``out_dir``.
+
+    Under torchrun every rank calls this alike; rank 0 alone prints and writes the bundle.
+    """
+    main = distributed.current().main
+    progress = progress and main
     data = prepare(manifest, options, progress=progress)
     coords = data.labels[["lat", "lon"]].to_numpy()
     extra = {"test": data.splits["test"]} if "test" in data.splits else None
@@ -155,12 +167,14 @@ def fit(manifest: Manifest, options: FitOptions, out_dir: str | os.PathLike[str]
         adapter = options.image_side.adapter() if options.finetune_blocks else None
         result = train_place_clip(data.splits["train"], data.splits["val"], data.text_features, coords,
                                   config, image_adapter=adapter, standardize_features=options.image_side.mixed_scales,
-                                  extra_splits=extra, label_levels=data.label_levels, progress=progress)
+                                  extra_splits=extra, label_levels=data.label_levels, progress=progress,
+                                  device=options.device)
         trials.append({**_search_keys(config), "val_loss": result.best_val_loss, "epoch": result.best_epoch})
         if best is None or result.best_val_loss < best.best_val_loss:
             best = result
     assert best is not None
-    path = save_bundle(out_dir, *_bundle_parts(manifest, data, options, best, trials, command))
+    path = save_bundle(out_dir, *_bundle_parts(manifest, data, options, best, trials, command)) if main else \
+        Path(out_dir)
     return path, best
 
 
@@ -249,6 +263,7 @@ def _bundle_parts(manifest: Manifest, data: PreparedData, options: FitOptions, r
             "search": trials if len(trials) > 1 else None,
             "centroid": list(centroid),
             "command": list(command) if command else None,
+            "distributed": result.run,
         },
         "metrics": metrics,
     }

@@ -11,16 +11,18 @@ KNN_SUPPORT_KM = 25.0
 
 
 def knn_locate(
-    query: np.ndarray, gallery: np.ndarray, gallery_lat: np.ndarray, gallery_lon: np.ndarray,
+    query: np.ndarray, unit_gallery: np.ndarray, gallery_lat: np.ndarray, gallery_lon: np.ndarray,
     k: int = KNN_K, support_km: float = KNN_SUPPORT_KM,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Locate each query at the neighbour with the most similar company nearby.
+
+    ``unit_gallery`` rows are unit vectors (:func:`geoscope.answer.unit_rows`), normalised once by the caller.
 
     Of the ``k`` most cosine-similar gallery items, pick the one whose neighbours within
     ``support_km`` add up to the largest similarity (a vote that copes with several modes).
     """
     q = query / np.linalg.norm(query, axis=1, keepdims=True).clip(1e-12)
-    g = gallery / np.linalg.norm(gallery, axis=1, keepdims=True).clip(1e-12)
+    g = unit_gallery
     k = min(k, len(g))
     out_lat, out_lon = np.empty(len(q)), np.empty(len(q))
     for start in range(0, len(q), 1024):

@@ -71,9 +71,9 @@ def checked_record(record: dict) -> dict:
     """``record`` when it is strict JSON, else an error record for its image (a NaN never reaches a file)."""
     try:
         strict_json(record)
-    except ValueError:
+    except (ValueError, TypeError):
         kept = {k: record[k] for k in ("image", "views") if k in record}
-        return {**kept, "guesses": [], "error": NON_FINITE}
+        return {**kept, "guesses": [], "error": f"{quote_name(record.get('image', '?'))}: {NON_FINITE}"}
     return record
 
 
@@ -315,6 +315,7 @@ def open_predictions_file(path: str | os.PathLike[str], *, top_k: int) -> Predic
 def append_whole(path: Path, data: bytes) -> None:
     """Append ``data`` with one write, then flush it to disk."""
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "ab") as handle:
             handle.write(data)
             handle.flush()

@@ -8,6 +8,7 @@ coverage and confidence, for each image or for the fused views of one place.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 from dataclasses import replace
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from .answer import Answerer, Calibration, Coverage, Guess, Prediction, coverage_scores
+from .answer import Answerer, Calibration, Coverage, Guess, Prediction, coverage_scores, unit_rows
 from .bundle import BundleFiles, read_bundle
 from .errors import ModelError
 from .features import FeatureSet
@@ -118,17 +119,27 @@ class GeoModel:
         t = self.files.tensors
         return (np.asarray(features, dtype=np.float32) - t["gallery.pca_mean"]) @ t["gallery.pca_components"].T
 
+    @functools.cached_property
+    def gallery(self) -> np.ndarray:
+        """The kNN gallery's rows as float32 unit vectors (computed once)."""
+        return unit_rows(self._gallery_rows[0])
+
+    @functools.cached_property
+    def _gallery_rows(self) -> tuple[np.ndarray, np.ndarray]:
+        """The kNN gallery's rows as float32 and their squared norms (computed once)."""
+        rows = self.files.tensors["gallery.features"].astype(np.float32)
+        return rows, (rows * rows).sum(axis=1)
+
     def knn(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """kNN baseline: locate image features among the training gallery."""
         t = self.files.tensors
-        return knn_locate(self.gallery_query(features), t["gallery.features"].astype(np.float32),
-                          t["gallery.lat"], t["gallery.lon"])
+        return knn_locate(self.gallery_query(features), self.gallery, t["gallery.lat"], t["gallery.lon"])
 
     def coverage_scores(self, features: np.ndarray) -> np.ndarray:
         """How much each image (features, or the mean features of a place's views) is like the training images."""
         k = self.coverage.k if self.coverage is not None else 10
-        gallery = self.files.tensors["gallery.features"].astype(np.float32)
-        return coverage_scores(self.gallery_query(features), gallery, k)
+        rows, squares = self._gallery_rows
+        return coverage_scores(self.gallery_query(features), rows, k, squares)
 
     @property
     def can_refine(self) -> bool:
@@ -140,7 +151,7 @@ class GeoModel:
         if not self.can_refine:
             raise ModelError(f"{self.path}: this bundle's gallery has no labels to refine with: retrain it")
         t = self.files.tensors
-        return refine_in_labels(self.gallery_query(features), labels, t["gallery.features"].astype(np.float32),
+        return refine_in_labels(self.gallery_query(features), labels, self.gallery,
                                 t["gallery.lat"], t["gallery.lon"], t["gallery.label"],
                                 self.labels["lat"].to_numpy(), self.labels["lon"].to_numpy())
 
@@ -165,19 +176,26 @@ class GeoModel:
         A place with an unreadable view is answered only with ``allow_missing_views`` (and says so).
         ``refine="knn"`` moves each place guess to where its most similar training images are.
         """
+        paths = [str(p) for p in images]
+        return self.predict_features(self.image_features(paths, progress=progress), paths, top_k, views=views,
+                                     level=level, refine=refine, allow_missing_views=allow_missing_views)
+
+    def predict_features(
+        self, fs: FeatureSet, paths: Sequence[str], top_k: int = 5, *, views: bool = False, level: str = "place",
+        refine: str = "none", allow_missing_views: bool = False,
+    ) -> list[Prediction]:
+        """:meth:`predict` from image features already extracted (:meth:`image_features`), one row per path."""
         check_refiner(refine)
         if refine == "knn" and not self.can_refine:
             raise ModelError(f"{self.path}: this bundle's gallery has no labels to refine with: retrain it")
-        answers = self._predict(images, top_k, views, level, allow_missing_views, progress)
+        answers = self._answers(fs, list(paths), top_k, views, level, allow_missing_views)
         if refine == "knn":
             answers = [self._refine(p, f) for p, f in answers]
         return [p for p, _ in answers]
 
-    def _predict(self, images: Sequence[str | os.PathLike[str]], top_k: int, views: bool, level: str,
-                 allow_missing_views: bool, progress: bool) -> list[tuple[Prediction, np.ndarray]]:
+    def _answers(self, fs: FeatureSet, paths: list[str], top_k: int, views: bool, level: str,
+                 allow_missing_views: bool) -> list[tuple[Prediction, np.ndarray]]:
         """Each prediction with the image features it was made from."""
-        paths = [str(p) for p in images]
-        fs = self.image_features(paths, progress=progress)
         features = np.nan_to_num(fs.embeddings)
         valid = np.asarray(fs.valid, dtype=bool)
         errors = dict(zip(np.flatnonzero(~valid).tolist(), fs.errors, strict=True))  # in row order

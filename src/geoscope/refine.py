@@ -23,15 +23,15 @@ def check_refiner(name: str) -> str:
     return name
 
 
-def refine_in_labels(query: np.ndarray, labels: np.ndarray, gallery: np.ndarray, gallery_lat: np.ndarray,
+def refine_in_labels(query: np.ndarray, labels: np.ndarray, unit_gallery: np.ndarray, gallery_lat: np.ndarray,
                      gallery_lon: np.ndarray, gallery_label: np.ndarray, label_lat: np.ndarray,
                      label_lon: np.ndarray, k: int = KNN_K,
                      support_km: float = KNN_SUPPORT_KM) -> tuple[np.ndarray, np.ndarray]:
     """Refined coordinates for each (query row, guessed label) pair.
 
-    ``query`` ``(n, d)`` are gallery-space features, ``labels`` ``(n, m)`` the labels guessed
-    for each; returns ``(n, m)`` latitudes and longitudes. A label without gallery images
-    keeps its own coordinate.
+    ``query`` ``(n, d)`` are gallery-space features (``unit_gallery``'s rows are unit vectors),
+    ``labels`` ``(n, m)`` the labels guessed for each; returns ``(n, m)`` latitudes and
+    longitudes. A label without gallery images keeps its own coordinate.
     """
     labels = np.atleast_2d(labels)
     lat = label_lat[labels].astype(np.float64)
@@ -41,7 +41,7 @@ def refine_in_labels(query: np.ndarray, labels: np.ndarray, gallery: np.ndarray,
         if members.size == 0:
             continue
         rows, cols = np.nonzero(labels == label)
-        found = knn_locate(query[rows], gallery[members], gallery_lat[members], gallery_lon[members],
+        found = knn_locate(query[rows], unit_gallery[members], gallery_lat[members], gallery_lon[members],
                            k=k, support_km=support_km)
         lat[rows, cols], lon[rows, cols] = found
     return lat, lon

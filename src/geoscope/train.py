@@ -9,9 +9,11 @@ records per-epoch loss, label accuracy and mean/median km for every split.
 from __future__ import annotations
 
 import copy
+import inspect
 import itertools
 import math
 import random
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 
@@ -20,6 +22,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import distributed
 from .errors import GeoscopeError
 from .geo import haversine_km
 from .models.losses import haversine_smoothed_targets, soft_cross_entropy
@@ -118,6 +121,30 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
     image_adapter: nn.Module | None = None
     """The trained image-side layers (fine-tuned encoder top), when there were any."""
+    run: dict | None = None
+    """How it ran: ``world_size``, ``backend`` and every rank's device (:meth:`geoscope.distributed.Run.describe`)."""
+
+
+class _Step(nn.Module):
+    """What one training step runs forward, cached inputs → image side → head (DDP wraps this module).
+
+    The label loss needs the logits; the seed's clip loss needs the embeddings (gathered across
+    ranks before they meet). Calls keep the order of random draws (dropout, noise) of one process.
+    """
+
+    def __init__(self, model: PlaceCLIP, adapter: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.adapter = adapter
+
+    def forward(self, inputs: torch.Tensor, texts: torch.Tensor, noise: float,
+                loss: str) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        x = self.adapter(inputs)
+        if loss == "clip":
+            places = self.model.embed_places(texts)
+            scale = self.model.scale()
+            return self.model.embed_images(x, noise), places, scale
+        return self.model(x, texts, noise)
 
 
 def _param_groups(model: PlaceCLIP, config: TrainConfig, image_adapter: nn.Module | None) -> list[dict]:
@@ -133,6 +160,10 @@ def _param_groups(model: PlaceCLIP, config: TrainConfig, image_adapter: nn.Modul
             groups.append({"name": "image", "params": trainable,
                            "lr": config.lr_image, "weight_decay": config.wd_image})
     return groups
+
+
+_CPU = torch.device("cpu")
+_SINGLE = distributed.Run()
 
 
 def seed_everything(seed: int) -> None:
@@ -155,6 +186,7 @@ def train_place_clip(
     label_levels: np.ndarray | None = None,
     progress: bool = True,
     on_epoch: Callable[[int, PlaceCLIP], None] | None = None,
+    device: str | torch.device | None = None,
 ) -> TrainResult:
     """Train a :class:`PlaceCLIP` on cached features; returns the best (lowest val loss) model.
 
@@ -165,48 +197,62 @@ def train_place_clip(
     dimension (for encoders that mix scales). ``extra_splits`` (e.g. ``test``) are only measured.
     ``label_levels`` ``(levels, places)`` gives each place's group at coarser levels (country,
     region); with ``config.level_weight`` > 0 the loss also scores the summed probability of
-    the true group at each level, so "which country" is learned as such.
+    the true group at each level, so "which country" is learned as such. ``device`` is a torch
+    device (default CPU); the returned model is on the CPU.
+
+    In a process group (``torchrun``, :func:`geoscope.distributed.start`) every rank passes the
+    same data: each epoch's permutation is drawn alike on every rank, rank ``r`` trains on
+    rows ``r, r + W, …`` of each batch of ``config.batch_size`` (DistributedSampler's share,
+    so the ranks together see the batches one process would), gradients are averaged by
+    DistributedDataParallel and weighted so that they equal one process's; the measurements
+    are split over the ranks and gathered, so every rank takes the same scheduler and early-stop
+    decisions. Only rank 0 shows progress.
     """
+    run = distributed.current(str(device or "cpu"))
+    device = torch.device(device or "cpu")
     seed_everything(config.seed)
-    adapter = image_adapter if image_adapter is not None else nn.Identity()
-    sample = _training_features(train, adapter)
+    adapter = (image_adapter if image_adapter is not None else nn.Identity()).to(device)
+    sample = _training_features(train, adapter, device)
     n_places = len(text_features) if config.learn_place_offsets else 0
     model = PlaceCLIP(PlaceCLIPConfig(sample.shape[1], text_features.shape[1], config.embed_dim, config.dropout,
-                                      n_places=n_places))
+                                      n_places=n_places)).to(device)
     optimizer = torch.optim.AdamW(_param_groups(model, config, image_adapter))
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="min", factor=config.factor, patience=config.patience
     )
-    texts = torch.as_tensor(text_features, dtype=torch.float32)
-    coords = torch.tensor(np.asarray(label_coords), dtype=torch.float64)
-    groups = _level_matrices(label_levels, len(text_features)) if config.level_weight > 0 else []
+    texts = torch.as_tensor(text_features, dtype=torch.float32).to(device)
+    coords = torch.tensor(np.asarray(label_coords), dtype=torch.float64).to(device)
+    groups = [g.to(device) for g in _level_matrices(label_levels, len(text_features))] if config.level_weight > 0 \
+        else []
     if standardize_features:
         model.set_image_statistics(sample)
     noise = config.feature_noise * float(model.standardize(sample).std())
     splits = {"train": train, "val": val, **(extra_splits or {})}
+    step = _Step(model, adapter)
+    if run.distributed:
+        step = _data_parallel(step, device, config.seed + 7919 * run.rank)
 
     best = (math.inf, -1, None, None)
     history: list[dict] = []
     stale = 0
     rng = np.random.default_rng(config.seed)
-    epochs = tqdm(range(1, config.max_epochs + 1), desc="training", unit="epoch", disable=not progress)
+    epochs = tqdm(range(1, config.max_epochs + 1), desc="training", unit="epoch",
+                  disable=not (progress and run.main))
     for epoch in epochs:
-        model.train()
-        adapter.train()
+        step.train()
         order = rng.permutation(len(train))
         for start in range(0, len(order), config.batch_size):
             idx = order[start : start + config.batch_size]
             if len(idx) < 2:
                 continue
             variant = rng.integers(0, train.features.shape[0], size=len(idx))
-            x = adapter(torch.as_tensor(train.features[variant, idx], dtype=torch.float32))
-            loss = _loss(model, x, texts, coords, train, idx, config, noise, groups)
+            loss = _loss(step, train, idx, variant, texts, coords, config, noise, groups, run, device)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
 
         records = [
-            {"epoch": epoch, "split": name, **_measure(model, adapter, data, texts, coords, config)}
+            {"epoch": epoch, "split": name, **_measure(model, adapter, data, texts, coords, config, run, device)}
             for name, data in splits.items()
         ]
         history.extend(records)
@@ -225,17 +271,37 @@ def train_place_clip(
                 break
     model.load_state_dict(best[2])
     adapter.load_state_dict(best[3])
-    model.eval()
-    adapter.eval()
-    return TrainResult(model, config, best[1], best[0], history, image_adapter)
+    model.cpu().eval()
+    adapter.cpu().eval()
+    return TrainResult(model, config, best[1], best[0], history, image_adapter, run.describe())
+
+
+def _data_parallel(step: _Step, device: torch.device, seed: int) -> nn.Module:
+    """``step`` under DistributedDataParallel; each rank then draws its own dropout and noise."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    for parameter in step.parameters():
+        if parameter.numel() == 0:  # an empty table of place offsets takes no part in the loss
+            parameter.requires_grad_(False)
+    # the buffers (frozen batch-norm statistics, the feature scaling) are alike on every rank and never change
+    quiet = "forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters \
+        else "broadcast_buffers"
+    wrapped = DistributedDataParallel(step, device_ids=[device.index] if device.type == "cuda" else None,
+                                      **{quiet: False})
+    # convolutions on random windows (channels-last views) give gradients in another layout than their weights:
+    # DDP copies them into its buckets, which costs little; its warning says nothing the user can act on
+    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+    torch.manual_seed(seed)
+    return wrapped
 
 
 @torch.no_grad()
-def _training_features(train: TrainingData, adapter: nn.Module, limit: int = 4096) -> torch.Tensor:
+def _training_features(train: TrainingData, adapter: nn.Module, device: torch.device = _CPU,
+                       limit: int = 4096) -> torch.Tensor:
     """Image features the head sees, for (a sample of at most ``limit``) training rows."""
     adapter.eval()
     sample = np.sort(np.random.default_rng(0).permutation(len(train))[:limit])
-    return torch.cat([adapter(torch.as_tensor(train.features[0, sample[i : i + 512]], dtype=torch.float32))
+    return torch.cat([adapter(torch.as_tensor(train.features[0, sample[i : i + 512]], dtype=torch.float32).to(device))
                       for i in range(0, len(sample), 512)])
 
 
@@ -253,23 +319,39 @@ def _level_matrices(label_levels: np.ndarray | None, n_places: int) -> list[torc
 
 
 def _loss(
-    model: PlaceCLIP, x: torch.Tensor, texts: torch.Tensor, coords: torch.Tensor,
-    data: TrainingData, idx: np.ndarray, config: TrainConfig, noise: float = 0.0,
-    groups: Sequence[torch.Tensor] = (),
+    step: nn.Module, data: TrainingData, idx: np.ndarray, variant: np.ndarray, texts: torch.Tensor,
+    coords: torch.Tensor, config: TrainConfig, noise: float = 0.0, groups: Sequence[torch.Tensor] = (),
+    run: distributed.Run = _SINGLE, device: torch.device = _CPU,
 ) -> torch.Tensor:
-    labels = torch.as_tensor(data.label[idx], dtype=torch.long)
+    """Loss of one batch ``idx`` (with its augmented variants) on this rank's share of it.
+
+    Whatever the world size, the gradient (after DDP averages it) is that of the whole batch.
+    """
+    mine = np.arange(run.rank, len(idx), run.world_size)
+    weight = len(mine) * run.world_size / len(idx)
+    if not len(mine) and config.loss == "label":  # fewer rows than ranks: one row weighted 0 keeps this rank in
+        mine, weight = np.zeros(1, dtype=np.int64), 0.0  # the all-reduce (the clip loss gathers empty shares)
+    inputs = torch.as_tensor(data.features[variant[mine], idx[mine]], dtype=torch.float32).to(device)
     if config.loss == "clip":
-        # The seed's loss: each image against the place texts of its batch, and back.
-        places = model.embed_places(texts)[labels]  # with place offsets, embed all places and pick
-        logits = model.scale() * model.embed_images(x, noise) @ places.T
+        # The seed's loss: each image against the place texts of its batch, and back (the whole batch,
+        # gathered from every rank: the in-batch negatives are those of one process).
+        embedded, all_places, scale = step(inputs, texts, noise, "clip")
+        shares = [np.arange(r, len(idx), run.world_size) for r in range(run.world_size)]
+        if run.distributed:
+            embedded = distributed.gather_rows(embedded, [len(s) for s in shares])
+        rows = idx[np.concatenate(shares)] if run.distributed else idx
+        labels = torch.as_tensor(data.label[rows], dtype=torch.long).to(device)
+        logits = scale * embedded @ all_places[labels].T
         same = (labels[:, None] == labels[None, :]).float()
         targets = same / same.sum(dim=1, keepdim=True)
         return 0.5 * (soft_cross_entropy(logits, targets) + soft_cross_entropy(logits.T, targets))
     if config.loss != "label":
         raise ValueError(f"unknown loss {config.loss!r}: use 'clip' or 'label'")
-    logits = model(x, texts, noise)
+    rows = idx[mine]
+    labels = torch.as_tensor(data.label[rows], dtype=torch.long).to(device)
+    logits = step(inputs, texts, noise, "label")
     targets = haversine_smoothed_targets(
-        labels, torch.as_tensor(data.lat[idx]), torch.as_tensor(data.lon[idx]),
+        labels, torch.as_tensor(data.lat[rows]).to(device), torch.as_tensor(data.lon[rows]).to(device),
         coords[:, 0], coords[:, 1], config.label_smoothing_km,
     ).float()
     loss = soft_cross_entropy(logits, targets)
@@ -278,31 +360,39 @@ def _loss(
         for members in groups:
             group_p = (probabilities @ members).clamp(min=1e-8)
             loss = loss + config.level_weight * -(targets @ members * group_p.log()).sum(dim=-1).mean()
-    return loss
+    return loss * weight if run.distributed else loss
 
 
 @torch.no_grad()
 def _measure(
     model: PlaceCLIP, adapter: nn.Module, data: TrainingData, texts: torch.Tensor,
-    coords: torch.Tensor, config: TrainConfig,
+    coords: torch.Tensor, config: TrainConfig, run: distributed.Run = _SINGLE, device: torch.device = _CPU,
 ) -> dict:
+    """Loss, label accuracy and mean/median km of one split; in a process group each rank
+    measures a slice and every rank combines all slices alike."""
     model.eval()
     adapter.eval()
     places = model.embed_places(texts)
     losses, predictions = [], []
-    for start in range(0, len(data), 2048):
-        idx = np.arange(start, min(start + 2048, len(data)))
-        x = adapter(torch.as_tensor(data.features[0, idx], dtype=torch.float32))
+    rows = np.array_split(np.arange(len(data)), run.world_size)[run.rank]
+    for start in range(0, len(rows), 2048):
+        idx = rows[start : start + 2048]
+        x = adapter(torch.as_tensor(data.features[0, idx], dtype=torch.float32).to(device))
         logits = model.scale() * model.embed_images(x) @ places.T
-        labels = torch.as_tensor(data.label[idx], dtype=torch.long)
+        labels = torch.as_tensor(data.label[idx], dtype=torch.long).to(device)
         targets = haversine_smoothed_targets(
-            labels, torch.as_tensor(data.lat[idx]), torch.as_tensor(data.lon[idx]),
+            labels, torch.as_tensor(data.lat[idx]).to(device), torch.as_tensor(data.lon[idx]).to(device),
             coords[:, 0], coords[:, 1], config.label_smoothing_km if config.loss == "label" else 0.0,
         ).float()
         losses.append(float(soft_cross_entropy(logits, targets)) * len(idx))
-        predictions.append(logits.argmax(dim=1).numpy())
+        predictions.append(logits.argmax(dim=1).cpu().numpy())
+    if run.distributed:
+        gathered = distributed.all_gather_object((losses, predictions))
+        losses = [v for part, _ in gathered for v in part]
+        predictions = [p for _, part in gathered for p in part]
     predicted = np.concatenate(predictions)
-    km = haversine_km(data.lat, data.lon, coords[predicted, 0].numpy(), coords[predicted, 1].numpy())
+    place_coords = coords.cpu().numpy()
+    km = haversine_km(data.lat, data.lon, place_coords[predicted, 0], place_coords[predicted, 1])
     return {
         "loss": sum(losses) / len(data),
         "accuracy": float((predicted == data.label).mean()),

@@ -13,7 +13,7 @@ from ..errors import ManifestError, quote_name
 from ..evaluate import evaluate
 from ..fileio import check_writable
 from ..geo import THRESHOLDS_KM
-from ..predict import load_model
+from ..models.factory import load_any_model
 from ..refine import REFINERS
 from ..results import CENTROID, KNN, MODEL
 
@@ -21,7 +21,10 @@ from ..results import CENTROID, KNN, MODEL
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("evaluate", help="measure a model on a manifest")
     parser.add_argument("manifest")
-    parser.add_argument("--model", help="model bundle directory (default: the bundled model)")
+    parser.add_argument("--model", help="model bundle directory (default: the bundled model), or a CLIP checkpoint "
+                        "used zero-shot: hf:<repo> or a local folder")
+    parser.add_argument("--region", help="zero-shot only: answer among the places of this region "
+                        "(ISO country code, box or .geojson; default: the world)")
     parser.add_argument("--split", choices=("train", "val", "test"),
                         help="only rows of this split (default: all rows)")
     parser.add_argument("--views", choices=("auto", "fuse", "separate"), default="auto",
@@ -47,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
             raise ManifestError(f"{quote_name(args.manifest)}: no row of the manifest is in split {args.split!r} "
                                 f"(splits present: {splits})")
         manifest = present
-    model = load_model(args.model)
+    model = load_any_model(args.model, args.region)
     fuse = {"auto": None, "fuse": True, "separate": False}[args.views]
     result, errors = evaluate(model, manifest, fuse_views=fuse, dataset=str(args.manifest),
                               include_training_rows=args.include_training_rows, refine=args.refine)
@@ -78,8 +81,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def print_metrics(metrics: dict, n: int) -> None:
-    """The metrics table: model beside the centroid and kNN baselines, saying on how many items each figure is."""
-    columns = (MODEL, CENTROID, KNN)
+    """The metrics table: model beside the centroid and kNN baselines (those it has), saying on how many items
+    each figure is."""
+    columns = [c for c in (MODEL, CENTROID, KNN) if c in metrics]
     labelled = metrics[MODEL].get("n_labelled", n)
     accuracy = "label accuracy" if labelled == n else f"label accuracy ({labelled:,} of {n:,} labelled)"
     rows = [(accuracy, "label_accuracy", "pct"), ("mean error km", "mean_km", "km"),

@@ -1,4 +1,9 @@
-"""``geoscope features MANIFEST --encoder NAME``: extract and cache image features."""
+"""``geoscope features MANIFEST --encoder NAME``: extract and cache image features.
+
+Under torchrun (``torchrun --nproc_per_node N -m geoscope features …``) each process encodes
+its share and rank 0 writes the output; ``--shard K/N`` encodes share K of N on its own (other
+machines sharing the cache folder take the other shares).
+"""
 
 from __future__ import annotations
 
@@ -8,11 +13,25 @@ import sys
 MAX_ERRORS_SHOWN = 10
 
 
+def _share(text: str) -> tuple[int, int]:
+    k, _, n = text.partition("/")
+    try:
+        share = int(k), int(n)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not K/N (such as 0/4): {text!r}") from None
+    if not (share[1] >= 1 and 0 <= share[0] < share[1]):
+        raise argparse.ArgumentTypeError(f"K/N needs 0 <= K < N, not {text!r}")
+    return share
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from ..distributed import DEVICES
+
     parser = subparsers.add_parser(
         "features", help="extract image features with a frozen encoder (cached, resumable)",
         description="Encode every image of a manifest; cached by image content, so a rerun "
-                    "or an interrupted run only does what is missing.",
+                    "or an interrupted run only does what is missing. The manifest is read in chunks "
+                    "(any number of rows); processes filling one cache share the work.",
     )
     parser.add_argument("manifest", help="CSV or Parquet manifest")
     parser.add_argument("--encoder", default="efficientnet-lite0",
@@ -20,6 +39,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "hf:<repo-or-path>")
     parser.add_argument("--backend", choices=("onnx", "torch"), default="onnx",
                         help="inference engine (default: onnx, through ONNX Runtime)")
+    parser.add_argument("--device", choices=DEVICES, default="auto",
+                        help="cpu, cuda (ONNX Runtime's CUDA provider, or torch's GPU with --backend torch) or auto "
+                             "(a GPU when one can be used; default)")
+    parser.add_argument("--shard", type=_share, metavar="K/N",
+                        help="encode only share K of N (by image content) into the cache and stop: for machines "
+                             "sharing one cache folder; a last run without --shard writes -o")
     parser.add_argument("--batch-size", type=int, default=64, metavar="N", help="images per batch (64)")
     parser.add_argument("--workers", type=int, default=None, metavar="N",
                         help="decoding threads (default: one per core)")
@@ -34,25 +59,44 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_features(args: argparse.Namespace) -> int:
+    from .. import distributed
+    from ..encoders.onnx_runtime import onnx_device
     from ..errors import GeoscopeError, quote_name
-    from ..features import extract_features
     from ..fileio import check_writable
+    from ..manifest_features import manifest_features
 
     if args.batch_size < 1:
         raise GeoscopeError("--batch-size must be at least 1")
     if args.output:
         check_writable(args.output)  # before hours of encoding, not after
-    result = extract_features(
-        args.manifest, args.encoder, batch_size=args.batch_size, workers=args.workers,
-        progress=not args.quiet, augment=args.views, combine=args.combine, backend=args.backend,
-    )
-    bad = len(result.errors)
-    if bad and bad == len(result):
-        raise GeoscopeError(f"{quote_name(args.manifest)}: no image could be read ({bad:,} of {bad:,} failed; "
-                            f"{_first(result.errors)})")
-    print(f"{args.manifest}: {len(result):,} images, {result.encoder_name} "
-          f"({args.backend}, views {result.views})")
+    share = args.shard or (0, 1)
+    with distributed.session("cpu") as run:  # the group only meets; encoders pick their own device
+        if share[1] > 1 and run.distributed:
+            raise GeoscopeError("--shard is for separate machines: under torchrun the ranks share the work")
+        device = (onnx_device(args.device, run.local_rank) if args.backend == "onnx"
+                  else distributed.resolve_device(args.device, run.local_rank))
+        result = manifest_features(
+            args.manifest, args.encoder, output=args.output, share=share, batch_size=args.batch_size,
+            workers=args.workers, progress=not args.quiet, augment=args.views, combine=args.combine,
+            backend=args.backend, device=device,
+        )
+    if not run.main:
+        return 0
     rate = f"  ({result.images_per_second:.1f} images/s)" if result.encoded else ""
+    if share[1] > 1:
+        print(f"{args.manifest}: share {share[0]}/{share[1]}: {result.share_rows:,} of {result.rows:,} rows, "
+              f"{args.encoder} ({args.backend} on {device}, views {args.views})")
+        print(f"  encoded now  {result.encoded:,}{rate}")
+        print(f"  from cache   {result.cached:,}")
+        print(f"  {result.seconds:.1f} s; run without --shard once every share is done to write the output")
+        return 0
+    bad = result.bad
+    if bad and bad == result.rows:
+        raise GeoscopeError(f"{quote_name(args.manifest)}: no image could be read ({bad:,} of {bad:,} failed; "
+                            f"{_first(result.errors, bad)})")
+    processes = f", {run.world_size} processes" if run.distributed else ""
+    print(f"{args.manifest}: {result.rows:,} images, {result.encoder_name} "
+          f"({args.backend} on {device}{processes}, views {result.views})")
     print(f"  encoded now  {result.encoded:,}{rate}")
     print(f"  from cache   {result.cached:,}")
     if result.duplicates:
@@ -64,16 +108,15 @@ def run_features(args: argparse.Namespace) -> int:
         print(f"    … and {bad - MAX_ERRORS_SHOWN:,} more")
     shape = "×".join(map(str, result.output_shape))
     print(f"  features     {shape} per image, {result.seconds:.1f} s in all")
-    if args.output:
-        path = result.save(args.output)
-        print(f"  written      {path}")
+    if result.output:
+        print(f"  written      {result.output}")
     if bad:
-        print(f"geoscope: warning: {bad:,} of {len(result):,} images could not be read ({_first(result.errors)})",
-              file=sys.stderr)
+        print(f"geoscope: warning: {bad:,} of {result.rows:,} images could not be read "
+              f"({_first(result.errors, bad)})", file=sys.stderr)
     return 0
 
 
-def _first(errors: list[str], shown: int = 3) -> str:
+def _first(errors: list[str], total: int, shown: int = 3) -> str:
     """The first few one-line errors, for a summary line."""
-    more = f"; … and {len(errors) - shown:,} more" if len(errors) > shown else ""
-    return ("first: " if len(errors) > 1 else "") + "; ".join(errors[:shown]) + more
+    more = f"; … and {total - shown:,} more" if total > shown else ""
+    return ("first: " if total > 1 else "") + "; ".join(errors[:shown]) + more

@@ -11,8 +11,9 @@ import contextlib
 import sys
 import textwrap
 
-from ..batch import CHUNK_SIZE, find_inputs, predict_chunks
+from ..batch import CHUNK_SIZE, find_inputs, pending_units, predict_chunks
 from ..errors import GeoscopeError, one_line, quote_name
+from ..refine import REFINERS
 
 MAX_ERROR_LINES = 20
 
@@ -30,12 +31,18 @@ def _at_least_one(text: str) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "predict", help="guess where photos were taken",
-        description="Guess where photos were taken. Folders are searched recursively for images.")
+        description="Guess where photos were taken. Folders are searched recursively for images; a manifest "
+                    "(.csv, .parquet) named alone is read a chunk at a time, whatever its size.")
     parser.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER")
-    parser.add_argument("--model", help="model bundle directory (default: the bundled model)")
+    parser.add_argument("--model", help="model bundle directory (default: the bundled model), or a CLIP checkpoint "
+                        "used zero-shot: hf:<repo> or a local folder")
+    parser.add_argument("--region", help="zero-shot only: answer among the places of this region "
+                        "(ISO country code, box or .geojson; default: the world)")
     parser.add_argument("--top-k", type=_at_least_one, default=5, help="guesses per image (5)")
     parser.add_argument("--views", action="store_true",
                         help="views of one place: the files named are one place, and so is each folder of images")
+    parser.add_argument("--refine", choices=REFINERS, default=None,
+                        help="knn: move each place guess to where its most similar training images are (none)")
     parser.add_argument("--level", choices=("country", "region", "place"),
                         help="answer at this level of the place hierarchy (models that have one)")
     out = parser.add_mutually_exclusive_group()
@@ -54,8 +61,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from ..models.factory import load_any_model
     from ..outputs import checked_record, open_predictions_file, render_table, strict_json
-    from ..predict import load_model
 
     inputs = find_inputs(args.images, views=args.views)
     if inputs.skipped:
@@ -64,26 +71,25 @@ def run(args: argparse.Namespace) -> int:
     if not inputs.units:
         raise GeoscopeError(f"no images found in {', '.join(quote_name(a) for a in args.images)}")
     sink = open_predictions_file(args.output, top_k=args.top_k) if args.output else None
-    units = [u for u in inputs.units if sink is None or not sink.holds(u.key)]
-    if sink is not None and len(units) < len(inputs.units):
-        print(f"geoscope: {len(inputs.units) - len(units)} already in {quote_name(sink.path)}; "
-              f"{len(units)} to go", file=sys.stderr)
-    complete = args.limit is None or args.limit >= len(units)
-    units = units[: args.limit]
-    model = load_model(args.model) if units else None
+    pending = pending_units(inputs.units, sink.holds if sink is not None else None, args.limit)  # a manifest streams
+    if sink is not None and pending.held:
+        print(f"geoscope: {pending.held} already in {quote_name(sink.path)}; {pending.to_go} to go", file=sys.stderr)
+    complete, units = pending.complete, pending.units
+    model = load_any_model(args.model, args.region) if pending.count else None
     _reconfigure_stdout()
 
     failed: list[str] = []
-    total = sum(len(u.paths) for u in units)
+    total = pending.images
     bar = tqdm(total=total, unit="img", desc="predicting", file=sys.stderr, leave=False, dynamic_ncols=True,
                disable=None if total > args.chunk_size else True)
-    first = True
+    first, finished = True, False
+    if args.json:
+        print("[", end="")
     try:
-        if args.json:
-            print("[", end="")
         chunks = predict_chunks(model, units, top_k=args.top_k, views=args.views, chunk_size=args.chunk_size,
-                                level=args.level, allow_missing_views=args.allow_missing_views or None)
-        for chunk, records in chunks if units else ():
+                                level=args.level, refine=args.refine,
+                                allow_missing_views=args.allow_missing_views or None)
+        for chunk, records in chunks if pending.count else ():
             records = [checked_record(r) for r in records]
             if sink is not None:
                 sink.write(records)
@@ -98,21 +104,21 @@ def run(args: argparse.Namespace) -> int:
                     first = False
             failed += [str(r["error"]) for r in records if r.get("error")]
             bar.update(sum(len(u.paths) for u in chunk))
-        if args.json:
-            print("\n]" if not first else "]")
+        finished = True
     finally:
         bar.close()
+        if args.json:  # closed even when a later chunk fails: what was answered stays strict JSON
+            print("\n]" if not first else "]")
         if sink is not None:
-            sink.close(complete=complete)
+            sink.close(complete=complete and finished)
     for error in failed[:MAX_ERROR_LINES]:
         print(f"geoscope: error: {one_line(error)}", file=sys.stderr)
     if len(failed) > MAX_ERROR_LINES:
         where = f" (each is in {quote_name(sink.path)})" if sink is not None else ""
         print(f"geoscope: error: {len(failed) - MAX_ERROR_LINES} more could not be answered{where}", file=sys.stderr)
     if sink is not None:
-        done = len(units) - len(failed)
-        print(f"geoscope: {quote_name(sink.path)}: {len(sink)} answers, {done} new"
-              + (f", {len(failed)} could not be answered" if failed else "")
+        print(f"geoscope: {quote_name(sink.path)}: {len(sink)} in the file, {pending.count} added"
+              + (f" ({len(failed)} could not be answered)" if failed else "")
               + ("" if complete else "; rerun the same command to continue"), file=sys.stderr)
     return 2 if failed else 0
 

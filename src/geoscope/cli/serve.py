@@ -10,7 +10,8 @@ from ..errors import GeoscopeError
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("serve", help="serve a model over HTTP (POST /predict, map page at /)")
-    parser.add_argument("--model", help="model bundle directory (default: the bundled model)")
+    parser.add_argument("--model", help="model bundle directory (default: the bundled model), or a CLIP checkpoint "
+                        "used zero-shot over the world's places: hf:<repo> or a local folder")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port (8000; 0 picks a free one)")
     parser.add_argument("--workers", type=int, default=1, help="processes, each with its own model (1)")

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 from dataclasses import fields
 
+from .. import distributed
 from ..data.manifest import read_manifest
 from ..data.provenance import read_dataset_card
+from ..distributed import DEVICES
 from ..encoders.image import image_encoder_spec
 from ..encoders.text import check_text_encoder
 from ..fileio import check_writable
@@ -29,6 +31,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--text-encoder", default="minilm")
     parser.add_argument("--block-km", type=float, default=1.0,
                         help="without a split column, split by blocks of this size (val 10%%, test 10%%; default 1)")
+    parser.add_argument("--gap-km", type=float, default=0.1,
+                        help="…and leave out training images this close to a val or test image (default 0.1)")
     parser.add_argument("--finetune-blocks", type=int, default=0, metavar="N",
                         help="fine-tune the image encoder's last N blocks on cached activations (default 0: frozen)")
     parser.add_argument("--crops", type=int, default=1,
@@ -38,6 +42,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="do not add horizontally flipped copies")
     parser.add_argument("--search", action="store_true",
                         help="search learning rate, weight decay, patience and factor by val loss")
+    parser.add_argument("--device", choices=DEVICES, default="auto",
+                        help="train on the CPU or a GPU (auto: a GPU when torch sees one); under torchrun each "
+                             "process takes the GPU of its local rank")
     defaults = TrainConfig()
     for f in fields(TrainConfig):
         flag, default = "--" + f.name.replace("_", "-"), getattr(defaults, f.name)
@@ -59,12 +66,15 @@ def run(args: argparse.Namespace) -> int:
     check_writable(args.output, folder=True)
     check_text_encoder(args.text_encoder)
     manifest = read_manifest(args.manifest)
-    options = FitOptions(scheme=scheme, image_encoder=args.encoder,
-                         text_encoder=args.text_encoder, train=config, augment=args.augment,
-                         finetune_blocks=args.finetune_blocks, crops=args.crops,
-                         search=args.search, name=args.name or args.output.rstrip("/").split("/")[-1],
-                         block_km=args.block_km, provenance=read_dataset_card(args.manifest))
-    path, result = fit(manifest, options, args.output, command=["geoscope", *args.argv])
+    with distributed.session(args.device) as run:  # torchrun: one process group; else one process
+        options = FitOptions(scheme=scheme, image_encoder=args.encoder,
+                             text_encoder=args.text_encoder, train=config, augment=args.augment,
+                             finetune_blocks=args.finetune_blocks, crops=args.crops,
+                             search=args.search, name=args.name or args.output.rstrip("/").split("/")[-1],
+                             block_km=args.block_km, provenance=read_dataset_card(args.manifest), device=run.device)
+        path, result = fit(manifest, options, args.output, command=["geoscope", *args.argv])
+    if not run.main:
+        return 0
     print(f"best epoch {result.best_epoch} (val loss {result.best_val_loss:.4f})")
     for record in (r for r in result.history if r["epoch"] == result.best_epoch):
         print(f"  {record['split']:5s}  accuracy {record['accuracy']:6.1%}  mean {record['mean_km']:8.1f} km"

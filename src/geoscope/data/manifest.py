@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,8 @@ REQUIRED_COLUMNS = ("image", "lat", "lon")
 STRING_COLUMNS = ("image", "location_id", "capture_date", "split")
 SPLITS = ("train", "val", "test")
 MAX_PROBLEMS_SHOWN = 5
+CHUNK_ROWS = 65536
+"""Rows read at a time by :func:`iter_manifest`."""
 
 
 @dataclass
@@ -87,6 +90,55 @@ def read_manifest(path: str | os.PathLike[str], *, check_images: bool = True) ->
     return Manifest(frame.reset_index(drop=True), path.parent.resolve())
 
 
+def iter_manifest(path: str | os.PathLike[str], *, chunk_rows: int = CHUNK_ROWS) -> Iterator[Manifest]:
+    """A manifest (CSV or Parquet) read ``chunk_rows`` rows at a time, for tables of millions of rows.
+
+    Each chunk is validated as :func:`read_manifest` validates a whole table, and messages give
+    the rows' numbers in the file; duplicates are found within a chunk and image files are not
+    looked for. Memory holds one chunk (Parquet: ``ParquetFile.iter_batches``).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"{quote_name(path)}: manifest not found")
+    parquet = path.suffix.lower() in {".parquet", ".pq"}
+    root, first = path.parent.resolve(), 0
+    try:
+        if parquet:
+            import pyarrow.parquet as pq
+
+            chunks = (b.to_pandas() for b in pq.ParquetFile(path).iter_batches(batch_size=chunk_rows))
+        else:
+            chunks = pd.read_csv(path, dtype=dict.fromkeys(STRING_COLUMNS, "string"), chunksize=chunk_rows)
+        for frame in chunks:
+            frame.index = pd.RangeIndex(first, first + len(frame))
+            problems = column_type_problems(frame) if parquet else []
+            if not problems:
+                frame = _normalise(frame)
+                problems = validate_frame(frame, None)
+            if problems:
+                raise ManifestError(f"{quote_name(path)}: " + "; ".join(problems))
+            first += len(frame)
+            yield Manifest(frame.reset_index(drop=True), root)
+    except (ValueError, OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        first_line = one_line(str(exc).strip().splitlines()[0]) if str(exc).strip() else type(exc).__name__
+        raise ManifestError(f"{quote_name(path)}: cannot parse as a table ({first_line})") from None
+    if not first:
+        raise ManifestError(f"{quote_name(path)}: manifest has no rows")
+
+
+def manifest_rows(path: str | os.PathLike[str]) -> int | None:
+    """Rows of a Parquet manifest, from its footer (``None`` for a CSV: counting would read it all)."""
+    path = Path(path)
+    if path.suffix.lower() not in {".parquet", ".pq"}:
+        return None
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(path).metadata.num_rows
+    except (OSError, ValueError):
+        return None
+
+
 def column_type_problems(frame: pd.DataFrame) -> list[str]:
     """Columns of a typed table (Parquet) whose type cannot hold what they mean, one message each.
 
@@ -133,6 +185,8 @@ def _normalise(frame: pd.DataFrame) -> pd.DataFrame:
 def _rows(mask: pd.Series | np.ndarray) -> str:
     """Human row numbers (1-based, counting the header as line 1 → data starts at row 2)."""
     idx = np.flatnonzero(np.asarray(mask))
+    if isinstance(mask, pd.Series) and isinstance(mask.index, pd.RangeIndex):
+        idx = idx + mask.index.start  # a chunk of a larger manifest (iter_manifest) keeps its rows' numbers
     shown = ", ".join(str(i + 2) for i in idx[:MAX_PROBLEMS_SHOWN])
     more = f" and {len(idx) - MAX_PROBLEMS_SHOWN} more" if len(idx) > MAX_PROBLEMS_SHOWN else ""
     return f"row{'s' if len(idx) > 1 else ''} {shown}{more}"

@@ -324,6 +324,8 @@ class HFTextParts:
     tokenizer: Any
     dim: int
     max_length: int
+    logit_scale: float | None = None
+    """A whole CLIP checkpoint's learned image–text logit scale (for zero-shot use); None otherwise."""
 
 
 def load_text_parts(name: str, pooling: str | None = None) -> HFTextParts:
@@ -349,7 +351,8 @@ def load_text_parts(name: str, pooling: str | None = None) -> HFTextParts:
         module = ClipTextEmbedding(model.text_model, model.text_projection).eval()
         text_config = getattr(config, "text_config", config)
         dim = int(getattr(config, "projection_dim", text_config.hidden_size))
-        return HFTextParts(module, tokenizer, dim, int(text_config.max_position_embeddings))
+        scale = float(model.logit_scale.detach().exp()) if model_type == "clip" else None
+        return HFTextParts(module, tokenizer, dim, int(text_config.max_position_embeddings), scale)
     hidden = getattr(config, "hidden_size", None)
     if not hidden or model_type in ("resnet", "vit", "clip_vision_model"):
         raise GeoscopeError(f"hf:{ref}: {model_type!r} is not a supported text model")

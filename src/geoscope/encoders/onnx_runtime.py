@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..distributed import cores_per_process
 from ..errors import GeoscopeError
 from ..fileio import atomic_write_bytes
 from ..paths import cache_subdir
@@ -74,14 +75,39 @@ def export_onnx(module: nn.Module, example: np.ndarray, path: str | os.PathLike[
     return error
 
 
-class OnnxRunner:
-    """An ONNX Runtime session with one input and one output, using every core."""
+def onnx_device(device: str = "cpu", local_rank: int = 0) -> str:
+    """``cpu``, ``cuda`` or ``auto`` → where ONNX Runtime runs: ``cpu`` or ``cuda:N`` (its CUDA provider).
 
-    def __init__(self, model: str | os.PathLike[str] | bytes, *, threads: int | None = None) -> None:
+    ``auto`` takes a GPU when this onnxruntime has the CUDA provider and torch sees a GPU;
+    ``cuda`` without the provider is refused in one line.
+    """
+    import onnxruntime as ort
+
+    if device not in ("auto", "cpu", "cuda"):
+        raise GeoscopeError(f"device must be auto, cpu or cuda, not {device!r}")
+    if device == "cpu":
+        return "cpu"
+    provider = "CUDAExecutionProvider" in ort.get_available_providers()
+    if device == "cuda" and not provider:
+        raise GeoscopeError("--device cuda: this onnxruntime has no CUDA provider (install onnxruntime-gpu), "
+                            "or use --backend torch")
+    import torch
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if device == "cuda" and not gpus:
+        raise GeoscopeError("--device cuda: no CUDA device is visible on this machine; use --device cpu or auto")
+    return f"cuda:{local_rank % gpus}" if provider and gpus else "cpu"
+
+
+class OnnxRunner:
+    """An ONNX Runtime session with one input and one output, using every core (or a GPU: ``device="cuda:N"``)."""
+
+    def __init__(self, model: str | os.PathLike[str] | bytes, *, threads: int | None = None,
+                 device: str = "cpu") -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or cpu_count()
+        options.intra_op_num_threads = threads or cores_per_process()  # torchrun: the cores shared out
         options.inter_op_num_threads = 1
         # no busy-waiting between operators: the decode threads need those cycles (predict on 2 cores: less CPU
         # per image, measured, and the same encoder-alone speed)
@@ -89,8 +115,11 @@ class OnnxRunner:
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         source = model if isinstance(model, bytes) else str(model)
+        providers: list = ["CPUExecutionProvider"]
+        if device.startswith("cuda"):
+            providers.insert(0, ("CUDAExecutionProvider", {"device_id": int(device.partition(":")[2] or 0)}))
         try:
-            self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(source, options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types
             where = "<bytes>" if isinstance(model, bytes) else str(model)
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

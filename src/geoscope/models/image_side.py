@@ -62,15 +62,16 @@ class ImageSide:
         return cls(str(data["name"]), int(data.get("finetune_blocks", 0)), int(data.get("crops", 1)))
 
     def extract(self, paths: Sequence[str | os.PathLike[str]], *, hflip: bool = False, progress: bool = True,
-                encoder: ImageEncoder | None = None) -> FeatureSet:
+                encoder: ImageEncoder | None = None, device: str = "cpu") -> FeatureSet:
         """Cached encoder outputs of every image, one flattened row each (crops side by side).
 
-        ``encoder`` (optional) is a loaded :attr:`cached_encoder`, reused across calls.
+        ``encoder`` (optional) is a loaded :attr:`cached_encoder`, reused across calls; otherwise
+        the encoder runs on ``device`` (``cpu``, or ``cuda:N`` through ONNX Runtime's CUDA provider).
         """
         views = Views(hflip=hflip, crops=self.crops)
         combine = "stack" if self.finetune_blocks else "mean"
         fs = extract_features(list(paths), encoder or self.cached_encoder, augment=views, combine=combine,
-                              progress=progress)
+                              progress=progress, device=device)
         if fs.embeddings.ndim == 3:
             fs.embeddings = fs.embeddings.reshape(len(fs.embeddings), -1)
         return fs

@@ -29,9 +29,10 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import __version__
-from ..bundle import read_bundle
 from ..errors import GeoscopeError
-from .batching import Busy, MicroBatcher, UploadModel
+from ..models.factory import load_any_model
+from ..predict import GeoModel
+from .batching import Busy, MicroBatcher
 from .page import WEB_ASSETS, countries_geojson, model_places, model_summary
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
@@ -107,12 +108,13 @@ _UPLOAD_BODY = {
 }
 
 
-def create_app(model: UploadModel | str | os.PathLike[str] | None = None,
+def create_app(model: GeoModel | str | os.PathLike[str] | None = None,
                settings: ServeSettings | None = None) -> FastAPI:
-    """The application serving ``model`` (an :class:`UploadModel`, a bundle directory, or the default)."""
+    """The application serving ``model`` (a loaded :class:`GeoModel`, a bundle directory, a CLIP checkpoint
+    used zero-shot, or the default)."""
     settings = settings or ServeSettings()
-    if not isinstance(model, UploadModel):
-        model = UploadModel(read_bundle(model))
+    if not isinstance(model, GeoModel):
+        model = load_any_model(model)
     batcher = MicroBatcher(model, max_batch=settings.max_batch, encode_batch=settings.encode_batch,
                            max_wait_ms=settings.max_wait_ms,
                            capacity=settings.queue, decode_workers=settings.decode_workers)
@@ -259,7 +261,9 @@ def _add_error_handlers(app: FastAPI, settings: ServeSettings) -> None:
 
     @app.exception_handler(GeoscopeError)
     async def refused(request: Request, exc: GeoscopeError) -> JSONResponse:
-        return JSONResponse({"error": " ".join(str(exc).split())}, status_code=400)
+        model = request.app.state.model  # name the model, not where it lives on the server
+        message = str(exc).replace(str(model.path), f"model {model.config.get('name', '')!r}")
+        return JSONResponse({"error": " ".join(message.split())}, status_code=400)
 
     @app.exception_handler(Exception)
     async def crashed(request: Request, exc: Exception) -> JSONResponse:

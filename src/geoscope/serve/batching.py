@@ -3,11 +3,11 @@
 Each request is admitted (or refused when ``capacity`` requests are already in flight),
 its images are decoded and preprocessed on a thread pool, and the result joins a queue.
 One thread takes what is queued, waits up to ``max_wait_ms`` for requests still being
-decoded (never when none is), and encodes up to ``max_batch`` images (in runs of
-``encode_batch``: larger runs cost more CPU per image on small CPUs);
-a second thread answers the encoded batch (requests with the same options share one call
-of the model's ``predict``) while the first encodes the next. Uploads never touch the
-feature cache: :class:`UploadModel` answers ``predict`` from features computed here.
+decoded (never when none is), and encodes up to ``max_batch`` images in runs of
+``encode_batch`` (larger runs cost more CPU per image on small CPUs); a second thread
+answers each encoded run (requests with the same options share one call of the model's
+``predict``) while the first encodes the next. Uploads never touch the
+feature cache: :meth:`GeoModel.predict_features` answers from features computed here.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import inspect
 import queue
 import threading
 import time
@@ -38,34 +37,6 @@ from ..predict import GeoModel, Prediction
 
 class Busy(Exception):
     """Too many requests in flight: the caller should answer 503 and ask the client to retry."""
-
-
-class UploadModel(GeoModel):
-    """A :class:`GeoModel` whose ``predict`` reads features computed from uploaded pixels.
-
-    :meth:`predict_features` hands the features of one request to ``predict`` (which asks
-    for them through :meth:`image_features`), so uploads get every step of the answer
-    (fusion, hierarchy, coverage) without being written to the feature cache. Only one
-    thread may call it at a time (the batch worker).
-    """
-
-    _given: FeatureSet | None = None
-    _options = frozenset(inspect.signature(GeoModel.predict).parameters) - {"self", "images", "progress"}
-
-    def image_features(self, images: Sequence[object], **_: object) -> FeatureSet:
-        given = self._given
-        if given is None or given.paths != [str(p) for p in images]:
-            raise RuntimeError("UploadModel predicts only through predict_features")
-        return given
-
-    def predict_features(self, features: FeatureSet, **options: object) -> list[Prediction]:
-        """``predict`` on already computed image features; ``options`` the model's predict accepts."""
-        options = {k: v for k, v in options.items() if k in self._options}
-        self._given = features
-        try:
-            return self.predict(features.paths, **options)
-        finally:
-            self._given = None
 
 
 def decode_upload(data: bytes, name: str, model: GeoModel) -> np.ndarray:
@@ -132,7 +103,7 @@ class BatchStats:
 class MicroBatcher:
     """Admits requests, decodes their images in parallel and encodes them in shared batches."""
 
-    def __init__(self, model: UploadModel, *, max_batch: int = 16, encode_batch: int = 4, max_wait_ms: float = 5.0,
+    def __init__(self, model: GeoModel, *, max_batch: int = 16, encode_batch: int = 4, max_wait_ms: float = 5.0,
                  capacity: int = 64, decode_workers: int | None = None) -> None:
         if max_batch < 1 or encode_batch < 1 or capacity < 1 or max_wait_ms < 0:
             raise ValueError("max_batch, encode_batch and capacity must be at least 1, max_wait_ms at least 0")
@@ -147,7 +118,7 @@ class MicroBatcher:
         self._arriving = 0  # admitted and not yet queued: what a batch may wait for
         self._queue: queue.Queue[_Job | None] = queue.Queue()
         self._pool: ThreadPoolExecutor | None = None
-        self._answers: queue.Queue[list[_Job] | None] = queue.Queue(maxsize=2)  # encoded, to answer
+        self._answers: queue.Queue[list[_Job] | None] = queue.Queue(maxsize=8)  # encoded runs, to answer
         self._workers: list[threading.Thread] = []
         self._torch_threads = 1
         self._blas_limits: threadpool_limits | None = None
@@ -263,27 +234,31 @@ class MicroBatcher:
             self._encode(batch)
 
     def _encode(self, batch: list[_Job]) -> None:
-        arrays = [a for job in batch for a in job.arrays if a is not None]
-        try:
-            features = features_from_arrays(self.model, arrays, self.encode_batch)
-        except Exception as exc:  # the encoder failed: every request of the batch fails with it
-            for job in batch:
-                _resolve(job, exception=exc)
-            return
+        images = sum(job_size(job) for job in batch)
         self.stats.batches += 1
-        self.stats.images += len(arrays)
+        self.stats.images += images
         self.stats.requests += len(batch)
-        self.stats.recent_sizes.append(len(arrays))
-        start = 0
-        for job in batch:
-            valid = np.array([a is not None for a in job.arrays], dtype=bool)
-            rows = np.full((len(job.arrays), features.shape[1]), np.nan, dtype=np.float32)
-            rows[valid] = features[start:start + int(valid.sum())]
-            start += int(valid.sum())
-            job.features = FeatureSet(embeddings=rows, valid=valid, errors=[e for e in job.errors if e is not None],
-                                      encoder_name=self.model.encoder.name, paths=job.names)
-            job.arrays = []  # the pixels are no longer needed
-        self._answers.put(batch)
+        self.stats.recent_sizes.append(images)
+        # Run by run: each run's requests are answered (by the other thread) while the next one encodes.
+        for run in encoder_runs(batch, self.encode_batch):
+            arrays = [a for job in run for a in job.arrays if a is not None]
+            try:
+                features = features_from_arrays(self.model, arrays, self.encode_batch)
+            except Exception as exc:  # the encoder failed: every request of the run fails with it
+                for job in run:
+                    _resolve(job, exception=exc)
+                continue
+            start = 0
+            for job in run:
+                valid = np.array([a is not None for a in job.arrays], dtype=bool)
+                rows = np.full((len(job.arrays), features.shape[1]), np.nan, dtype=np.float32)
+                rows[valid] = features[start:start + int(valid.sum())]
+                start += int(valid.sum())
+                job.features = FeatureSet(embeddings=rows, valid=valid,
+                                          errors=[e for e in job.errors if e is not None],
+                                          encoder_name=self.model.encoder.name, paths=job.names)
+                job.arrays = []  # the pixels are no longer needed
+            self._answers.put(run)
 
     def _answer_all(self) -> None:
         while (batch := self._answers.get()) is not None:
@@ -302,7 +277,7 @@ class MicroBatcher:
             valid=np.concatenate([f.valid for f in features]), errors=[e for f in features for e in f.errors],
             encoder_name=features[0].encoder_name, paths=[p for f in features for p in f.paths])
         try:
-            predictions = self.model.predict_features(merged, **jobs[0].options)
+            predictions = self.model.predict_features(merged, merged.paths, **jobs[0].options)
         except Exception as exc:
             for job in jobs:
                 _resolve(job, exception=exc)
@@ -312,6 +287,20 @@ class MicroBatcher:
             count = 1 if job.options.get("views") else len(job.names)
             _resolve(job, result=predictions[start:start + count])
             start += count
+
+
+def encoder_runs(batch: list[_Job], size: int) -> Iterator[list[_Job]]:
+    """Consecutive requests of a batch grouped into runs of at most ``size`` images (a larger request alone)."""
+    run: list[_Job] = []
+    images = 0
+    for job in batch:
+        if run and images + job_size(job) > size:
+            yield run
+            run, images = [], 0
+        run.append(job)
+        images += job_size(job)
+    if run:
+        yield run
 
 
 def job_size(job: _Job) -> int:

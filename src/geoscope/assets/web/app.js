@@ -17,6 +17,7 @@
 
   function pct(p) {
     const v = 100 * p;
+    if (v > 0 && v < 0.1) return "<0.1%";
     return (v < 10 ? v.toFixed(1) : v.toFixed(0)) + "%";
   }
 

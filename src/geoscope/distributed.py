@@ -1,0 +1,216 @@
+"""Processes working together: rank, world size, backend and device, over ``torch.distributed``.
+
+``torchrun`` starts one process per device and tells each its place through the environment
+(``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` …); :func:`start` joins them into
+one process group (gloo on CPUs, NCCL on GPUs). Without torchrun every function here answers
+for a single process, rank 0 of 1, and communicates nothing, so callers need no branch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from .errors import GeoscopeError
+
+if TYPE_CHECKING:
+    import torch
+
+DEVICES = ("auto", "cpu", "cuda")
+TIMEOUT_ENV = "GEOSCOPE_DIST_TIMEOUT_MIN"
+"""Minutes a collective (a barrier, a gradient all-reduce) may wait for a slower rank (default 60)."""
+
+
+@dataclass(frozen=True)
+class Run:
+    """Where this process stands: its rank among ``world_size`` processes, and its device."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    local_world_size: int = 1
+    backend: str | None = None
+    """``gloo`` or ``nccl`` in a process group; ``None`` for a single process."""
+    device: str = "cpu"
+
+    @property
+    def main(self) -> bool:
+        """Rank 0: the process that prints progress and writes outputs."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def describe(self) -> dict:
+        """What a model's config records about the run: world size, backend, machines, every rank's device.
+
+        A collective: every rank calls it.
+        """
+        ranks = all_gather_object((socket.gethostname(), device_name(self.device)))
+        return {"world_size": self.world_size, "backend": self.backend,
+                "nodes": len({host for host, _ in ranks}), "devices": [device for _, device in ranks]}
+
+
+def device_name(device: str) -> str:
+    """A torch device with, for a GPU, its model: ``cuda:0 (NVIDIA H200)``."""
+    if not device.startswith("cuda"):
+        return device
+    import torch
+
+    return f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
+
+
+def launched() -> bool:
+    """Whether ``torchrun`` (or another launcher setting ``WORLD_SIZE`` > 1) started this process."""
+    return _env_int("WORLD_SIZE", 1) > 1
+
+
+def resolve_device(spec: str = "auto", local_rank: int = 0) -> str:
+    """``cpu``, ``cuda`` or ``auto`` (a GPU when torch sees one) → a torch device name (``cuda:1``)."""
+    import torch
+
+    if spec not in DEVICES:
+        raise GeoscopeError(f"device must be one of {', '.join(DEVICES)}, not {spec!r}")
+    cuda = torch.cuda.is_available()
+    if spec == "cuda" and not cuda:
+        raise GeoscopeError("--device cuda: torch sees no CUDA device on this machine; use --device cpu or auto")
+    if spec == "cpu" or not cuda:
+        return "cpu"
+    return f"cuda:{local_rank % torch.cuda.device_count()}"
+
+
+def start(device: str = "auto") -> Run:
+    """Join the process group torchrun prepared (once), or describe a single process.
+
+    On GPUs each process takes the GPU of its local rank and the group uses NCCL; on CPUs, gloo.
+    """
+    import torch
+    import torch.distributed as dist
+
+    if not launched():
+        return Run(device=resolve_device(device))
+    local_rank = _env_int("LOCAL_RANK", 0)
+    resolved = resolve_device(device, local_rank)
+    backend = "nccl" if resolved.startswith("cuda") else "gloo"
+    if resolved.startswith("cuda"):
+        torch.cuda.set_device(torch.device(resolved))
+    if not dist.is_initialized():
+        minutes = float(os.environ.get(TIMEOUT_ENV, "60") or 60)
+        try:
+            dist.init_process_group(backend, timeout=timedelta(minutes=minutes))
+        except (RuntimeError, ValueError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise GeoscopeError(f"cannot join the {backend} process group torchrun prepared ({first})") from None
+    return Run(dist.get_rank(), dist.get_world_size(), local_rank, _env_int("LOCAL_WORLD_SIZE", 1),
+               dist.get_backend(), resolved)
+
+
+def finish() -> None:
+    """Leave the process group (if one was joined)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def session(device: str = "auto") -> Iterator[Run]:
+    """:func:`start` on entry, :func:`finish` on exit."""
+    run = start(device)
+    try:
+        yield run
+    finally:
+        finish()
+
+
+def current(device: str = "cpu") -> Run:
+    """This process's rank and world as the process group knows them (rank 0 of 1 without one)."""
+    if not _initialized():
+        return Run(device=device)
+    import torch.distributed as dist
+
+    return Run(dist.get_rank(), dist.get_world_size(), _env_int("LOCAL_RANK", 0),
+               _env_int("LOCAL_WORLD_SIZE", 1), dist.get_backend(), device)
+
+
+def cores_per_process() -> int:
+    """This machine's cores shared among the processes torchrun started on it (all of them for one process)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // max(1, _env_int("LOCAL_WORLD_SIZE", 1)))
+
+
+def barrier() -> None:
+    """Wait until every rank gets here (nothing to wait for in a single process)."""
+    if _initialized():
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def all_gather_object(obj: Any) -> list[Any]:
+    """Every rank's ``obj``, in rank order (``[obj]`` in a single process)."""
+    if not _initialized():
+        return [obj]
+    import torch.distributed as dist
+
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Rank ``src``'s ``obj`` on every rank."""
+    if not _initialized():
+        return obj
+    import torch.distributed as dist
+
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def gather_rows(x: torch.Tensor, counts: list[int]) -> torch.Tensor:
+    """Rows of every rank (``counts[r]`` from rank ``r``) concatenated in rank order, for a loss over all of them.
+
+    Gradients flow only into this rank's own rows, multiplied by the world size: a loss that
+    every rank computes alike on the gathered rows then gets, once DDP averages the ranks'
+    gradients, the gradient one process would compute on all rows. No collective runs backward.
+    """
+    if not _initialized():
+        return x
+    import torch
+    import torch.distributed as dist
+
+    world, most = dist.get_world_size(), max(counts)
+    padded = torch.cat([x.detach(), x.new_zeros((most - len(x), *x.shape[1:]))]) if len(x) < most else x.detach()
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded.contiguous())
+    own = x * 1  # exactly x, with its own gradient hook
+    if own.requires_grad:
+        own.register_hook(lambda grad: grad * world)
+    parts[dist.get_rank()] = own
+    return torch.cat([part[:n] for part, n in zip(parts, counts, strict=True)])
+
+
+def _initialized() -> bool:
+    try:
+        import torch.distributed as dist
+    except ImportError:
+        return False
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _env_int(name: str, default: int) -> int:
+    try:
+        return int(os.environ.get(name, default))
+    except ValueError:
+        return default

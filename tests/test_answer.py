@@ -1,0 +1,149 @@
+"""Readable answers: label names, geocells, H3, the hierarchy, coverage, confidence and refinement."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from geoscope.answer import (
+    Answerer,
+    Calibration,
+    Coverage,
+    coverage_scores,
+    fit_calibration,
+    mass_near_top,
+    unit_rows,
+)
+from geoscope.errors import GeoscopeError
+from geoscope.geo import haversine_km
+from geoscope.geocells import geocell_ids
+from geoscope.labels import LabelScheme, assign_labels, make_labels
+from geoscope.naming import geographic_medoid, locate, name_labels
+from geoscope.places import load_places
+from geoscope.refine import refine_in_labels
+
+
+def _cloud(lat: float, lon: float, n: int, km: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    return lat + rng.normal(0, km / 111, n), lon + rng.normal(0, km / 111 / np.cos(np.radians(lat)), n)
+
+
+def test_locate_names_country_and_region() -> None:
+    where = locate([51.38, 45.81, 40.97, 42.98], [-0.10, 15.98, -117.73, -81.25])
+    assert where["country_code"].tolist() == ["GB", "HR", "US", "CA"]
+    assert where["region"].tolist() == ["England", "Grad Zagreb", "Nevada", "Ontario"]
+
+
+def test_medoid_is_where_the_images_are() -> None:
+    rng = np.random.default_rng(0)
+    lat, lon = _cloud(51.5, -0.1, 200, 3, rng)
+    lat, lon = np.r_[lat, 40.0], np.r_[lon, -100.0]  # one far outlier pulls a mean, not a medoid
+    mlat, mlon = geographic_medoid(lat, lon)
+    assert haversine_km(mlat, mlon, 51.5, -0.1) < 2
+
+
+def test_label_names_are_unique_true_places_with_region_and_country() -> None:
+    towns = load_places(None, min_population=500)
+    # Two labels around Croydon and one in the empty Nevada desert.
+    names = name_labels([51.372, 51.380, 41.70], [-0.098, -0.090, -117.59], [3, 3, 20], ["GB", "GB", "US"],
+                        ["England", "England", "Nevada"])
+    assert names["name"].is_unique
+    assert not names["name"].str.contains(r"\(\d+\)").any()
+    assert names["name"][0] == "Croydon, England, United Kingdom"
+    assert names["country"].tolist() == ["United Kingdom", "United Kingdom", "United States"]
+    second = towns[(towns["name"] == names["place"][1]) & (towns["country_code"] == "GB")]
+    assert not second.empty and haversine_km(51.380, -0.090, second["lat"], second["lon"]).min() <= 5
+    # No town within 40 km of the desert label: its name says how far and which way.
+    assert names["place"][2].startswith(tuple(f"{d} km" for d in range(40, 200)))
+    assert " of " in names["place"][2]
+
+
+def test_geocells_follow_countries_and_the_density_of_the_data() -> None:
+    rng = np.random.default_rng(1)
+    clouds = [_cloud(48.85, 2.35, 300, 4, rng), _cloud(45.76, 4.84, 12, 4, rng), _cloud(52.52, 13.40, 90, 4, rng)]
+    lat = np.concatenate([c[0] for c in clouds])
+    lon = np.concatenate([c[1] for c in clouds])
+    ids = geocell_ids(lat, lon, min_images=20, max_images=100)
+    countries = locate(lat, lon)["country_code"].to_numpy()
+    for cell in np.unique(ids):
+        assert len(set(countries[ids == cell])) == 1  # never across a border
+        assert np.sum(ids == cell) >= 20  # Lyon's 12 images joined another French cell
+    assert len(np.unique(ids[:300])) >= 3  # dense Paris is cut into parts of at most ~100
+    assert len(np.unique(ids[312:])) == 1
+
+
+def test_geocell_and_h3_labels_assign_new_points_consistently() -> None:
+    rng = np.random.default_rng(2)
+    lat, lon = np.concatenate([_cloud(48.85, 2.35, 60, 3, rng)[0], _cloud(52.52, 13.40, 60, 3, rng)[0]]), \
+        np.concatenate([_cloud(48.85, 2.35, 60, 3, rng)[1], _cloud(52.52, 13.40, 60, 3, rng)[1]])
+    frame = pd.DataFrame({"lat": lat, "lon": lon})
+    for scheme in (LabelScheme("geocells", {"min_images": 10, "max_images": 200}), LabelScheme("h3", {"h3_res": 3})):
+        ids, table = make_labels(frame, scheme)
+        assert (assign_labels(lat, lon, table, scheme) == ids).mean() > 0.95
+        assert set(table["country"]) == {"France", "Germany"}
+        assert table["name"].is_unique
+
+
+def _labels() -> pd.DataFrame:
+    return pd.DataFrame({
+        "name": ["Croydon, England, United Kingdom", "Camden, England, United Kingdom", "London, Ontario, Canada"],
+        "lat": [51.37, 51.54, 42.98], "lon": [-0.10, -0.14, -81.25], "place": ["Croydon", "Camden", "London"],
+        "region": ["England", "England", "Ontario"], "country": ["United Kingdom", "United Kingdom", "Canada"],
+    })
+
+
+def test_answer_sums_probabilities_per_country_and_region() -> None:
+    answer = Answerer(_labels()).answer("a.jpg", np.array([0.3, 0.5, 0.2]), top_k=2)
+    assert [g.place for g in answer.guesses] == ["Camden", "Croydon"]
+    assert answer.levels["country"][0] == {"name": "United Kingdom", "probability": pytest.approx(0.8)}
+    assert answer.levels["region"][1]["name"] == "Ontario, Canada"
+    by_country = Answerer(_labels()).answer("a.jpg", np.array([0.3, 0.5, 0.2]), level="country")
+    assert [(g.label, round(g.probability, 3)) for g in by_country.guesses] == [("United Kingdom", 0.8),
+                                                                                  ("Canada", 0.2)]
+    assert by_country.guesses[0].lat == 51.54  # its most probable place
+    with pytest.raises(GeoscopeError, match="level must be one of"):
+        Answerer(_labels()).answer("a.jpg", np.array([0.3, 0.5, 0.2]), level="city")
+
+
+def test_coverage_flags_what_is_unlike_the_gallery() -> None:
+    rng = np.random.default_rng(3)
+    gallery = rng.normal(0, 1, (500, 16)) + np.r_[5.0, np.zeros(15)]
+    near = gallery[:20] + rng.normal(0, 0.1, (20, 16))
+    far = np.r_[rng.normal(0, 1, (10, 16)) - np.r_[5.0, np.zeros(15)],  # another direction
+                3.0 * (gallery[:10] - gallery.mean(axis=0)) + gallery.mean(axis=0)]  # the same directions, far out
+    scores_near, scores_far = coverage_scores(near, gallery, 10), coverage_scores(far, gallery, 10)
+    assert scores_near.min() > scores_far.max()
+    answerer = Answerer(_labels(), Coverage(threshold=float(np.median(np.r_[scores_near, scores_far]))))
+    flags = [answerer.answer("x", np.array([0.2, 0.3, 0.5]), coverage_score=float(s)).in_coverage
+             for s in np.r_[scores_near[:3], scores_far[:3]]]
+    assert flags == [True, True, True, False, False, False]
+    assert Answerer(_labels()).answer("x", np.array([0.2, 0.3, 0.5]), coverage_score=0.1).in_coverage is None
+
+
+def test_calibrated_confidence_follows_how_often_the_top_guess_is_close() -> None:
+    rng = np.random.default_rng(4)
+    labels = _labels()
+    lat, lon = labels["lat"].to_numpy(), labels["lon"].to_numpy()
+    n = 600
+    sharp = rng.random(n) < 0.5  # sharp rows are confident and right; flat rows are unsure and often wrong
+    probs = np.where(sharp[:, None], [0.9, 0.05, 0.05], [0.4, 0.3, 0.3])
+    truth = np.where(sharp | (rng.random(n) < 0.4), 0, 2)
+    calibration = fit_calibration(probs, lat[truth], lon[truth], lat, lon)
+    confidence = calibration(mass_near_top(probs, lat, lon))["25"]
+    assert confidence[sharp].mean() > 0.9 and confidence[~sharp].mean() == pytest.approx(0.4, abs=0.08)
+    assert Calibration.from_dict(calibration.to_dict()) == calibration
+
+
+def test_refinement_moves_a_guess_to_its_most_similar_training_images() -> None:
+    rng = np.random.default_rng(5)
+    # Label 0 holds two neighbourhoods 20 km apart whose images look different; label 1 is elsewhere.
+    gallery = np.r_[rng.normal(0, 0.1, (30, 8)) + np.eye(8)[0], rng.normal(0, 0.1, (30, 8)) + np.eye(8)[1],
+                    rng.normal(0, 0.1, (30, 8)) + np.eye(8)[2]]
+    g_lat = np.r_[np.full(30, 51.40), np.full(30, 51.58), np.full(30, 42.98)]
+    g_lon = np.r_[np.full(30, -0.10), np.full(30, -0.10), np.full(30, -81.25)]
+    g_label = np.r_[np.zeros(60, int), np.ones(30, int)]
+    query = np.eye(8)[[1, 0]]
+    lat, lon = refine_in_labels(query, np.array([[0], [0]]), unit_rows(gallery), g_lat, g_lon, g_label,
+                                np.array([51.49, 42.98]), np.array([-0.10, -81.25]))
+    assert lat[:, 0].tolist() == [51.58, 51.40]
+    assert lon[:, 0].tolist() == [-0.10, -0.10]
