@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import torch.multiprocessing as mp
 from conftest import make_images, shared_dataset
 
@@ -191,3 +192,19 @@ def test_two_gloo_ranks_train_as_one_process(loss: str, tmp_path: Path) -> None:
         assert (a["epoch"], a["split"]) == (b["epoch"], b["split"])
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
         assert b["accuracy"] == a["accuracy"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_device_cuda_without_a_gpu_is_refused_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    make_images(tmp_path / "images", 2, seed=13)
+    manifest = tmp_path / "manifest.csv"
+    pd.DataFrame({"image": ["images/img_000.jpg", "images/img_001.jpg"], "lat": 51.5, "lon": -0.1}).to_csv(
+        manifest, index=False)
+    assert main(["train", str(manifest), "-o", str(tmp_path / "model"), "--device", "cuda"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--device cuda" in err and not (tmp_path / "model").exists()
+    assert main(["features", str(manifest), "--device", "cuda"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--device cuda" in err
+    assert main(["features", str(manifest), "--device", "auto", "--quiet"]) == 0  # auto: the CPU here
+    assert "on cpu" in capsys.readouterr().out

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from conftest import make_images
 
+from geoscope.batch import ManifestUnits
 from geoscope.cli.main import main
 from geoscope.data.manifest import iter_manifest, read_manifest
 from geoscope.errors import ManifestError
@@ -112,3 +113,13 @@ def test_predict_streams_a_manifest_into_a_file_and_resumes(linked_manifest: Pat
     corrupt = [r for r in records if r["image"].endswith("corrupt.jpg")]
     assert corrupt and all(r.get("error") and not r["guesses"] for r in corrupt)
     assert all(r["guesses"] for r in records if r not in corrupt)
+
+
+def test_manifest_views_are_runs_of_rows_sharing_a_place_across_chunks(tmp_path: Path) -> None:
+    path = tmp_path / "places.csv"
+    pd.DataFrame({"image": [f"{i}.jpg" for i in range(5)], "lat": 1.0, "lon": 2.0,
+                  "location_id": ["a", "a", "b", "c", "c"]}).to_csv(path, index=False)
+    units = list(ManifestUnits(path, views=True, chunk_rows=2))  # chunks [a a] [b c] [c]
+    assert [[Path(p).name for p in u.paths] for u in units] == [["0.jpg", "1.jpg"], ["2.jpg"], ["3.jpg", "4.jpg"]]
+    assert [u.key for u in units] == [u.paths[0] for u in units]
+    assert len(list(ManifestUnits(path, chunk_rows=2))) == 5  # without views: one unit per row

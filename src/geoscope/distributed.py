@@ -167,17 +167,6 @@ def all_gather_object(obj: Any) -> list[Any]:
     return out
 
 
-def broadcast_object(obj: Any, src: int = 0) -> Any:
-    """Rank ``src``'s ``obj`` on every rank."""
-    if not _initialized():
-        return obj
-    import torch.distributed as dist
-
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
-
-
 def gather_rows(x: torch.Tensor, counts: list[int]) -> torch.Tensor:
     """Rows of every rank (``counts[r]`` from rank ``r``) concatenated in rank order, for a loss over all of them.
 

@@ -157,10 +157,12 @@ def extract_features(
         else:
             out[stored[i]], valid[stored[i]] = row, True
     errors = [reasons[i] for i in sorted(reasons)]
-    if combine == "mean":  # NaN rows stay NaN
-        embeddings = out[:, 0] if views.count == 1 else out.mean(axis=1)
-    else:
+    if combine == "stack":
         embeddings = out
+    elif views.count == 1:
+        embeddings = out[:, 0]  # the one view, without a copy
+    else:
+        embeddings = out.mean(axis=1)  # NaN rows stay NaN
     return FeatureSet(
         embeddings=np.ascontiguousarray(embeddings, dtype=np.float32), valid=valid, errors=errors,
         encoder_name=encoder.name, paths=[str(p) for p in paths], views=views.key,
