@@ -130,10 +130,11 @@ def linear_probe(model, manifest: Manifest, result, options: FitOptions) -> pd.D
     ids = assign_labels(frame["lat"].to_numpy(), frame["lon"].to_numpy(), model.labels, scheme, values)
     train = (frame["split"] == "train").to_numpy() & (ids >= 0)
     side = options.image_side
-    x_train = [side.extract([manifest.image_paths[i] for i in np.flatnonzero(train)], progress=False).embeddings]
+    paths = manifest.image_paths
+    train_paths = [paths[i] for i in np.flatnonzero(train)]
+    x_train = [side.extract(train_paths, progress=False).embeddings]
     if options.augment:
-        x_train.append(side.extract([manifest.image_paths[i] for i in np.flatnonzero(train)], hflip=True,
-                                    progress=False).embeddings)
+        x_train.append(side.extract(train_paths, hflip=True, progress=False).embeddings)
     y = np.concatenate([ids[train]] * len(x_train))
     probe = make_pipeline(StandardScaler(), LogisticRegression(C=0.01, max_iter=2000))
     probe.fit(np.nan_to_num(np.concatenate(x_train)), y)

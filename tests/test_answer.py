@@ -129,8 +129,13 @@ def test_calibrated_confidence_follows_how_often_the_top_guess_is_close() -> Non
     probs = np.where(sharp[:, None], [0.9, 0.05, 0.05], [0.4, 0.3, 0.3])
     truth = np.where(sharp | (rng.random(n) < 0.4), 0, 2)
     calibration = fit_calibration(probs, lat[truth], lon[truth], lat, lon)
-    confidence = calibration(mass_near_top(probs, lat, lon))["25"]
+    every = calibration(mass_near_top(probs, lat, lon))
+    confidence = every["25"]
     assert confidence[sharp].mean() > 0.9 and confidence[~sharp].mean() == pytest.approx(0.4, abs=0.08)
+    # A wider circle is never less likely, whatever the separate fits say.
+    odd = Calibration({"25": (1.0, 0.0), "200": (1.0, 2.0), "750": (0.2, -1.0)})
+    wide = odd(mass_near_top(rng.dirichlet(np.ones(3), size=200), lat, lon))
+    assert (wide["25"] <= wide["200"]).all() and (wide["200"] <= wide["750"]).all()
     assert Calibration.from_dict(calibration.to_dict()) == calibration
 
 

@@ -13,11 +13,12 @@ __version__ = "0.1.0"
 __all__ = ["__version__", "load"]
 
 
-def load(model_dir: str | os.PathLike[str] | None = None) -> GeoModel:
-    """Load a model bundle for prediction (the bundled default when ``model_dir`` is None).
+def load(model: str | os.PathLike[str] | None = None, *, region: str | None = None) -> GeoModel:
+    """Load a model for prediction: a bundle folder (the bundled default when None), or a hub CLIP
+    (``"hf:geolocal/StreetCLIP"``, or a local CLIP folder) used zero-shot over the places of ``region``.
 
     Returns a :class:`geoscope.predict.GeoModel`: ``model.predict(["photo.jpg"], top_k=3)``.
     """
-    from .predict import load_model
+    from .models.factory import load_any_model
 
-    return load_model(model_dir)
+    return load_any_model(model, region=region)

@@ -142,7 +142,11 @@ class Calibration:
         return cls({str(d): (float(ab[0]), float(ab[1])) for d, ab in data.items()}) if data else None
 
     def __call__(self, mass: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return {d: _sigmoid(a * _logit(mass[d]) + b) for d, (a, b) in self.coefficients.items()}
+        """Calibrated probabilities, never smaller for a wider circle (each fit is its own, so enforce it)."""
+        order = sorted(self.coefficients, key=float)
+        raw = np.stack([_sigmoid(self.coefficients[d][0] * _logit(mass[d]) + self.coefficients[d][1])
+                        for d in order])
+        return dict(zip(order, np.maximum.accumulate(raw, axis=0), strict=True))
 
 
 def mass_near_top(probabilities: np.ndarray, label_lat: np.ndarray, label_lon: np.ndarray,

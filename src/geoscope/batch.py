@@ -54,12 +54,12 @@ class ManifestUnits:
         self.path, self.views, self.chunk_rows = Path(path), views, chunk_rows or CHUNK_ROWS
 
     def __iter__(self) -> Iterator[Unit]:
-        from .data.manifest import iter_manifest
+        from .data.manifest import iter_manifest, place_ids
 
         place: list[str] = []
         last = None
         for chunk in iter_manifest(self.path, chunk_rows=self.chunk_rows):
-            ids = chunk.frame["location_id"] if self.views and "location_id" in chunk.frame else None
+            ids = place_ids(chunk.frame) if self.views else None  # a row without location_id is its own place
             for i, path in enumerate(map(str, chunk.image_paths)):
                 if ids is None:
                     yield Unit(path, (path,))

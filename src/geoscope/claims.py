@@ -28,6 +28,7 @@ import uuid
 from collections.abc import Callable, Container, Iterator, Sequence
 from pathlib import Path
 
+from .errors import GeoscopeError, quote_name
 from .fileio import atomic_write_bytes
 
 HASH_BYTES = 20
@@ -43,7 +44,7 @@ class WorkClaims:
         self.name = f"{host}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.mine: set[bytes] = set()
         self._fd = os.open(self.folder / f"{self.name}.lock", os.O_CREAT | os.O_RDWR, 0o666)
-        fcntl.flock(self._fd, fcntl.LOCK_EX)  # held while this writer lives
+        _lock(self._fd, self.folder)  # held while this writer lives
 
     def __enter__(self) -> WorkClaims:
         return self
@@ -109,10 +110,20 @@ class WorkClaims:
     def _locked(self) -> Iterator[None]:
         fd = os.open(self.folder / ".lock", os.O_CREAT | os.O_RDWR, 0o666)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            _lock(fd, self.folder)
             yield
         finally:
             os.close(fd)  # closing releases the lock
+
+
+def _lock(fd: int, folder: Path) -> None:
+    """An exclusive ``flock``, or one line naming the cache folder whose file system cannot lock."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except OSError as exc:
+        os.close(fd)
+        raise GeoscopeError(f"cannot lock files in the feature cache {quote_name(folder.parent)} "
+                            f"({exc.strerror or exc}): put GEOSCOPE_CACHE on a file system with file locks") from None
 
 
 def _alive(lock: Path) -> bool:

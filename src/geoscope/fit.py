@@ -305,13 +305,15 @@ gazetteer place where its training images are, with its region and country, and 
 answer also sums the probabilities per country and region.
 
 ## Where it works
-Trained on {summary['images']:,} images at {summary['places']:,} places within
+Trained on {len(data.splits['train']):,} of the manifest's {summary['images']:,} images
+({summary['places']:,} places) within
 lat {box['min_lat']:.2f}…{box['max_lat']:.2f}, lon {box['min_lon']:.2f}…{box['max_lon']:.2f};
 training images per country: {countries}.
 A photo from anywhere else can only get the most similar of these places: each answer says
-`in_coverage: false` when the photo is unlike the training images (mean cosine similarity
-to its {coverage['k']} most similar training images below {coverage['threshold']:.4f}, the
-threshold that keeps {coverage['kept']:.0%} of held-out validation images in coverage).
+`in_coverage: false` when the photo is unlike the training images (its mean distance to its
+{coverage['k']} nearest training images, in the kNN gallery's space, is larger than
+{-coverage['threshold']:.2f}, the distance that keeps {coverage['kept']:.0%} of held-out
+validation images in coverage).
 The confidence shown beside the guesses (probability that the top guess is within 25, 200
 and 750 km) is calibrated on the validation images.
 

@@ -132,11 +132,23 @@ class GeoModel:
 
     def knn(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """kNN baseline: locate image features among the training gallery."""
+        if not self.has_gallery:
+            raise ModelError(f"{self.path}: this bundle has no kNN gallery")
         t = self.files.tensors
         return knn_locate(self.gallery_query(features), self.gallery, t["gallery.lat"], t["gallery.lon"])
 
+    @property
+    def has_gallery(self) -> bool:
+        """Whether the bundle holds a kNN gallery (coverage, the kNN baseline and refinement read it)."""
+        return "gallery.features" in self.files.tensors
+
     def coverage_scores(self, features: np.ndarray) -> np.ndarray:
-        """How much each image (features, or the mean features of a place's views) is like the training images."""
+        """How much each image (features, or the mean features of a place's views) is like the training images.
+
+        NaN (coverage unknown) for a bundle without a kNN gallery.
+        """
+        if not self.has_gallery:
+            return np.full(len(features), np.nan)
         k = self.coverage.k if self.coverage is not None else 10
         rows, squares = self._gallery_rows
         return coverage_scores(self.gallery_query(features), rows, k, squares)
@@ -144,7 +156,7 @@ class GeoModel:
     @property
     def can_refine(self) -> bool:
         """Whether the bundle's gallery knows each image's label (needed by ``refine="knn"``)."""
-        return "gallery.label" in self.files.tensors
+        return self.has_gallery and "gallery.label" in self.files.tensors
 
     def refined_coordinates(self, features: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Coordinates of guessed ``labels`` ``(n, m)`` refined by the training images most like ``features``."""

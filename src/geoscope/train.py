@@ -345,8 +345,6 @@ def _loss(
         same = (labels[:, None] == labels[None, :]).float()
         targets = same / same.sum(dim=1, keepdim=True)
         return 0.5 * (soft_cross_entropy(logits, targets) + soft_cross_entropy(logits.T, targets))
-    if config.loss != "label":
-        raise ValueError(f"unknown loss {config.loss!r}: use 'clip' or 'label'")
     rows = idx[mine]
     labels = torch.as_tensor(data.label[rows], dtype=torch.long).to(device)
     logits = step(inputs, texts, noise, "label")

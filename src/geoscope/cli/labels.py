@@ -1,4 +1,4 @@
-"""``geoscope labels grid|cities|column MANIFEST``: write place labels and the label table."""
+"""``geoscope labels geocells|grid|cities|h3|column MANIFEST``: write place labels and the label table."""
 
 from __future__ import annotations
 
@@ -60,7 +60,8 @@ def _positive(flag: str, value: float) -> None:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("labels", help="label a manifest's images with places (grid or cities)")
+    parser = subparsers.add_parser("labels",
+                                   help="label a manifest's images with places (geocells, grid, cities, h3, a column)")
     parser.add_argument("kind", choices=KINDS)
     parser.add_argument("manifest")
     add_scheme_arguments(parser)
@@ -71,6 +72,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     scheme = scheme_from_args(args.kind, args)
+    if scheme.kind == "column" and scheme.params["column"] == "label":
+        raise GeoscopeError("labels column: the label ids are written to the 'label' column, so the place names "
+                            "must come from another one: name it with --column")
     out = Path(args.output or args.manifest)
     table_path = Path(args.table or out.with_suffix(".labels.csv"))
     check_writable(out)

@@ -1,4 +1,4 @@
-"""``geoscope train MANIFEST --labels grid|cities -o MODEL_DIR``."""
+"""``geoscope train MANIFEST --labels geocells|grid|cities|h3|column -o MODEL_DIR``."""
 
 from __future__ import annotations
 
@@ -71,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
                              text_encoder=args.text_encoder, train=config, augment=args.augment,
                              finetune_blocks=args.finetune_blocks, crops=args.crops,
                              search=args.search, name=args.name or args.output.rstrip("/").split("/")[-1],
-                             block_km=args.block_km, provenance=read_dataset_card(args.manifest), device=run.device)
+                             block_km=args.block_km, gap_km=args.gap_km,
+                             provenance=read_dataset_card(args.manifest), device=run.device)
         path, result = fit(manifest, options, args.output, command=["geoscope", *args.argv])
     if not run.main:
         return 0
