@@ -46,7 +46,7 @@ def default_options() -> FitOptions:
     """How the default model is trained (also used by the benchmarks that retrain it on subsets)."""
     return FitOptions(
         scheme=LabelScheme("grid", {"cell_km": 100.0}),
-        train=replace(TrainConfig(), label_smoothing_km=100.0, feature_noise=2.0),
+        train=replace(TrainConfig(), label_smoothing_km=100.0, feature_noise=1.0),
         image_encoder="efficientnet-lite0/stats",
         name="geoscope-default-lite0stats-grid100",
     )
