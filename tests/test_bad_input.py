@@ -213,7 +213,8 @@ def test_bad_image(tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str
         assert [line for line in run.err.splitlines() if name in line], run.err
         assert np.load(out)["valid"].tolist() == [True, False]
     else:  # evaluate: a missing file or a folder fails the manifest check; others are skipped, named
-        run = cli(capsys, "evaluate", _image_manifest(tmp_path, [good, bad]))
+        # the good image is one the default model was trained on: keep it measured
+        run = cli(capsys, "evaluate", _image_manifest(tmp_path, [good, bad]), "--include-training-rows")
         if kind in ("missing-file", "directory"):
             refused(run, "row 3", name)
         else:
@@ -338,10 +339,10 @@ def test_evaluate_says_how_many_items_each_figure_uses(tmp_path: Path, capsys: p
     frame = pd.read_csv(manifest)
     frame.loc[frame["image"] == "us-west-1.jpg", ["lat", "lon"]] = (0.0, -150.0)  # in no cell of the model
     frame.to_csv(manifest, index=False)
-    run = cli(capsys, "evaluate", manifest, "--views", "separate")
+    run = cli(capsys, "evaluate", manifest, "--views", "separate", "--include-training-rows")
     answered(run)
     assert "8 evaluated" in run.out and "label accuracy (7 of 8 labelled)" in run.out
-    run = cli(capsys, "evaluate", manifest, "--views", "separate", "--json")
+    run = cli(capsys, "evaluate", manifest, "--views", "separate", "--json", "--include-training-rows")
     metrics = strict_json(run.out)["metrics"]["model"]
     assert (metrics["n"], metrics["n_labelled"]) == (8, 7)
 

@@ -32,7 +32,7 @@ import numpy as np
 from . import distributed
 from .data.manifest import CHUNK_ROWS, iter_manifest, manifest_rows
 from .encoders.preprocess import Views
-from .errors import GeoscopeError
+from .errors import GeoscopeError, quote_name
 from .features import FeatureSet, cache_features, extract_features, progress_description
 
 CHUNK_BYTES = 64 << 20
@@ -138,6 +138,10 @@ def manifest_features(
             summary.output_shape = chunk.output_shape
             if writer is not None:
                 writer.append(chunk)
+        if summary.rows and summary.bad == summary.rows:  # nothing to write: no output file, one line
+            first = f"first: {summary.errors[0]}" if summary.errors else "see the errors above"
+            raise GeoscopeError(f"{quote_name(manifest)}: no image could be read "
+                                f"({summary.bad:,} of {summary.rows:,} failed; {first})")
         if writer is not None:
             summary.output = writer.close()
     finally:

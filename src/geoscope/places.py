@@ -18,7 +18,7 @@ from .errors import GeoscopeError
 from .geo import haversine_km, to_unit_vectors
 from .regions import Region, resolve_region
 
-PLACE_COLUMNS = ("place_id", "name", "lat", "lon", "population", "country_code", "admin1")
+PLACE_COLUMNS = ("place_id", "name", "lat", "lon", "population", "country_code", "admin1", "region")
 REGION_MATCH_KM = 2.0
 """A cities1000 row this close to a gazetteer place (same country) lends it its region name."""
 GAZETTEER_SIZES = (500, 1000, 5000, 15000)
@@ -44,7 +44,7 @@ def _gazetteer_raw(size: int) -> pd.DataFrame:
              int(c.get("population") or 0), c.get("countrycode") or "", str(c.get("admin1code") or ""))
             for c in cities.values()
         ],
-        columns=list(PLACE_COLUMNS),
+        columns=list(PLACE_COLUMNS[:-1]),  # the region's name is looked up afterwards
     )
 
 

@@ -202,7 +202,7 @@ class GeoModel:
             raise ModelError(f"{self.path}: this bundle's gallery has no labels to refine with: retrain it")
         answers = self._answers(fs, list(paths), top_k, views, level, allow_missing_views)
         if refine == "knn":
-            answers = [self._refine(p, f) for p, f in answers]
+            return [self._refine(p, f) for p, f in answers]
         return [p for p, _ in answers]
 
     def _answers(self, fs: FeatureSet, paths: list[str], top_k: int, views: bool, level: str,

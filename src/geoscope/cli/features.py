@@ -61,7 +61,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_features(args: argparse.Namespace) -> int:
     from .. import distributed
     from ..encoders.onnx_runtime import onnx_device
-    from ..errors import GeoscopeError, quote_name
+    from ..errors import GeoscopeError
     from ..fileio import check_writable
     from ..manifest_features import manifest_features
 
@@ -91,9 +91,6 @@ def run_features(args: argparse.Namespace) -> int:
         print(f"  {result.seconds:.1f} s; run without --shard once every share is done to write the output")
         return 0
     bad = result.bad
-    if bad and bad == result.rows:
-        raise GeoscopeError(f"{quote_name(args.manifest)}: no image could be read ({bad:,} of {bad:,} failed; "
-                            f"{_first(result.errors, bad)})")
     processes = f", {run.world_size} processes" if run.distributed else ""
     print(f"{args.manifest}: {result.rows:,} images, {result.encoder_name} "
           f"({args.backend} on {device}{processes}, views {result.views})")
