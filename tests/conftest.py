@@ -38,3 +38,18 @@ def make_images(folder: Path, n: int, *, size: tuple[int, int] = (64, 48), seed:
         Image.fromarray(pixels).save(path, quality=90)
         paths.append(path)
     return paths
+
+
+def save_clip_tokenizer(vocab: dict[str, int], folder: Path) -> None:
+    """Save a CLIP tokenizer over ``vocab`` (no merges) into a checkpoint folder the test makes."""
+    import json
+
+    import transformers
+
+    try:  # transformers 5 takes the vocabulary directly; 4 wants files
+        tokenizer = transformers.CLIPTokenizer(vocab=vocab, merges=[])
+    except TypeError:
+        (folder / "vocab.json").write_text(json.dumps(vocab))
+        (folder / "merges.txt").write_text("#version: 0.2\n")
+        tokenizer = transformers.CLIPTokenizer(folder / "vocab.json", folder / "merges.txt")
+    tokenizer.save_pretrained(folder)

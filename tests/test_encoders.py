@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_images, shared_dataset
+from conftest import make_images, save_clip_tokenizer, shared_dataset
 from PIL import Image
 
 from geoscope.encoders.image import available_image_encoders, get_image_encoder
@@ -181,13 +181,7 @@ def tiny_hf(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     )
     paths = {"clip": root / "clip", "resnet": root / "resnet", "distilbert": root / "distilbert"}
     transformers.CLIPModel(clip_config).save_pretrained(paths["clip"])
-    try:  # transformers 5 takes the vocabulary directly; 4 wants files
-        clip_tokenizer = transformers.CLIPTokenizer(vocab=clip_vocab, merges=[])
-    except TypeError:
-        (root / "vocab.json").write_text(json.dumps(clip_vocab))
-        (root / "merges.txt").write_text("#version: 0.2\n")
-        clip_tokenizer = transformers.CLIPTokenizer(root / "vocab.json", root / "merges.txt")
-    clip_tokenizer.save_pretrained(paths["clip"])
+    save_clip_tokenizer(clip_vocab, paths["clip"])
     (paths["clip"] / "preprocessor_config.json").write_text(json.dumps({
         "crop_size": {"height": 32, "width": 32}, "do_center_crop": True, "do_normalize": True,
         "do_rescale": True, "do_resize": True, "image_mean": [0.48145466, 0.4578275, 0.40821073],

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO, make_images
+from conftest import REPO, make_images, save_clip_tokenizer
 
 from geoscope.candidates import MAX_CITIES, place_hierarchy
 from geoscope.cli.main import main
@@ -53,13 +53,7 @@ def make_tiny_clip(folder: Path) -> Path:
         projection_dim=8,
     )
     transformers.CLIPModel(config).save_pretrained(folder)
-    try:  # transformers 5 takes the vocabulary directly; 4 wants files
-        tokenizer = transformers.CLIPTokenizer(vocab=vocab, merges=[])
-    except TypeError:
-        (folder / "vocab.json").write_text(json.dumps(vocab))
-        (folder / "merges.txt").write_text("#version: 0.2\n")
-        tokenizer = transformers.CLIPTokenizer(folder / "vocab.json", folder / "merges.txt")
-    tokenizer.save_pretrained(folder)
+    save_clip_tokenizer(vocab, folder)
     (folder / "preprocessor_config.json").write_text(json.dumps({
         "crop_size": 32, "do_center_crop": True, "size": 32, "resample": 3,
         "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711]}))
