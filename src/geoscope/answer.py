@@ -227,7 +227,7 @@ class Answerer:
             mass = mass_near_top(p[None], self.lat, self.lon)
             confidence = {d: round(float(v[0]), 4) for d, v in self.calibration(mass).items()}
         in_coverage = None
-        if self.coverage is not None and coverage_score is not None and math.isfinite(coverage_score):
+        if self.coverage is not None and coverage_score is not None:
             in_coverage = bool(coverage_score >= self.coverage.threshold)
         return Prediction(image, guesses, views=views, in_coverage=in_coverage, coverage_score=coverage_score,
                           confidence=confidence, levels=levels, warnings=list(warnings or []))

@@ -1,5 +1,5 @@
 """Place labels for a manifest: the seed's two ways (grid cells, top-N cities), semantic
-geocells (the recommended scheme), H3 hexagons, or a column.
+geocells (regions split by the density of the data), H3 hexagons, or a column.
 
 A label table has one row per place a model can answer: ``label`` (0…n−1), ``name``
 ("Croydon, England, United Kingdom": unique, see :mod:`geoscope.naming`), ``lat``/``lon``
