@@ -202,6 +202,7 @@ class Answerer:
         known_region = self.region != ""
         region_names = np.where(known_region, self.region + ", " + self.country, "")
         self.groups = {"country": self.country, "region": region_names}
+        self._codes = {level: pd.factorize(values) for level, values in self.groups.items()}
         self.names = names.to_numpy()
 
     def answer(self, image: str, probabilities: np.ndarray, *, top_k: int = 5, level: str = "place",
@@ -220,7 +221,8 @@ class Answerer:
         p = np.asarray(probabilities, dtype=np.float64)
         if not np.isfinite(p).all():
             return Prediction(image, [], "the model produced no finite probabilities", views=views)
-        levels = {name: _rank(p, values)[:LEVEL_ROWS] for name, values in self.groups.items() if (values != "").any()}
+        levels = {name: self._rank(p, name)[:LEVEL_ROWS] for name, values in self.groups.items()
+                  if (values != "").any()}
         guesses = self._place_guesses(p, top_k) if level == "place" else self._level_guesses(p, level, top_k)
         confidence = None
         if self.calibration is not None:
@@ -232,6 +234,13 @@ class Answerer:
         return Prediction(image, guesses, views=views, in_coverage=in_coverage, coverage_score=coverage_score,
                           confidence=confidence, levels=levels, warnings=list(warnings or []))
 
+    def _rank(self, p: np.ndarray, level: str) -> list[dict]:
+        """Probability summed per country (or region), most probable first (unnamed ones left out)."""
+        codes, names = self._codes[level]
+        sums = np.bincount(codes, weights=p, minlength=len(names))
+        order = np.argsort(-sums, kind="stable")
+        return [{"name": str(names[i]), "probability": round(float(sums[i]), 6)} for i in order if names[i] != ""]
+
     def _place_guesses(self, p: np.ndarray, top_k: int) -> list[Guess]:
         order = np.argsort(-p, kind="stable")[:top_k]
         return [Guess(float(self.lat[i]), float(self.lon[i]), str(self.names[i]), float(p[i]), str(self.place[i]),
@@ -241,7 +250,7 @@ class Answerer:
         """One guess per country (or region): its summed probability, at its most probable label."""
         values = self.groups[level]
         out = []
-        for entry in _rank(p, values)[:top_k]:
+        for entry in self._rank(p, level)[:top_k]:
             members = np.flatnonzero(values == entry["name"])
             best = members[np.argmax(p[members])]
             region = str(self.region[best]) if level == "region" else ""
@@ -250,10 +259,6 @@ class Answerer:
         return out
 
 
-def _rank(p: np.ndarray, values: np.ndarray) -> list[dict]:
-    """Probability summed per value, most probable first (unnamed values left out)."""
-    sums = pd.Series(p).groupby(values).sum().sort_values(ascending=False)
-    return [{"name": str(n), "probability": round(float(v), 6)} for n, v in sums.items() if n != ""]
 
 
 def _column(labels: pd.DataFrame, name: str, default) -> np.ndarray:
