@@ -141,11 +141,9 @@ def current(device: str = "cpu") -> Run:
 
 def cores_per_process() -> int:
     """This machine's cores shared among the processes torchrun started on it (all of them for one process)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    return max(1, cores // max(1, _env_int("LOCAL_WORLD_SIZE", 1)))
+    from .encoders.onnx_runtime import cpu_count  # imported here: onnx_runtime imports this module
+
+    return max(1, cpu_count() // max(1, _env_int("LOCAL_WORLD_SIZE", 1)))
 
 
 def barrier() -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .answer import CONFIDENCE_KM
+from .answer import mass_near_top
 from .data.manifest import Manifest
 from .errors import GeoscopeError
 from .features import hash_files
@@ -71,7 +71,6 @@ def evaluate(
 
     probs = model.probabilities(embeddings)
     top = probs.argmax(axis=1)
-    answers = [model.answerer.answer("", row, top_k=1) for row in probs]
     coverage = model.coverage_scores(raw)
     labels = model.labels
     lat, lon = frame["lat"].to_numpy(), frame["lon"].to_numpy()
@@ -88,10 +87,12 @@ def evaluate(
     predictions["coverage_score"] = coverage
     if model.coverage is not None:
         predictions["in_coverage"] = coverage >= model.coverage.threshold
-    for km in CONFIDENCE_KM:
-        if answers and answers[0].confidence is not None:
-            predictions[f"confidence_{km}"] = [a.confidence[str(km)] for a in answers]
-    predictions["pred_country"] = [a.guesses[0].country if a.guesses else "" for a in answers]
+    answerer = model.answerer
+    if answerer.calibration is not None:  # as each answer states it (rounded to 4 places)
+        confidence = answerer.calibration(mass_near_top(probs, answerer.lat, answerer.lon))
+        for km, values in confidence.items():
+            predictions[f"confidence_{km}"] = np.round(values, 4)
+    predictions["pred_country"] = answerer.country[top]
     if "split" in frame:
         predictions["split"] = frame["split"].to_numpy()
 

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .claims import WorkClaims
+from .claims import HASH_BYTES, WorkClaims
 from .data.manifest import Manifest, read_manifest
 from .distributed import cores_per_process
 from .encoders.preprocess import Preprocess, Views
@@ -44,7 +44,6 @@ if TYPE_CHECKING:
     from .encoders.image import ImageEncoder
 
 SHARD_SIZE = 512
-_HASH_BYTES = 20
 WAIT_SECONDS = 1.0
 """How often a process waiting for images other processes claimed looks for their shards."""
 
@@ -332,7 +331,7 @@ class DigestIndex:
 
     def __init__(self) -> None:
         self.shards: list[Path] = []
-        self._sorted = np.zeros(0, dtype=f"V{_HASH_BYTES}")
+        self._sorted = np.zeros(0, dtype=f"V{HASH_BYTES}")
         self._where = np.zeros((0, 2), dtype=np.int32)
         self._recent: dict[bytes, tuple[int, int]] = {}
 
@@ -410,7 +409,7 @@ class ShardStore:
         """Store one shard: ``outputs`` ``(k, views, dim)`` (ignored where ``reasons[i]`` is set)."""
         from safetensors.numpy import save
 
-        hashes = np.frombuffer(b"".join(digests), dtype=np.uint8).reshape(len(digests), _HASH_BYTES)
+        hashes = np.frombuffer(b"".join(digests), dtype=np.uint8).reshape(len(digests), HASH_BYTES)
         valid = np.array([r is None for r in reasons], dtype=np.uint8)
         data = np.where(valid[:, None, None].astype(bool), outputs, 0).astype(self.dtype)
         errors = {str(i): r for i, r in enumerate(reasons) if r is not None}

@@ -167,10 +167,14 @@ class GeoModel:
                                 t["gallery.lat"], t["gallery.lon"], t["gallery.label"],
                                 self.labels["lat"].to_numpy(), self.labels["lon"].to_numpy())
 
+    @functools.cached_property
+    def _label_rows(self) -> dict[str, int]:
+        """Row of each label name in the label table."""
+        return {name: i for i, name in enumerate(self.labels["name"].astype(str))}
+
     def _refine(self, prediction: Prediction, features: np.ndarray) -> Prediction:
         """The place guesses of ``prediction`` at refined coordinates."""
-        index = {name: i for i, name in enumerate(self.labels["name"].astype(str))}
-        rows = [index[g.label] for g in prediction.guesses if g.label in index]
+        rows = [self._label_rows[g.label] for g in prediction.guesses if g.label in self._label_rows]
         if prediction.error or len(rows) != len(prediction.guesses):
             return prediction  # country/region guesses, or nothing to refine
         lat, lon = self.refined_coordinates(features[None], np.asarray([rows]))

@@ -11,7 +11,7 @@ from pathlib import Path
 from ..data.manifest import read_manifest
 from ..errors import ManifestError, quote_name
 from ..evaluate import evaluate
-from ..fileio import check_writable
+from ..fileio import check_writable, finite_json
 from ..geo import THRESHOLDS_KM
 from ..models.factory import load_any_model
 from ..refine import REFINERS
@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{int((~p['in_coverage']).sum()):,} of {len(p):,} flagged outside what the model knows")
     if args.json:
         coverage = float(result.predictions["in_coverage"].mean()) if "in_coverage" in result.predictions else None
-        print(json.dumps(_strict({"n": len(result.predictions), "metrics": result.metrics,
+        print(json.dumps(finite_json({"n": len(result.predictions), "metrics": result.metrics,
                                   "skipped": len(errors), "training_rows": result.training_rows,
                                   "in_coverage": coverage}), indent=2, allow_nan=False))
     else:
@@ -99,17 +99,6 @@ def print_metrics(metrics: dict, n: int) -> None:
                 else metrics[c].get(key, math.nan)
             cells.append(_format(value, kind))
         print(f"  {title:{width}}" + "".join(f"{v:>12}" for v in cells))
-
-
-def _strict(value: object) -> object:
-    """``value`` with every NaN or infinite float replaced by None, so that it is valid JSON."""
-    if isinstance(value, dict):
-        return {k: _strict(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_strict(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def _format(value: float, kind: str) -> str:
