@@ -26,6 +26,7 @@ from .knn import knn_locate
 from .models.image_side import ImageSide, apply_adapter
 from .models.place_clip import PlaceCLIP, PlaceCLIPConfig
 from .refine import check_refiner, refine_in_labels
+from .threads import one_math_thread
 
 if TYPE_CHECKING:
     from .encoders.image import ImageEncoder
@@ -204,7 +205,8 @@ class GeoModel:
         check_refiner(refine)
         if refine == "knn" and not self.can_refine:
             raise ModelError(f"{self.path}: this bundle's gallery has no labels to refine with: retrain it")
-        answers = self._answers(fs, list(paths), top_k, views, level, allow_missing_views)
+        with one_math_thread():
+            answers = self._answers(fs, list(paths), top_k, views, level, allow_missing_views)
         if refine == "knn":
             return [self._refine(p, f) for p, f in answers]
         return [p for p, _ in answers]
