@@ -5,7 +5,12 @@ k−1 folds and measures the held-out fold, then prints one table: model beside 
 probe (scikit-learn logistic regression, standardised, C = 0.01, on the same features and
 labels), the training-centroid and kNN baselines. The "outer ring" task holds out each
 London's outer fifth (by distance from its centre), like photos from outside the sets' area.
-Run: ``python benchmarks/accuracy.py [--folds 5] [--task N] [--scheme geocells] [--no-augment]``.
+With ``--set head=gps`` the km tasks label a gallery of points (grid cells of the task's
+``gallery_km``) read through the GPS head's location encoder. Tasks with several views per place
+also show the model answering each view alone and, for a learned fusion, the same model answering
+from the plain average of its views.
+Run: ``python benchmarks/accuracy.py [--folds 5] [--task N] [--scheme geocells] [--no-augment]
+[--set fusion=lstm] [--set head=gps] [--set location=scratch]``.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from geoscope.evaluate import evaluate
 from geoscope.fit import FitOptions, fit
 from geoscope.labels import LabelScheme
 from geoscope.predict import load_model
-from geoscope.results import CENTROID, KNN, MODEL
+from geoscope.results import CENTROID, KNN, MODEL, VIEWS_AVERAGED
 from geoscope.train import TrainConfig
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -42,9 +47,13 @@ class Task:
     goal: str = ""
     smoothing_km: float = 0.0
     crops: int = 1
+    gallery_km: float = 0.0
+    """With ``--set head=gps``: the km tasks label a gallery of points, grid cells of this size."""
 
 
 PROBE = "probe"
+ONE_VIEW = "one view"
+"""The model answering each view alone (tasks with several views per place)."""
 RING_SHARE = 0.2
 """The outer-ring task holds out this share of each city's images, the farthest from its centre."""
 
@@ -54,12 +63,12 @@ TASKS = (
     Task("which London, outer ring held out, label accuracy", ("london-uk", "london-on"),
          LabelScheme("column", {"column": "city"}), "ring", 1.0, "≥ 96%"),
     Task("London UK, spatial 5-fold, median km", ("london-uk",),
-         LabelScheme("grid", {"cell_km": 5.0}), "block", 1.0, "≤ 12 km", 5.0),
+         LabelScheme("grid", {"cell_km": 5.0}), "block", 1.0, "≤ 12 km", 5.0, gallery_km=2.0),
     Task("western USA, 3 views fused, median km / 40-cell accuracy", ("us-west",),
          LabelScheme("column", {"column": "grid_cell"}), "location", goal="≤ 250 km / ≥ 30%",
-         smoothing_km=150.0),
+         smoothing_km=150.0, gallery_km=25.0),
     Task("Croatia, 4 views fused, median km", ("croatia",),
-         LabelScheme("grid", {"cell_km": 50.0}), "location", goal="≤ 60 km", smoothing_km=50.0),
+         LabelScheme("grid", {"cell_km": 50.0}), "location", goal="≤ 60 km", smoothing_km=50.0, gallery_km=10.0),
 )
 
 
@@ -95,7 +104,7 @@ def cross_validate(task: Task, folds: int, options: FitOptions, max_folds: int |
         fold, folds = np.where(outer_ring(manifest.frame), 0, -1), 1
     else:
         fold = kfold(manifest.frame, folds, by=task.by, block_km=task.block_km, seed=0)
-    results, probes = [], []
+    results, probes, singles = [], [], []
     for k in range(min(folds, max_folds or folds)):
         frame = manifest.frame.copy()
         frame["split"] = np.where(fold == k, "test", np.where(inner == 0, "val", "train"))
@@ -106,9 +115,14 @@ def cross_validate(task: Task, folds: int, options: FitOptions, max_folds: int |
             model = load_model(Path(tmp) / "model")
             test = Manifest(frame[frame["split"] == "test"].reset_index(drop=True), manifest.root)
             result, _ = evaluate(model, test, progress=False)
+            if test.place_ids.duplicated().any():
+                singles.append(evaluate(model, test, fuse_views=False, progress=False)[0])
             probes.append(linear_probe(model, Manifest(frame, manifest.root), result, task_options))
         results.append(result)
-    return pool(results, probes)
+    pooled = pool(results, probes)
+    if singles:
+        pooled[ONE_VIEW] = pool(singles, [p.iloc[:0] for p in probes])[MODEL]
+    return pooled
 
 
 def linear_probe(model, manifest: Manifest, result, options: FitOptions) -> pd.DataFrame:
@@ -161,8 +175,9 @@ def pool(results: list, probes: list[pd.DataFrame]) -> dict:
     from geoscope.geo import summarize_errors
 
     out = {}
-    for name in (MODEL, PROBE, CENTROID, KNN):
-        if name == PROBE and any(len(p) == 0 for p in probes):
+    for name in (MODEL, PROBE, CENTROID, KNN, VIEWS_AVERAGED):
+        if (name == PROBE and any(len(p) == 0 for p in probes)) or \
+                (name == VIEWS_AVERAGED and not all(name in r.baselines for r in results)):
             continue
         tables = [r.predictions if name == MODEL else p if name == PROBE else r.baselines[name]
                   for r, p in zip(results, probes, strict=True)]
@@ -200,26 +215,31 @@ def main() -> int:
     held = min(args.folds, args.max_folds or args.folds)
     print(f"encoder {args.encoder}, fine-tuned blocks {args.finetune_blocks}, {args.folds}-fold "
           f"({held} held out), config {config.to_dict()}\n")
-    print("| task | goal | model | probe | centroid | kNN | time |\n|---|---|---|---|---|---|---|")
+    print(f"fusion of views: {config.fusion}\n")
+    print("| task | goal | model | model, one view | model, views averaged | probe | centroid | kNN | time |\n"
+          "|---|---|---|---|---|---|---|---|---|")
     options = FitOptions(scheme=LabelScheme("grid"), image_encoder=args.encoder,
                          finetune_blocks=args.finetune_blocks, augment=args.augment, train=config)
     for i, task in enumerate(TASKS, 1):
         if args.task and i not in args.task:
             continue
-        if args.scheme and task.scheme.kind != "column":
+        if config.head == "gps" and task.gallery_km:
+            task = replace(task, scheme=LabelScheme("grid", {"cell_km": task.gallery_km}))
+        elif args.scheme and task.scheme.kind != "column":
             kind, _, params = args.scheme.partition(":")
             task = replace(task, scheme=LabelScheme(kind, {k: float(v) for k, v in
                                                            (p.split("=") for p in params.split(",") if p)}))
         start = time.perf_counter()
         m = cross_validate(task, args.folds, options, args.max_folds, args.progress)
-        cells = [_cell(m[name], task) if name in m else "–" for name in (MODEL, PROBE, CENTROID, KNN)]
+        columns = (MODEL, ONE_VIEW, VIEWS_AVERAGED, PROBE, CENTROID, KNN)
+        cells = [_cell(m[name], task) if name in m else "–" for name in columns]
         print(f"| {task.name} | {task.goal} | " + " | ".join(cells) + f" | {time.perf_counter() - start:.0f} s |",
               flush=True)
     return 0
 
 
 def _cell(metrics: dict, task: Task) -> str:
-    km = f"{metrics['median_km']:.1f} km"
+    km = f"{metrics['median_km']:.1f} km (≤25 km {metrics['within_km']['25']:.0%})"
     acc = f"{metrics['label_accuracy']:.1%}"
     if task.scheme.kind == "column" and task.scheme.params["column"] == "city":
         return acc

@@ -2,6 +2,8 @@
 
 - Head epoch: the place head on synthetic cached features (5,000 × 1,280, 100 places, batch 256).
 - Top-block epoch: EfficientNet-Lite0's last block fine-tuned on synthetic trunk maps (512 × 192×7×7, batch 64).
+- Whole-encoder epoch: all of EfficientNet-Lite0 fine-tuned from 128 real images decoded as each batch needs
+  them (``--finetune-blocks all``; batch 16).
   One process uses every core (torch's threads); two are gloo ranks under DistributedDataParallel with
   the cores shared out. Each epoch is split into its training steps, the gradient all-reduces (timed
   alone, same sizes and count) and the per-epoch measurement of every split.
@@ -96,6 +98,17 @@ def _synthetic(kind: str):
     if kind == "head":
         n, shape, adapter = 5000, (1280,), None
         config = TrainConfig(max_epochs=2, batch_size=256, early_stop=10)
+    elif kind == "all":
+        from geoscope.encoders.image import image_encoder_spec
+        from geoscope.pixels import ImagePixels
+
+        n, side = 128, ImageSide("efficientnet-lite0", "all")
+        pixels = ImagePixels(pixel_images(n), image_encoder_spec(side.name).preprocess)
+        labels = rng.integers(0, places, n)
+        lat, lon = coords[labels, 0], coords[labels, 1]
+        train = TrainingData(pixels[:, :112], labels[:112], lat[:112], lon[:112])
+        val = TrainingData(pixels[:, 112:], labels[112:], lat[112:], lon[112:])
+        return train, val, texts, coords, side.adapter(), TrainConfig(max_epochs=2, batch_size=16, early_stop=10)
     else:
         n, shape, adapter = 512, (192, 7, 7), ImageSide("efficientnet-lite0", 1).adapter()
         config = TrainConfig(max_epochs=2, batch_size=64, early_stop=10)
@@ -106,6 +119,17 @@ def _synthetic(kind: str):
     train = TrainingData(features[:, :cut], labels[:cut], lat[:cut], lon[:cut])
     val = TrainingData(features[:, cut:], labels[cut:], lat[cut:], lon[cut:])
     return train, val, texts, coords, adapter, config
+
+
+def pixel_images(n: int) -> list[Path]:
+    """``n`` real street-view images: London's from ../shared/data, else the examples over and over."""
+    import pandas as pd
+
+    source = DATA / "london-uk" / "manifest.csv"
+    if source.is_file():
+        return [source.parent / p for p in pd.read_csv(source)["image"].iloc[:n]]
+    examples = sorted(EXAMPLES.glob("*.jpg"))
+    return [examples[i % len(examples)] for i in range(n)]
 
 
 def time_epochs(kind: str, world: int, threads: int) -> dict:
@@ -204,11 +228,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000, help="rows of the large manifest (1,000,000)")
     parser.add_argument("--images", type=int, default=96, help="images for the features rate (96)")
-    parser.add_argument("--skip", nargs="*", default=[], choices=("head", "top", "features", "memory"))
+    parser.add_argument("--skip", nargs="*", default=[], choices=("head", "top", "all", "features", "memory"))
     args = parser.parse_args(argv)
     rows: list[tuple[str, str, str, str, str]] = []
     cores = len(os.sched_getaffinity(0))
-    for kind, label in (("head", "head epoch (5k × 1280)"), ("top", "top-block epoch (512 maps)")):
+    for kind, label in (("head", "head epoch (5k × 1280)"), ("top", "top-block epoch (512 maps)"),
+                        ("all", "whole-encoder epoch (128 images)")):
         if kind in args.skip:
             continue
         all_cores, one_core, two = time_epochs(kind, 1, cores), time_epochs(kind, 1, 1), time_epochs(kind, 2, 1)

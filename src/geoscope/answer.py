@@ -189,8 +189,11 @@ class Answerer:
     """Turns probability rows over a model's labels into :class:`Prediction` objects."""
 
     def __init__(self, labels: pd.DataFrame, coverage: Coverage | None = None,
-                 calibration: Calibration | None = None) -> None:
+                 calibration: Calibration | None = None, merge_km: float = 0.0) -> None:
+        """``merge_km`` > 0: a guess closer than this to a more probable one joins it (a GPS head's gallery
+        points lie a few km apart: the top guesses should be different places)."""
         self.labels = labels
+        self.merge_km = merge_km
         self.coverage = coverage
         self.calibration = calibration
         self.lat = labels["lat"].to_numpy(dtype=np.float64)
@@ -242,9 +245,29 @@ class Answerer:
         return [{"name": str(names[i]), "probability": round(float(sums[i]), 6)} for i in order if names[i] != ""]
 
     def _place_guesses(self, p: np.ndarray, top_k: int) -> list[Guess]:
-        order = np.argsort(-p, kind="stable")[:top_k]
-        return [Guess(float(self.lat[i]), float(self.lon[i]), str(self.names[i]), float(p[i]), str(self.place[i]),
-                      str(self.region[i]), str(self.country[i])) for i in order]
+        order = np.argsort(-p, kind="stable")
+        kept, mass = self._merged(order, p, top_k) if self.merge_km > 0 else (order[:top_k], p[order[:top_k]])
+        return [Guess(float(self.lat[i]), float(self.lon[i]), str(self.names[i]), float(m), str(self.place[i]),
+                      str(self.region[i]), str(self.country[i])) for i, m in zip(kept, mass, strict=True)]
+
+    def _merged(self, order: np.ndarray, p: np.ndarray, top_k: int) -> tuple[list[int], list[float]]:
+        """The first ``top_k`` labels of ``order`` at least :attr:`merge_km` apart, each with the probability
+        of the labels met on the way that lie within that distance of it, most probable first."""
+        kept: list[int] = []
+        mass: list[float] = []
+        for i in order:
+            if kept:
+                d = haversine_km(self.lat[i], self.lon[i], self.lat[kept], self.lon[kept])
+                near = int(np.argmin(d))
+                if d[near] <= self.merge_km:
+                    mass[near] += float(p[i])
+                    continue
+            if len(kept) == top_k:
+                break
+            kept.append(int(i))
+            mass.append(float(p[i]))
+        ranked = sorted(range(len(kept)), key=lambda j: -mass[j])  # what joined a guess can lift it above another
+        return [kept[j] for j in ranked], [mass[j] for j in ranked]
 
     def _level_guesses(self, p: np.ndarray, level: str, top_k: int) -> list[Guess]:
         """One guess per country (or region): its summed probability, at its most probable label."""

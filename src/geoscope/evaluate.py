@@ -11,15 +11,16 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .answer import mass_near_top
+from .answer import mass_near_top, unit_rows
 from .data.manifest import Manifest
 from .errors import GeoscopeError
 from .features import hash_files
 from .geo import haversine_km, summarize_errors
 from .labels import LabelScheme, assign_labels
+from .models.fusion import group_mean
 from .predict import GeoModel
 from .refine import check_refiner
-from .results import CENTROID, KNN, MODEL, EvaluationResult
+from .results import CENTROID, KNN, MODEL, VIEWS_AVERAGED, EvaluationResult
 
 
 def training_rows(model: GeoModel, manifest: Manifest) -> np.ndarray:
@@ -57,15 +58,18 @@ def evaluate(
     frame = manifest.frame[valid].reset_index(drop=True)
     raw = np.asarray(features.embeddings, dtype=np.float32)[valid]
     paths = [str(p) for p, ok in zip(manifest.image_paths, valid, strict=True) if ok]
-    embeddings = model.embed(raw)
-
     places = manifest.place_ids[valid].reset_index(drop=True)
     if fuse_views is None:
         fuse_views = bool(places.duplicated().any())
+    codes = pd.factorize(places)[0] if fuse_views else np.arange(len(raw))
+    headings = frame["heading"].to_numpy(dtype=np.float64) if "heading" in frame else None
+    embeddings = model.fused_embeddings(raw, codes, headings)
+    averaged = None  # a learned fusion is compared with the plain average of the same model's views
+    if fuse_views and model.fusion != "mean":
+        averaged = unit_rows(group_mean(model.fused_embeddings(raw, np.arange(len(raw))), codes))
     if fuse_views:
-        codes, firsts = pd.factorize(places)[0], ~places.duplicated().to_numpy()
-        embeddings = _group_mean(embeddings, codes)
-        raw = _group_mean(raw, codes)
+        firsts = ~places.duplicated().to_numpy()
+        raw = group_mean(raw, codes)
         frame = frame[firsts].reset_index(drop=True)
         paths = [p for p, first in zip(paths, firsts, strict=True) if first]
 
@@ -107,6 +111,10 @@ def evaluate(
     if model.training_centroid is not None:  # both baselines read the training images; a zero-shot model has none
         baselines[CENTROID] = _baseline(lat, lon, *model.training_centroid, labels, scheme, values)
         baselines[KNN] = _baseline(lat, lon, *model.knn(raw), labels, scheme, values)
+    if averaged is not None:
+        pick = model.probabilities(averaged).argmax(axis=1)
+        baselines[VIEWS_AVERAGED] = _baseline(lat, lon, labels["lat"].to_numpy()[pick], labels["lon"].to_numpy()[pick],
+                                              labels, scheme, values, ids=pick)
     metrics = {MODEL: _metrics(predictions, true_ids, top)}
     for name, table in baselines.items():
         metrics[name] = _metrics(table, true_ids, table.pop("_pred_id").to_numpy())
@@ -118,18 +126,14 @@ def evaluate(
     return result, list(features.errors)
 
 
-def _group_mean(values: np.ndarray, codes: np.ndarray) -> np.ndarray:
-    sums = np.zeros((codes.max() + 1, values.shape[1]), dtype=np.float64)
-    np.add.at(sums, codes, values)
-    return (sums / np.bincount(codes)[:, None]).astype(np.float32)
-
-
 def _baseline(lat: np.ndarray, lon: np.ndarray, pred_lat, pred_lon, labels: pd.DataFrame,
-              scheme: LabelScheme, values: pd.Series | None) -> pd.DataFrame:
+              scheme: LabelScheme, values: pd.Series | None, ids: np.ndarray | None = None) -> pd.DataFrame:
+    """Another answer's table: its coordinates, errors and labels (``ids`` when it answers with labels)."""
     pred_lat = np.broadcast_to(np.asarray(pred_lat, dtype=np.float64), lat.shape)
     pred_lon = np.broadcast_to(np.asarray(pred_lon, dtype=np.float64), lon.shape)
-    ids = assign_labels(pred_lat, pred_lon, labels, scheme) if scheme.kind != "column" \
-        else _nearest_label(pred_lat, pred_lon, labels)
+    if ids is None:
+        ids = assign_labels(pred_lat, pred_lon, labels, scheme) if scheme.kind != "column" \
+            else _nearest_label(pred_lat, pred_lon, labels)
     names = labels["name"].to_numpy()
     return pd.DataFrame({
         "pred_lat": pred_lat, "pred_lon": pred_lon,

@@ -16,20 +16,36 @@ import torch
 from . import __version__, distributed
 from .answer import Coverage, coverage_scores, fit_calibration
 from .bundle import save_bundle
-from .data.manifest import Manifest, summarize
+from .data.manifest import Manifest, place_ids, summarize
 from .data.split import leakage_report, split_manifest
 from .encoders.onnx_runtime import onnx_device
 from .errors import GeoscopeError
 from .features import hash_files
 from .geo import spherical_mean
 from .labels import LabelScheme, assign_labels, make_labels, prompt
-from .models.image_side import ImageSide, apply_adapter
+from .models.fusion import group_mean, group_views
+from .models.image_side import ImageSide, adapt_rows
 from .models.place_clip import PlaceCLIP
-from .train import TrainConfig, TrainingData, TrainResult, search_grid, train_place_clip
+from .train import TrainConfig, TrainingData, TrainResult, embed_items, search_grid, train_place_clip
 
 COVERAGE_KEPT = 0.95
 """Share of held-out images of the training regions that the coverage threshold keeps in coverage."""
 SKIPPED_SHOWN = 5
+
+_FUSION_SAID = {
+    "mean": "averaging their embeddings",
+    "lstm": "an LSTM over them in heading order (GeoguessrLSTM's way), correcting their average",
+    "attention": "attention between them, each told its heading, correcting their average",
+}
+
+_LOCATION_SAID = {
+    "geoclip": "started from GeoCLIP's pretrained weights and trained",
+    "geoclip-frozen": "GeoCLIP's pretrained weights, kept",
+    "scratch": "trained from random weights",
+}
+
+MERGE_KM = 5.0
+"""A GPS head's answer merges gallery points closer than this to a more probable one."""
 
 GALLERY_DIM = 128
 GALLERY_MAX = 20000
@@ -45,8 +61,8 @@ class FitOptions:
     train: TrainConfig = field(default_factory=TrainConfig)
     augment: bool = True
     """Also train on horizontally flipped copies of each image."""
-    finetune_blocks: int = 0
-    """Fine-tune the image encoder's last N MBConv blocks (0: frozen encoder)."""
+    finetune_blocks: int | str = 0
+    """Fine-tune the image encoder's last N MBConv blocks (0: frozen encoder; "all": all of it, from pixels)."""
     crops: int = 1
     """Square crops along each image's long side, features averaged (for wide frames)."""
     search: bool = False
@@ -104,17 +120,14 @@ def prepare(manifest: Manifest, options: FitOptions, *, progress: bool = True) -
     side = options.image_side
     device = onnx_device("auto", torch.device(options.device).index or 0) if options.device.startswith("cuda") \
         else "cpu"  # ONNX Runtime's CUDA provider when training on a GPU and it is installed
-    plain = side.extract(manifest.image_paths, progress=progress, device=device)
-    variants = [plain.embeddings]
-    if options.augment:
-        variants.append(side.extract(manifest.image_paths, hflip=True, progress=progress, device=device).embeddings)
-    valid = np.asarray(plain.valid, dtype=bool)
+    inputs, valid, errors = side.training_inputs(manifest.image_paths, flips=options.augment, progress=progress,
+                                                 device=device)
     if not valid.any():
-        raise GeoscopeError(f"no image of the manifest could be read (first: {plain.errors[0]})")
-    if plain.errors and progress:
-        shown = "; ".join(plain.errors[:SKIPPED_SHOWN])
-        print(f"geoscope: skipped {len(plain.errors)} unreadable image(s): {shown}"
-              + (" …" if len(plain.errors) > SKIPPED_SHOWN else ""), file=sys.stderr)
+        raise GeoscopeError(f"no image of the manifest could be read (first: {errors[0]})")
+    if errors and progress:
+        shown = "; ".join(errors[:SKIPPED_SHOWN])
+        print(f"geoscope: skipped {len(errors)} unreadable image(s): {shown}"
+              + (" …" if len(errors) > SKIPPED_SHOWN else ""), file=sys.stderr)
 
     train_mask = (frame["split"] == "train").to_numpy() & valid
     if not train_mask.any():
@@ -123,8 +136,11 @@ def prepare(manifest: Manifest, options: FitOptions, *, progress: bool = True) -
     if len(labels) < 2:
         raise GeoscopeError(f"the training images fall in only one label ({labels['name'].iloc[0]}): "
                             "nothing to tell apart; use smaller cells or more places")
-    texts = [prompt(n, c) for n, c in zip(labels["name"], labels["country_code"], strict=True)]
-    text_features = get_text_encoder(options.text_encoder).encode(texts).astype(np.float32)
+    if options.train.head == "gps":  # each label is read as a point, through the location encoder
+        text_features = labels[["lat", "lon"]].to_numpy(dtype=np.float32, copy=True)
+    else:
+        texts = [prompt(n, c) for n, c in zip(labels["name"], labels["country_code"], strict=True)]
+        text_features = get_text_encoder(options.text_encoder).encode(texts).astype(np.float32)
 
     ids = np.full(len(frame), -1, dtype=np.int64)
     ids[train_mask] = train_ids
@@ -133,17 +149,38 @@ def prepare(manifest: Manifest, options: FitOptions, *, progress: bool = True) -
     ids[others] = assign_labels(frame["lat"].to_numpy()[others], frame["lon"].to_numpy()[others], labels,
                                 options.scheme, values)
     splits: dict[str, TrainingData] = {}
+    by_place = options.train.fusion != "mean"  # a learned fusion trains on places, the mean on single images
     for name in ("train", "val", "test"):
         rows = (frame["split"] == name).to_numpy() & valid & (ids >= 0)
         if rows.any():
-            splits[name] = TrainingData(np.stack([v[rows] for v in variants]), ids[rows],
-                                        frame["lat"].to_numpy()[rows], frame["lon"].to_numpy()[rows])
+            splits[name] = _training_data(frame[rows], inputs[:, rows], ids[rows], by_place,
+                                          with_images=name == "train")
     if "val" not in splits:
         raise GeoscopeError("the validation split has no labelled image: use a larger --val fraction")
     train_paths = [p for p, ok in zip(manifest.image_paths, train_mask, strict=True) if ok]
     digests = [d for d in hash_files(train_paths)[0] if d is not None]
     hashes = np.frombuffer(b"".join(digests), dtype=np.uint8).reshape(len(digests), -1)
-    return PreparedData(splits, labels, text_features, list(plain.errors), leakage, hashes)
+    return PreparedData(splits, labels, text_features, errors, leakage, hashes)
+
+
+def _training_data(frame: pd.DataFrame, features: np.ndarray, ids: np.ndarray, by_place: bool,
+                   with_images: bool = False) -> TrainingData:
+    """One split's rows as training items: each image, or (``by_place``) the views of each place, and
+    then (``with_images``) each image alone as well, so the head learns from single views too."""
+    lat, lon = frame["lat"].to_numpy(), frame["lon"].to_numpy()
+    if not by_place:
+        return TrainingData(features, ids, lat, lon)
+    codes = pd.factorize(place_ids(frame))[0]
+    views, headings = group_views(codes, frame["heading"].to_numpy(dtype=np.float64) if "heading" in frame else None)
+    first = views[:, 0]
+    if with_images:
+        alone = np.full((len(frame), views.shape[1]), -1, dtype=np.int64)
+        alone[:, 0] = np.arange(len(frame))
+        angles = np.full(alone.shape, np.nan)
+        angles[:, 0] = frame["heading"].to_numpy(dtype=np.float64) if "heading" in frame else np.nan
+        views, headings = np.concatenate([views, alone]), np.concatenate([headings, angles])
+        first = np.concatenate([first, np.arange(len(frame))])
+    return TrainingData(features, ids[first], lat[first], lon[first], views, headings)
 
 
 def fit(manifest: Manifest, options: FitOptions, out_dir: str | os.PathLike[str], *,
@@ -186,8 +223,10 @@ def _search_keys(config: TrainConfig) -> dict:
 def _gallery(train: TrainingData, adapter: torch.nn.Module, model: PlaceCLIP, seed: int) -> dict[str, np.ndarray]:
     """PCA-reduced image features of (a sample of) the training images, for kNN, scaled as ``model`` reads them."""
     rng = np.random.default_rng(seed)
-    keep = np.sort(rng.choice(len(train), size=min(len(train), GALLERY_MAX), replace=False))
-    x = apply_adapter(adapter, train.features[0, keep]).astype(np.float64)
+    rows, items = train.images()
+    keep = np.sort(rng.choice(len(rows), size=min(len(rows), GALLERY_MAX), replace=False))
+    rows, items = rows[keep], items[keep]
+    x = adapt_rows(adapter, train.features, rows).astype(np.float64)
     scale = model.image_scale.double().numpy()
     mean = x.mean(axis=0)
     _, _, vt = np.linalg.svd((x - mean) / scale, full_matrices=False)
@@ -196,22 +235,25 @@ def _gallery(train: TrainingData, adapter: torch.nn.Module, model: PlaceCLIP, se
         "gallery.pca_mean": mean.astype(np.float32),
         "gallery.pca_components": components.astype(np.float32),
         "gallery.features": ((x - mean) @ components.T).astype(np.float16),
-        "gallery.lat": train.lat[keep].astype(np.float64),
-        "gallery.lon": train.lon[keep].astype(np.float64),
-        "gallery.label": train.label[keep].astype(np.int32),
+        "gallery.lat": train.lat[items].astype(np.float64),
+        "gallery.lon": train.lon[items].astype(np.float64),
+        "gallery.label": train.label[items].astype(np.int32),
     }
 
 
 def _answer_parts(data: PreparedData, adapter: torch.nn.Module, model: PlaceCLIP,
                   tensors: dict[str, np.ndarray]) -> tuple[Coverage, object]:
-    """Coverage threshold and confidence calibration, fitted on the validation images."""
+    """Coverage threshold and confidence calibration, fitted on the validation items (images, or places
+    with their views fused and their mean features scored, as predict answers them)."""
     val = data.splits["val"]
     with torch.no_grad():
-        x = torch.as_tensor(apply_adapter(adapter, val.features[0]))
-        logits = model.scale() * model.embed_images(x) @ torch.as_tensor(tensors["place_embeddings"]).T
+        logits = model.scale() * embed_items(model, adapter, val) @ torch.as_tensor(tensors["place_embeddings"]).T
         probabilities = torch.softmax(logits, dim=-1).numpy().astype(np.float64)
+    rows, items = val.images()
+    x = adapt_rows(adapter, val.features, rows)
+    x = group_mean(x, items) if len(rows) > len(val) else x
     coverage = Coverage(threshold=0.0, kept=COVERAGE_KEPT)
-    query = (x.numpy() - tensors["gallery.pca_mean"]) @ tensors["gallery.pca_components"].T
+    query = (x - tensors["gallery.pca_mean"]) @ tensors["gallery.pca_components"].T
     scores = coverage_scores(query, tensors["gallery.features"].astype(np.float32), coverage.k)
     coverage = Coverage(float(np.quantile(scores, 1 - COVERAGE_KEPT)), coverage.k, COVERAGE_KEPT)
     calibration = fit_calibration(probabilities, val.lat, val.lon, data.labels["lat"].to_numpy(),
@@ -230,7 +272,7 @@ def _bundle_parts(manifest: Manifest, data: PreparedData, options: FitOptions, r
     with torch.no_grad():
         places = model.embed_places(torch.as_tensor(data.text_features)).numpy()
     tensors = {f"model.{k}": v.detach().numpy() for k, v in model.state_dict().items()
-               if not k.startswith("text_head.")}
+               if not k.startswith(("text_head.", "place_tower."))}  # the places are stored embedded
     tensors["place_embeddings"] = places.astype(np.float32)
     if result.image_adapter is not None:
         tensors.update({f"image_top.{k}": v.detach().numpy() for k, v in result.image_adapter.state_dict().items()})
@@ -246,10 +288,12 @@ def _bundle_parts(manifest: Manifest, data: PreparedData, options: FitOptions, r
         "geoscope_version": __version__,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "image_encoder": options.image_side.to_dict(),
-        "text_encoder": {"name": options.text_encoder, "prompt": "a street view photo in {name}, {country}"},
+        "text_encoder": None if options.train.head == "gps" else
+        {"name": options.text_encoder, "prompt": "a street view photo in {name}, {country}"},
         "model": {"type": "place-clip", "place_clip": model.config.to_dict()},
         "labels": options.scheme.to_dict(),
-        "fusion": "mean of image embeddings over the views of a place",
+        "fusion": model.config.fusion,
+        "answer": {"merge_km": MERGE_KM if options.train.head == "gps" else 0.0},
         "coverage": coverage.to_dict(),
         "calibration": calibration.to_dict(),
         "training": {
@@ -279,7 +323,8 @@ def _model_card(options: FitOptions, data: PreparedData, result: TrainResult, me
         for split, m in metrics.items()
     )
     side = options.image_side
-    image = (f"`{side.name}` image features (its last {side.finetune_blocks} block(s) fine-tuned)"
+    image = (f"`{side.name}` image features (the whole encoder fine-tuned from pixels)" if side.end_to_end else
+             f"`{side.name}` image features (its last {side.finetune_blocks} block(s) fine-tuned)"
              if side.finetune_blocks else f"frozen `{side.name}` image features")
     if side.crops > 1:
         image += f" averaged over {side.crops} square crops per image"
@@ -295,11 +340,17 @@ def _model_card(options: FitOptions, data: PreparedData, result: TrainResult, me
     provenance = "\n".join(f"- {src.get('kind')}: {src.get('location')} — terms: {src.get('terms')}"
                             for src in sources) or "- not recorded (the manifest has no dataset card)"
     leak = data.leakage
+    model_fusion = result.model.config.fusion
+    gps = result.config.head == "gps"
+    places_said = (f"each label's coordinates through a location encoder (GeoCLIP's design; "
+                   f"{_LOCATION_SAID[result.config.location]})" if gps else
+                   f"`{options.text_encoder}` embeddings of prompts such as \"{prompt(labels['name'].iloc[0])}\"")
     return f"""# {options.name}
 
-A geoscope place-name CLIP model: {image} and
-`{options.text_encoder}` embeddings of prompts such as "{prompt(labels['name'].iloc[0])}",
-each through a projection head into one space; it answers with one of {len(labels)}
+A geoscope {"GPS" if gps else "place-name"} CLIP model: {image} and
+{places_said},
+each through a projection head into one space; the views of one place are fused by
+{_FUSION_SAID[model_fusion]}; it answers with one of {len(labels)}
 places ({options.scheme.kind} labels: {options.scheme.to_dict()}), each named after a
 gazetteer place where its training images are, with its region and country, and each
 answer also sums the probabilities per country and region.

@@ -23,6 +23,7 @@ from .bundle import BundleFiles, read_bundle
 from .errors import ModelError
 from .features import FeatureSet
 from .knn import knn_locate
+from .models.fusion import group_views
 from .models.image_side import ImageSide, apply_adapter
 from .models.place_clip import PlaceCLIP, PlaceCLIPConfig
 from .refine import check_refiner, refine_in_labels
@@ -43,7 +44,8 @@ class GeoModel:
         self.labels = files.labels
         self.path = files.path
         try:
-            model_cfg = PlaceCLIPConfig(**self.config["model"]["place_clip"])
+            # the places are stored embedded: predicting needs no text encoder or location encoder
+            model_cfg = PlaceCLIPConfig(**{**self.config["model"]["place_clip"], "places_from": "names"})
             self.model = PlaceCLIP(model_cfg)
             heads = {k.removeprefix("model."): torch.from_numpy(v.copy())
                      for k, v in files.tensors.items() if k.startswith("model.")}
@@ -63,7 +65,8 @@ class GeoModel:
                 < len(self.labels):
             raise ModelError(f"{files.path}: gallery.label names labels outside 0…{len(self.labels) - 1}")
         self.coverage = Coverage.from_dict(self.config.get("coverage"))
-        self.answerer = Answerer(self.labels, self.coverage, Calibration.from_dict(self.config.get("calibration")))
+        self.answerer = Answerer(self.labels, self.coverage, Calibration.from_dict(self.config.get("calibration")),
+                                 merge_km=float((self.config.get("answer") or {}).get("merge_km", 0.0)))
 
     @property
     def encoder(self) -> ImageEncoder:
@@ -101,6 +104,21 @@ class GeoModel:
         """Unit image embeddings in the shared space for image features ``(n, dim)``."""
         x = torch.as_tensor(np.asarray(features, dtype=np.float32))
         return self.model.embed_images(x).numpy()
+
+    @property
+    def fusion(self) -> str:
+        """How the model fuses the views of a place (:data:`geoscope.models.fusion.FUSIONS`)."""
+        return self.model.config.fusion
+
+    @torch.no_grad()
+    def fused_embeddings(self, features: np.ndarray, places: np.ndarray,
+                         headings: np.ndarray | None = None) -> np.ndarray:
+        """One unit embedding per place from image features ``(n, dim)`` of its views, fused as the model
+        was trained to; ``places`` gives each row's place (codes 0…P−1), ``headings`` their headings in degrees."""
+        views, angles = group_views(places, headings)
+        mask = views >= 0
+        x = torch.as_tensor(np.asarray(features, dtype=np.float32)[views[mask]])
+        return self.model.embed_views(x, torch.as_tensor(mask), torch.as_tensor(angles, dtype=torch.float32)).numpy()
 
     @torch.no_grad()
     def probabilities(self, embeddings: np.ndarray) -> np.ndarray:
@@ -220,7 +238,7 @@ class GeoModel:
         if views:
             fused = features[valid].mean(axis=0) if valid.any() else features[0]
             return [(self._answer_views(paths, features, valid, errors, top_k, level, allow_missing_views), fused)]
-        probs = self.probabilities(self.embed(features))
+        probs = self.probabilities(self.fused_embeddings(features, np.arange(len(features))))
         scores = self.coverage_scores(features)
         return [
             (self.answerer.answer(p, probs[i], top_k=top_k, level=level, coverage_score=float(scores[i]))
@@ -230,7 +248,7 @@ class GeoModel:
 
     def _answer_views(self, paths: list[str], features: np.ndarray, valid: np.ndarray, errors: dict[int, str],
                       top_k: int, level: str, allow_missing: bool) -> Prediction:
-        """One answer for the views of one place: their embeddings averaged."""
+        """One answer for the views of one place, fused (in the order given: their headings are unknown)."""
         unread = "; ".join(errors.values())
         if not valid.any():
             return Prediction(paths[0], [], f"no view could be read: {unread}", views=paths)
@@ -240,7 +258,7 @@ class GeoModel:
                 return Prediction(paths[0], [], f"{int((~valid).sum())} of {len(paths)} views could not be read "
                                   f"({unread}); allow fewer views to answer from the others", views=paths)
             warnings.append(f"answered from {int(valid.sum())} of {len(paths)} views: {unread}")
-        fused = self.embed(features[valid]).mean(axis=0, keepdims=True)
+        fused = self.fused_embeddings(features[valid], np.zeros(int(valid.sum()), dtype=np.int64))
         score = float(self.coverage_scores(features[valid].mean(axis=0, keepdims=True))[0])
         return self.answerer.answer(paths[0], self.probabilities(fused)[0], top_k=top_k, level=level,
                                     coverage_score=score, views=[p for p, ok in zip(paths, valid, strict=True) if ok],

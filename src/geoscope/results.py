@@ -12,6 +12,8 @@ import pandas as pd
 MODEL = "model"
 CENTROID = "centroid"
 KNN = "knn"
+VIEWS_AVERAGED = "views averaged"
+"""A model with a learned view fusion, answering from the average of its single-view embeddings instead."""
 
 
 @dataclass

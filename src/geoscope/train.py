@@ -16,6 +16,7 @@ import random
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -25,8 +26,9 @@ from tqdm.auto import tqdm
 from . import distributed
 from .errors import GeoscopeError
 from .geo import haversine_km
+from .models.fusion import FUSIONS
 from .models.losses import haversine_smoothed_targets, soft_cross_entropy
-from .models.place_clip import PlaceCLIP, PlaceCLIPConfig
+from .models.place_clip import LOCATIONS, PlaceCLIP, PlaceCLIPConfig
 
 
 @dataclass(frozen=True)
@@ -61,14 +63,28 @@ class TrainConfig:
     """Let every place learn an offset from its name's embedding (names can repeat or say little)."""
     level_weight: float = 0.0
     """Weight of the coarse levels' losses (country, region: probabilities summed over their places)."""
+    fusion: str = "mean"
+    """How a place's views become one embedding (:data:`geoscope.models.fusion.FUSIONS`)."""
+    head: str = "place"
+    """``place``: the labels are read through their names' text embeddings; ``gps``: through a location
+    encoder over their coordinates (GeoCLIP's), so that fine labels (a gallery of points) share what they learn."""
+    location: str = "geoclip"
+    """The GPS head's location encoder: from GeoCLIP's weights and trained, ``geoclip-frozen``, or ``scratch``."""
+    view_dropout: float = 0.3
+    """Chance that each view of a place is left out of a training step (one is always kept)."""
     seed: int = 0
 
     LOSSES = ("clip", "label")
+    HEADS = ("place", "gps")
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"loss": LOSSES, "fusion": FUSIONS, "head": HEADS,
+                                                     "location": LOCATIONS}
+    """The fields that take one of a few names."""
 
     def __post_init__(self) -> None:
         """Refuse, in one line, a setting no training run can use."""
-        if self.loss not in self.LOSSES:
-            raise GeoscopeError(f"loss must be one of {', '.join(self.LOSSES)}, not {self.loss!r}")
+        for name, choices in self.CHOICES.items():
+            if getattr(self, name) not in choices:
+                raise GeoscopeError(f"{name} must be one of {', '.join(choices)}, not {getattr(self, name)!r}")
         positive = ("embed_dim", "lr_head", "lr_image", "lr_text", "batch_size", "max_epochs", "early_stop")
         at_least_zero = ("wd_head", "wd_image", "wd_text", "patience", "feature_noise", "label_smoothing_km",
                          "level_weight")
@@ -79,6 +95,8 @@ class TrainConfig:
                 raise GeoscopeError(f"{name} must be a finite number {need}, not {value!r}")
         if not 0 <= self.dropout < 1:
             raise GeoscopeError(f"dropout must be in [0, 1), not {self.dropout!r}")
+        if not 0 <= self.view_dropout < 1:
+            raise GeoscopeError(f"view_dropout must be in [0, 1), not {self.view_dropout!r}")
         if not 0 < self.factor < 1:
             raise GeoscopeError(f"factor (the learning-rate cut on a plateau) must be in (0, 1), not {self.factor!r}")
 
@@ -88,26 +106,40 @@ class TrainConfig:
 
 @dataclass
 class TrainingData:
-    """Features and targets of one split.
+    """Features and targets of one split: items (an image, or the views of one place) and their images.
 
-    ``features`` has shape ``(variants, n, dim)``: variant 0 is the plain image, others are
-    augmented views (flips, crops) of the same images; training samples one per step.
+    ``features`` has shape ``(variants, images, dim)``: variant 0 is the plain image, others are
+    augmented copies (flips, crops) of the same images; training samples one per step.
+    ``views`` ``(items, V)`` lists each item's image rows (−1 where it has fewer than V) and
+    ``headings`` their compass headings (NaN unknown); without them every image is an item.
+    ``label``, ``lat`` and ``lon`` are per item.
     """
 
     features: np.ndarray
     label: np.ndarray
     lat: np.ndarray
     lon: np.ndarray
+    views: np.ndarray | None = None
+    headings: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.features.ndim == 2:
             self.features = self.features[None]
-        n = self.features.shape[1]
-        if not (len(self.label) == len(self.lat) == len(self.lon) == n):
-            raise ValueError("features, labels and coordinates must have the same number of rows")
+        if self.views is None:
+            self.views = np.arange(self.features.shape[1])[:, None]
+        if self.headings is None:
+            self.headings = np.full(self.views.shape, np.nan)
+        if not (len(self.label) == len(self.lat) == len(self.lon) == len(self.views)):
+            raise ValueError("labels, coordinates and items must have the same number of rows")
 
     def __len__(self) -> int:
-        return self.features.shape[1]
+        return len(self.views)
+
+    def images(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every image row of the items once, and the first item holding it (for per-image measures)."""
+        present = self.views >= 0
+        rows, first = np.unique(self.views[present], return_index=True)
+        return rows, np.nonzero(present)[0][first]
 
 
 @dataclass
@@ -137,21 +169,22 @@ class _Step(nn.Module):
         self.model = model
         self.adapter = adapter
 
-    def forward(self, inputs: torch.Tensor, texts: torch.Tensor, noise: float,
-                loss: str) -> torch.Tensor | tuple[torch.Tensor, ...]:
+    def forward(self, inputs: torch.Tensor, mask: torch.Tensor, headings: torch.Tensor, texts: torch.Tensor,
+                noise: float, loss: str) -> torch.Tensor | tuple[torch.Tensor, ...]:
         x = self.adapter(inputs)
         if loss == "clip":
             places = self.model.embed_places(texts)
             scale = self.model.scale()
-            return self.model.embed_images(x, noise), places, scale
-        return self.model(x, texts, noise)
+            return self.model.embed_views(x, mask, headings, noise), places, scale
+        return self.model(x, mask, headings, texts, noise)
 
 
 def _param_groups(model: PlaceCLIP, config: TrainConfig, image_adapter: nn.Module | None) -> list[dict]:
     groups = [
-        {"name": "head", "params": [*model.image_head.parameters(), model.logit_scale],
+        {"name": "head", "params": [*model.image_head.parameters(), *model.fusion.parameters(), model.logit_scale],
          "lr": config.lr_head, "weight_decay": config.wd_head},
-        {"name": "text", "params": [*model.text_head.parameters(), model.place_offsets],
+        {"name": "text", "params": [*model.text_head.parameters(), *model.place_tower.parameters(),
+                                    model.place_offsets],
          "lr": config.lr_text, "weight_decay": config.wd_text},
     ]
     if image_adapter is not None:
@@ -213,14 +246,17 @@ def train_place_clip(
     seed_everything(config.seed)
     adapter = (image_adapter if image_adapter is not None else nn.Identity()).to(device)
     sample = _training_features(train, adapter, device)
-    n_places = len(text_features) if config.learn_place_offsets else 0
+    gps = config.head == "gps"
+    n_places = len(text_features) if config.learn_place_offsets and not gps else 0  # points share a smooth encoder
     model = PlaceCLIP(PlaceCLIPConfig(sample.shape[1], text_features.shape[1], config.embed_dim, config.dropout,
-                                      n_places=n_places)).to(device)
+                                      n_places=n_places, fusion=config.fusion,
+                                      places_from="coordinates" if gps else "names", location=config.location)
+                      ).to(device)
     optimizer = torch.optim.AdamW(_param_groups(model, config, image_adapter))
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="min", factor=config.factor, patience=config.patience
     )
-    texts = torch.as_tensor(text_features, dtype=torch.float32).to(device)
+    texts = torch.tensor(np.asarray(text_features), dtype=torch.float32).to(device)
     coords = torch.tensor(np.asarray(label_coords), dtype=torch.float64).to(device)
     groups = [g.to(device) for g in _level_matrices(label_levels, len(text_features))] if config.level_weight > 0 \
         else []
@@ -246,7 +282,8 @@ def train_place_clip(
             if len(idx) < 2:
                 continue
             variant = rng.integers(0, train.features.shape[0], size=len(idx))
-            loss = _loss(step, train, idx, variant, texts, coords, config, noise, groups, run, device)
+            seen = _drop_views(train.views[idx] >= 0, config.view_dropout, rng)
+            loss = _loss(step, train, idx, variant, seen, texts, coords, config, noise, groups, run, device)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -300,9 +337,11 @@ def _training_features(train: TrainingData, adapter: nn.Module, device: torch.de
                        limit: int = 4096) -> torch.Tensor:
     """Image features the head sees, for (a sample of at most ``limit``) training rows."""
     adapter.eval()
-    sample = np.sort(np.random.default_rng(0).permutation(len(train))[:limit])
-    return torch.cat([adapter(torch.as_tensor(train.features[0, sample[i : i + 512]], dtype=torch.float32).to(device))
-                      for i in range(0, len(sample), 512)])
+    if not isinstance(train.features, np.ndarray):  # images decoded for this: a smaller sample
+        limit = min(limit, 512)
+    sample = np.sort(np.random.default_rng(0).permutation(train.features.shape[1])[:limit])
+    return torch.cat([adapter(torch.as_tensor(train.features[0, sample[i : i + 64]], dtype=torch.float32).to(device))
+                      for i in range(0, len(sample), 64)])
 
 
 def _level_matrices(label_levels: np.ndarray | None, n_places: int) -> list[torch.Tensor]:
@@ -318,12 +357,34 @@ def _level_matrices(label_levels: np.ndarray | None, n_places: int) -> list[torc
     return out
 
 
+def _drop_views(present: np.ndarray, rate: float, rng: np.random.Generator) -> np.ndarray:
+    """``present`` ``(B, V)`` with each view left out at ``rate``, one kept per item whatever the draw."""
+    if rate <= 0 or present.shape[1] == 1:
+        return present
+    kept = present & (rng.random(present.shape) >= rate)
+    lost = ~kept.any(axis=1)
+    if lost.any():  # keep one of the views each of these had, at random
+        pick = np.argmax(present[lost] * rng.random((int(lost.sum()), present.shape[1])), axis=1)
+        kept[np.flatnonzero(lost), pick] = True
+    return kept
+
+
+def _view_inputs(data: TrainingData, items: np.ndarray, seen: np.ndarray, variant: np.ndarray | int,
+                 device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The features of the views ``seen`` ``(B, V)`` of ``items`` (their ``variant``), the mask and the headings."""
+    rows = data.views[items][seen]
+    variants = np.broadcast_to(np.asarray(variant)[..., None], seen.shape)[seen] if np.ndim(variant) else variant
+    inputs = torch.as_tensor(data.features[variants, rows], dtype=torch.float32).to(device)
+    headings = torch.as_tensor(data.headings[items], dtype=torch.float32).to(device)
+    return inputs, torch.as_tensor(seen).to(device), headings
+
+
 def _loss(
-    step: nn.Module, data: TrainingData, idx: np.ndarray, variant: np.ndarray, texts: torch.Tensor,
-    coords: torch.Tensor, config: TrainConfig, noise: float = 0.0, groups: Sequence[torch.Tensor] = (),
-    run: distributed.Run = _SINGLE, device: torch.device = _CPU,
+    step: nn.Module, data: TrainingData, idx: np.ndarray, variant: np.ndarray, seen: np.ndarray,
+    texts: torch.Tensor, coords: torch.Tensor, config: TrainConfig, noise: float = 0.0,
+    groups: Sequence[torch.Tensor] = (), run: distributed.Run = _SINGLE, device: torch.device = _CPU,
 ) -> torch.Tensor:
-    """Loss of one batch ``idx`` (with its augmented variants) on this rank's share of it.
+    """Loss of one batch ``idx`` (with its augmented variants and the views ``seen``) on this rank's share of it.
 
     Whatever the world size, the gradient (after DDP averages it) is that of the whole batch.
     """
@@ -331,11 +392,11 @@ def _loss(
     weight = len(mine) * run.world_size / len(idx)
     if not len(mine) and config.loss == "label":  # fewer rows than ranks: one row weighted 0 keeps this rank in
         mine, weight = np.zeros(1, dtype=np.int64), 0.0  # the all-reduce (the clip loss gathers empty shares)
-    inputs = torch.as_tensor(data.features[variant[mine], idx[mine]], dtype=torch.float32).to(device)
+    inputs = _view_inputs(data, idx[mine], seen[mine], variant[mine], device)
     if config.loss == "clip":
         # The seed's loss: each image against the place texts of its batch, and back (the whole batch,
         # gathered from every rank: the in-batch negatives are those of one process).
-        embedded, all_places, scale = step(inputs, texts, noise, "clip")
+        embedded, all_places, scale = step(*inputs, texts, noise, "clip")
         shares = [np.arange(r, len(idx), run.world_size) for r in range(run.world_size)]
         if run.distributed:
             embedded = distributed.gather_rows(embedded, [len(s) for s in shares])
@@ -347,7 +408,7 @@ def _loss(
         return 0.5 * (soft_cross_entropy(logits, targets) + soft_cross_entropy(logits.T, targets))
     rows = idx[mine]
     labels = torch.as_tensor(data.label[rows], dtype=torch.long).to(device)
-    logits = step(inputs, texts, noise, "label")
+    logits = step(*inputs, texts, noise, "label")
     targets = haversine_smoothed_targets(
         labels, torch.as_tensor(data.lat[rows]).to(device), torch.as_tensor(data.lon[rows]).to(device),
         coords[:, 0], coords[:, 1], config.label_smoothing_km,
@@ -362,21 +423,33 @@ def _loss(
 
 
 @torch.no_grad()
+def embed_items(model: PlaceCLIP, adapter: nn.Module, data: TrainingData, items: np.ndarray | None = None,
+                device: torch.device = _CPU, chunk: int = 2048) -> torch.Tensor:
+    """Unit embeddings of ``items`` (default all) of ``data``, every view they have fused."""
+    model.eval()
+    adapter.eval()
+    items = np.arange(len(data)) if items is None else items
+    out = []
+    for start in range(0, len(items), chunk):
+        idx = items[start : start + chunk]
+        inputs, mask, headings = _view_inputs(data, idx, data.views[idx] >= 0, 0, device)
+        out.append(model.embed_views(adapter(inputs), mask, headings))
+    return torch.cat(out) if out else torch.zeros((0, model.config.embed_dim), device=device)
+
+
+@torch.no_grad()
 def _measure(
     model: PlaceCLIP, adapter: nn.Module, data: TrainingData, texts: torch.Tensor,
     coords: torch.Tensor, config: TrainConfig, run: distributed.Run = _SINGLE, device: torch.device = _CPU,
 ) -> dict:
     """Loss, label accuracy and mean/median km of one split; in a process group each rank
     measures a slice and every rank combines all slices alike."""
-    model.eval()
-    adapter.eval()
     places = model.embed_places(texts)
     losses, predictions = [], []
     rows = np.array_split(np.arange(len(data)), run.world_size)[run.rank]
     for start in range(0, len(rows), 2048):
         idx = rows[start : start + 2048]
-        x = adapter(torch.as_tensor(data.features[0, idx], dtype=torch.float32).to(device))
-        logits = model.scale() * model.embed_images(x) @ places.T
+        logits = model.scale() * embed_items(model, adapter, data, idx, device) @ places.T
         labels = torch.as_tensor(data.label[idx], dtype=torch.long).to(device)
         targets = haversine_smoothed_targets(
             labels, torch.as_tensor(data.lat[idx]).to(device), torch.as_tensor(data.lon[idx]).to(device),

@@ -32,6 +32,7 @@ from .encoders.text import TextEncoder
 from .errors import ModelError, quote_name
 from .features import FeatureSet
 from .fileio import atomic_write_bytes
+from .models.fusion import group_mean
 from .models.image_side import ImageSide
 from .paths import cache_subdir
 from .predict import GeoModel, Prediction
@@ -164,6 +165,15 @@ class ZeroShotModel(GeoModel):
     def embed(self, features: np.ndarray) -> np.ndarray:
         """Unit CLIP image embeddings."""
         return unit_rows(np.asarray(features, dtype=np.float32))
+
+    @property
+    def fusion(self) -> str:
+        return "mean"
+
+    def fused_embeddings(self, features: np.ndarray, places: np.ndarray,
+                         headings: np.ndarray | None = None) -> np.ndarray:
+        """The unit mean of each place's unit CLIP embeddings (headings do not matter here)."""
+        return unit_rows(group_mean(self.embed(features), np.asarray(places)))
 
     def level_probabilities(self, embeddings: np.ndarray) -> dict[str, np.ndarray]:
         """P(country), P(region | its country) and P(city | its region) for image embeddings ``(n, dim)``."""

@@ -15,7 +15,7 @@ from ..fileio import check_writable, finite_json
 from ..geo import THRESHOLDS_KM
 from ..models.factory import load_any_model
 from ..refine import REFINERS
-from ..results import CENTROID, KNN, MODEL
+from ..results import MODEL
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
 def print_metrics(metrics: dict, n: int) -> None:
     """The metrics table: model beside the centroid and kNN baselines (those it has), saying on how many items
     each figure is."""
-    columns = [c for c in (MODEL, CENTROID, KNN) if c in metrics]
+    columns = [MODEL, *(c for c in metrics if c != MODEL)]
     labelled = metrics[MODEL].get("n_labelled", n)
     accuracy = "label accuracy" if labelled == n else f"label accuracy ({labelled:,} of {n:,} labelled)"
     rows = [(accuracy, "label_accuracy", "pct"), ("mean error km", "mean_km", "km"),
@@ -91,14 +91,14 @@ def print_metrics(metrics: dict, n: int) -> None:
     rows += [(f"within {t:g} km", f"within:{t:g}", "pct") for t in THRESHOLDS_KM]
     print(f"{n:,} evaluated")
     width = max(18, *(len(title) for title, _, _ in rows))
-    print(f"  {'':{width}}" + "".join(f"{c:>12}" for c in columns))
+    print(f"  {'':{width}}" + "".join(f"{c:>15}" for c in columns))
     for title, key, kind in rows:
         cells = []
         for c in columns:
             value = metrics[c]["within_km"][key.split(":")[1]] if key.startswith("within:") \
                 else metrics[c].get(key, math.nan)
             cells.append(_format(value, kind))
-        print(f"  {title:{width}}" + "".join(f"{v:>12}" for v in cells))
+        print(f"  {title:{width}}" + "".join(f"{v:>15}" for v in cells))
 
 
 def _format(value: float, kind: str) -> str:

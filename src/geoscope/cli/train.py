@@ -14,7 +14,7 @@ from ..encoders.text import check_text_encoder
 from ..fileio import check_writable
 from ..fit import FitOptions, fit
 from ..labels import KINDS
-from ..models.image_side import ImageSide
+from ..models.image_side import ALL_BLOCKS, ImageSide
 from ..train import TrainConfig
 from .labels import add_scheme_arguments, scheme_from_args
 
@@ -33,8 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="without a split column, split by blocks of this size (val 10%%, test 10%%; default 1)")
     parser.add_argument("--gap-km", type=float, default=0.1,
                         help="…and leave out training images this close to a val or test image (default 0.1)")
-    parser.add_argument("--finetune-blocks", type=int, default=0, metavar="N",
-                        help="fine-tune the image encoder's last N blocks on cached activations (default 0: frozen)")
+    parser.add_argument("--finetune-blocks", type=_blocks, default=0, metavar="N|all",
+                        help="fine-tune the image encoder's last N blocks on cached activations, or all of it from "
+                             "the images, decoded as each batch needs them (meant for GPUs; default 0: frozen)")
     parser.add_argument("--crops", type=int, default=1,
                         help="square crops along each image's long side, averaged (for wide frames; default 1)")
     parser.add_argument("--name", default=None, help="model name (default: the output folder's)")
@@ -51,10 +52,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         if isinstance(default, bool):  # type=bool would read "False" as True
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
         else:
-            choices = TrainConfig.LOSSES if f.name == "loss" else None
-            parser.add_argument(flag, type=type(default), default=default, choices=choices,
+            parser.add_argument(flag, type=type(default), default=default, choices=TrainConfig.CHOICES.get(f.name),
                                 help=f"(default {default})")
     parser.set_defaults(func=run)
+
+
+def _blocks(text: str) -> int | str:
+    """``--finetune-blocks``: a count, or ``all``."""
+    if text.strip().lower() == ALL_BLOCKS:
+        return ALL_BLOCKS
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a number of blocks or {ALL_BLOCKS!r}, not {text!r}") from None
 
 
 def run(args: argparse.Namespace) -> int:

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from torch import nn
 
 BACKENDS = ("onnx", "torch")
-PATTERNS = ("<name>/stats", "<name>/trunk-<n>", "hf:<repo-or-path>")
+PATTERNS = ("<name>/stats", "<name>/trunk-<n>", "<name>/pixels", "hf:<repo-or-path>")
 _TRUNK = re.compile(r"^trunk-(\d+)$")
 
 
@@ -186,15 +186,25 @@ def _efficientnet_spec(name: str) -> EncoderSpec:
             name, preprocess, (_stats_dim(base),), fingerprint("efficientnet-stage-stats/1", *identity),
             build=lambda: EfficientNetStageStats(load_efficientnet(base)), mixed_scales=True,
         )
+    if variant == "pixels":  # the input itself, for a model that fine-tunes the whole encoder
+        c = preprocess.crop_size
+        return EncoderSpec(name, preprocess, (3, c, c), fingerprint("pixels/1", preprocess.key), build=_flatten)
     match = _TRUNK.match(variant)
     total = block_count(base)
     if not match or not 0 <= int(match[1]) <= total:
-        raise GeoscopeError(f"unknown variant {variant!r} of {base}: use stats, or trunk-<n> with n in 0..{total}")
+        raise GeoscopeError(f"unknown variant {variant!r} of {base}: use stats, pixels, or trunk-<n> with n in "
+                            f"0..{total}")
     n_top = int(match[1])
     return EncoderSpec(
         name, preprocess, _trunk_shape(base, n_top), fingerprint("efficientnet-trunk/1", n_top, *identity),
         build=lambda: split_efficientnet(base, n_top)[0], storage_dtype="float16",
     )
+
+
+def _flatten() -> nn.Module:
+    from torch import nn
+
+    return nn.Flatten()
 
 
 @cache

@@ -3,8 +3,10 @@
 A frozen model caches the encoder's pooled embedding of each image. A fine-tuned one
 caches the feature maps below the encoder's last ``finetune_blocks`` MBConv blocks
 (``<encoder>/trunk-<n>``) and trains those blocks (:class:`TrunkTop`) on the cache, so an
-epoch runs only the top of the network. Either way the image is seen as ``crops`` square
-crops along its long side, whose features are averaged.
+epoch runs only the top of the network. ``finetune_blocks="all"`` caches nothing: the images
+are decoded when a batch needs them and the whole encoder trains (:mod:`geoscope.pixels`).
+Either way the image is seen as ``crops`` square crops along its long side, whose features
+are averaged.
 """
 
 from __future__ import annotations
@@ -17,11 +19,23 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..encoders.efficientnet import LITE_MODELS, block_count, split_efficientnet
+from ..encoders.efficientnet import (
+    LITE_MODELS,
+    EfficientNetEmbedding,
+    block_count,
+    load_efficientnet,
+    split_efficientnet,
+)
 from ..encoders.image import ImageEncoder, image_encoder_spec
 from ..encoders.preprocess import Views
 from ..errors import GeoscopeError
 from ..features import FeatureSet, extract_features
+from ..pixels import ImagePixels, read_pixels, readable
+
+ALL_BLOCKS = "all"
+"""``finetune_blocks`` that fine-tunes the whole encoder from pixels."""
+PIXEL_WINDOW = 0.875
+"""Fine-tuning from pixels trains on a random square window of this share of the image's side."""
 
 
 @dataclass(frozen=True)
@@ -29,23 +43,33 @@ class ImageSide:
     """Which encoder, how much of it is fine-tuned, and how many crops of each image."""
 
     name: str = "efficientnet-lite0"
-    finetune_blocks: int = 0
+    finetune_blocks: int | str = 0
+    """MBConv blocks fine-tuned at the top of the encoder, or ``"all"``: the whole encoder, from pixels."""
     crops: int = 1
 
     def __post_init__(self) -> None:
-        if self.finetune_blocks < 0:
-            raise GeoscopeError(f"finetune_blocks must be 0 or more, not {self.finetune_blocks}")
+        blocks = self.finetune_blocks
+        if blocks != ALL_BLOCKS and (isinstance(blocks, str) or blocks < 0):
+            raise GeoscopeError(f"finetune_blocks must be 0 or more, or {ALL_BLOCKS!r}, not {blocks!r}")
         if self.finetune_blocks:
             if self.name not in LITE_MODELS:
                 raise GeoscopeError(f"fine-tuning needs an EfficientNet-Lite encoder, not {self.name!r}")
-            if self.finetune_blocks > (total := block_count(self.name)):
+            if not self.end_to_end and self.finetune_blocks > (total := block_count(self.name)):
                 raise GeoscopeError(f"{self.name} has {total} blocks: fine-tune 0 to {total}, "
                                     f"not {self.finetune_blocks}")
         Views(crops=self.crops)  # validates the count
 
     @property
+    def end_to_end(self) -> bool:
+        """Whether the whole encoder is fine-tuned, from pixels (nothing is cached)."""
+        return self.finetune_blocks == ALL_BLOCKS
+
+    @property
     def cached_encoder(self) -> str:
-        """Name of the encoder whose outputs are cached (a trunk when fine-tuning)."""
+        """Name of the encoder whose outputs the model reads (a trunk when fine-tuning the top; the
+        preprocessed pixels, never cached, when fine-tuning all of it)."""
+        if self.end_to_end:
+            return f"{self.name}/pixels"
         return f"{self.name}/trunk-{self.finetune_blocks}" if self.finetune_blocks else self.name
 
     @property
@@ -59,7 +83,23 @@ class ImageSide:
     @classmethod
     def from_dict(cls, data: dict) -> ImageSide:
         """Inverse of :meth:`to_dict` (bundles written before fine-tuning hold only ``name``)."""
-        return cls(str(data["name"]), int(data.get("finetune_blocks", 0)), int(data.get("crops", 1)))
+        blocks = data.get("finetune_blocks", 0)
+        return cls(str(data["name"]), blocks if blocks == ALL_BLOCKS else int(blocks), int(data.get("crops", 1)))
+
+    def training_inputs(self, paths: Sequence[str | os.PathLike[str]], *, flips: bool, progress: bool = True,
+                        device: str = "cpu") -> tuple[np.ndarray | ImagePixels, np.ndarray, list[str]]:
+        """What training reads, ``(variants, images, dim)`` (variant 1: flipped copies), which images could
+        be read, and why not: cached encoder outputs, or with ``end_to_end`` the images read on demand."""
+        if self.end_to_end:
+            valid, errors = readable(paths, image_encoder_spec(self.name).preprocess, progress=progress)
+            pixels = ImagePixels(paths, image_encoder_spec(self.name).preprocess, crops=self.crops,
+                                 variants=2 if flips else 1)
+            return pixels, valid, errors
+        plain = self.extract(paths, progress=progress, device=device)
+        variants = [plain.embeddings]
+        if flips:
+            variants.append(self.extract(paths, hflip=True, progress=progress, device=device).embeddings)
+        return np.stack(variants), np.asarray(plain.valid, dtype=bool), list(plain.errors)
 
     def extract(self, paths: Sequence[str | os.PathLike[str]], *, hflip: bool = False, progress: bool = True,
                 encoder: ImageEncoder | None = None, device: str = "cpu") -> FeatureSet:
@@ -68,6 +108,8 @@ class ImageSide:
         ``encoder`` (optional) is a loaded :attr:`cached_encoder`, reused across calls; otherwise
         the encoder runs on ``device`` (``cpu``, or ``cuda:N`` through ONNX Runtime's CUDA provider).
         """
+        if self.end_to_end:
+            return read_pixels(paths, image_encoder_spec(self.name).preprocess, crops=self.crops, hflip=hflip)
         views = Views(hflip=hflip, crops=self.crops)
         combine = "stack" if self.finetune_blocks else "mean"
         fs = extract_features(list(paths), encoder or self.cached_encoder, augment=views, combine=combine,
@@ -80,6 +122,10 @@ class ImageSide:
         """Cached outputs → image features: the pretrained top when fine-tuning, else identity."""
         if not self.finetune_blocks:
             return nn.Identity()
+        if self.end_to_end:
+            c = image_encoder_spec(self.name).preprocess.crop_size
+            return TrunkTop(EfficientNetEmbedding(load_efficientnet(self.name)), (3, c, c), self.crops,
+                            train_window=round(c * PIXEL_WINDOW))
         _, top = split_efficientnet(self.name, self.finetune_blocks)
         return TrunkTop(top, image_encoder_spec(self.cached_encoder).output_shape, self.crops)
 
@@ -144,6 +190,14 @@ def apply_adapter(adapter: nn.Module, features: np.ndarray, batch_size: int = 51
     out = np.concatenate(chunks)
     out[bad] = np.nan
     return out
+
+
+def adapt_rows(adapter: nn.Module, features: np.ndarray | ImagePixels, rows: np.ndarray, variant: int = 0,
+               batch_size: int = 256) -> np.ndarray:
+    """:func:`apply_adapter` over ``features[variant, rows]``, read a batch at a time (pixels are decoded then)."""
+    chunks = [apply_adapter(adapter, features[variant, rows[i:i + batch_size]])
+              for i in range(0, len(rows), batch_size)]
+    return np.concatenate(chunks) if chunks else apply_adapter(adapter, features[variant, rows])
 
 
 @torch.no_grad()

@@ -15,7 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .fusion import make_fusion
 from .heads import ProjectionHead
+from .location import LocationEncoder, load_geoclip
+
+PLACES_FROM = ("names", "coordinates")
+LOCATIONS = ("geoclip", "geoclip-frozen", "scratch")
 
 
 @dataclass(frozen=True)
@@ -29,6 +34,14 @@ class PlaceCLIPConfig:
     init_temperature: float = 0.07
     n_places: int = 0
     """With n_places > 0 each place also learns its own offset, added to its name's embedding."""
+    fusion: str = "mean"
+    """How the views of one place become one embedding (:data:`geoscope.models.fusion.FUSIONS`)."""
+    places_from: str = "names"
+    """``names``: each place is the text embedding of its prompt (``text_dim`` wide); ``coordinates``: each
+    place is its ``(lat, lon)`` through a :class:`~geoscope.models.location.LocationEncoder` (the GPS head)."""
+    location: str = "geoclip"
+    """With ``coordinates``: the location encoder starts from GeoCLIP's weights (``geoclip``), or stays
+    GeoCLIP's, frozen (``geoclip-frozen``), or starts from random weights (``scratch``)."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -41,11 +54,14 @@ class PlaceCLIP(nn.Module):
         super().__init__()
         self.config = config
         self.image_head = ProjectionHead(config.image_dim, config.embed_dim, config.dropout)
-        self.text_head = ProjectionHead(config.text_dim, config.embed_dim, config.dropout)
+        self.place_tower = _place_tower(config)
+        tower_dim = self.place_tower.out_dim if isinstance(self.place_tower, LocationEncoder) else config.text_dim
+        self.text_head = ProjectionHead(tower_dim, config.embed_dim, config.dropout)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / config.init_temperature)))
         self.place_offsets = nn.Parameter(torch.zeros(config.n_places, config.embed_dim))
         self.register_buffer("image_shift", torch.zeros(config.image_dim))
         self.register_buffer("image_scale", torch.ones(config.image_dim))
+        self.fusion = make_fusion(config.fusion, config.embed_dim)
 
     def set_image_statistics(self, features: torch.Tensor) -> None:
         """Standardise image features by the per-dimension mean and std of these (training) rows.
@@ -68,9 +84,19 @@ class PlaceCLIP(nn.Module):
             x = x + noise * torch.randn_like(x)
         return F.normalize(self.image_head(x), dim=-1)
 
+    def embed_views(self, image_features: torch.Tensor, mask: torch.Tensor, headings: torch.Tensor,
+                    noise: float = 0.0) -> torch.Tensor:
+        """One unit embedding per place from its views: ``image_features`` holds the views present,
+        in the order of ``mask``'s true entries; ``mask`` and ``headings`` (degrees, NaN unknown) are ``(B, V)``."""
+        embedded = self.embed_images(image_features, noise)
+        views = embedded.new_zeros((*mask.shape, embedded.shape[-1]))
+        views[mask] = embedded
+        return self.fusion(views, mask, headings)
+
     def embed_places(self, text_features: torch.Tensor) -> torch.Tensor:
-        """Unit-length place embeddings (one row per place, in label order)."""
-        embedded = self.text_head(text_features)
+        """Unit-length place embeddings (one row per place, in label order) from each place's text features,
+        or its coordinates ``(lat, lon)`` with ``places_from="coordinates"``."""
+        embedded = self.text_head(self.place_tower(text_features))
         if self.config.n_places:
             embedded = embedded + self.place_offsets
         return F.normalize(embedded, dim=-1)
@@ -79,6 +105,22 @@ class PlaceCLIP(nn.Module):
         """Inverse temperature, clamped to 100 as in CLIP."""
         return self.logit_scale.exp().clamp(max=100.0)
 
-    def forward(self, image_features: torch.Tensor, text_features: torch.Tensor, noise: float = 0.0) -> torch.Tensor:
-        """Logits of every image (rows) against every place text (columns)."""
-        return self.scale() * self.embed_images(image_features, noise) @ self.embed_places(text_features).T
+    def forward(self, image_features: torch.Tensor, mask: torch.Tensor, headings: torch.Tensor,
+                text_features: torch.Tensor, noise: float = 0.0) -> torch.Tensor:
+        """Logits of every place seen (rows: its views fused, see :meth:`embed_views`) against every place text."""
+        embedded = self.embed_views(image_features, mask, headings, noise)
+        return self.scale() * embedded @ self.embed_places(text_features).T
+
+
+def _place_tower(config: PlaceCLIPConfig) -> nn.Module:
+    """What a place is read through before its projection head: nothing (names), or a location encoder."""
+    if config.places_from == "names":
+        return nn.Identity()
+    if config.places_from != "coordinates" or config.location not in LOCATIONS:
+        raise ValueError(f"places_from must be one of {PLACES_FROM} and location one of {LOCATIONS}")
+    encoder = LocationEncoder()
+    if config.location != "scratch":
+        load_geoclip(encoder)
+    if config.location == "geoclip-frozen":
+        encoder.requires_grad_(False)
+    return encoder

@@ -1,0 +1,93 @@
+"""Fine-tuning the whole encoder from pixels (``--finetune-blocks all``), on a few real images."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import shared_dataset
+from PIL import Image
+
+from geoscope.cli.main import main
+from geoscope.data.manifest import read_manifest, write_manifest
+from geoscope.encoders.efficientnet import load_efficientnet
+from geoscope.encoders.image import image_encoder_spec
+from geoscope.encoders.preprocess import Views
+from geoscope.images import open_image
+from geoscope.pixels import ImagePixels, readable
+from geoscope.predict import load_model
+
+
+@pytest.fixture(scope="module")
+def croatia_small(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Sixteen real Croatian places (64 images), split by place."""
+    source = shared_dataset("croatia")
+    m = read_manifest(source / "manifest.csv")
+    frame = m.frame.iloc[:64].copy()
+    frame["image"] = [str(p) for p in m.image_paths[:64]]
+    rank = pd.factorize(frame["location_id"].astype(str))[0]
+    frame["split"] = np.where(rank < 10, "train", np.where(rank < 13, "val", "test"))
+    out = tmp_path_factory.mktemp("croatia-small") / "manifest.csv"
+    write_manifest(frame.reset_index(drop=True), out)
+    return out
+
+
+def test_pixels_are_read_when_asked_as_the_encoder_wants_them(croatia_small: Path, tmp_path: Path) -> None:
+    paths = read_manifest(croatia_small).image_paths[:6]
+    pre = image_encoder_spec("efficientnet-lite0").preprocess
+    pixels = ImagePixels(paths, pre, variants=2)
+    assert pixels.shape == (2, 6, 3 * 224 * 224)
+    rows = pixels[np.array([0, 1, 0]), np.array([4, 4, 2])]
+    first = pre.views(open_image(paths[4], min_size=pre.decode_size), Views())
+    flipped = pre.views(open_image(paths[4], min_size=pre.decode_size), Views(hflip=True))
+    assert np.array_equal(rows[0], first.ravel()) and np.array_equal(rows[1], flipped.ravel())
+    subset = pixels[:, np.array([False, False, True, False, False, False])]
+    assert len(subset) == 1 and np.array_equal(subset[0, [0]][0], rows[2])
+
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(Path(paths[0]).read_bytes()[:300])
+    Image.new("RGB", (40, 30), "red").save(tmp_path / "fine.png")
+    valid, errors = readable([broken, tmp_path / "fine.png"], pre, progress=False)
+    assert valid.tolist() == [False, True] and len(errors) == 1 and "broken.jpg" in errors[0]
+
+
+def test_the_whole_encoder_trains_from_the_images_and_predicts(croatia_small: Path, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "all"
+    assert main(["train", str(croatia_small), "--labels", "grid", "--cell-km", "100", "-o", str(out),
+                 "--finetune-blocks", "all", "--max-epochs", "1", "--batch-size", "16", "--no-augment"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["image_encoder"]["finetune_blocks"] == "all"
+    assert "whole encoder fine-tuned from pixels" in (out / "README.md").read_text()
+    model = load_model(out)
+    # the stem and the first block trained too: the bundle's encoder is no longer the pretrained one
+    pretrained = load_efficientnet("efficientnet-lite0").state_dict()
+    saved = {k.removeprefix("image_top.top.net."): v for k, v in model.files.tensors.items()
+             if k.startswith("image_top.top.net.")}
+    assert not np.allclose(saved["_conv_stem.weight"], pretrained["_conv_stem.weight"].numpy())
+    assert not np.allclose(saved["_blocks.0._depthwise_conv.weight"],
+                           pretrained["_blocks.0._depthwise_conv.weight"].numpy())
+
+    image = str(read_manifest(croatia_small).image_paths[-1])
+    capsys.readouterr()
+    assert main(["predict", image, "--model", str(out), "--json"]) == 0
+    answer = json.loads(capsys.readouterr().out)[0]
+    assert answer["guesses"] and answer["guesses"][0]["country"] == "Croatia"
+    # predict reads the image through the fine-tuned encoder: its features are the saved network's output
+    pre = image_encoder_spec("efficientnet-lite0").preprocess
+    x = torch.from_numpy(pre.views(open_image(image, min_size=pre.decode_size), Views()))
+    with torch.no_grad():
+        expected = model.adapter.top(x).numpy()
+    np.testing.assert_allclose(model.image_features([image]).embeddings, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_finetune_blocks_takes_a_count_or_all(croatia_small: Path, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as refused:  # argparse refuses a bad option with exit 2
+        main(["train", str(croatia_small), "-o", str(tmp_path / "m"), "--finetune-blocks", "most"])
+    assert refused.value.code == 2
+    assert "a number of blocks or 'all'" in capsys.readouterr().err
