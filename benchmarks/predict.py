@@ -120,6 +120,7 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
          lambda: [encoder.encode(decoded[i:i + BATCH_SIZE]) for i in range(0, len(decoded), BATCH_SIZE)]),
         ("predict, 224 px, cold cache", len(small), cold_predict(small)),
         ("predict, 224 px, warm cache", len(small), lambda: model.predict(small, top_k=5)),
+        ("predict, 224 px, warm cache, --refine knn", len(small), lambda: model.predict(small, top_k=5, refine="knn")),
         (f"predict -o out.jsonl in chunks of {CHUNK_SIZE} (the CLI's path), 224 px", len(small),
          chunked_to_file(small)),
         (f"predict, 12 MP JPEG ({megabytes:.1f} MB), cold cache", len(photos), cold_predict(photos)),

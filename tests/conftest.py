@@ -27,6 +27,16 @@ def shared_dataset(name: str) -> Path:
     return folder
 
 
+def shared_rows(name: str, rows: int | None = None):
+    """The first ``rows`` rows of a real dataset's manifest, image paths made absolute (skips when absent)."""
+    from geoscope.data.manifest import read_manifest
+
+    m = read_manifest(shared_dataset(name) / "manifest.csv")
+    frame = m.frame.iloc[:rows].copy()
+    frame["image"] = [str(p) for p in m.image_paths[: len(frame)]]
+    return frame
+
+
 def make_images(folder: Path, n: int, *, size: tuple[int, int] = (64, 48), seed: int = 0) -> list[Path]:
     """Write ``n`` small random-colour JPEGs and return their paths."""
     rng = np.random.default_rng(seed)

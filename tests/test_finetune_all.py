@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import shared_dataset
+from conftest import shared_rows
 from PIL import Image
 
 from geoscope.cli.main import main
@@ -25,10 +25,7 @@ from geoscope.predict import load_model
 @pytest.fixture(scope="module")
 def croatia_small(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Sixteen real Croatian places (64 images), split by place."""
-    source = shared_dataset("croatia")
-    m = read_manifest(source / "manifest.csv")
-    frame = m.frame.iloc[:64].copy()
-    frame["image"] = [str(p) for p in m.image_paths[:64]]
+    frame = shared_rows("croatia", 64)
     rank = pd.factorize(frame["location_id"].astype(str))[0]
     frame["split"] = np.where(rank < 10, "train", np.where(rank < 13, "val", "test"))
     out = tmp_path_factory.mktemp("croatia-small") / "manifest.csv"

@@ -10,13 +10,14 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import shared_dataset
+from conftest import shared_rows
 
 from geoscope.cli.main import main
 from geoscope.data.manifest import read_manifest, write_manifest
 from geoscope.evaluate import evaluate
 from geoscope.models.fusion import FUSIONS, group_views, make_fusion, masked_mean
 from geoscope.predict import load_model
+from geoscope.report import write_report
 from geoscope.results import VIEWS_AVERAGED
 from geoscope.train import _drop_views
 
@@ -84,10 +85,7 @@ def test_view_dropout_keeps_one_view_of_every_place() -> None:
 @pytest.fixture(scope="module")
 def croatia_places(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """40 real Croatian places, four headings each (every row's views shuffled), split by place."""
-    source = shared_dataset("croatia")
-    m = read_manifest(source / "manifest.csv")
-    frame = m.frame.copy()
-    frame["image"] = [str(p) for p in m.image_paths]
+    frame = shared_rows("croatia")
     ids = frame["location_id"].astype(str).drop_duplicates().to_numpy()[:40]
     frame = frame[frame["location_id"].astype(str).isin(ids)].sample(frac=1.0, random_state=0)
     order = {place: i for i, place in enumerate(ids)}
@@ -125,6 +123,8 @@ def test_a_learned_fusion_trains_saves_and_answers_from_the_cli(croatia_places: 
     result, _ = evaluate(model, manifest.subset((manifest.frame["split"] == "test").to_numpy()), progress=False)
     assert len(result.predictions) == test["location_id"].nunique()
     assert VIEWS_AVERAGED in result.metrics and VIEWS_AVERAGED in result.baselines
+    page = write_report(result, tmp_path / "report").read_text()
+    assert "views fused: mean, not the learned fusion" in page  # the report sets the two fusions side by side
     # the fused answer is the model's: the same as fusing the four views' features directly
     fs = model.image_features(list(place["image"]))
     direct = model.probabilities(model.fused_embeddings(fs.embeddings, np.zeros(4, dtype=np.int64)))

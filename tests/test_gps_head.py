@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import shared_dataset
+from conftest import shared_rows
 
 from geoscope.cli.main import main
 from geoscope.data.manifest import read_manifest, write_manifest
@@ -47,10 +47,7 @@ def test_geoclip_weights_give_geoclip_s_embedding() -> None:
 @pytest.fixture(scope="module")
 def london_small(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """800 real London images (no split column: train splits them by blocks)."""
-    source = shared_dataset("london-uk")
-    m = read_manifest(source / "manifest.csv")
-    frame = m.frame.iloc[:800].copy()
-    frame["image"] = [str(p) for p in m.image_paths[:800]]
+    frame = shared_rows("london-uk", 800)
     out = tmp_path_factory.mktemp("london-small") / "manifest.csv"
     write_manifest(frame.reset_index(drop=True), out)
     return out

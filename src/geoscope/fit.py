@@ -166,20 +166,21 @@ def prepare(manifest: Manifest, options: FitOptions, *, progress: bool = True) -
 def _training_data(frame: pd.DataFrame, features: np.ndarray, ids: np.ndarray, by_place: bool,
                    with_images: bool = False) -> TrainingData:
     """One split's rows as training items: each image, or (``by_place``) the views of each place, and
-    then (``with_images``) each image alone as well, so the head learns from single views too."""
+    then (``with_images``) each view of those places alone as well, so the head learns from single views too."""
     lat, lon = frame["lat"].to_numpy(), frame["lon"].to_numpy()
     if not by_place:
         return TrainingData(features, ids, lat, lon)
     codes = pd.factorize(place_ids(frame))[0]
     views, headings = group_views(codes, frame["heading"].to_numpy(dtype=np.float64) if "heading" in frame else None)
     first = views[:, 0]
-    if with_images:
-        alone = np.full((len(frame), views.shape[1]), -1, dtype=np.int64)
-        alone[:, 0] = np.arange(len(frame))
+    if with_images:  # each view of a place seen several times, alone (a place of one view is already that)
+        rows = np.flatnonzero(np.bincount(codes)[codes] > 1)
+        alone = np.full((len(rows), views.shape[1]), -1, dtype=np.int64)
+        alone[:, 0] = rows
         angles = np.full(alone.shape, np.nan)
-        angles[:, 0] = frame["heading"].to_numpy(dtype=np.float64) if "heading" in frame else np.nan
+        angles[:, 0] = frame["heading"].to_numpy(dtype=np.float64)[rows] if "heading" in frame else np.nan
         views, headings = np.concatenate([views, alone]), np.concatenate([headings, angles])
-        first = np.concatenate([first, np.arange(len(frame))])
+        first = np.concatenate([first, rows])
     return TrainingData(features, ids[first], lat[first], lon[first], views, headings)
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from ..geo import THRESHOLDS_KM, summarize_errors
-from ..results import MODEL, EvaluationResult
+from ..results import CENTROID, KNN, MODEL, VIEWS_AVERAGED, EvaluationResult
 
 THRESHOLD_NAMES = {
     1.0: "street", 25.0: "city", 200.0: "region", 750.0: "country", 2500.0: "continent",
@@ -155,5 +155,6 @@ def display_name(series: str, model_name: str) -> str:
     """How a series is named on the page: the model's own name, or '<name> baseline'."""
     if series == MODEL:
         return model_name
-    known = {"knn": "kNN baseline", "centroid": "centroid baseline"}
+    known = {KNN: "kNN baseline", CENTROID: "centroid baseline",
+             VIEWS_AVERAGED: "views fused: mean, not the learned fusion"}
     return known.get(series, f"{series} baseline")
