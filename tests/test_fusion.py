@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -130,3 +131,15 @@ def test_a_learned_fusion_trains_saves_and_answers_from_the_cli(croatia_places: 
     direct = model.probabilities(model.fused_embeddings(fs.embeddings, np.zeros(4, dtype=np.int64)))
     assert answer[0]["guesses"][0]["label"] == model.labels["name"].iloc[int(direct.argmax())]
     assert pd.Series(result.predictions["pred_label"]).notna().all()
+
+    # a bundle whose fusion weights went missing is refused in one line, not answered by an untrained LSTM
+    from safetensors.numpy import load_file, save_file
+
+    broken = tmp_path / "broken"
+    shutil.copytree(out, broken)
+    weights = load_file(broken / "weights.safetensors")
+    save_file({k: v for k, v in weights.items() if not k.startswith("model.fusion.")}, broken / "weights.safetensors")
+    capsys.readouterr()
+    assert main(["predict", place["image"].iloc[0], "--model", str(broken)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("geoscope: error:") == 1 and "lack" in err and "Traceback" not in err

@@ -25,7 +25,7 @@ from .geo import spherical_mean
 from .labels import LabelScheme, assign_labels, make_labels, prompt
 from .models.fusion import group_mean, group_views
 from .models.image_side import ImageSide, adapt_rows
-from .models.place_clip import PlaceCLIP
+from .models.place_clip import STORED_EMBEDDED, PlaceCLIP
 from .train import TrainConfig, TrainingData, TrainResult, embed_items, search_grid, train_place_clip
 
 COVERAGE_KEPT = 0.95
@@ -273,7 +273,7 @@ def _bundle_parts(manifest: Manifest, data: PreparedData, options: FitOptions, r
     with torch.no_grad():
         places = model.embed_places(torch.as_tensor(data.text_features)).numpy()
     tensors = {f"model.{k}": v.detach().numpy() for k, v in model.state_dict().items()
-               if not k.startswith(("text_head.", "place_tower."))}  # the places are stored embedded
+               if not k.startswith(STORED_EMBEDDED)}
     tensors["place_embeddings"] = places.astype(np.float32)
     if result.image_adapter is not None:
         tensors.update({f"image_top.{k}": v.detach().numpy() for k, v in result.image_adapter.state_dict().items()})

@@ -25,7 +25,7 @@ from .features import FeatureSet
 from .knn import knn_locate
 from .models.fusion import group_views
 from .models.image_side import ImageSide, apply_adapter
-from .models.place_clip import PlaceCLIP, PlaceCLIPConfig
+from .models.place_clip import STORED_EMBEDDED, PlaceCLIP, PlaceCLIPConfig
 from .refine import check_refiner, refine_in_labels
 from .threads import one_math_thread
 
@@ -49,7 +49,11 @@ class GeoModel:
             self.model = PlaceCLIP(model_cfg)
             heads = {k.removeprefix("model."): torch.from_numpy(v.copy())
                      for k, v in files.tensors.items() if k.startswith("model.")}
-            self.model.load_state_dict(heads, strict=False)
+            missing = [k for k in self.model.load_state_dict(heads, strict=False).missing_keys
+                       if not k.startswith(STORED_EMBEDDED)]
+            if missing:
+                raise ModelError(f"{files.path}: the weights lack {len(missing)} tensor(s) of the model, first "
+                                 f"model.{missing[0]}; retrain it or restore weights.safetensors")
             self.model.eval()
             self.place_embeddings = torch.from_numpy(files.tensors["place_embeddings"].astype(np.float32))
             self.image_side = ImageSide.from_dict(self.config["image_encoder"])

@@ -20,6 +20,8 @@ from .heads import ProjectionHead
 from .location import LocationEncoder, load_geoclip
 
 PLACES_FROM = ("names", "coordinates")
+STORED_EMBEDDED = ("text_head.", "place_tower.")
+"""The parts a bundle leaves out: it stores the places already embedded."""
 LOCATIONS = ("geoclip", "geoclip-frozen", "scratch")
 
 
