@@ -10,7 +10,7 @@ With ``--set head=gps`` the km tasks label a gallery of points (grid cells of th
 also show the model answering each view alone and, for a learned fusion, the same model answering
 from the plain average of its views.
 Run: ``python benchmarks/accuracy.py [--folds 5] [--task N] [--scheme geocells] [--no-augment]
-[--set fusion=lstm] [--set head=gps] [--set location=scratch]``.
+[--set fusion=lstm] [--set head=gps] [--set location=scratch] [--refine knn]``.
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ def outer_ring(frame: pd.DataFrame, share: float = RING_SHARE) -> np.ndarray:
 
 
 def cross_validate(task: Task, folds: int, options: FitOptions, max_folds: int | None = None,
-                   progress: bool = False) -> dict:
+                   progress: bool = False, refine: str = "none") -> dict:
     manifest = load_sets(task.sets)
     inner = kfold(manifest.frame, 10, by="block" if task.by == "ring" else task.by, block_km=task.block_km, seed=1)
     if task.by == "ring":
@@ -114,7 +114,7 @@ def cross_validate(task: Task, folds: int, options: FitOptions, max_folds: int |
             fit(Manifest(frame, manifest.root), task_options, Path(tmp) / "model", progress=progress)
             model = load_model(Path(tmp) / "model")
             test = Manifest(frame[frame["split"] == "test"].reset_index(drop=True), manifest.root)
-            result, _ = evaluate(model, test, progress=False)
+            result, _ = evaluate(model, test, progress=False, refine=refine)
             if test.place_ids.duplicated().any():
                 singles.append(evaluate(model, test, fuse_views=False, progress=False)[0])
             probes.append(linear_probe(model, Manifest(frame, manifest.root), result, task_options))
@@ -202,6 +202,8 @@ def main() -> int:
     parser.add_argument("--max-folds", type=int, default=None,
                         help="hold out only the first K of the folds (quicker, noisier)")
     parser.add_argument("--no-augment", dest="augment", action="store_false", help="no flipped training copies")
+    parser.add_argument("--refine", choices=("none", "knn"), default="none",
+                        help="score the guess after retrieval refinement (knn: its most similar training images)")
     parser.add_argument("--scheme", help="label scheme for the km tasks instead of theirs, e.g. geocells "
                         "or geocells:min_images=20,max_images=200")
     args = parser.parse_args()
@@ -215,7 +217,7 @@ def main() -> int:
     held = min(args.folds, args.max_folds or args.folds)
     print(f"encoder {args.encoder}, fine-tuned blocks {args.finetune_blocks}, {args.folds}-fold "
           f"({held} held out), config {config.to_dict()}\n")
-    print(f"fusion of views: {config.fusion}\n")
+    print(f"fusion of views: {config.fusion}, head: {config.head}, refinement: {args.refine}\n")
     print("| task | goal | model | model, one view | model, views averaged | probe | centroid | kNN | time |\n"
           "|---|---|---|---|---|---|---|---|---|")
     options = FitOptions(scheme=LabelScheme("grid"), image_encoder=args.encoder,
@@ -230,7 +232,7 @@ def main() -> int:
             task = replace(task, scheme=LabelScheme(kind, {k: float(v) for k, v in
                                                            (p.split("=") for p in params.split(",") if p)}))
         start = time.perf_counter()
-        m = cross_validate(task, args.folds, options, args.max_folds, args.progress)
+        m = cross_validate(task, args.folds, options, args.max_folds, args.progress, args.refine)
         columns = (MODEL, ONE_VIEW, VIEWS_AVERAGED, PROBE, CENTROID, KNN)
         cells = [_cell(m[name], task) if name in m else "–" for name in columns]
         print(f"| {task.name} | {task.goal} | " + " | ".join(cells) + f" | {time.perf_counter() - start:.0f} s |",

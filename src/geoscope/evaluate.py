@@ -66,7 +66,7 @@ def evaluate(
     embeddings = model.fused_embeddings(raw, codes, headings)
     averaged = None  # a learned fusion is compared with the plain average of the same model's views
     if fuse_views and model.fusion != "mean":
-        averaged = unit_rows(group_mean(model.fused_embeddings(raw, np.arange(len(raw))), codes))
+        averaged = unit_rows(group_mean(model.embed(raw), codes))
     if fuse_views:
         firsts = ~places.duplicated().to_numpy()
         raw = group_mean(raw, codes)

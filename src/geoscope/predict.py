@@ -103,11 +103,9 @@ class GeoModel:
         features.embeddings = apply_adapter(self.adapter, features.embeddings)
         return features
 
-    @torch.no_grad()
     def embed(self, features: np.ndarray) -> np.ndarray:
-        """Unit image embeddings in the shared space for image features ``(n, dim)``."""
-        x = torch.as_tensor(np.asarray(features, dtype=np.float32))
-        return self.model.embed_images(x).numpy()
+        """Unit embeddings in the shared space for image features ``(n, dim)``, each image a place of one view."""
+        return self.fused_embeddings(features, np.arange(len(features)))
 
     @property
     def fusion(self) -> str:
@@ -242,7 +240,7 @@ class GeoModel:
         if views:
             fused = features[valid].mean(axis=0) if valid.any() else features[0]
             return [(self._answer_views(paths, features, valid, errors, top_k, level, allow_missing_views), fused)]
-        probs = self.probabilities(self.fused_embeddings(features, np.arange(len(features))))
+        probs = self.probabilities(self.embed(features))
         scores = self.coverage_scores(features)
         return [
             (self.answerer.answer(p, probs[i], top_k=top_k, level=level, coverage_score=float(scores[i]))
