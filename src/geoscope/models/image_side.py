@@ -124,8 +124,9 @@ class ImageSide:
             return nn.Identity()
         if self.end_to_end:
             c = image_encoder_spec(self.name).preprocess.crop_size
-            return TrunkTop(EfficientNetEmbedding(load_efficientnet(self.name)), (3, c, c), self.crops,
-                            train_window=round(c * PIXEL_WINDOW))
+            net = load_efficientnet(self.name)
+            net._fc = nn.Identity()  # the ImageNet classifier: not part of the embedding, nothing to train or store
+            return TrunkTop(EfficientNetEmbedding(net), (3, c, c), self.crops, train_window=round(c * PIXEL_WINDOW))
         _, top = split_efficientnet(self.name, self.finetune_blocks)
         return TrunkTop(top, image_encoder_spec(self.cached_encoder).output_shape, self.crops)
 
