@@ -16,7 +16,7 @@ import random
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import torch
@@ -29,6 +29,9 @@ from .geo import haversine_km
 from .models.fusion import FUSIONS
 from .models.losses import haversine_smoothed_targets, soft_cross_entropy
 from .models.place_clip import LOCATIONS, PlaceCLIP, PlaceCLIPConfig
+
+if TYPE_CHECKING:
+    from .pixels import ImagePixels
 
 
 @dataclass(frozen=True)
@@ -115,7 +118,8 @@ class TrainingData:
     ``label``, ``lat`` and ``lon`` are per item.
     """
 
-    features: np.ndarray
+    features: np.ndarray | ImagePixels
+    """Cached encoder outputs, or the images themselves read per batch (``--finetune-blocks all``)."""
     label: np.ndarray
     lat: np.ndarray
     lon: np.ndarray
