@@ -21,6 +21,7 @@ from geoscope.geocells import geocell_ids
 from geoscope.labels import LabelScheme, assign_labels, make_labels
 from geoscope.naming import geographic_medoid, locate, name_labels
 from geoscope.places import load_places
+from geoscope.predict import load_model
 from geoscope.refine import refine_in_labels
 
 
@@ -56,6 +57,18 @@ def test_label_names_are_unique_true_places_with_region_and_country() -> None:
     # No town within 40 km of the desert label: its name says how far and which way.
     assert names["place"][2].startswith(tuple(f"{d} km" for d in range(40, 200)))
     assert " of " in names["place"][2]
+
+
+def test_a_town_is_named_with_its_own_region() -> None:
+    """Every label of the bundled model named after a town says that town's region ("Medford, Oregon" for
+    a label mostly in California)."""
+    towns = load_places(None, min_population=500)
+    labels = load_model().labels
+    named = labels[~labels["place"].str.contains(" of ")]
+    for row in named.itertuples():
+        town = towns[(towns["name"] == row.place) & (towns["country_code"] == row.country_code)]
+        nearest = town.iloc[int(np.argmin(haversine_km(row.lat, row.lon, town["lat"], town["lon"])))]
+        assert row.name == ", ".join(dict.fromkeys((row.place, nearest["region"], row.country)))
 
 
 def test_geocells_follow_countries_and_the_density_of_the_data() -> None:

@@ -86,15 +86,17 @@ def name_labels(lat: ArrayLike, lon: ArrayLike, reach_km: ArrayLike, country_cod
     keep = list(fixed) if fixed is not None else [None] * len(la)
     towns = load_places(None, min_population=NAMING_MIN_POPULATION)
     taken: set[tuple[str, str]] = set()
-    places = []
+    places, shown_regions = [], []
     for i in range(len(la)):
-        place = keep[i] if isinstance(keep[i], str) and keep[i] else \
+        place, town_region = (keep[i], regions[i]) if isinstance(keep[i], str) and keep[i] else \
             _pick_place(towns, la[i], lo[i], reach[i], codes[i], regions[i], taken)
         taken.add((place, codes[i]))
         places.append(place)
+        shown_regions.append(town_region)
     names = country_names()
     country = [names.get(c, c) for c in codes]
-    full = [display_name(p, r, c) for p, r, c in zip(places, regions, country, strict=True)]
+    # a town is named with its own region ("Medford, Oregon" even for a label mostly in California)
+    full = [display_name(p, r, c) for p, r, c in zip(places, shown_regions, country, strict=True)]
     return pd.DataFrame({"place": places, "region": regions, "country": country, "country_code": codes,
                          "name": _dedupe(full, places, la, lo, towns)})
 
@@ -105,26 +107,27 @@ def display_name(place: str, region: str, country: str) -> str:
 
 
 def _pick_place(towns: pd.DataFrame, lat: float, lon: float, reach: float, code: str, region: str,
-                taken: set[tuple[str, str]]) -> str:
-    """The most populous untaken town within ``reach`` (same region first), else within
-    :data:`MAX_REACH_KM`, else a direction from the nearest town ("north of Lakeview"), with
-    the distance when that town is farther than :data:`MAX_REACH_KM` ("78 km north of Winnemucca")."""
+                taken: set[tuple[str, str]]) -> tuple[str, str]:
+    """The most populous untaken town within ``reach``, else within :data:`MAX_REACH_KM` (a town of the
+    label's region first, at either range), else a direction from the nearest town ("north of Lakeview"),
+    with the distance when that town is farther than :data:`MAX_REACH_KM` ("78 km north of Winnemucca");
+    with the first-level region of the town named."""
     same_country = towns[towns["country_code"] == code] if code else towns
     if same_country.empty:
         same_country = towns
     d = haversine_km(lat, lon, same_country["lat"].to_numpy(), same_country["lon"].to_numpy())
-    in_region = same_country["region"].to_numpy() == region
-    for pool in (in_region & (d <= reach), d <= reach, d <= MAX_REACH_KM):
+    town_regions = same_country["region"].to_numpy()
+    in_region = town_regions == region
+    for pool in (in_region & (d <= reach), in_region & (d <= MAX_REACH_KM), d <= reach, d <= MAX_REACH_KM):
         near = np.flatnonzero(pool)  # towns are ordered most populous first
         for j in near:
             name = str(same_country["name"].iloc[j])
             if (name, code) not in taken:
-                return name
+                return name, str(town_regions[j])
     nearest = int(np.argmin(d))
     town = same_country.iloc[nearest]
-    if d[nearest] <= MAX_REACH_KM:
-        return f"{_direction(town['lat'], town['lon'], lat, lon)} of {town['name']}"
-    return f"{d[nearest]:.0f} km {_direction(town['lat'], town['lon'], lat, lon)} of {town['name']}"
+    where = f"{_direction(town['lat'], town['lon'], lat, lon)} of {town['name']}"
+    return (where if d[nearest] <= MAX_REACH_KM else f"{d[nearest]:.0f} km {where}"), str(town_regions[nearest])
 
 
 def _direction(from_lat: float, from_lon: float, to_lat: float, to_lon: float) -> str:
