@@ -175,7 +175,7 @@ def _random_windows(maps: torch.Tensor, size: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def apply_adapter(adapter: nn.Module, features: np.ndarray, batch_size: int = 512) -> np.ndarray:
+def apply_adapter(adapter: nn.Module, features: np.ndarray, batch_size: int = 128) -> np.ndarray:
     """Run ``adapter`` (in eval mode) over rows of cached features; NaN rows stay NaN."""
     features = np.asarray(features, dtype=np.float32)
     if isinstance(adapter, nn.Identity):
@@ -194,7 +194,7 @@ def apply_adapter(adapter: nn.Module, features: np.ndarray, batch_size: int = 51
 
 
 def adapt_rows(adapter: nn.Module, features: np.ndarray | ImagePixels, rows: np.ndarray, variant: int = 0,
-               batch_size: int = 256) -> np.ndarray:
+               batch_size: int = 128) -> np.ndarray:
     """:func:`apply_adapter` over ``features[variant, rows]``, read a batch at a time (pixels are decoded then)."""
     chunks = [apply_adapter(adapter, features[variant, rows[i:i + batch_size]])
               for i in range(0, len(rows), batch_size)]
