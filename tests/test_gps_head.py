@@ -82,3 +82,28 @@ def test_the_gps_head_trains_on_a_gallery_and_answers_with_distinct_points(
     assert apart[np.triu_indices(5, 1)].min() > 5.0  # merged: no two guesses within 5 km
     probabilities = [g["probability"] for g in guesses]
     assert probabilities == sorted(probabilities, reverse=True)
+
+
+def test_a_frozen_location_encoder_reads_the_gallery_once() -> None:
+    from geoscope.models.place_clip import PlaceCLIP, PlaceCLIPConfig
+
+    def model(location: str) -> tuple[PlaceCLIP, list[int]]:
+        m = PlaceCLIP(PlaceCLIPConfig(8, 2, 16, places_from="coordinates", location=location))
+        calls: list[int] = []
+        m.place_tower.register_forward_hook(lambda *_: calls.append(1))
+        return m, calls
+
+    gallery = torch.tensor([[51.5, -0.1], [51.6, -0.2], [45.8, 16.0]])
+    frozen, calls = model("geoclip-frozen")
+    for _ in range(3):
+        frozen.embed_places(gallery).sum().backward()
+    assert len(calls) == 1  # the training loop's steps all read one gallery: encoded once
+    assert frozen.text_head.projection.weight.grad is not None  # what reads it still trains
+    assert all(p.grad is None for p in frozen.place_tower.parameters())
+    frozen.embed_places(gallery.clone())
+    assert len(calls) == 2  # other places: encoded again
+
+    trained, calls = model("geoclip")
+    for _ in range(3):
+        trained.embed_places(gallery).sum().backward()
+    assert len(calls) == 3 and all(p.grad is not None for p in trained.place_tower.parameters())

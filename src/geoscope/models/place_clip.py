@@ -64,6 +64,8 @@ class PlaceCLIP(nn.Module):
         self.register_buffer("image_shift", torch.zeros(config.image_dim))
         self.register_buffer("image_scale", torch.ones(config.image_dim))
         self.fusion = make_fusion(config.fusion, config.embed_dim)
+        self._tower_input: torch.Tensor | None = None  # what a frozen place tower last read, and its output
+        self._tower_output: torch.Tensor | None = None
 
     def set_image_statistics(self, features: torch.Tensor) -> None:
         """Standardise image features by the per-dimension mean and std of these (training) rows.
@@ -98,10 +100,20 @@ class PlaceCLIP(nn.Module):
     def embed_places(self, text_features: torch.Tensor) -> torch.Tensor:
         """Unit-length place embeddings (one row per place, in label order) from each place's text features,
         or its coordinates ``(lat, lon)`` with ``places_from="coordinates"``."""
-        embedded = self.text_head(self.place_tower(text_features))
+        embedded = self.text_head(self._towered(text_features))
         if self.config.n_places:
             embedded = embedded + self.place_offsets
         return F.normalize(embedded, dim=-1)
+
+    def _towered(self, text_features: torch.Tensor) -> torch.Tensor:
+        """The places through the place tower; a tower that does not train reads the same places once."""
+        if any(p.requires_grad for p in self.place_tower.parameters()) or not len(list(self.place_tower.parameters())):
+            return self.place_tower(text_features)
+        if self._tower_input is not text_features:  # the loop passes one tensor of places at every step
+            with torch.no_grad():
+                self._tower_output = self.place_tower(text_features)
+            self._tower_input = text_features
+        return self._tower_output
 
     def scale(self) -> torch.Tensor:
         """Inverse temperature, clamped to 100 as in CLIP."""
