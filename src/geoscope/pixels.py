@@ -21,6 +21,20 @@ from .errors import quote_name
 from .features import FeatureSet, load_views
 
 
+def decode_into(paths: Sequence[Path], flips: Sequence[bool], preprocess: Preprocess, crops: int, out: np.ndarray,
+                workers: int | None = None) -> list[str | None]:
+    """Decode ``paths[k]`` (mirrored where ``flips[k]``) into row ``out[k]`` (``crops·3·c·c`` values) on a few
+    threads; returns why each image could not be read (``None`` where it was: rows of the others are untouched)."""
+    c = preprocess.crop_size
+
+    def read(k: int) -> str | None:
+        slots = out[k].reshape(crops, 3, c, c)
+        return load_views(paths[k], preprocess, Views(hflip=bool(flips[k]), crops=crops), out=slots)[1]
+
+    with ThreadPoolExecutor(workers or cores_per_process()) as pool:
+        return list(pool.map(read, range(len(paths))))
+
+
 class ImagePixels:
     """Images read on demand: ``pixels[variant, rows]`` → float32 ``(len(rows), crops·3·c·c)``."""
 
@@ -40,16 +54,9 @@ class ImagePixels:
             return ImagePixels([self.paths[i] for i in picked], self.preprocess, crops=self.crops,
                                variants=self.variants, workers=self.workers)
         rows = np.atleast_1d(np.asarray(rows))
-        variants = np.broadcast_to(np.asarray(variant), rows.shape)
         out = np.zeros((len(rows), self.shape[2]), dtype=np.float32)
-
-        def read(k: int) -> None:
-            views = Views(hflip=bool(variants[k]), crops=self.crops)
-            load_views(self.paths[rows[k]], self.preprocess, views, out=out[k].reshape(self.crops, 3, *(
-                self.preprocess.crop_size,) * 2))
-
-        with ThreadPoolExecutor(self.workers) as pool:
-            list(pool.map(read, range(len(rows))))
+        decode_into([self.paths[i] for i in rows], np.broadcast_to(np.asarray(variant), rows.shape), self.preprocess,
+                    self.crops, out, self.workers)
         return out
 
     def __len__(self) -> int:
@@ -61,30 +68,30 @@ def read_pixels(paths: Sequence[str | os.PathLike[str]], preprocess: Preprocess,
     """Every image decoded and preprocessed now, one flattened row each (NaN for unreadable ones, named)."""
     paths = [Path(p) for p in paths]
     c = preprocess.crop_size
-    out = np.full((len(paths), crops, 3, c, c), np.nan, dtype=np.float32)
-    views = Views(hflip=hflip, crops=crops)
-    with ThreadPoolExecutor(workers or cores_per_process()) as pool:
-        reasons = list(pool.map(lambda k: load_views(paths[k], preprocess, views, out=out[k])[1], range(len(paths))))
+    out = np.full((len(paths), crops * 3 * c * c), np.nan, dtype=np.float32)
+    reasons = decode_into(paths, [hflip] * len(paths), preprocess, crops, out, workers)
     valid = np.array([r is None for r in reasons], dtype=bool)
     out[~valid] = np.nan
-    errors = [f"{quote_name(p)}: {r}" for p, r in zip(paths, reasons, strict=True) if r is not None]
-    return FeatureSet(out.reshape(len(paths), -1), valid, errors, encoder_name="pixels",
-                      paths=[str(p) for p in paths], output_shape=(3, c, c))
+    return FeatureSet(out, valid, _named(paths, reasons), encoder_name="pixels", paths=[str(p) for p in paths],
+                      output_shape=(3, c, c))
 
 
 def readable(paths: Sequence[str | os.PathLike[str]], preprocess: Preprocess, *, progress: bool = True,
-             workers: int | None = None) -> tuple[np.ndarray, list[str]]:
-    """Which images decode (each read once, nothing kept), and a line for each one that does not."""
+             workers: int | None = None, chunk: int = 64) -> tuple[np.ndarray, list[str]]:
+    """Which images decode (each read once, into one reused buffer), and a line for each one that does not."""
     from tqdm import tqdm
 
     paths = [Path(p) for p in paths]
-    c = preprocess.crop_size
+    scratch = np.empty((chunk, 3 * preprocess.crop_size ** 2), dtype=np.float32)
+    reasons: list[str | None] = []
+    with tqdm(total=len(paths), unit="img", desc="checking images", disable=not progress, dynamic_ncols=True) as bar:
+        for start in range(0, len(paths), chunk):
+            part = paths[start:start + chunk]
+            reasons += decode_into(part, [False] * len(part), preprocess, 1, scratch, workers)
+            bar.update(len(part))
+    return np.array([r is None for r in reasons], dtype=bool), _named(paths, reasons)
 
-    def check(path: Path) -> str | None:
-        return load_views(path, preprocess, Views(), out=np.empty((1, 3, c, c), dtype=np.float32))[1]
 
-    with ThreadPoolExecutor(workers or cores_per_process()) as pool:
-        reasons = list(tqdm(pool.map(check, paths), total=len(paths), unit="img", desc="checking images",
-                            disable=not progress, dynamic_ncols=True))
-    errors = [f"{quote_name(p)}: {r}" for p, r in zip(paths, reasons, strict=True) if r is not None]
-    return np.array([r is None for r in reasons], dtype=bool), errors
+def _named(paths: Sequence[Path], reasons: Sequence[str | None]) -> list[str]:
+    """One line for each image that could not be read, naming it."""
+    return [f"{quote_name(p)}: {r}" for p, r in zip(paths, reasons, strict=True) if r is not None]
