@@ -23,8 +23,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
-from threadpoolctl import threadpool_limits
 
 from ..encoders.onnx_runtime import cpu_count
 from ..encoders.preprocess import Views
@@ -33,6 +31,7 @@ from ..features import FeatureSet
 from ..images import open_image
 from ..models.image_side import apply_adapter
 from ..predict import GeoModel, Prediction
+from ..threads import one_math_thread
 
 
 class Busy(Exception):
@@ -120,8 +119,7 @@ class MicroBatcher:
         self._pool: ThreadPoolExecutor | None = None
         self._answers: queue.Queue[list[_Job] | None] = queue.Queue(maxsize=8)  # encoded runs, to answer
         self._workers: list[threading.Thread] = []
-        self._torch_threads = 1
-        self._blas_limits: threadpool_limits | None = None
+        self._math_threads = contextlib.ExitStack()
 
     @property
     def in_flight(self) -> int:
@@ -134,9 +132,7 @@ class MicroBatcher:
             return
         # The head's matrices are tiny: one torch and one BLAS thread answer a request in a few ms,
         # where two threads each, competing with the encoder's and the decoders', take 20-50 ms.
-        self._torch_threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        self._blas_limits = threadpool_limits(limits=1, user_api="blas")
+        self._math_threads.enter_context(one_math_thread())
         c = self.model.encoder.preprocess.crop_size
         features_from_arrays(self.model, [np.zeros((self.model.image_side.crops, 3, c, c), np.float32)], 1)
         self._pool = ThreadPoolExecutor(self._decode_workers, thread_name_prefix="geoscope-serve-decode")
@@ -155,10 +151,7 @@ class MicroBatcher:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
-            torch.set_num_threads(self._torch_threads)
-            if self._blas_limits is not None:
-                self._blas_limits.restore_original_limits()
-                self._blas_limits = None
+            self._math_threads.close()
 
     @contextlib.contextmanager
     def admit(self) -> Iterator[Ticket]:
