@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -171,15 +171,14 @@ def _training_data(frame: pd.DataFrame, features: np.ndarray, ids: np.ndarray, b
     if not by_place:
         return TrainingData(features, ids, lat, lon)
     codes = pd.factorize(place_ids(frame))[0]
-    views, headings = group_views(codes, frame["heading"].to_numpy(dtype=np.float64) if "heading" in frame else None)
+    heading = frame["heading"].to_numpy(dtype=np.float64) if "heading" in frame else np.full(len(frame), np.nan)
+    views, headings = group_views(codes, heading)
     first = views[:, 0]
     if with_images:  # each view of a place seen several times, alone (a place of one view is already that)
         rows = np.flatnonzero(np.bincount(codes)[codes] > 1)
-        alone = np.full((len(rows), views.shape[1]), -1, dtype=np.int64)
-        alone[:, 0] = rows
-        angles = np.full(alone.shape, np.nan)
-        angles[:, 0] = frame["heading"].to_numpy(dtype=np.float64)[rows] if "heading" in frame else np.nan
-        views, headings = np.concatenate([views, alone]), np.concatenate([headings, angles])
+        pad = ((0, 0), (0, views.shape[1] - 1))
+        views = np.concatenate([views, np.pad(rows[:, None], pad, constant_values=-1)])
+        headings = np.concatenate([headings, np.pad(heading[rows, None], pad, constant_values=np.nan)])
         first = np.concatenate([first, rows])
     return TrainingData(features, ids[first], lat[first], lon[first], views, headings)
 
@@ -247,12 +246,14 @@ def _answer_parts(data: PreparedData, adapter: torch.nn.Module, model: PlaceCLIP
     """Coverage threshold and confidence calibration, fitted on the validation items (images, or places
     with their views fused and their mean features scored, as predict answers them)."""
     val = data.splits["val"]
+    images = adapt_rows(adapter, val.features, np.arange(val.features.shape[1]))  # once: a fine-tuned top is costly
+    adapted = replace(val, features=images[None])
     with torch.no_grad():
-        logits = model.scale() * embed_items(model, adapter, val) @ torch.as_tensor(tensors["place_embeddings"]).T
+        logits = model.scale() * embed_items(model, torch.nn.Identity(), adapted) @ \
+            torch.as_tensor(tensors["place_embeddings"]).T
         probabilities = torch.softmax(logits, dim=-1).numpy().astype(np.float64)
     rows, items = val.images()
-    x = adapt_rows(adapter, val.features, rows)
-    x = group_mean(x, items) if len(rows) > len(val) else x
+    x = group_mean(images[rows], items) if len(rows) > len(val) else images[rows]
     coverage = Coverage(threshold=0.0, kept=COVERAGE_KEPT)
     query = (x - tensors["gallery.pca_mean"]) @ tensors["gallery.pca_components"].T
     scores = coverage_scores(query, tensors["gallery.features"].astype(np.float32), coverage.k)
