@@ -448,6 +448,7 @@ def _measure(
 ) -> dict:
     """Loss, label accuracy and mean/median km of one split; in a process group each rank
     measures a slice and every rank combines all slices alike."""
+    model.eval()  # the places too are measured without dropout
     places = model.embed_places(texts)
     losses, predictions = [], []
     rows = np.array_split(np.arange(len(data)), run.world_size)[run.rank]
