@@ -107,7 +107,8 @@ class PlaceCLIP(nn.Module):
 
     def _towered(self, text_features: torch.Tensor) -> torch.Tensor:
         """The places through the place tower; a tower that does not train reads the same places once."""
-        if any(p.requires_grad for p in self.place_tower.parameters()) or not len(list(self.place_tower.parameters())):
+        weights = list(self.place_tower.parameters())
+        if not weights or any(w.requires_grad for w in weights):
             return self.place_tower(text_features)
         if self._tower_input is not text_features:  # the loop passes one tensor of places at every step
             with torch.no_grad():
