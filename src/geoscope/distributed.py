@@ -9,6 +9,7 @@ for a single process, rank 0 of 1, and communicates nothing, so callers need no 
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import socket
 from collections.abc import Iterator
@@ -116,6 +117,7 @@ def finish() -> None:
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        gc.collect()  # a DistributedDataParallel left for the collector must go while its process group lives
         dist.destroy_process_group()
 
 
