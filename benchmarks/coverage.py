@@ -4,10 +4,10 @@ In-coverage set: the held-out test rows of the default model's training manifest
 shared sets split by 1 km blocks, as ``scripts/train_default_model.py`` does). Out-of-coverage
 sets, made here from them: rotated, colour-inverted, channel-swapped, zoomed, blurred images,
 solid colours and noise, plus the non-street photos matplotlib ships. ``--hold-out SET``
-also trains a model on the other three sets and reports how many of SET's images (a region
-the model never saw) it flags. Prints one table.
+(repeatable) also trains a model on the other three sets and reports how many of SET's images
+(a region the model never saw) it flags. Prints one table.
 
-Run: ``python benchmarks/coverage.py [--model DIR] [--n 200] [--hold-out croatia]``.
+Run: ``python benchmarks/coverage.py [--model DIR] [--n 200] [--hold-out croatia --hold-out us-west]``.
 """
 
 from __future__ import annotations
@@ -60,7 +60,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", help="bundle (default: the bundled default model)")
     parser.add_argument("--n", type=int, default=200, help="test images to transform (200)")
-    parser.add_argument("--hold-out", choices=SETS, help="also train without this set and test on it")
+    parser.add_argument("--hold-out", choices=SETS, action="append", default=[],
+                        help="also train without this set and test on it (repeatable)")
     args = parser.parse_args()
     if not DATA.is_dir():
         print(f"skipped: needs {DATA}", file=sys.stderr)
@@ -75,6 +76,8 @@ def main() -> int:
     sample = test.iloc[rng.choice(len(test), size=min(args.n, len(test)), replace=False)]
     rows = [("held-out test images of the four regions (should stay)", *flagged_share(
         model, [Path(p) for p in test["image"]]))]
+    rows += [(f"… of which {name} (should stay)", *flagged_share(model, [Path(p) for p in group["image"]]))
+             for name, group in test.groupby("dataset")]
     with tempfile.TemporaryDirectory() as tmp:
         for name, transform in TRANSFORMS.items():
             folder = Path(tmp) / name.replace(" ", "_").replace("°", "").replace("×", "x")
@@ -91,17 +94,17 @@ def main() -> int:
         samples = Path(matplotlib.get_data_path()) / "sample_data"
         photos = [p for p in samples.iterdir() if p.suffix in (".jpg", ".png")]
         rows.append(("non-street images shipped with matplotlib", *flagged_share(model, photos)))
-        if args.hold_out:
-            kept = manifest.frame["dataset"] != args.hold_out
+        for held_out in args.hold_out:
+            kept = manifest.frame["dataset"] != held_out
             held = Manifest(manifest.frame[kept].reset_index(drop=True), manifest.root)
-            options = replace(default_options(), name=f"without-{args.hold_out}")
-            fit(held, options, Path(tmp) / "model", progress=False)
-            without = load_model(Path(tmp) / "model")
+            options = replace(default_options(), name=f"without-{held_out}")
+            fit(held, options, Path(tmp) / held_out, progress=False)
+            without = load_model(Path(tmp) / held_out)
             region = [Path(p) for p in manifest.frame.loc[~kept, "image"]]
-            same = [Path(p) for p in test.loc[test["dataset"] != args.hold_out, "image"]]
-            rows.append((f"model without {args.hold_out}: its own held-out test images (should stay)",
+            same = [Path(p) for p in test.loc[test["dataset"] != held_out, "image"]]
+            rows.append((f"model without {held_out}: its own held-out test images (should stay)",
                          *flagged_share(without, same)))
-            rows.append((f"model without {args.hold_out}: all {args.hold_out} images (a region it never saw)",
+            rows.append((f"model without {held_out}: all {held_out} images (a region it never saw)",
                          *flagged_share(without, region)))
     print("| set | images | flagged out of coverage |\n|---|---|---|")
     for name, share, n in rows:

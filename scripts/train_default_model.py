@@ -4,7 +4,8 @@ Combines the sets into one manifest (absolute image paths, a ``dataset`` column)
 by 1 km blocks (val 10%, test 10%, seed 0; training images within 100 m of a val or test image
 are left out, so no near-duplicate straddles a block edge), labels it with a 100 km grid named from the
 offline gazetteer, trains the place-name CLIP model on frozen EfficientNet-Lite0 stage
-statistics (``efficientnet-lite0/stats``, with flipped copies) and writes the bundle into
+statistics (``efficientnet-lite0/stats``, with flipped copies; three seeds, the lowest validation
+loss kept) and writes the bundle into
 ``src/geoscope/assets/default-model``.
 
 Run: ``.venv/bin/python scripts/train_default_model.py [--data ../shared/data] [-o DIR]``
@@ -48,6 +49,7 @@ def default_options() -> FitOptions:
         scheme=LabelScheme("grid", {"cell_km": 100.0}),
         train=replace(TrainConfig(), label_smoothing_km=100.0, feature_noise=1.0),
         image_encoder="efficientnet-lite0/stats",
+        restarts=3,
         name="geoscope-default-lite0stats-grid100",
     )
 

@@ -6,15 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from geoscope.answer import (
-    Answerer,
-    Calibration,
-    Coverage,
-    coverage_scores,
-    fit_calibration,
-    mass_near_top,
-    unit_rows,
-)
+from geoscope.answer import Answerer, Calibration, fit_calibration, mass_near_top, unit_rows
 from geoscope.errors import GeoscopeError
 from geoscope.geo import haversine_km
 from geoscope.geocells import geocell_ids
@@ -116,21 +108,6 @@ def test_answer_sums_probabilities_per_country_and_region() -> None:
     assert by_country.guesses[0].lat == 51.54  # its most probable place
     with pytest.raises(GeoscopeError, match="level must be one of"):
         Answerer(_labels()).answer("a.jpg", np.array([0.3, 0.5, 0.2]), level="city")
-
-
-def test_coverage_flags_what_is_unlike_the_gallery() -> None:
-    rng = np.random.default_rng(3)
-    gallery = rng.normal(0, 1, (500, 16)) + np.r_[5.0, np.zeros(15)]
-    near = gallery[:20] + rng.normal(0, 0.1, (20, 16))
-    far = np.r_[rng.normal(0, 1, (10, 16)) - np.r_[5.0, np.zeros(15)],  # another direction
-                3.0 * (gallery[:10] - gallery.mean(axis=0)) + gallery.mean(axis=0)]  # the same directions, far out
-    scores_near, scores_far = coverage_scores(near, gallery, 10), coverage_scores(far, gallery, 10)
-    assert scores_near.min() > scores_far.max()
-    answerer = Answerer(_labels(), Coverage(threshold=float(np.median(np.r_[scores_near, scores_far]))))
-    flags = [answerer.answer("x", np.array([0.2, 0.3, 0.5]), coverage_score=float(s)).in_coverage
-             for s in np.r_[scores_near[:3], scores_far[:3]]]
-    assert flags == [True, True, True, False, False, False]
-    assert Answerer(_labels()).answer("x", np.array([0.2, 0.3, 0.5]), coverage_score=0.1).in_coverage is None
 
 
 def test_calibrated_confidence_follows_how_often_the_top_guess_is_close() -> None:

@@ -468,6 +468,14 @@ BAD_BUNDLES: dict[str, tuple[Callable[[Path], None], tuple[str, ...]]] = {
     "gallery-pca-rows": (_edit_weights(_reshape("gallery.pca_components", lambda a: a[:-1])),
                          ("gallery.pca_components",)),
     "gallery-half-missing": (_edit_weights(lambda t: t.pop("gallery.lon")), ("gallery",)),
+    "coverage-no-typicality": (_edit_weights(lambda t: t.pop("typicality.projection")),
+                               ("config.json", "typicality.projection")),
+    "coverage-typicality-shape": (_edit_weights(_reshape("typicality.precision_root", lambda a: a[:-1])),
+                                  ("typicality", "precision_root")),
+    "coverage-quantiles-falling": (_edit_json("config.json", lambda c: {**c, "coverage": {
+        **c["coverage"], "quantiles": {"gallery": [1.0, 0.0]}}}), ("config.json", "rising")),
+    "coverage-unknown-test": (_edit_json("config.json", lambda c: {**c, "coverage": {
+        **c["coverage"], "quantiles": {"energy": [0.0, 1.0]}}}), ("config.json", "'energy'")),
     "bundle-is-a-file": (lambda b: (shutil.rmtree(b), b.write_text("hi")), ("model bundle",)),
     "bundle-not-found": (lambda b: shutil.rmtree(b), ("not found",)),
 }

@@ -81,7 +81,7 @@ def test_the_gps_head_trains_on_a_gallery_and_answers_with_distinct_points(
     apart = haversine_km(points[:, None, 0], points[:, None, 1], points[None, :, 0], points[None, :, 1])
     assert apart[np.triu_indices(5, 1)].min() > 5.0  # merged: no two guesses within 5 km
     probabilities = [g["probability"] for g in guesses]
-    assert probabilities == sorted(probabilities, reverse=True)
+    assert probabilities[1:] == sorted(probabilities[1:], reverse=True)  # after the best guess, by probability
 
 
 def test_a_frozen_location_encoder_reads_the_gallery_once() -> None:

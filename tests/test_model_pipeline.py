@@ -15,7 +15,7 @@ from PIL import Image
 from geoscope.bundle import read_bundle
 from geoscope.cli.main import main
 from geoscope.data.manifest import Manifest, read_manifest, write_manifest
-from geoscope.errors import ModelError
+from geoscope.errors import GeoscopeError, ModelError
 from geoscope.evaluate import evaluate
 from geoscope.fit import FitOptions, fit
 from geoscope.geo import haversine_km
@@ -190,6 +190,33 @@ def test_standardised_training_does_not_depend_on_the_scale_of_feature_dimension
     np.testing.assert_allclose(results[0], results[1], atol=2e-3)
 
 
+def test_averaged_weights_are_what_is_measured_and_kept() -> None:
+    from geoscope.train import TrainingData, train_place_clip
+
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 3, 300)
+    x = (3.0 * rng.standard_normal((3, 8))[labels] + rng.standard_normal((300, 8))).astype(np.float32)
+    lat, lon = 50.0 + labels.astype(float), labels.astype(float)
+    texts = rng.standard_normal((3, 5)).astype(np.float32)
+    coords = np.array([[50.0, 0.0], [51.0, 1.0], [52.0, 2.0]])
+    train = TrainingData(x[:200], labels[:200], lat[:200], lon[:200])
+    val = TrainingData(x[200:], labels[200:], lat[200:], lon[200:])
+    accuracy = {}
+    for decay in (0.0, 0.5, 0.999999):  # the last barely leaves the weights after the first step
+        config = TrainConfig(max_epochs=10, batch_size=32, embed_dim=16, lr_head=1e-2, lr_text=1e-2,
+                             average_weights=decay, early_stop=20)
+        result = train_place_clip(train, val, texts, coords, config, progress=False)
+        accuracy[decay] = max(r["accuracy"] for r in result.history if r["split"] == "val")
+        last = next(r for r in reversed(result.history) if r["split"] == "val" and r["epoch"] == result.best_epoch)
+        with torch.no_grad():
+            places = result.model.embed_places(torch.from_numpy(texts)).numpy()
+            kept = (result.model.embed_images(torch.from_numpy(x[200:])).numpy() @ places.T).argmax(axis=1)
+        assert (kept == labels[200:]).mean() == pytest.approx(last["accuracy"], abs=0.02)  # the kept is the measured
+    assert accuracy[0.0] > 0.9 and accuracy[0.5] > 0.9 and accuracy[0.999999] < 0.75, accuracy
+    with pytest.raises(GeoscopeError, match="average_weights"):
+        TrainConfig(average_weights=1.0)
+
+
 def test_training_is_deterministic_with_a_seed(town_manifest: Path, tmp_path: Path) -> None:
     options = FitOptions(scheme=LabelScheme("grid", {"cell_km": 50.0}), augment=False,
                          train=TrainConfig(max_epochs=3, batch_size=16, seed=3))
@@ -225,13 +252,20 @@ def test_broken_bundles_fail_in_one_line(town_model: Path, tmp_path: Path, damag
 def test_train_cli_writes_a_bundle(town_manifest: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "cli-model"
     argv = ["train", str(town_manifest), "--labels", "grid", "--cell-km", "50", "-o", str(out),
-            "--max-epochs", "2", "--no-augment", "--no-learn-place-offsets"]
+            "--max-epochs", "2", "--no-augment", "--no-learn-place-offsets", "--restarts", "2"]
     assert main(argv) == 0
     assert "wrote" in capsys.readouterr().out
     config = json.loads((out / "config.json").read_text())
     assert config["labels"] == {"kind": "grid", "cell_km": 50.0}
     assert config["training"]["command"] == ["geoscope", *argv]
     assert config["training"]["config"]["learn_place_offsets"] is False
+    runs = config["training"]["search"]  # two seeds; the one with the lower val loss is kept
+    assert [r["seed"] for r in runs] == [0, 1]
+    assert config["training"]["config"]["seed"] == min(runs, key=lambda r: r["val_loss"])["seed"]
+    with pytest.raises(SystemExit) as refused:  # argparse's one error line, exit 2
+        main(["train", str(town_manifest), "-o", str(tmp_path / "none"), "--restarts", "0"])
+    assert refused.value.code == 2 and "--restarts: a whole number" in capsys.readouterr().err
+    assert not (tmp_path / "none").exists()
 
 
 def test_manifest_without_split_is_split_spatially_and_the_leakage_recorded(town_manifest: Path,

@@ -200,6 +200,9 @@ def test_table_never_cuts_a_name_and_shows_hierarchy_coverage_and_confidence() -
     rows = [line for line in lines if line.lstrip().startswith(("1 ", "2 "))]
     assert long in rows[1] and "Croydon, England, United Kingdom" in rows[0]
     assert rows[0].index("51.3700") + len("51.3700") == rows[1].index("43.7900") + len("43.7900")  # aligned
+    assert not any("best single answer" in line for line in lines)  # the first is also the most probable
+    record["guesses"][1]["probability"] = 0.2  # a best guess less probable than the next: the table says why
+    assert any(line.strip().startswith("#1 is the best single answer") for line in render_table(record).splitlines())
 
 
 def test_table_of_real_photos_shows_every_label_in_full(capsys: pytest.CaptureFixture) -> None:

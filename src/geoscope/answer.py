@@ -16,15 +16,16 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from .coverage import Coverage
 from .errors import GeoscopeError
-from .geo import haversine_km
+from .geo import geoscore, haversine_km
 
 LEVELS = ("place", "region", "country")
 CONFIDENCE_KM = (25, 200, 750)
 LEVEL_ROWS = 5
 """Entries listed per level of the hierarchy."""
-SCORE = "knn-distance"
-"""The coverage score this version computes (bundles with another are treated as having none)."""
+BEST_CANDIDATES = 32
+"""The most probable labels among which :func:`best_guesses` chooses."""
 
 
 @dataclass(frozen=True)
@@ -79,53 +80,9 @@ class Prediction:
         return out
 
 
-@dataclass(frozen=True)
-class Coverage:
-    """Whether a photo is like the training data: its coverage score against a threshold.
-
-    The score is minus the mean distance of the image to its ``k`` nearest training images
-    in the model's kNN gallery (PCA of the features as the head reads them); the threshold
-    keeps ``kept`` of held-out images of the training regions in coverage. Distance, not
-    cosine similarity: blank, blurred or noisy frames point the same way as street photos
-    but lie far from all of them.
-    """
-
-    threshold: float
-    k: int = 10
-    kept: float = 0.95
-
-    def to_dict(self) -> dict:
-        return {"score": SCORE, "k": self.k, "threshold": self.threshold, "kept": self.kept}
-
-    @classmethod
-    def from_dict(cls, data: dict | None) -> Coverage | None:
-        """The coverage a bundle's config describes; ``None`` when it has none (or another kind of score)."""
-        if not data or data.get("score") != SCORE:
-            return None
-        return cls(float(data["threshold"]), int(data.get("k", 10)), float(data.get("kept", 0.95)))
-
-
 def unit_rows(x: np.ndarray) -> np.ndarray:
     """Each row scaled to unit length (zero rows stay zero)."""
     return x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-12)
-
-
-def coverage_scores(query: np.ndarray, gallery: np.ndarray, k: int,
-                    gallery_sq: np.ndarray | None = None) -> np.ndarray:
-    """Minus the mean Euclidean distance of each query row to its ``k`` nearest gallery rows.
-
-    ``gallery_sq`` (optional) holds the gallery rows' squared norms, computed once by the caller.
-    """
-    g = np.asarray(gallery, dtype=np.float32)
-    g_sq = (g * g).sum(axis=1) if gallery_sq is None else gallery_sq
-    k = max(1, min(k, len(g)))
-    out = np.empty(len(query))
-    for start in range(0, len(query), 1024):
-        q = np.asarray(query[start : start + 1024], dtype=np.float32)
-        d2 = (q * q).sum(axis=1)[:, None] - 2.0 * (q @ g.T) + g_sq[None]
-        nearest = np.partition(d2, k - 1, axis=1)[:, :k]
-        out[start : start + 1024] = -np.sqrt(np.clip(nearest, 0.0, None)).mean(axis=1)
-    return out
 
 
 @dataclass(frozen=True)
@@ -149,10 +106,30 @@ class Calibration:
         return dict(zip(order, np.maximum.accumulate(raw, axis=0), strict=True))
 
 
+def best_guesses(probabilities: np.ndarray, label_lat: np.ndarray, label_lon: np.ndarray) -> np.ndarray:
+    """The label each row answers with first: the highest expected GeoScore under the row's probabilities.
+
+    The Bayes choice for GeoScore: every label's probability counts, weighted by how near it is, so that
+    a country holding most of the mass wins over a lone, slightly more probable label on another
+    continent. Chosen among the :data:`BEST_CANDIDATES` most probable labels (one per row).
+    """
+    p = np.atleast_2d(np.asarray(probabilities, dtype=np.float64))
+    m = min(BEST_CANDIDATES, p.shape[1])
+    candidates = np.argpartition(-p, m - 1, axis=1)[:, :m]
+    best = np.empty(len(p), dtype=np.int64)
+    rows = max(1, 2**21 // (m * p.shape[1]))  # bounded memory for many labels
+    for start in range(0, len(p), rows):
+        c = candidates[start : start + rows]
+        d = haversine_km(label_lat[c][..., None], label_lon[c][..., None], label_lat, label_lon)
+        expected = (geoscore(d) * p[start : start + rows, None, :]).sum(axis=-1)
+        best[start : start + rows] = np.take_along_axis(c, expected.argmax(axis=1)[:, None], axis=1)[:, 0]
+    return best
+
+
 def mass_near_top(probabilities: np.ndarray, label_lat: np.ndarray, label_lon: np.ndarray,
                   distances_km=CONFIDENCE_KM) -> dict[str, np.ndarray]:
     """Probability the model puts within each distance of its top guess (one row per image)."""
-    top = probabilities.argmax(axis=1)
+    top = best_guesses(probabilities, label_lat, label_lon)
     d = haversine_km(label_lat[top][:, None], label_lon[top][:, None], label_lat[None], label_lon[None])
     return {str(km): (probabilities * (d <= km)).sum(axis=1) for km in distances_km}
 
@@ -162,7 +139,7 @@ def fit_calibration(probabilities: np.ndarray, true_lat: np.ndarray, true_lon: n
     """Fit :class:`Calibration` on held-out rows (their probabilities and true coordinates)."""
     from sklearn.linear_model import LogisticRegression
 
-    top = probabilities.argmax(axis=1)
+    top = best_guesses(probabilities, label_lat, label_lon)
     error = haversine_km(true_lat, true_lon, label_lat[top], label_lon[top])
     coefficients = {}
     for d, mass in mass_near_top(probabilities, label_lat, label_lon).items():
@@ -244,15 +221,22 @@ class Answerer:
         order = np.argsort(-sums, kind="stable")
         return [{"name": str(names[i]), "probability": round(float(sums[i]), 6)} for i in order if names[i] != ""]
 
+    def best(self, probabilities: np.ndarray) -> np.ndarray:
+        """The label each probability row answers with first (:func:`best_guesses`)."""
+        return best_guesses(probabilities, self.lat, self.lon)
+
     def _place_guesses(self, p: np.ndarray, top_k: int) -> list[Guess]:
+        """The best guess, then the other labels by probability."""
+        first = self.best(p)[0]
         order = np.argsort(-p, kind="stable")
+        order = np.r_[first, order[order != first]]
         kept, mass = self._merged(order, p, top_k) if self.merge_km > 0 else (order[:top_k], p[order[:top_k]])
         return [Guess(float(self.lat[i]), float(self.lon[i]), str(self.names[i]), float(m), str(self.place[i]),
                       str(self.region[i]), str(self.country[i])) for i, m in zip(kept, mass, strict=True)]
 
     def _merged(self, order: np.ndarray, p: np.ndarray, top_k: int) -> tuple[list[int], list[float]]:
         """The first ``top_k`` labels of ``order`` at least :attr:`merge_km` apart, each with the probability
-        of the labels met on the way that lie within that distance of it, most probable first."""
+        of the labels met on the way that lie within that distance of it (the first kept, then the most probable)."""
         kept: list[int] = []
         mass: list[float] = []
         for i in order:
@@ -266,7 +250,8 @@ class Answerer:
                 break
             kept.append(int(i))
             mass.append(float(p[i]))
-        ranked = sorted(range(len(kept)), key=lambda j: -mass[j])  # what joined a guess can lift it above another
+        # what joined a guess can lift it above another; the best guess stays first
+        ranked = [0, *sorted(range(1, len(kept)), key=lambda j: -mass[j])]
         return [kept[j] for j in ranked], [mass[j] for j in ranked]
 
     def _level_guesses(self, p: np.ndarray, level: str, top_k: int) -> list[Guess]:

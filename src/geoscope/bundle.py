@@ -21,6 +21,7 @@ import pandas as pd
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
+from .coverage import SCORE, TESTS, TYPICALITY_KEYS
 from .errors import ModelError, one_line, quote_name
 from .fileio import atomic_write_json, atomic_write_text, current_umask
 
@@ -183,6 +184,7 @@ def validate(files: BundleFiles) -> None:
                          f"{WEIGHTS} holds {places.shape[0]} places")
     image_dim = files.config["model"].get("place_clip", {}).get("image_dim")
     _check_gallery(files.tensors, weights, image_dim if isinstance(image_dim, int) else None)
+    _check_coverage(files.config.get("coverage"), files.tensors, files.path)
 
 
 def _check_config(config: dict, path: Path) -> None:
@@ -267,3 +269,40 @@ def _check_gallery(tensors: dict[str, np.ndarray], path: Path, image_dim: int | 
         problem = f"gallery.label has {tensors['gallery.label'].size:,} values for {len(lat):,} gallery images"
     if problem:
         raise ModelError(f"{quote_name(path)}: {problem}")
+
+
+def _check_coverage(coverage: object, tensors: dict[str, np.ndarray], path: Path) -> None:
+    """A coverage of this version's kind: known tests, each with rising quantiles, and the tensors they read."""
+    if not isinstance(coverage, dict) or coverage.get("score") != SCORE:
+        return  # none, or an older kind: coverage unknown
+    quantiles = coverage.get("quantiles")
+    problem = None
+    if not isinstance(coverage.get("threshold"), int | float) or not isinstance(quantiles, dict) or not quantiles:
+        problem = "coverage needs a numeric 'threshold' and the 'quantiles' of its tests"
+    elif unknown := sorted(set(quantiles) - set(TESTS)):
+        problem = f"unknown coverage test(s) {', '.join(map(repr, unknown))} (known: {', '.join(TESTS)})"
+    elif not all(isinstance(q, list) and len(q) > 1 and all(isinstance(v, int | float) for v in q)
+                 and np.all(np.diff(q) >= 0) for q in quantiles.values()):
+        problem = "each coverage test's 'quantiles' must be a rising list of numbers"
+    elif "gallery" in quantiles and GALLERY[0] not in tensors:
+        problem = "its coverage reads the kNN gallery, which the weights do not hold"
+    elif "typicality" in quantiles:
+        problem = _typicality_problem(tensors)
+    if problem:
+        raise ModelError(f"{quote_name(path / CONFIG)}: {problem}")
+
+
+def _typicality_problem(tensors: dict[str, np.ndarray]) -> str | None:
+    missing = [k for k in TYPICALITY_KEYS if k not in tensors]
+    if missing:
+        return f"its coverage reads the typicality test, but {WEIGHTS} has no {', '.join(map(repr, missing))}"
+    mean, projection, root, groups = (tensors[k] for k in TYPICALITY_KEYS)
+    if (mean.ndim, projection.ndim, root.ndim, groups.ndim) != (1, 2, 2, 2) or \
+            projection.shape[0] != mean.shape[0] or root.shape != (projection.shape[1],) * 2 or \
+            groups.shape[1] != projection.shape[1]:
+        return (f"typicality tensors disagree in shape (mean {mean.shape}, projection {projection.shape}, "
+                f"precision_root {root.shape}, group_means {groups.shape})")
+    gallery_mean = tensors.get("gallery.pca_mean")
+    if gallery_mean is not None and gallery_mean.shape != mean.shape:
+        return f"typicality.mean has {mean.shape[0]} values but gallery.pca_mean {gallery_mean.shape[0]}"
+    return None

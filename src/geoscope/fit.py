@@ -14,8 +14,9 @@ import pandas as pd
 import torch
 
 from . import __version__, distributed
-from .answer import Coverage, coverage_scores, fit_calibration
+from .answer import fit_calibration
 from .bundle import save_bundle
+from .coverage import Coverage, Typicality, gallery_scores
 from .data.manifest import Manifest, place_ids, summarize
 from .data.split import leakage_report, split_manifest
 from .encoders.onnx_runtime import onnx_device
@@ -30,6 +31,9 @@ from .train import TrainConfig, TrainingData, TrainResult, embed_items, search_g
 
 COVERAGE_KEPT = 0.95
 """Share of held-out images of the training regions that the coverage threshold keeps in coverage."""
+COVERAGE_K = 10
+"""Nearest training images whose mean distance is the coverage's gallery test."""
+COVERAGE_LEVELS = ("country", "region", "label")
 SKIPPED_SHOWN = 5
 
 _FUSION_SAID = {
@@ -43,6 +47,11 @@ _LOCATION_SAID = {
     "geoclip-frozen": "GeoCLIP's pretrained weights, kept",
     "scratch": "trained from random weights",
 }
+
+_TYPICALITY_SAID = {
+    level: f"how much farther it lies from the nearest {level}'s training images than from all of them "
+           "(a relative Mahalanobis distance)" for level in ("country", "region", "label")
+} | {None: "no typicality test (too few training images)"}
 
 MERGE_KM = 5.0
 """A GPS head's answer merges gallery points closer than this to a more probable one."""
@@ -66,6 +75,9 @@ class FitOptions:
     crops: int = 1
     """Square crops along each image's long side, features averaged (for wide frames)."""
     search: bool = False
+    restarts: int = 1
+    """Train each configuration this many times, from seeds ``seed``, ``seed + 1``, …; the lowest validation
+    loss is kept (a head on frozen features lands in minima that differ by several GeoScore points)."""
     name: str = "geoscope-model"
     block_km: float = 1.0
     """Without a ``split`` column the manifest is split by blocks of this size (val 10 %, test 10 %)."""
@@ -194,13 +206,15 @@ def fit(manifest: Manifest, options: FitOptions, out_dir: str | os.PathLike[str]
     data = prepare(manifest, options, progress=progress)
     coords = data.labels[["lat", "lon"]].to_numpy()
     extra = {"test": data.splits["test"]} if "test" in data.splits else None
-    configs = search_grid(options.train) if options.search else [options.train]
+    configs = [replace(config, seed=config.seed + restart)
+               for config in (search_grid(options.train) if options.search else [options.train])
+               for restart in range(options.restarts)]
     best: TrainResult | None = None
     trials = []
     for i, config in enumerate(configs, 1):
-        if options.search and progress:
-            print(f"search {i}/{len(configs)}: lr {config.lr_head:g}, wd {config.wd_head:g}, "
-                  f"patience {config.patience}, factor {config.factor:g}", file=sys.stderr)
+        if len(configs) > 1 and progress:
+            print(f"run {i}/{len(configs)}: lr {config.lr_head:g}, wd {config.wd_head:g}, "
+                  f"patience {config.patience}, factor {config.factor:g}, seed {config.seed}", file=sys.stderr)
         adapter = options.image_side.adapter() if options.finetune_blocks else None
         result = train_place_clip(data.splits["train"], data.splits["val"], data.text_features, coords,
                                   config, image_adapter=adapter, standardize_features=options.image_side.mixed_scales,
@@ -217,11 +231,14 @@ def fit(manifest: Manifest, options: FitOptions, out_dir: str | os.PathLike[str]
 
 def _search_keys(config: TrainConfig) -> dict:
     return {"lr": config.lr_head, "weight_decay": config.wd_head, "patience": config.patience,
-            "factor": config.factor}
+            "factor": config.factor, "seed": config.seed}
 
 
-def _gallery(train: TrainingData, adapter: torch.nn.Module, model: PlaceCLIP, seed: int) -> dict[str, np.ndarray]:
-    """PCA-reduced image features of (a sample of) the training images, for kNN, scaled as ``model`` reads them."""
+def _references(data: PreparedData, adapter: torch.nn.Module, model: PlaceCLIP,
+                seed: int) -> dict[str, np.ndarray]:
+    """What predict compares a photo with, from (a sample of) the training images: the PCA-reduced kNN
+    gallery, scaled as ``model`` reads the features, and the coverage's typicality test."""
+    train = data.splits["train"]
     rng = np.random.default_rng(seed)
     rows, items = train.images()
     keep = np.sort(rng.choice(len(rows), size=min(len(rows), GALLERY_MAX), replace=False))
@@ -231,7 +248,7 @@ def _gallery(train: TrainingData, adapter: torch.nn.Module, model: PlaceCLIP, se
     mean = x.mean(axis=0)
     _, _, vt = np.linalg.svd((x - mean) / scale, full_matrices=False)
     components = vt[: min(GALLERY_DIM, vt.shape[0])] / scale  # scale, then project: one matrix
-    return {
+    tensors = {
         "gallery.pca_mean": mean.astype(np.float32),
         "gallery.pca_components": components.astype(np.float32),
         "gallery.features": ((x - mean) @ components.T).astype(np.float16),
@@ -239,6 +256,17 @@ def _gallery(train: TrainingData, adapter: torch.nn.Module, model: PlaceCLIP, se
         "gallery.lon": train.lon[items].astype(np.float64),
         "gallery.label": train.label[items].astype(np.int32),
     }
+    typicality = Typicality.fit(x, coverage_groups(data.label_levels, train.label[items])[1])
+    return tensors | (typicality.tensors() if typicality is not None else {})
+
+
+def coverage_groups(label_levels: np.ndarray, labels: np.ndarray) -> tuple[str, np.ndarray]:
+    """The typicality test's groups of training images: the coarsest level of the label hierarchy
+    (country, region, the label itself) that splits them, its name and each image's group."""
+    for name, level in zip(COVERAGE_LEVELS, (*label_levels, np.arange(label_levels.shape[1])), strict=True):
+        if len(np.unique(level[labels])) > 1:
+            return name, level[labels]
+    return "label", labels
 
 
 def _answer_parts(data: PreparedData, adapter: torch.nn.Module, model: PlaceCLIP,
@@ -254,10 +282,13 @@ def _answer_parts(data: PreparedData, adapter: torch.nn.Module, model: PlaceCLIP
         probabilities = torch.softmax(logits, dim=-1).numpy().astype(np.float64)
     rows, items = val.images()
     x = group_mean(images[rows], items) if len(rows) > len(val) else images[rows]
-    coverage = Coverage(threshold=0.0, kept=COVERAGE_KEPT)
     query = (x - tensors["gallery.pca_mean"]) @ tensors["gallery.pca_components"].T
-    scores = coverage_scores(query, tensors["gallery.features"].astype(np.float32), coverage.k)
-    coverage = Coverage(float(np.quantile(scores, 1 - COVERAGE_KEPT)), coverage.k, COVERAGE_KEPT)
+    scores = {"gallery": gallery_scores(query, tensors["gallery.features"].astype(np.float32), COVERAGE_K)}
+    typicality = Typicality.from_tensors(tensors)
+    if typicality is not None:
+        scores["typicality"] = typicality.scores(x)
+    groups = coverage_groups(data.label_levels, data.splits["train"].label)[0] if typicality is not None else None
+    coverage = Coverage.fit(scores, COVERAGE_KEPT, COVERAGE_K, groups)
     calibration = fit_calibration(probabilities, val.lat, val.lon, data.labels["lat"].to_numpy(),
                                   data.labels["lon"].to_numpy())
     return coverage, calibration
@@ -279,7 +310,7 @@ def _bundle_parts(manifest: Manifest, data: PreparedData, options: FitOptions, r
     if result.image_adapter is not None:
         tensors.update({f"image_top.{k}": v.detach().numpy() for k, v in result.image_adapter.state_dict().items()})
     adapter = result.image_adapter if result.image_adapter is not None else torch.nn.Identity()
-    tensors.update(_gallery(data.splits["train"], adapter, model, options.train.seed))
+    tensors.update(_references(data, adapter, model, options.train.seed))
     tensors["split.train_sha1"] = data.train_hashes
     coverage, calibration = _answer_parts(data, adapter, model, tensors)
     centroid = spherical_mean(data.splits["train"].lat, data.splits["train"].lon)
@@ -363,10 +394,12 @@ Trained on {len(data.splits['train']):,} of the manifest's {summary['images']:,}
 lat {box['min_lat']:.2f}…{box['max_lat']:.2f}, lon {box['min_lon']:.2f}…{box['max_lon']:.2f};
 training images per country: {countries}.
 A photo from anywhere else can only get the most similar of these places: each answer says
-`in_coverage: false` when the photo is unlike the training images (its mean distance to its
-{coverage['k']} nearest training images, in the kNN gallery's space, is larger than
-{-coverage['threshold']:.2f}, the distance that keeps {coverage['kept']:.0%} of held-out
-validation images in coverage).
+`in_coverage: false` when the photo is unlike the training images. Two tests, each ranked among
+held-out validation images of the training regions: its mean distance to its {coverage['k']} nearest
+training images (tells a street photo from a blank, noisy, rotated or blurred frame) and
+{_TYPICALITY_SAID[coverage['groups']]} (tells a street from these regions from a street elsewhere).
+The coverage score is the lower rank; below {coverage['threshold']:.3f} the photo is out of coverage,
+which keeps {coverage['kept']:.0%} of the validation images in.
 The confidence shown beside the guesses (probability that the top guess is within 25, 200
 and 750 km) is calibrated on the validation images.
 

@@ -147,6 +147,8 @@ def _as_number(text: object) -> float:
 
 
 OUTSIDE = "outside what this model knows: the guesses below are the most similar of the places it knows"
+BEST_FIRST = ("#1 is the best single answer (nearest, on average, to where the probability lies); "
+              "the rest by probability")
 
 
 def render_table(record: dict) -> str:
@@ -169,6 +171,9 @@ def render_table(record: dict) -> str:
     if (confidence := confidence_line(record)) is not None:
         lines.append(f"  {confidence}")
     guesses = record.get("guesses") or []
+    chances = [_as_number(g.get("probability", 0.0)) for g in guesses]
+    if len(chances) > 1 and chances[0] < max(chances[1:]):
+        lines.append(f"  {BEST_FIRST}")
     labels = [one_line(str(g.get("label", ""))) for g in guesses]
     width = max([display_width("place"), *map(display_width, labels)])
     lines.append(f"  {'#':>2}  {_ljust('place', width)}  {'lat':>9}  {'lon':>10}  {'probability':>11}")

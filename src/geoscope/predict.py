@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from .answer import Answerer, Calibration, Coverage, Guess, Prediction, coverage_scores, unit_rows
+from .answer import Answerer, Calibration, Guess, Prediction, unit_rows
 from .bundle import BundleFiles, read_bundle
+from .coverage import Coverage, Typicality, gallery_scores
 from .errors import ModelError
 from .features import FeatureSet
 from .knn import knn_locate
@@ -164,15 +165,22 @@ class GeoModel:
         return "gallery.features" in self.files.tensors
 
     def coverage_scores(self, features: np.ndarray) -> np.ndarray:
-        """How much each image (features, or the mean features of a place's views) is like the training images.
+        """How much each image (features, or the mean features of a place's views) is like the training images:
+        the share of held-out validation images less like them, by the weaker of the coverage's tests.
 
-        NaN (coverage unknown) for a bundle without a kNN gallery.
+        NaN (coverage unknown) for a bundle without a coverage threshold (older bundles) or gallery.
         """
-        if not self.has_gallery:
+        if self.coverage is None or not self.has_gallery:
             return np.full(len(features), np.nan)
-        k = self.coverage.k if self.coverage is not None else 10
         rows, squares = self._gallery_rows
-        return coverage_scores(self.gallery_query(features), rows, k, squares)
+        scores = {"gallery": gallery_scores(self.gallery_query(features), rows, self.coverage.k, squares)}
+        if self._typicality is not None:
+            scores["typicality"] = self._typicality.scores(features)
+        return self.coverage.combine(scores)
+
+    @functools.cached_property
+    def _typicality(self) -> Typicality | None:
+        return Typicality.from_tensors(self.files.tensors)
 
     @property
     def can_refine(self) -> bool:

@@ -75,6 +75,9 @@ class TrainConfig:
     """The GPS head's location encoder: from GeoCLIP's weights and trained, ``geoclip-frozen``, or ``scratch``."""
     view_dropout: float = 0.3
     """Chance that each view of a place is left out of a training step (one is always kept)."""
+    average_weights: float = 0.0
+    """Decay per step of an exponential moving average of the weights, which is measured, early-stopped and
+    kept instead of the last weights (0: off): it smooths the epoch-to-epoch jitter of a fast-learning head."""
     seed: int = 0
 
     LOSSES = ("clip", "label")
@@ -98,8 +101,9 @@ class TrainConfig:
                 raise GeoscopeError(f"{name} must be a finite number {need}, not {value!r}")
         if not 0 <= self.dropout < 1:
             raise GeoscopeError(f"dropout must be in [0, 1), not {self.dropout!r}")
-        if not 0 <= self.view_dropout < 1:
-            raise GeoscopeError(f"view_dropout must be in [0, 1), not {self.view_dropout!r}")
+        for name in ("view_dropout", "average_weights"):
+            if not 0 <= getattr(self, name) < 1:
+                raise GeoscopeError(f"{name} must be in [0, 1), not {getattr(self, name)!r}")
         if not 0 < self.factor < 1:
             raise GeoscopeError(f"factor (the learning-rate cut on a plateau) must be in (0, 1), not {self.factor!r}")
 
@@ -269,6 +273,8 @@ def train_place_clip(
     noise = config.feature_noise * float(model.standardize(sample).std())
     splits = {"train": train, "val": val, **(extra_splits or {})}
     step = _Step(model, adapter)
+    averaged = _averaged(model, adapter, config.average_weights)
+    measured, measured_adapter = (averaged.module[0], averaged.module[1]) if averaged is not None else (model, adapter)
     if run.distributed:
         step = _data_parallel(step, device, config.seed + 7919 * run.rank)
 
@@ -291,9 +297,12 @@ def train_place_clip(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if averaged is not None:
+                averaged.update_parameters(nn.ModuleList([model, adapter]))
 
         records = [
-            {"epoch": epoch, "split": name, **_measure(model, adapter, data, texts, coords, config, run, device)}
+            {"epoch": epoch, "split": name,
+             **_measure(measured, measured_adapter, data, texts, coords, config, run, device)}
             for name, data in splits.items()
         ]
         history.extend(records)
@@ -301,10 +310,10 @@ def train_place_clip(
         scheduler.step(val_loss)
         epochs.set_postfix(val_loss=f"{val_loss:.3f}", val_acc=f"{records[1]['accuracy']:.3f}")
         if on_epoch is not None:
-            on_epoch(epoch, model)
+            on_epoch(epoch, measured)
         if val_loss < best[0] - 1e-4:
-            best = (val_loss, epoch, copy.deepcopy(model.state_dict()),
-                    copy.deepcopy(adapter.state_dict()))
+            best = (val_loss, epoch, copy.deepcopy(measured.state_dict()),
+                    copy.deepcopy(measured_adapter.state_dict()))
             stale = 0
         else:
             stale += 1
@@ -315,6 +324,15 @@ def train_place_clip(
     model.cpu().eval()
     adapter.cpu().eval()
     return TrainResult(model, config, best[1], best[0], history, image_adapter, run.describe())
+
+
+def _averaged(model: PlaceCLIP, adapter: nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel | None:
+    """An exponential moving average of the model's and adapter's weights (and buffers), or ``None`` (decay 0)."""
+    if decay <= 0:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(nn.ModuleList([model, adapter]), multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
 def _data_parallel(step: _Step, device: torch.device, seed: int) -> nn.Module:

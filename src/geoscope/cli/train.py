@@ -43,6 +43,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="do not add horizontally flipped copies")
     parser.add_argument("--search", action="store_true",
                         help="search learning rate, weight decay, patience and factor by val loss")
+    parser.add_argument("--restarts", type=_count, default=1, metavar="N",
+                        help="train each configuration N times from consecutive seeds and keep the lowest val "
+                             "loss (default 1)")
     parser.add_argument("--device", choices=DEVICES, default="auto",
                         help="train on the CPU or a GPU (auto: a GPU when torch sees one); under torchrun each "
                              "process takes the GPU of its local rank")
@@ -55,6 +58,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             parser.add_argument(flag, type=type(default), default=default, choices=TrainConfig.CHOICES.get(f.name),
                                 help=f"(default {default})")
     parser.set_defaults(func=run)
+
+
+def _count(text: str) -> int:
+    """A whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"a whole number of at least 1, not {text!r}")
+    return value
 
 
 def _blocks(text: str) -> int | str:
@@ -80,7 +94,8 @@ def run(args: argparse.Namespace) -> int:
         options = FitOptions(scheme=scheme, image_encoder=args.encoder,
                              text_encoder=args.text_encoder, train=config, augment=args.augment,
                              finetune_blocks=args.finetune_blocks, crops=args.crops,
-                             search=args.search, name=args.name or args.output.rstrip("/").split("/")[-1],
+                             search=args.search, restarts=args.restarts,
+                             name=args.name or args.output.rstrip("/").split("/")[-1],
                              block_km=args.block_km, gap_km=args.gap_km,
                              provenance=read_dataset_card(args.manifest), device=run.device)
         path, result = fit(manifest, options, args.output, command=["geoscope", *args.argv])

@@ -1,0 +1,156 @@
+"""Whether a photo is like what a model was trained on ("don't know"): two tests, one threshold.
+
+- **gallery**: minus the mean distance of the photo's features to its ``k`` nearest training
+  images in the kNN gallery. It tells a street photo from anything that is not one (a blank
+  frame, noise, a rotated or blurred photo), but not a street from another country.
+- **typicality**: the relative Mahalanobis distance (Ren et al., 2021): how far the features lie
+  from the nearest *group* of training images (its mean, under the covariance within groups),
+  minus how far they lie from all training images. The groups are the coarsest level of the
+  label hierarchy that splits the training data (countries; regions in a one-country model;
+  the labels themselves in a one-region model). A street from a region the model never saw
+  sits between the groups, in directions that vary between them and little within them.
+
+Each test's score becomes the share of held-out validation items of the training regions that
+score lower (an empirical p-value, through stored quantiles; below 0 for a score under all of
+them); the coverage score is the smaller of the two, and the threshold keeps ``kept`` of the
+validation items in coverage.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+SCORE = "gallery+typicality"
+"""The coverage score this version computes (bundles with another are treated as having none)."""
+TESTS = ("gallery", "typicality")
+QUANTILES = 201
+TYPICALITY_DIM = 512
+"""Principal components the typicality test keeps (fewer when there are fewer training images)."""
+RIDGE = 1e-3
+"""Added to the within-group covariance of the whitened components (unit variance each)."""
+TYPICALITY_KEYS = ("typicality.mean", "typicality.projection", "typicality.precision_root",
+                   "typicality.group_means")
+
+
+def gallery_scores(query: np.ndarray, gallery: np.ndarray, k: int,
+                   gallery_sq: np.ndarray | None = None) -> np.ndarray:
+    """Minus the mean Euclidean distance of each query row to its ``k`` nearest gallery rows.
+
+    ``gallery_sq`` (optional) holds the gallery rows' squared norms, computed once by the caller.
+    """
+    g = np.asarray(gallery, dtype=np.float32)
+    g_sq = (g * g).sum(axis=1) if gallery_sq is None else gallery_sq
+    k = max(1, min(k, len(g)))
+    out = np.empty(len(query))
+    for start in range(0, len(query), 1024):
+        q = np.asarray(query[start : start + 1024], dtype=np.float32)
+        d2 = (q * q).sum(axis=1)[:, None] - 2.0 * (q @ g.T) + g_sq[None]
+        nearest = np.partition(d2, k - 1, axis=1)[:, :k]
+        out[start : start + 1024] = -np.sqrt(np.clip(nearest, 0.0, None)).mean(axis=1)
+    return out
+
+
+@dataclass(frozen=True)
+class Typicality:
+    """The relative Mahalanobis test, as four stored matrices.
+
+    ``projection`` standardises the features, keeps the top principal components of the training
+    images and whitens them (so that the distance to all training images is a squared norm);
+    ``precision_root`` is a Cholesky factor of the inverse covariance within groups, and
+    ``group_means`` are the groups' means already multiplied by it.
+    """
+
+    mean: np.ndarray
+    projection: np.ndarray
+    precision_root: np.ndarray
+    group_means: np.ndarray
+
+    @classmethod
+    def fit(cls, features: np.ndarray, groups: np.ndarray, dim: int = TYPICALITY_DIM) -> Typicality | None:
+        """Fit on training images' features ``(n, f)`` and each one's group; ``None`` with too few images."""
+        x = np.asarray(features, dtype=np.float64)
+        names, codes = np.unique(np.asarray(groups), return_inverse=True)
+        dim = min(dim, x.shape[1], len(x) - len(names) - 1)
+        if dim < 1 or len(names) < 2:
+            return None
+        mean = x.mean(axis=0)
+        scale = x.std(axis=0) + 1e-6
+        _, s, vt = np.linalg.svd((x - mean) / scale, full_matrices=False)
+        spread = s[:dim] / np.sqrt(len(x))
+        keep = spread > 1e-6 * spread[0]
+        projection = (vt[:dim][keep] / scale).T / spread[keep]
+        w = (x - mean) @ projection
+        centres = np.stack([w[codes == g].mean(axis=0) for g in range(len(names))])
+        within = np.cov((w - centres[codes]).T) + RIDGE * np.eye(w.shape[1])
+        root = np.linalg.cholesky(np.linalg.inv(within))
+        return cls(mean.astype(np.float32), projection.astype(np.float16), root.astype(np.float32),
+                   (centres @ root).astype(np.float32))
+
+    def scores(self, features: np.ndarray) -> np.ndarray:
+        """Minus the relative Mahalanobis distance of each row (higher: more like the training images)."""
+        w = (np.asarray(features, dtype=np.float32) - self.mean) @ self.projection.astype(np.float32)
+        a = w @ self.precision_root
+        m = self.group_means
+        to_groups = (a * a).sum(axis=1)[:, None] - 2.0 * (a @ m.T) + (m * m).sum(axis=1)[None]
+        return -(to_groups.min(axis=1) - (w * w).sum(axis=1)).astype(np.float64)
+
+    def tensors(self) -> dict[str, np.ndarray]:
+        return dict(zip(TYPICALITY_KEYS, (self.mean, self.projection, self.precision_root, self.group_means),
+                        strict=True))
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, np.ndarray]) -> Typicality | None:
+        """The test a bundle's tensors hold, or ``None`` when they hold none."""
+        if TYPICALITY_KEYS[0] not in tensors:
+            return None
+        return cls(*(tensors[k] for k in TYPICALITY_KEYS))
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """The coverage threshold and how each test's score maps to a p-value (its validation quantiles)."""
+
+    threshold: float
+    quantiles: dict[str, list[float]]
+    k: int = 10
+    kept: float = 0.95
+    groups: str | None = None
+    """The level of the label hierarchy whose groups the typicality test compares with."""
+
+    @classmethod
+    def fit(cls, scores: dict[str, np.ndarray], kept: float, k: int, groups: str | None) -> Coverage:
+        """Quantiles of each test's validation ``scores``, and the threshold that keeps ``kept`` of them."""
+        grid = np.linspace(0.0, 1.0, QUANTILES)
+        quantiles = {name: np.quantile(s, grid).tolist() for name, s in scores.items()}
+        unfitted = cls(0.0, quantiles)
+        return cls(float(np.quantile(unfitted.combine(scores), 1 - kept)), quantiles, k, kept, groups)
+
+    def combine(self, scores: dict[str, np.ndarray]) -> np.ndarray:
+        """The coverage score: the smallest p-value of the tests (the share of validation items lower)."""
+        return np.min([_p_value(np.asarray(scores[name], dtype=np.float64), np.asarray(q, dtype=np.float64))
+                       for name, q in self.quantiles.items()], axis=0)
+
+    def to_dict(self) -> dict:
+        return {"score": SCORE, "k": self.k, "threshold": self.threshold, "kept": self.kept,
+                "groups": self.groups, "quantiles": self.quantiles}
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> Coverage | None:
+        """The coverage a bundle's config describes; ``None`` when it has none (or another kind of score)."""
+        if not data or data.get("score") != SCORE:
+            return None
+        return cls(float(data["threshold"]), {str(n): [float(v) for v in q] for n, q in data["quantiles"].items()},
+                   int(data.get("k", 10)), float(data.get("kept", 0.95)), data.get("groups"))
+
+
+def _p_value(scores: np.ndarray, quantiles: np.ndarray) -> np.ndarray:
+    """Share of validation items scoring lower (from their quantiles); beyond their range it goes on
+    linearly, below 0 and above 1 (one whole range per unit), so that what lies far outside every
+    validation item still ranks below the least typical of them."""
+    span = max(float(quantiles[-1] - quantiles[0]), 1e-12)
+    inside = np.interp(scores, quantiles, np.linspace(0.0, 1.0, len(quantiles)))
+    below = (scores - quantiles[0]) / span
+    above = 1.0 + (scores - quantiles[-1]) / span
+    return np.where(scores < quantiles[0], below, np.where(scores > quantiles[-1], above, inside))

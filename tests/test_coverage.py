@@ -1,0 +1,77 @@
+""""Don't know": the gallery and typicality tests, their p-values, and the threshold fitted on validation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from geoscope.answer import Answerer
+from geoscope.coverage import Coverage, Typicality, gallery_scores
+
+
+def _labels() -> pd.DataFrame:
+    return pd.DataFrame({"name": ["a", "b", "c"], "lat": [51.5, 51.4, 43.0], "lon": [-0.1, -0.2, -81.2]})
+
+
+def _regions(rng: np.random.Generator, n: int, mean: np.ndarray) -> np.ndarray:
+    """Street photos of one region: much variation shared by all regions (16 dims), a little of their own."""
+    shared = rng.normal(0, 3.0, (n, 16))
+    own = mean + rng.normal(0, 0.4, (n, len(mean)))
+    return np.c_[shared, own]
+
+
+REGION_MEANS = 2.0 * np.eye(3, 8)  # three regions apart along their own directions
+
+
+def _training(rng: np.random.Generator, n: int = 400) -> tuple[np.ndarray, np.ndarray]:
+    x = np.concatenate([_regions(rng, n, m) for m in REGION_MEANS])
+    return x, np.repeat(np.arange(3), n)
+
+
+def test_gallery_test_flags_what_is_unlike_the_gallery() -> None:
+    rng = np.random.default_rng(3)
+    gallery = rng.normal(0, 1, (500, 16)) + np.r_[5.0, np.zeros(15)]
+    near = gallery[:20] + rng.normal(0, 0.1, (20, 16))
+    far = np.r_[rng.normal(0, 1, (10, 16)) - np.r_[5.0, np.zeros(15)],  # another direction
+                3.0 * (gallery[:10] - gallery.mean(axis=0)) + gallery.mean(axis=0)]  # the same directions, far out
+    assert gallery_scores(near, gallery, 10).min() > gallery_scores(far, gallery, 10).max()
+
+
+def test_typicality_flags_a_region_between_the_known_ones_where_the_gallery_cannot() -> None:
+    rng = np.random.default_rng(5)
+    train, groups = _training(rng)
+    typicality = Typicality.fit(train, groups)
+    assert typicality is not None and typicality.projection.dtype == np.float16  # stored small
+    held_out, _ = _training(rng, 100)
+    elsewhere = _regions(rng, 300, REGION_MEANS.mean(axis=0))  # a fourth region, in the middle of the three
+    t_in, t_out = typicality.scores(held_out), typicality.scores(elsewhere)
+    g_in, g_out = (gallery_scores(x, train, 10) for x in (held_out, elsewhere))
+    flagged = {name: (out < np.quantile(inside, 0.05)).mean()
+               for name, inside, out in (("typicality", t_in, t_out), ("gallery", g_in, g_out))}
+    assert flagged["typicality"] > 0.8 and flagged["gallery"] < 0.5, flagged
+    assert Typicality.from_tensors(typicality.tensors()).scores(elsewhere[:5]) == pytest.approx(t_out[:5])
+    assert Typicality.fit(train, np.zeros(len(train))) is None  # one group: nothing to be typical of
+
+
+def test_coverage_keeps_its_share_of_validation_items_and_flags_either_test() -> None:
+    rng = np.random.default_rng(6)
+    val = {"gallery": rng.normal(0, 1, 2000), "typicality": rng.normal(0, 1, 2000)}
+    coverage = Coverage.fit(val, kept=0.95, k=10, groups="country")
+    fresh = {"gallery": rng.normal(0, 1, 4000), "typicality": rng.normal(0, 1, 4000)}
+    assert (coverage.combine(fresh) >= coverage.threshold).mean() == pytest.approx(0.95, abs=0.015)
+    one_fails = {"gallery": np.array([0.0, -4.0, 0.0]), "typicality": np.array([0.0, 0.0, -4.0])}
+    assert list(coverage.combine(one_fails) >= coverage.threshold) == [True, False, False]
+    assert Coverage.from_dict(coverage.to_dict()) == coverage
+    few = Coverage.fit({"gallery": np.arange(10.0)}, kept=0.95, k=10, groups=None)  # a few validation items
+    assert list(few.combine({"gallery": np.array([-50.0, -0.5, 5.0, 60.0])}) < few.threshold) == \
+        [True, True, False, False]  # far below every one of them is out, however few they are
+    assert Coverage.from_dict({"score": "knn-distance", "threshold": -3.0}) is None  # an older kind: unknown
+
+
+def test_the_answer_says_whether_the_photo_is_in_coverage() -> None:
+    coverage = Coverage(threshold=0.04, quantiles={"gallery": [0.0, 1.0]})
+    answer = Answerer(_labels(), coverage).answer
+    assert [answer("x", np.array([0.2, 0.3, 0.5]), coverage_score=s).in_coverage for s in (0.5, 0.01)] == \
+        [True, False]
+    assert Answerer(_labels()).answer("x", np.array([0.2, 0.3, 0.5]), coverage_score=0.1).in_coverage is None
