@@ -129,7 +129,8 @@ def linear_probe(model, manifest: Manifest, result, options: FitOptions) -> pd.D
     """Logistic regression (standardised, C = 0.01) on the model's own features and training labels.
 
     Trained on the train rows (with flipped copies when the model had them), it predicts the
-    held-out items of ``result`` (views averaged in probability); returns their predictions.
+    held-out items of ``result`` (views averaged in probability; the first guess chosen as the model
+    chooses its own, :func:`geoscope.answer.best_guesses`); returns their predictions.
     """
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
@@ -157,9 +158,9 @@ def linear_probe(model, manifest: Manifest, result, options: FitOptions) -> pd.D
     proba = probe.predict_proba(np.nan_to_num(side.extract(test_paths, progress=False).embeddings))
     places = Manifest(test, manifest.root).place_ids
     codes = pd.factorize(places)[0]
-    fused = np.zeros((codes.max() + 1, proba.shape[1]))
-    np.add.at(fused, codes, proba)
-    pred = probe.classes_[fused.argmax(axis=1)]
+    fused = np.zeros((codes.max() + 1, len(model.labels)))
+    np.add.at(fused, (codes[:, None], probe.classes_[None, :]), proba)
+    pred = model.answerer.best(fused / fused.sum(axis=1, keepdims=True))
     first = ~places.duplicated().to_numpy()
     lat, lon = test["lat"].to_numpy()[first], test["lon"].to_numpy()[first]
     labels = model.labels

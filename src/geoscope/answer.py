@@ -11,6 +11,7 @@ the top guess is within 25, 200 and 750 km.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,7 +19,7 @@ import pandas as pd
 
 from .coverage import Coverage
 from .errors import GeoscopeError
-from .geo import geoscore, haversine_km
+from .geo import EARTH_RADIUS_KM, GEOSCORE_SCALE_KM, haversine_km, to_unit_vectors
 
 LEVELS = ("place", "region", "country")
 CONFIDENCE_KM = (25, 200, 750)
@@ -116,20 +117,24 @@ def best_guesses(probabilities: np.ndarray, label_lat: np.ndarray, label_lon: np
     p = np.atleast_2d(np.asarray(probabilities, dtype=np.float64))
     m = min(BEST_CANDIDATES, p.shape[1])
     candidates = np.argpartition(-p, m - 1, axis=1)[:, :m]
+    where = to_unit_vectors(label_lat, label_lon).astype(np.float32)  # distances from dot products
+    weights = p.astype(np.float32)
     best = np.empty(len(p), dtype=np.int64)
     rows = max(1, 2**21 // (m * p.shape[1]))  # bounded memory for many labels
     for start in range(0, len(p), rows):
         c = candidates[start : start + rows]
-        d = haversine_km(label_lat[c][..., None], label_lon[c][..., None], label_lat, label_lon)
-        expected = (geoscore(d) * p[start : start + rows, None, :]).sum(axis=-1)
+        cosine = np.clip(where[c] @ where.T, -1.0, 1.0)
+        points = np.exp(np.arccos(cosine) * np.float32(-EARTH_RADIUS_KM / GEOSCORE_SCALE_KM))  # GeoScore / 5000
+        expected = np.einsum("rcl,rl->rc", points, weights[start : start + rows])
         best[start : start + rows] = np.take_along_axis(c, expected.argmax(axis=1)[:, None], axis=1)[:, 0]
     return best
 
 
 def mass_near_top(probabilities: np.ndarray, label_lat: np.ndarray, label_lon: np.ndarray,
-                  distances_km=CONFIDENCE_KM) -> dict[str, np.ndarray]:
-    """Probability the model puts within each distance of its top guess (one row per image)."""
-    top = best_guesses(probabilities, label_lat, label_lon)
+                  distances_km=CONFIDENCE_KM, top: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Probability the model puts within each distance of its top guess (one row per image; ``top``: the
+    rows' :func:`best_guesses`, when the caller has them)."""
+    top = best_guesses(probabilities, label_lat, label_lon) if top is None else top
     d = haversine_km(label_lat[top][:, None], label_lon[top][:, None], label_lat[None], label_lon[None])
     return {str(km): (probabilities * (d <= km)).sum(axis=1) for km in distances_km}
 
@@ -142,7 +147,7 @@ def fit_calibration(probabilities: np.ndarray, true_lat: np.ndarray, true_lon: n
     top = best_guesses(probabilities, label_lat, label_lon)
     error = haversine_km(true_lat, true_lon, label_lat[top], label_lon[top])
     coefficients = {}
-    for d, mass in mass_near_top(probabilities, label_lat, label_lon).items():
+    for d, mass in mass_near_top(probabilities, label_lat, label_lon, top=top).items():
         hit = error <= float(d)
         if hit.all() or not hit.any():  # nothing to learn: say what was seen
             rate = float(hit.mean())
@@ -189,6 +194,17 @@ class Answerer:
                coverage_score: float | None = None, views: list[str] | None = None,
                warnings: list[str] | None = None) -> Prediction:
         """The prediction for one probability row (labels in order)."""
+        prediction = self.answer_rows([image], np.asarray(probabilities)[None], top_k=top_k, level=level,
+                                      coverage_scores=[coverage_score])[0]
+        prediction.views = views
+        if prediction.error is None:
+            prediction.warnings = list(warnings or [])
+        return prediction
+
+    def answer_rows(self, images: Sequence[str], probabilities: np.ndarray, *, top_k: int = 5, level: str = "place",
+                    coverage_scores: Sequence[float | None] | np.ndarray | None = None) -> list[Prediction]:
+        """The predictions for a matrix of probability rows, one per image (the best guesses and the
+        confidence computed for all rows at once)."""
         if level not in LEVELS:
             raise GeoscopeError(f"level must be one of {', '.join(LEVELS)} (got {level!r})")
         if top_k < 1:
@@ -196,23 +212,32 @@ class Answerer:
         if level != "place" and not (self.groups[level] != "").any():
             raise GeoscopeError(f"this model's labels have no {level} names (a bundle from an older geoscope): "
                                 "answer by place, or retrain it")
+        p = np.asarray(probabilities, dtype=np.float64)  # (images, labels)
+        finite = np.isfinite(p).all(axis=1)
+        first = np.zeros(len(p), dtype=np.int64)
+        first[finite] = self.best(p[finite])
+        confidence: list[dict | None] = [None] * len(p)
+        if self.calibration is not None and finite.any():
+            calibrated = self.calibration(mass_near_top(p[finite], self.lat, self.lon, top=first[finite]))
+            for j, i in enumerate(np.flatnonzero(finite)):
+                confidence[i] = {d: round(float(v[j]), 4) for d, v in calibrated.items()}
+        scores = [None] * len(p) if coverage_scores is None else list(coverage_scores)
+        return [self._prediction(image, p[i], int(first[i]), confidence[i], scores[i], top_k, level) if finite[i]
+                else Prediction(image, [], "the model produced no finite probabilities")
+                for i, image in enumerate(images)]
+
+    def _prediction(self, image: str, p: np.ndarray, first: int, confidence: dict | None,
+                    coverage_score: float | None, top_k: int, level: str) -> Prediction:
         if coverage_score is not None and not math.isfinite(coverage_score):
             coverage_score = None  # unknown: a model without training images to compare with
-        p = np.asarray(probabilities, dtype=np.float64)
-        if not np.isfinite(p).all():
-            return Prediction(image, [], "the model produced no finite probabilities", views=views)
         levels = {name: self._rank(p, name)[:LEVEL_ROWS] for name, values in self.groups.items()
                   if (values != "").any()}
-        guesses = self._place_guesses(p, top_k) if level == "place" else self._level_guesses(p, level, top_k)
-        confidence = None
-        if self.calibration is not None:
-            mass = mass_near_top(p[None], self.lat, self.lon)
-            confidence = {d: round(float(v[0]), 4) for d, v in self.calibration(mass).items()}
+        guesses = self._place_guesses(p, first, top_k) if level == "place" else self._level_guesses(p, level, top_k)
         in_coverage = None
         if self.coverage is not None and coverage_score is not None:
             in_coverage = bool(coverage_score >= self.coverage.threshold)
-        return Prediction(image, guesses, views=views, in_coverage=in_coverage, coverage_score=coverage_score,
-                          confidence=confidence, levels=levels, warnings=list(warnings or []))
+        return Prediction(image, guesses, in_coverage=in_coverage, coverage_score=float(coverage_score)
+                          if coverage_score is not None else None, confidence=confidence, levels=levels)
 
     def _rank(self, p: np.ndarray, level: str) -> list[dict]:
         """Probability summed per country (or region), most probable first (unnamed ones left out)."""
@@ -225,9 +250,8 @@ class Answerer:
         """The label each probability row answers with first (:func:`best_guesses`)."""
         return best_guesses(probabilities, self.lat, self.lon)
 
-    def _place_guesses(self, p: np.ndarray, top_k: int) -> list[Guess]:
-        """The best guess, then the other labels by probability."""
-        first = self.best(p)[0]
+    def _place_guesses(self, p: np.ndarray, first: int, top_k: int) -> list[Guess]:
+        """The best guess (``first``), then the other labels by probability."""
         order = np.argsort(-p, kind="stable")
         order = np.r_[first, order[order != first]]
         kept, mass = self._merged(order, p, top_k) if self.merge_km > 0 else (order[:top_k], p[order[:top_k]])

@@ -85,27 +85,28 @@ class Typicality:
         centres = np.stack([w[codes == g].mean(axis=0) for g in range(len(names))])
         within = np.cov((w - centres[codes]).T) + RIDGE * np.eye(w.shape[1])
         root = np.linalg.cholesky(np.linalg.inv(within))
-        return cls(mean.astype(np.float32), projection.astype(np.float16), root.astype(np.float32),
-                   (centres @ root).astype(np.float32))
+        return cls.from_tensors(dict(zip(TYPICALITY_KEYS, (mean, projection.astype(np.float16), root, centres @ root),
+                                         strict=True)))
 
     def scores(self, features: np.ndarray) -> np.ndarray:
         """Minus the relative Mahalanobis distance of each row (higher: more like the training images)."""
-        w = (np.asarray(features, dtype=np.float32) - self.mean) @ self.projection.astype(np.float32)
+        w = (np.asarray(features, dtype=np.float32) - self.mean) @ self.projection
         a = w @ self.precision_root
         m = self.group_means
         to_groups = (a * a).sum(axis=1)[:, None] - 2.0 * (a @ m.T) + (m * m).sum(axis=1)[None]
         return -(to_groups.min(axis=1) - (w * w).sum(axis=1)).astype(np.float64)
 
     def tensors(self) -> dict[str, np.ndarray]:
-        return dict(zip(TYPICALITY_KEYS, (self.mean, self.projection, self.precision_root, self.group_means),
-                        strict=True))
+        """The matrices as a bundle stores them (the projection, the largest, in float16)."""
+        stored = (self.mean, self.projection.astype(np.float16), self.precision_root, self.group_means)
+        return dict(zip(TYPICALITY_KEYS, stored, strict=True))
 
     @classmethod
     def from_tensors(cls, tensors: dict[str, np.ndarray]) -> Typicality | None:
-        """The test a bundle's tensors hold, or ``None`` when they hold none."""
+        """The test a bundle's tensors hold (in float32, to score with), or ``None`` when they hold none."""
         if TYPICALITY_KEYS[0] not in tensors:
             return None
-        return cls(*(tensors[k] for k in TYPICALITY_KEYS))
+        return cls(*(np.asarray(tensors[k], dtype=np.float32) for k in TYPICALITY_KEYS))
 
 
 @dataclass(frozen=True)

@@ -93,7 +93,7 @@ def evaluate(
         predictions["in_coverage"] = coverage >= model.coverage.threshold
     answerer = model.answerer
     if answerer.calibration is not None:  # as each answer states it (rounded to 4 places)
-        confidence = answerer.calibration(mass_near_top(probs, answerer.lat, answerer.lon))
+        confidence = answerer.calibration(mass_near_top(probs, answerer.lat, answerer.lon, top=top))
         for km, values in confidence.items():
             predictions[f"confidence_{km}"] = np.round(values, 4)
     predictions["pred_country"] = answerer.country[top]

@@ -250,11 +250,10 @@ class GeoModel:
             return [(self._answer_views(paths, features, valid, errors, top_k, level, allow_missing_views), fused)]
         probs = self.probabilities(self.embed(features))
         scores = self.coverage_scores(features)
-        return [
-            (self.answerer.answer(p, probs[i], top_k=top_k, level=level, coverage_score=float(scores[i]))
-             if valid[i] else Prediction(p, [], errors[i]), features[i])
-            for i, p in enumerate(paths)
-        ]
+        answers = iter(self.answerer.answer_rows([p for p, ok in zip(paths, valid, strict=True) if ok], probs[valid],
+                                                 top_k=top_k, level=level, coverage_scores=scores[valid]))
+        return [(next(answers) if valid[i] else Prediction(p, [], errors[i]), features[i])
+                for i, p in enumerate(paths)]
 
     def _answer_views(self, paths: list[str], features: np.ndarray, valid: np.ndarray, errors: dict[int, str],
                       top_k: int, level: str, allow_missing: bool) -> Prediction:
