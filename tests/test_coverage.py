@@ -42,7 +42,7 @@ def test_typicality_flags_a_region_between_the_known_ones_where_the_gallery_cann
     rng = np.random.default_rng(5)
     train, groups = _training(rng)
     typicality = Typicality.fit(train, groups)
-    assert typicality is not None and typicality.projection.dtype == np.float16  # stored small
+    assert typicality is not None and typicality.tensors()["typicality.projection"].dtype == np.float16  # small
     held_out, _ = _training(rng, 100)
     elsewhere = _regions(rng, 300, REGION_MEANS.mean(axis=0))  # a fourth region, in the middle of the three
     t_in, t_out = typicality.scores(held_out), typicality.scores(elsewhere)
