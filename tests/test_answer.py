@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from geoscope.answer import Answerer, Calibration, fit_calibration, mass_near_top, unit_rows
+from geoscope.answer import Answerer, Calibration, best_guesses, fit_calibration, mass_near_top, unit_rows
 from geoscope.errors import GeoscopeError
 from geoscope.geo import haversine_km
 from geoscope.geocells import geocell_ids
@@ -108,6 +108,18 @@ def test_answer_sums_probabilities_per_country_and_region() -> None:
     assert by_country.guesses[0].lat == 51.54  # its most probable place
     with pytest.raises(GeoscopeError, match="level must be one of"):
         Answerer(_labels()).answer("a.jpg", np.array([0.3, 0.5, 0.2]), level="city")
+
+
+def test_the_first_guess_is_where_most_probability_lies_then_the_likeliest_place_there() -> None:
+    lat = np.array([51.50, 51.50, 51.50, 42.98])  # three places 30 km apart in England, one in Ontario
+    lon = np.array([-0.12, 0.31, 0.74, -81.25])
+    p = np.array([[0.30, 0.10, 0.25, 0.35],  # Ontario is the single most probable place, England holds 65 %
+                  [0.10, 0.20, 0.10, 0.60],  # Ontario holds the most
+                  [0.20, 0.25, 0.20, 0.35]])  # England: its middle place is also its likeliest
+    assert list(p.argmax(axis=1)) == [3, 3, 3]
+    assert list(best_guesses(p, lat, lon)) == [0, 3, 1]
+    answer = Answerer(pd.DataFrame({"name": list("ABCD"), "lat": lat, "lon": lon})).answer("x", p[0], top_k=4)
+    assert [g.label for g in answer.guesses] == ["A", "D", "C", "B"]  # the best guess, then by probability
 
 
 def test_calibrated_confidence_follows_how_often_the_top_guess_is_close() -> None:

@@ -26,7 +26,9 @@ CONFIDENCE_KM = (25, 200, 750)
 LEVEL_ROWS = 5
 """Entries listed per level of the hierarchy."""
 BEST_CANDIDATES = 32
-"""The most probable labels among which :func:`best_guesses` chooses."""
+"""The most probable labels among which :func:`best_guesses` chooses where."""
+BEST_LOCAL_KM = 50.0
+"""…and then the most probable label within this distance of that choice."""
 
 
 @dataclass(frozen=True)
@@ -108,11 +110,14 @@ class Calibration:
 
 
 def best_guesses(probabilities: np.ndarray, label_lat: np.ndarray, label_lon: np.ndarray) -> np.ndarray:
-    """The label each row answers with first: the highest expected GeoScore under the row's probabilities.
+    """The label each row answers with first: where by expected GeoScore, there by probability.
 
-    The Bayes choice for GeoScore: every label's probability counts, weighted by how near it is, so that
-    a country holding most of the mass wins over a lone, slightly more probable label on another
-    continent. Chosen among the :data:`BEST_CANDIDATES` most probable labels (one per row).
+    Where: the Bayes choice for GeoScore, the label with the highest expected GeoScore under the row's
+    probabilities (among its :data:`BEST_CANDIDATES` most probable). Every label's probability counts,
+    weighted by how near it is, so a country holding most of the mass wins over a lone, slightly more
+    probable label on another continent. There: the most probable label within :data:`BEST_LOCAL_KM` of
+    it; at city scale GeoScore's expectation would pick the middle of the probable places (their
+    geometric median), which moves fine labels such as a GPS gallery's points off the likeliest street.
     """
     p = np.atleast_2d(np.asarray(probabilities, dtype=np.float64))
     m = min(BEST_CANDIDATES, p.shape[1])
@@ -127,7 +132,8 @@ def best_guesses(probabilities: np.ndarray, label_lat: np.ndarray, label_lon: np
         points = np.exp(np.arccos(cosine) * np.float32(-EARTH_RADIUS_KM / GEOSCORE_SCALE_KM))  # GeoScore / 5000
         expected = np.einsum("rcl,rl->rc", points, weights[start : start + rows])
         best[start : start + rows] = np.take_along_axis(c, expected.argmax(axis=1)[:, None], axis=1)[:, 0]
-    return best
+    near = where[best] @ where.T >= np.cos(BEST_LOCAL_KM / EARTH_RADIUS_KM)
+    return np.where(near, p, -1.0).argmax(axis=1)
 
 
 def mass_near_top(probabilities: np.ndarray, label_lat: np.ndarray, label_lon: np.ndarray,

@@ -50,8 +50,9 @@ _LOCATION_SAID = {
 
 _TYPICALITY_SAID = {
     level: f"how much farther it lies from the nearest {level}'s training images than from all of them "
-           "(a relative Mahalanobis distance)" for level in ("country", "region", "label")
-} | {None: "no typicality test (too few training images)"}
+           "(a relative Mahalanobis distance; tells a street from these regions from a street elsewhere)"
+    for level in COVERAGE_LEVELS
+} | {None: "no second test (too few training images to fit the typicality test)"}
 
 MERGE_KM = 5.0
 """A GPS head's answer merges gallery points closer than this to a more probable one."""
@@ -287,7 +288,7 @@ def _answer_parts(data: PreparedData, adapter: torch.nn.Module, model: PlaceCLIP
     typicality = Typicality.from_tensors(tensors)
     if typicality is not None:
         scores["typicality"] = typicality.scores(x)
-    groups = coverage_groups(data.label_levels, data.splits["train"].label)[0] if typicality is not None else None
+    groups = coverage_groups(data.label_levels, tensors["gallery.label"])[0] if typicality is not None else None
     coverage = Coverage.fit(scores, COVERAGE_KEPT, COVERAGE_K, groups)
     calibration = fit_calibration(probabilities, val.lat, val.lon, data.labels["lat"].to_numpy(),
                                   data.labels["lon"].to_numpy())
@@ -397,7 +398,7 @@ A photo from anywhere else can only get the most similar of these places: each a
 `in_coverage: false` when the photo is unlike the training images. Two tests, each ranked among
 held-out validation images of the training regions: its mean distance to its {coverage['k']} nearest
 training images (tells a street photo from a blank, noisy, rotated or blurred frame) and
-{_TYPICALITY_SAID[coverage['groups']]} (tells a street from these regions from a street elsewhere).
+{_TYPICALITY_SAID[coverage['groups']]}.
 The coverage score is the lower rank; below {coverage['threshold']:.3f} the photo is out of coverage,
 which keeps {coverage['kept']:.0%} of the validation images in.
 The confidence shown beside the guesses (probability that the top guess is within 25, 200

@@ -147,8 +147,8 @@ def _as_number(text: object) -> float:
 
 
 OUTSIDE = "outside what this model knows: the guesses below are the most similar of the places it knows"
-BEST_FIRST = ("#1 is the best single answer (nearest, on average, to where the probability lies); "
-              "the rest by probability")
+BEST_FIRST = ("#1 is the best single answer: the likeliest place in the area with the highest expected "
+              "score; the rest by probability")
 
 
 def render_table(record: dict) -> str:

@@ -99,9 +99,7 @@ class TrainConfig:
             if not (math.isfinite(value) and (value > 0 if name in positive else value >= 0)):
                 need = "greater than 0" if name in positive else "0 or more"
                 raise GeoscopeError(f"{name} must be a finite number {need}, not {value!r}")
-        if not 0 <= self.dropout < 1:
-            raise GeoscopeError(f"dropout must be in [0, 1), not {self.dropout!r}")
-        for name in ("view_dropout", "average_weights"):
+        for name in ("dropout", "view_dropout", "average_weights"):
             if not 0 <= getattr(self, name) < 1:
                 raise GeoscopeError(f"{name} must be in [0, 1), not {getattr(self, name)!r}")
         if not 0 < self.factor < 1:
@@ -273,8 +271,9 @@ def train_place_clip(
     noise = config.feature_noise * float(model.standardize(sample).std())
     splits = {"train": train, "val": val, **(extra_splits or {})}
     step = _Step(model, adapter)
-    averaged = _averaged(model, adapter, config.average_weights)
-    measured, measured_adapter = (averaged.module[0], averaged.module[1]) if averaged is not None else (model, adapter)
+    trained = nn.ModuleList([model, adapter])
+    averaged = _averaged(trained, config.average_weights)
+    measured, measured_adapter = averaged.module if averaged is not None else trained
     if run.distributed:
         step = _data_parallel(step, device, config.seed + 7919 * run.rank)
 
@@ -298,7 +297,7 @@ def train_place_clip(
             loss.backward()
             optimizer.step()
             if averaged is not None:
-                averaged.update_parameters(nn.ModuleList([model, adapter]))
+                averaged.update_parameters(trained)
 
         records = [
             {"epoch": epoch, "split": name,
@@ -326,13 +325,13 @@ def train_place_clip(
     return TrainResult(model, config, best[1], best[0], history, image_adapter, run.describe())
 
 
-def _averaged(model: PlaceCLIP, adapter: nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel | None:
-    """An exponential moving average of the model's and adapter's weights (and buffers), or ``None`` (decay 0)."""
+def _averaged(trained: nn.ModuleList, decay: float) -> torch.optim.swa_utils.AveragedModel | None:
+    """An exponential moving average of the trained modules' weights (and buffers), or ``None`` (decay 0)."""
     if decay <= 0:
         return None
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-    return AveragedModel(nn.ModuleList([model, adapter]), multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    return AveragedModel(trained, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
 def _data_parallel(step: _Step, device: torch.device, seed: int) -> nn.Module:

@@ -301,8 +301,8 @@
           `<span class="bar"><i style="width:${(100 * g.probability).toFixed(1)}%"></i></span></li>`;
       }).join("") + "</ol>";
       if (guesses.slice(1).some((g) => g.probability > guesses[0].probability)) {
-        html += "<p class=\"note\">1 is the best single answer: nearest, on average, to where the probability " +
-          "lies; the rest follow by probability.</p>";
+        html += "<p class=\"note\">1 is the best single answer: the likeliest place in the area with the " +
+          "highest expected score; the rest follow by probability.</p>";
       }
     }
     if (Array.isArray(answer.warnings) && answer.warnings.length) {
