@@ -84,13 +84,19 @@ class FakeProviders:
         with self._lock:
             return sum(1 for k, _, _ in self.log if k == kind)
 
-    def wait_idle(self, timeout_s: float = 10.0) -> None:
-        """Wait until no request is being answered (e.g. those of a client just killed)."""
+    def wait_idle(self, timeout_s: float = 10.0, quiet_s: float = 0.3) -> None:
+        """Wait until no request has been answered or arrived for ``quiet_s`` (e.g. those of a client just
+        killed: a request it sent before dying can still sit in its socket, read a moment later)."""
         deadline = time.monotonic() + timeout_s
+        last, since = None, time.monotonic()
         while time.monotonic() < deadline:
             with self._lock:
-                if self._active == 0:
-                    return
+                state = (self._active, len(self.log))
+            now = time.monotonic()
+            if state != last or state[0]:
+                last, since = state, now
+            elif now - since >= quiet_s:
+                return
             time.sleep(0.01)
         raise TimeoutError("fake server still busy")
 
