@@ -264,7 +264,7 @@ def test_train_cli_writes_a_bundle(town_manifest: Path, tmp_path: Path, capsys: 
     assert config["training"]["config"]["seed"] == min(runs, key=lambda r: r["val_loss"])["seed"]
     with pytest.raises(SystemExit) as refused:  # argparse's one error line, exit 2
         main(["train", str(town_manifest), "-o", str(tmp_path / "none"), "--restarts", "0"])
-    assert refused.value.code == 2 and "--restarts: a whole number" in capsys.readouterr().err
+    assert refused.value.code == 2 and "--restarts: must be at least 1, not 0" in capsys.readouterr().err
     assert not (tmp_path / "none").exists()
 
 

@@ -223,8 +223,8 @@ class Answerer:
         first = np.zeros(len(p), dtype=np.int64)
         first[finite] = self.best(p[finite])
         confidence: list[dict | None] = [None] * len(p)
-        if self.calibration is not None and finite.any():
-            calibrated = self.calibration(mass_near_top(p[finite], self.lat, self.lon, top=first[finite]))
+        calibrated = self.confidence(p[finite], first[finite]) if finite.any() else None
+        if calibrated is not None:
             for j, i in enumerate(np.flatnonzero(finite)):
                 confidence[i] = {d: round(float(v[j]), 4) for d, v in calibrated.items()}
         scores = [None] * len(p) if coverage_scores is None else list(coverage_scores)
@@ -251,6 +251,13 @@ class Answerer:
         sums = np.bincount(codes, weights=p, minlength=len(names))
         order = np.argsort(-sums, kind="stable")
         return [{"name": str(names[i]), "probability": round(float(sums[i]), 6)} for i in order if names[i] != ""]
+
+    def confidence(self, probabilities: np.ndarray, best: np.ndarray) -> dict[str, np.ndarray] | None:
+        """Calibrated probability, per row, that its first guess (``best``) is within 25, 200 and 750 km;
+        ``None`` for a model without calibration."""
+        if self.calibration is None:
+            return None
+        return self.calibration(mass_near_top(probabilities, self.lat, self.lon, top=best))
 
     def best(self, probabilities: np.ndarray) -> np.ndarray:
         """The label each probability row answers with first (:func:`best_guesses`)."""

@@ -52,6 +52,16 @@ def gallery_scores(query: np.ndarray, gallery: np.ndarray, k: int,
     return out
 
 
+def scores_by_test(features: np.ndarray, gallery_query: np.ndarray, gallery: np.ndarray, k: int,
+                   typicality: Typicality | None, gallery_sq: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Each coverage test's score for rows of image features (``gallery_query``: the same rows in the kNN
+    gallery's space); a model without a typicality test has the gallery test alone."""
+    scores = {"gallery": gallery_scores(gallery_query, gallery, k, gallery_sq)}
+    if typicality is not None:
+        scores["typicality"] = typicality.scores(features)
+    return scores
+
+
 @dataclass(frozen=True)
 class Typicality:
     """The relative Mahalanobis test, as four stored matrices.

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .answer import mass_near_top, unit_rows
+from .answer import unit_rows
 from .data.manifest import Manifest
 from .errors import GeoscopeError
 from .features import hash_files
@@ -92,8 +92,7 @@ def evaluate(
     if model.coverage is not None:
         predictions["in_coverage"] = coverage >= model.coverage.threshold
     answerer = model.answerer
-    if answerer.calibration is not None:  # as each answer states it (rounded to 4 places)
-        confidence = answerer.calibration(mass_near_top(probs, answerer.lat, answerer.lon, top=top))
+    if (confidence := answerer.confidence(probs, top)) is not None:  # as each answer states it (4 places)
         for km, values in confidence.items():
             predictions[f"confidence_{km}"] = np.round(values, 4)
     predictions["pred_country"] = answerer.country[top]

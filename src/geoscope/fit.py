@@ -16,7 +16,7 @@ import torch
 from . import __version__, distributed
 from .answer import fit_calibration
 from .bundle import save_bundle
-from .coverage import Coverage, Typicality, gallery_scores
+from .coverage import Coverage, Typicality, scores_by_test
 from .data.manifest import Manifest, place_ids, summarize
 from .data.split import leakage_report, split_manifest
 from .encoders.onnx_runtime import onnx_device
@@ -284,10 +284,8 @@ def _answer_parts(data: PreparedData, adapter: torch.nn.Module, model: PlaceCLIP
     rows, items = val.images()
     x = group_mean(images[rows], items) if len(rows) > len(val) else images[rows]
     query = (x - tensors["gallery.pca_mean"]) @ tensors["gallery.pca_components"].T
-    scores = {"gallery": gallery_scores(query, tensors["gallery.features"].astype(np.float32), COVERAGE_K)}
     typicality = Typicality.from_tensors(tensors)
-    if typicality is not None:
-        scores["typicality"] = typicality.scores(x)
+    scores = scores_by_test(x, query, tensors["gallery.features"].astype(np.float32), COVERAGE_K, typicality)
     groups = coverage_groups(data.label_levels, tensors["gallery.label"])[0] if typicality is not None else None
     coverage = Coverage.fit(scores, COVERAGE_KEPT, COVERAGE_K, groups)
     calibration = fit_calibration(probabilities, val.lat, val.lon, data.labels["lat"].to_numpy(),

@@ -20,7 +20,7 @@ import torch
 
 from .answer import Answerer, Calibration, Guess, Prediction, unit_rows
 from .bundle import BundleFiles, read_bundle
-from .coverage import Coverage, Typicality, gallery_scores
+from .coverage import Coverage, Typicality, scores_by_test
 from .errors import ModelError
 from .features import FeatureSet
 from .knn import knn_locate
@@ -173,10 +173,8 @@ class GeoModel:
         if self.coverage is None or not self.has_gallery:
             return np.full(len(features), np.nan)
         rows, squares = self._gallery_rows
-        scores = {"gallery": gallery_scores(self.gallery_query(features), rows, self.coverage.k, squares)}
-        if self._typicality is not None:
-            scores["typicality"] = self._typicality.scores(features)
-        return self.coverage.combine(scores)
+        return self.coverage.combine(scores_by_test(features, self.gallery_query(features), rows, self.coverage.k,
+                                                    self._typicality, squares))
 
     @functools.cached_property
     def _typicality(self) -> Typicality | None:

@@ -14,18 +14,9 @@ import textwrap
 from ..batch import CHUNK_SIZE, find_inputs, pending_units, predict_chunks
 from ..errors import GeoscopeError, one_line, quote_name
 from ..refine import REFINERS
+from .main import at_least_one
 
 MAX_ERROR_LINES = 20
-
-
-def _at_least_one(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -38,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "used zero-shot: hf:<repo> or a local folder")
     parser.add_argument("--region", help="zero-shot only: answer among the places of this region "
                         "(ISO country code, box or .geojson; default: the world)")
-    parser.add_argument("--top-k", type=_at_least_one, default=5, help="guesses per image (5)")
+    parser.add_argument("--top-k", type=at_least_one, default=5, help="guesses per image (5)")
     parser.add_argument("--views", action="store_true",
                         help="views of one place: the files named are one place, and so is each folder of images")
     parser.add_argument("--refine", choices=REFINERS, default=None,
@@ -51,9 +42,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      help="write FILE.csv, FILE.geojson or FILE.jsonl incrementally; rerun to continue")
     parser.add_argument("--allow-missing-views", action="store_true",
                         help="with --views, answer a place from the views that could be read (and say so)")
-    parser.add_argument("--chunk-size", type=_at_least_one, default=CHUNK_SIZE,
+    parser.add_argument("--chunk-size", type=at_least_one, default=CHUNK_SIZE,
                         help=f"images answered (and written) together ({CHUNK_SIZE})")
-    parser.add_argument("--limit", type=_at_least_one,
+    parser.add_argument("--limit", type=at_least_one,
                         help="answer at most this many images (places with --views) not yet in the output, then stop")
     parser.set_defaults(func=run)
 

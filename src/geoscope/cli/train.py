@@ -17,6 +17,7 @@ from ..labels import KINDS
 from ..models.image_side import ALL_BLOCKS, ImageSide
 from ..train import TrainConfig
 from .labels import add_scheme_arguments, scheme_from_args
+from .main import at_least_one
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -43,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="do not add horizontally flipped copies")
     parser.add_argument("--search", action="store_true",
                         help="search learning rate, weight decay, patience and factor by val loss")
-    parser.add_argument("--restarts", type=_count, default=1, metavar="N",
+    parser.add_argument("--restarts", type=at_least_one, default=1, metavar="N",
                         help="train each configuration N times from consecutive seeds and keep the lowest val "
                              "loss (default 1)")
     parser.add_argument("--device", choices=DEVICES, default="auto",
@@ -58,17 +59,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             parser.add_argument(flag, type=type(default), default=default, choices=TrainConfig.CHOICES.get(f.name),
                                 help=f"(default {default})")
     parser.set_defaults(func=run)
-
-
-def _count(text: str) -> int:
-    """A whole number of at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"a whole number of at least 1, not {text!r}")
-    return value
 
 
 def _blocks(text: str) -> int | str:
