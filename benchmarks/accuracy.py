@@ -10,7 +10,7 @@ With ``--set head=gps`` the km tasks label a gallery of points (grid cells of th
 also show the model answering each view alone and, for a learned fusion, the same model answering
 from the plain average of its views.
 Run: ``python benchmarks/accuracy.py [--folds 5] [--task N] [--scheme geocells] [--no-augment]
-[--set fusion=lstm] [--set head=gps] [--set location=scratch] [--refine knn] [--restarts 3]``.
+[--set fusion=lstm] [--set head=gps] [--set location=scratch] [--refine knn] [--restarts 3 [--members 3]]``.
 """
 
 from __future__ import annotations
@@ -207,6 +207,8 @@ def main() -> int:
                         help="score the guess after retrieval refinement (knn: its most similar training images)")
     parser.add_argument("--restarts", type=int, default=1,
                         help="train each fold's model from N seeds and keep the lowest validation loss (1)")
+    parser.add_argument("--members", type=int, default=1,
+                        help="keep the K runs of lowest validation loss as one ensemble (at most --restarts; 1)")
     parser.add_argument("--scheme", help="label scheme for the km tasks instead of theirs, e.g. geocells "
                         "or geocells:min_images=20,max_images=200")
     args = parser.parse_args()
@@ -219,13 +221,13 @@ def main() -> int:
         config = replace(config, **{key: type(getattr(config, key))(value)})
     held = min(args.folds, args.max_folds or args.folds)
     print(f"encoder {args.encoder}, fine-tuned blocks {args.finetune_blocks}, {args.folds}-fold "
-          f"({held} held out), restarts {args.restarts}, config {config.to_dict()}\n")
+          f"({held} held out), restarts {args.restarts}, members {args.members}, config {config.to_dict()}\n")
     print(f"fusion of views: {config.fusion}, head: {config.head}, refinement: {args.refine}\n")
     print("| task | goal | model | model, one view | model, views averaged | probe | centroid | kNN | time |\n"
           "|---|---|---|---|---|---|---|---|---|")
     options = FitOptions(scheme=LabelScheme("grid"), image_encoder=args.encoder,
                          finetune_blocks=args.finetune_blocks, augment=args.augment, train=config,
-                         restarts=args.restarts)
+                         restarts=args.restarts, members=args.members)
     for i, task in enumerate(TASKS, 1):
         if args.task and i not in args.task:
             continue

@@ -107,3 +107,63 @@ def test_a_frozen_location_encoder_reads_the_gallery_once() -> None:
     for _ in range(3):
         trained.embed_places(gallery).sum().backward()
     assert len(calls) == 3 and all(p.grad is not None for p in trained.place_tower.parameters())
+
+
+@pytest.fixture(scope="module")
+def refined_pair(london_small: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A GPS head on a 2 km gallery and a place head on 5 km cells that carries it as its refiner."""
+    folder = tmp_path_factory.mktemp("refined")
+    common = ["--max-epochs", "2", "--no-augment", "--labels", "grid"]
+    assert main(["train", str(london_small), "--head", "gps", "--cell-km", "2", "-o", str(folder / "gps"),
+                 "--label-smoothing-km", "3", *common]) == 0
+    assert main(["train", str(london_small), "--cell-km", "5", "-o", str(folder / "place"),
+                 "--refiner", str(folder / "gps"), *common]) == 0
+    return folder / "place", folder / "gps"
+
+
+def _guesses(capsys: pytest.CaptureFixture, *argv: str) -> list[list[dict]]:
+    capsys.readouterr()
+    assert main(["predict", *argv, "--json", "--top-k", "3"]) == 0
+    return [record["guesses"] for record in json.loads(capsys.readouterr().out)]
+
+
+def test_a_gps_refiner_moves_each_guess_to_its_likeliest_point_near_the_label(
+        refined_pair: tuple[Path, Path], london_small: Path, capsys: pytest.CaptureFixture) -> None:
+    place, gps = refined_pair
+    model = load_model(place)
+    assert model.refine == "gps" and sorted(model.refiners) == ["gps", "knn"]
+    assert model.config["refiner"]["points"] == len(load_model(gps).labels)
+    assert "GPS head" in (place / "README.md").read_text()
+    images = [str(p) for p in read_manifest(london_small).image_paths[:6]]
+    labels = model.labels.set_index("name")
+    points = {(round(a, 6), round(o, 6)) for a, o in zip(model.files.tensors["refiner.lat"],
+                                                         model.files.tensors["refiner.lon"], strict=True)}
+    refined, plain = _guesses(capsys, *images, "--model", str(place)), \
+        _guesses(capsys, *images, "--model", str(place), "--refine", "none")
+    moved = 0
+    for by_gps, by_label in zip(refined, plain, strict=True):
+        assert [g["label"] for g in by_gps] == [g["label"] for g in by_label]  # the same guesses, moved
+        for g, h in zip(by_gps, by_label, strict=True):
+            home = labels.loc[g["label"]]
+            assert (h["lat"], h["lon"]) == pytest.approx((home["lat"], home["lon"]), abs=1e-6)
+            assert (g["lat"], g["lon"]) in points  # a point of the GPS head's gallery…
+            assert haversine_km(g["lat"], g["lon"], home["lat"], home["lon"]) <= 50.0  # …near its label
+            moved += (g["lat"], g["lon"]) != (h["lat"], h["lon"])
+    assert moved > 0
+
+
+def test_a_refiner_must_be_a_gps_head_trained_on_the_same_images(
+        refined_pair: tuple[Path, Path], london_small: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    place, gps = refined_pair
+    capsys.readouterr()
+    base = ["train", str(london_small), "--max-epochs", "1", "--no-augment", "-o", str(tmp_path / "out")]
+    assert main([*base, "--refiner", str(place)]) == 2
+    assert "a refiner is a GPS head's bundle" in capsys.readouterr().err
+    fewer = tmp_path / "fewer.csv"
+    write_manifest(read_manifest(london_small).frame.iloc[:600], fewer)
+    assert main(["train", str(fewer), *base[2:], "--refiner", str(gps)]) == 2
+    assert "trained on other images" in capsys.readouterr().err.strip().splitlines()[-1]  # after the encoding
+    assert not (tmp_path / "out").exists()
+    image = str(read_manifest(london_small).image_paths[0])
+    assert main(["predict", image, "--model", str(gps), "--refine", "gps"]) == 2  # a bundle without a refiner
+    assert "holds no GPS head" in capsys.readouterr().err

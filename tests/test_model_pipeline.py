@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -339,3 +340,35 @@ def test_train_refuses_impossible_fine_tuning_in_one_line(town_manifest: Path, t
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and message in err
     assert not (tmp_path / "m").exists()
+
+
+def test_members_answer_with_the_mean_logit_of_the_runs_they_keep(town_manifest: Path, tmp_path: Path) -> None:
+    """An ensemble of the two seeds answers with their normalised geometric mean: what each seed's own
+    model answers, trained alone, multiplied and renormalised."""
+    manifest = read_manifest(town_manifest)
+    base = FitOptions(scheme=LabelScheme("grid", {"cell_km": 50.0}), augment=False,
+                      train=TrainConfig(max_epochs=3, batch_size=32, lr_head=3e-3, lr_text=3e-3))
+    singles = [load_model(fit(manifest, replace(base, train=replace(base.train, seed=s)), tmp_path / f"seed{s}",
+                              progress=False)[0]) for s in (0, 1)]
+    path, result = fit(manifest, replace(base, restarts=2, members=2), tmp_path / "both", progress=False)
+    both = load_model(path)
+    assert both.config["model"]["members"] == 2 and len(both.model.members) == 2
+    assert sum(t["kept"] for t in both.config["training"]["search"]) == 2
+    assert set(result.metrics) == {"train", "val", "test"}
+    images = [str(p) for p in manifest.subset(manifest.frame["split"] == "test").image_paths]
+    features = both.image_features(images).embeddings
+    answers = [m.probabilities(m.embed(features)) for m in (*singles, both)]
+    pooled = np.sqrt(answers[0] * answers[1])
+    np.testing.assert_allclose(answers[2], pooled / pooled.sum(axis=1, keepdims=True), rtol=1e-4, atol=1e-6)
+    assert both.predict(images[:2], top_k=2)[0].guesses  # and it answers like any bundle
+
+
+def test_members_are_refused_beyond_the_runs_or_with_a_fine_tuned_encoder(town_manifest: Path,
+                                                                          tmp_path: Path) -> None:
+    manifest = read_manifest(town_manifest)
+    options = FitOptions(scheme=LabelScheme("grid", {"cell_km": 50.0}), restarts=2, members=3)
+    with pytest.raises(GeoscopeError, match="between 1 and the number of runs"):
+        fit(manifest, options, tmp_path / "none", progress=False)
+    with pytest.raises(GeoscopeError, match="frozen encoder"):
+        fit(manifest, replace(options, members=2, finetune_blocks=1), tmp_path / "none", progress=False)
+    assert not (tmp_path / "none").exists()

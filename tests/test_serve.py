@@ -31,6 +31,7 @@ from PIL import Image
 from geoscope.cli.main import main
 from geoscope.paths import cache_dir
 from geoscope.predict import GeoModel, load_model
+from geoscope.refine import REFINERS
 from geoscope.serve import MAX_UPLOAD_BYTES, ServeSettings, create_app, uvicorn_config
 from geoscope.serve.page import WEB_ASSETS
 from geoscope.serve.server import listen
@@ -159,14 +160,18 @@ def test_bad_query_parameters_are_422_naming_the_parameter(client: TestClient, q
     assert reply.json()["error"].startswith(f"{field}: ")
 
 
-def test_refine_knn_answers_or_says_why_not(client: TestClient, model: GeoModel) -> None:
-    reply = client.post("/predict?refine=knn&top_k=2", content=LONDON.read_bytes())
-    if model.can_refine:
+@pytest.mark.parametrize("refine", REFINERS)
+def test_each_refiner_answers_or_says_why_not(client: TestClient, model: GeoModel, refine: str) -> None:
+    reply = client.post(f"/predict?refine={refine}&top_k=2", content=LONDON.read_bytes())
+    if refine == "none" or refine in model.refiners:
         assert reply.status_code == 200 and len(reply.json()["guesses"]) == 2
-    else:  # a bundle from before galleries knew their labels
+        if refine == model.refine:  # without the parameter: the bundle's own choice
+            default = client.post("/predict?top_k=2", content=LONDON.read_bytes()).json()
+            assert default["guesses"] == reply.json()["guesses"]
+    else:  # a bundle without that refiner
         assert reply.status_code == 400
         error = reply.json()["error"]
-        assert "no labels to refine with" in error and str(model.path) not in error  # no server paths
+        assert f"cannot refine with {refine}" in error and str(model.path) not in error  # no server paths
 
 
 def test_bad_uploads_are_400_naming_the_problem(client: TestClient, tmp_path: Path) -> None:

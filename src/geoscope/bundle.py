@@ -32,6 +32,7 @@ CONFIG, WEIGHTS, LABELS, HISTORY, CARD = (
 )
 DEFAULT_BUNDLE = Path(__file__).parent / "assets" / "default-model"
 LABEL_COLUMNS = ("name", "lat", "lon")
+REFINER = ("refiner.place_embeddings", "refiner.lat", "refiner.lon")
 GALLERY = ("gallery.features", "gallery.lat", "gallery.lon", "gallery.pca_mean", "gallery.pca_components")
 
 
@@ -185,6 +186,7 @@ def validate(files: BundleFiles) -> None:
     image_dim = files.config["model"].get("place_clip", {}).get("image_dim")
     _check_gallery(files.tensors, weights, image_dim if isinstance(image_dim, int) else None)
     _check_coverage(files.config.get("coverage"), files.tensors, files.path)
+    _check_refiner(files.config.get("refiner"), files.tensors, files.path)
 
 
 def _check_config(config: dict, path: Path) -> None:
@@ -306,3 +308,24 @@ def _typicality_problem(tensors: dict[str, np.ndarray]) -> str | None:
     if gallery_mean is not None and gallery_mean.shape != mean.shape:
         return f"typicality.mean has {mean.shape[0]} values but gallery.pca_mean {gallery_mean.shape[0]}"
     return None
+
+
+def _check_refiner(refiner: object, tensors: dict[str, np.ndarray], path: Path) -> None:
+    """A GPS refiner whose config names its head and whose gallery of points is whole and on Earth."""
+    if refiner is None:
+        return
+    problem = None
+    if not isinstance(refiner, dict) or refiner.get("kind") != "gps" or \
+            not isinstance((refiner.get("model") or {}).get("place_clip"), dict):
+        problem = "its 'refiner' must be a GPS head's section (kind 'gps', with its 'model')"
+    elif missing := [k for k in REFINER if k not in tensors]:
+        problem = f"its GPS refiner is incomplete ({WEIGHTS} has no {', '.join(map(repr, missing))})"
+    else:
+        points, lat, lon = (tensors[k] for k in REFINER)
+        if points.ndim != 2 or lat.ndim != 1 or not len(lat) == len(lon) == points.shape[0]:
+            problem = (f"the GPS refiner's points disagree in shape (embeddings {points.shape}, "
+                       f"lat {lat.shape}, lon {lon.shape})")
+        elif (np.abs(lat) > 90).any() or (np.abs(lon) > 180).any():
+            problem = "refiner.lat or refiner.lon holds coordinates out of range"
+    if problem:
+        raise ModelError(f"{quote_name(path)}: {problem}")

@@ -19,7 +19,6 @@ from .geo import haversine_km, summarize_errors
 from .labels import LabelScheme, assign_labels
 from .models.fusion import group_mean
 from .predict import GeoModel
-from .refine import check_refiner
 from .results import CENTROID, KNN, MODEL, VIEWS_AVERAGED, EvaluationResult
 
 
@@ -35,16 +34,17 @@ def training_rows(model: GeoModel, manifest: Manifest) -> np.ndarray:
 
 def evaluate(
     model: GeoModel, manifest: Manifest, *, fuse_views: bool | None = None, progress: bool = True,
-    dataset: str = "", include_training_rows: bool = False, refine: str = "none",
+    dataset: str = "", include_training_rows: bool = False, refine: str | None = None,
 ) -> tuple[EvaluationResult, list[str]]:
     """Evaluate ``model`` on every readable row of ``manifest``; returns the result and the
     one-line errors of images that could not be read (those rows are left out).
 
     Rows whose image the model was trained on are left out (their count is
-    ``result.training_rows``) unless ``include_training_rows``. ``refine="knn"`` scores the
-    top guess at its refined coordinate (see :mod:`geoscope.refine`).
+    ``result.training_rows``) unless ``include_training_rows``. The top guess is scored at the
+    coordinate its ``refine`` refiner gives (:mod:`geoscope.refine`; ``None``: as predict answers,
+    the bundle's default).
     """
-    check_refiner(refine)
+    refiner = model.refiner(refine)
     seen = training_rows(model, manifest)
     if seen.any() and not include_training_rows:
         if seen.all():
@@ -67,6 +67,7 @@ def evaluate(
     averaged = None  # a learned fusion is compared with the plain average of the same model's views
     if fuse_views and model.fusion != "mean":
         averaged = unit_rows(group_mean(model.embed(raw), codes))
+    images = raw
     if fuse_views:
         firsts = ~places.duplicated().to_numpy()
         raw = group_mean(raw, codes)
@@ -84,8 +85,8 @@ def evaluate(
         "probability": probs[np.arange(len(top)), top],
         "pred_label": labels["name"].to_numpy()[top],
     })
-    if refine == "knn":
-        refined = model.refined_coordinates(raw, top[:, None])
+    if refiner is not None:
+        refined = refiner.coordinates(images, codes, top[:, None])
         predictions["pred_lat"], predictions["pred_lon"] = refined[0][:, 0], refined[1][:, 0]
     predictions["error_km"] = haversine_km(lat, lon, predictions["pred_lat"], predictions["pred_lon"])
     predictions["coverage_score"] = coverage

@@ -15,19 +15,21 @@ import torch
 
 from . import __version__, distributed
 from .answer import fit_calibration
-from .bundle import save_bundle
+from .bundle import BundleFiles, read_bundle, save_bundle
 from .coverage import Coverage, Typicality, scores_by_test
 from .data.manifest import Manifest, place_ids, summarize
 from .data.split import leakage_report, split_manifest
 from .encoders.onnx_runtime import onnx_device
-from .errors import GeoscopeError
+from .errors import GeoscopeError, quote_name
 from .features import hash_files
 from .geo import spherical_mean
 from .labels import LabelScheme, assign_labels, make_labels, prompt
+from .models.ensemble import Head, PlaceEnsemble
 from .models.fusion import group_mean, group_views
 from .models.image_side import ImageSide, adapt_rows
-from .models.place_clip import STORED_EMBEDDED, PlaceCLIP
-from .train import TrainConfig, TrainingData, TrainResult, embed_items, search_grid, train_place_clip
+from .models.place_clip import is_stored_embedded
+from .refine import REFINE_RADIUS_KM
+from .train import TrainConfig, TrainingData, TrainResult, embed_items, measure, search_grid, train_place_clip
 
 COVERAGE_KEPT = 0.95
 """Share of held-out images of the training regions that the coverage threshold keeps in coverage."""
@@ -79,6 +81,12 @@ class FitOptions:
     restarts: int = 1
     """Train each configuration this many times, from seeds ``seed``, ``seed + 1``, …; the lowest validation
     loss is kept (a head on frozen features lands in minima that differ by several GeoScore points)."""
+    refiner: str | os.PathLike[str] | None = None
+    """A GPS head's bundle, trained on the same training images, stored as this model's ``gps`` refiner and
+    used by default (PIGEON's hybrid: this model's label, the GPS head's likeliest point near it)."""
+    members: int = 1
+    """Keep this many of the runs (those of lowest validation loss) as one model, their logits averaged
+    (:class:`~geoscope.models.ensemble.PlaceEnsemble`); at most the number of runs (restarts × search)."""
     name: str = "geoscope-model"
     block_km: float = 1.0
     """Without a ``split`` column the manifest is split by blocks of this size (val 10 %, test 10 %)."""
@@ -204,30 +212,83 @@ def fit(manifest: Manifest, options: FitOptions, out_dir: str | os.PathLike[str]
     """
     main = distributed.current().main
     progress = progress and main
-    data = prepare(manifest, options, progress=progress)
-    coords = data.labels[["lat", "lon"]].to_numpy()
-    extra = {"test": data.splits["test"]} if "test" in data.splits else None
     configs = [replace(config, seed=config.seed + restart)
                for config in (search_grid(options.train) if options.search else [options.train])
                for restart in range(options.restarts)]
-    best: TrainResult | None = None
-    trials = []
+    _check_members(options, len(configs))
+    gps_head = _gps_bundle(options.refiner, options) if options.refiner is not None else None  # before hours
+    data = prepare(manifest, options, progress=progress)
+    refiner = _refiner_parts(gps_head, data) if gps_head is not None else None
+    coords = data.labels[["lat", "lon"]].to_numpy()
+    extra = {"test": data.splits["test"]} if "test" in data.splits else None
+    results: list[TrainResult] = []
     for i, config in enumerate(configs, 1):
         if len(configs) > 1 and progress:
             print(f"run {i}/{len(configs)}: lr {config.lr_head:g}, wd {config.wd_head:g}, "
                   f"patience {config.patience}, factor {config.factor:g}, seed {config.seed}", file=sys.stderr)
         adapter = options.image_side.adapter() if options.finetune_blocks else None
-        result = train_place_clip(data.splits["train"], data.splits["val"], data.text_features, coords,
-                                  config, image_adapter=adapter, standardize_features=options.image_side.mixed_scales,
-                                  extra_splits=extra, label_levels=data.label_levels, progress=progress,
-                                  device=options.device)
-        trials.append({**_search_keys(config), "val_loss": result.best_val_loss, "epoch": result.best_epoch})
-        if best is None or result.best_val_loss < best.best_val_loss:
-            best = result
-    assert best is not None
-    path = save_bundle(out_dir, *_bundle_parts(manifest, data, options, best, trials, command)) if main else \
-        Path(out_dir)
+        results.append(train_place_clip(data.splits["train"], data.splits["val"], data.text_features, coords,
+                                        config, image_adapter=adapter,
+                                        standardize_features=options.image_side.mixed_scales, extra_splits=extra,
+                                        label_levels=data.label_levels, progress=progress, device=options.device))
+    ranked = sorted(range(len(results)), key=lambda i: results[i].best_val_loss)
+    kept = ranked[: options.members]
+    trials = [{**_search_keys(r.config), "val_loss": r.best_val_loss, "epoch": r.best_epoch, "kept": i in kept}
+              for i, r in enumerate(results)]
+    best = results[kept[0]] if len(kept) == 1 else _ensemble([results[i] for i in kept], data, coords, extra)
+    path = save_bundle(out_dir, *_bundle_parts(manifest, data, options, best, trials, command, refiner)) \
+        if main else Path(out_dir)
     return path, best
+
+
+def _gps_bundle(directory: str | os.PathLike[str], options: FitOptions) -> BundleFiles:
+    """The bundle named as ``--refiner``, if it is a GPS head that reads the features this model will read."""
+    files = read_bundle(directory)
+    name = quote_name(files.path)
+    training = files.config.get("training") or {}
+    if (training.get("config") or {}).get("head") != "gps":
+        raise GeoscopeError(f"{name}: a refiner is a GPS head's bundle (geoscope train --head gps), not this model")
+    if files.config["image_encoder"] != options.image_side.to_dict():
+        raise GeoscopeError(f"{name}: its GPS head reads {files.config['image_encoder'].get('name')!r} features, "
+                            f"this model {options.image_encoder!r}: train both on one encoder")
+    return files
+
+
+def _refiner_parts(files: BundleFiles, data: PreparedData) -> tuple[dict, dict[str, np.ndarray]]:
+    """A GPS head's bundle as the ``gps`` refiner of the model being trained: its config section and its
+    tensors (under ``refiner.``), or one clear error when it was trained on other images."""
+    name = quote_name(files.path)
+    theirs = {bytes(row) for row in np.asarray(files.tensors.get("split.train_sha1", np.zeros((0, 20))), np.uint8)}
+    ours = {bytes(row) for row in data.train_hashes}
+    if theirs != ours:
+        raise GeoscopeError(f"{name}: its GPS head was trained on other images ({len(theirs ^ ours):,} training "
+                            "images differ): train both on one manifest and split")
+    tensors = {f"refiner.{k}": v for k, v in files.tensors.items() if k.startswith("model.")}
+    tensors["refiner.place_embeddings"] = files.tensors["place_embeddings"].astype(np.float16)
+    tensors["refiner.lat"] = files.labels["lat"].to_numpy(dtype=np.float64)
+    tensors["refiner.lon"] = files.labels["lon"].to_numpy(dtype=np.float64)
+    config = {"kind": "gps", "name": files.config.get("name"), "model": files.config["model"],
+              "labels": files.config["labels"], "points": len(files.labels), "radius_km": REFINE_RADIUS_KM,
+              "metrics": files.config.get("metrics")}
+    return config, tensors
+
+
+def _check_members(options: FitOptions, runs: int) -> None:
+    if not 1 <= options.members <= runs:
+        raise GeoscopeError(f"members must be between 1 and the number of runs ({runs}: restarts × search), "
+                            f"not {options.members}")
+    if options.members > 1 and options.finetune_blocks:
+        raise GeoscopeError("members need a frozen encoder: each fine-tuned run has its own encoder top")
+
+
+def _ensemble(results: list[TrainResult], data: PreparedData, coords: np.ndarray,
+              extra: dict[str, TrainingData] | None) -> TrainResult:
+    """The kept runs (lowest validation loss first) as one ensemble, measured as one model; the history
+    and epoch are the first run's."""
+    ensemble = PlaceEnsemble.of([r.model for r in results])
+    splits = {"train": data.splits["train"], "val": data.splits["val"], **(extra or {})}
+    metrics = measure(ensemble, splits, data.text_features, coords, results[0].config)
+    return replace(results[0], model=ensemble, best_val_loss=metrics["val"]["loss"], metrics=metrics)
 
 
 def _search_keys(config: TrainConfig) -> dict:
@@ -235,7 +296,7 @@ def _search_keys(config: TrainConfig) -> dict:
             "factor": config.factor, "seed": config.seed}
 
 
-def _references(data: PreparedData, adapter: torch.nn.Module, model: PlaceCLIP,
+def _references(data: PreparedData, adapter: torch.nn.Module, model: Head,
                 seed: int) -> dict[str, np.ndarray]:
     """What predict compares a photo with, from (a sample of) the training images: the PCA-reduced kNN
     gallery, scaled as ``model`` reads the features, and the coverage's typicality test."""
@@ -270,7 +331,7 @@ def coverage_groups(label_levels: np.ndarray, labels: np.ndarray) -> tuple[str, 
     return "label", labels
 
 
-def _answer_parts(data: PreparedData, adapter: torch.nn.Module, model: PlaceCLIP,
+def _answer_parts(data: PreparedData, adapter: torch.nn.Module, model: Head,
                   tensors: dict[str, np.ndarray]) -> tuple[Coverage, object]:
     """Coverage threshold and confidence calibration, fitted on the validation items (images, or places
     with their views fused and their mean features scored, as predict answers them)."""
@@ -293,18 +354,13 @@ def _answer_parts(data: PreparedData, adapter: torch.nn.Module, model: PlaceCLIP
     return coverage, calibration
 
 
-def _final_metrics(result: TrainResult) -> dict:
-    last = {r["split"]: r for r in result.history if r["epoch"] == result.best_epoch}
-    return {split: {k: v for k, v in rec.items() if k not in {"epoch", "split"}} for split, rec in last.items()}
-
-
 def _bundle_parts(manifest: Manifest, data: PreparedData, options: FitOptions, result: TrainResult,
-                  trials: list[dict], command: Sequence[str] | None):
+                  trials: list[dict], command: Sequence[str] | None, refiner: tuple[dict, dict] | None):
     model = result.model
     with torch.no_grad():
         places = model.embed_places(torch.as_tensor(data.text_features)).numpy()
     tensors = {f"model.{k}": v.detach().numpy() for k, v in model.state_dict().items()
-               if not k.startswith(STORED_EMBEDDED)}
+               if not is_stored_embedded(k)}
     tensors["place_embeddings"] = places.astype(np.float32)
     if result.image_adapter is not None:
         tensors.update({f"image_top.{k}": v.detach().numpy() for k, v in result.image_adapter.state_dict().items()})
@@ -312,8 +368,10 @@ def _bundle_parts(manifest: Manifest, data: PreparedData, options: FitOptions, r
     tensors.update(_references(data, adapter, model, options.train.seed))
     tensors["split.train_sha1"] = data.train_hashes
     coverage, calibration = _answer_parts(data, adapter, model, tensors)
+    if refiner is not None:
+        tensors.update(refiner[1])
     centroid = spherical_mean(data.splits["train"].lat, data.splits["train"].lon)
-    metrics = _final_metrics(result)
+    metrics = result.metrics
     summary = summarize(manifest)
     config = {
         "name": options.name,
@@ -322,10 +380,13 @@ def _bundle_parts(manifest: Manifest, data: PreparedData, options: FitOptions, r
         "image_encoder": options.image_side.to_dict(),
         "text_encoder": None if options.train.head == "gps" else
         {"name": options.text_encoder, "prompt": "a street view photo in {name}, {country}"},
-        "model": {"type": "place-clip", "place_clip": model.config.to_dict()},
+        "model": {"type": "place-clip", "place_clip": model.config.to_dict(),
+                  "members": len(model.members) if isinstance(model, PlaceEnsemble) else 1},
         "labels": options.scheme.to_dict(),
         "fusion": model.config.fusion,
-        "answer": {"merge_km": MERGE_KM if options.train.head == "gps" else 0.0},
+        "answer": {"merge_km": MERGE_KM if options.train.head == "gps" else 0.0,
+                   "refine": "gps" if refiner is not None else "none"},
+        "refiner": refiner[0] if refiner is not None else None,
         "coverage": coverage.to_dict(),
         "calibration": calibration.to_dict(),
         "training": {
@@ -377,11 +438,14 @@ def _model_card(options: FitOptions, data: PreparedData, result: TrainResult, me
     places_said = (f"each label's coordinates through a location encoder (GeoCLIP's design; "
                    f"{_LOCATION_SAID[result.config.location]})" if gps else
                    f"`{options.text_encoder}` embeddings of prompts such as \"{prompt(labels['name'].iloc[0])}\"")
+    members = len(result.model.members) if isinstance(result.model, PlaceEnsemble) else 1
+    heads = (f"each through a projection head into one space, in {members} heads trained alike from different "
+             "seeds whose logits are averaged" if members > 1 else "each through a projection head into one space")
     return f"""# {options.name}
 
 A geoscope {"GPS" if gps else "place-name"} CLIP model: {image} and
 {places_said},
-each through a projection head into one space; the views of one place are fused by
+{heads}; the views of one place are fused by
 {_FUSION_SAID[model_fusion]}; it answers with one of {len(labels)}
 places ({options.scheme.kind} labels: {options.scheme.to_dict()}), each named after a
 gazetteer place where its training images are, with its region and country, and each
@@ -408,12 +472,23 @@ and 750 km) is calibrated on the validation images.
 Split: nearest validation image {leak['nearest_train_val_km']:.3f} km and nearest test image
 {leak['nearest_train_test_km']:.3f} km from a training image. {skipped_line}
 
-## Measured (best epoch {result.best_epoch})
+## Measured ({"the ensemble; its first head's best epoch " if members > 1 else "best epoch "}{result.best_epoch})
 | split | label accuracy | mean km | median km |
 |---|---|---|---|
 {rows}
 
+{_refiner_said(config.get("refiner"))}
 ## Limits
-Street-level imagery of the training regions only; one ImageNet backbone; labels are
-places, so errors inside a label's area are at least the distance to its medoid.
+Street-level imagery of the training regions only; one ImageNet backbone.
 """
+
+
+def _refiner_said(refiner: dict | None) -> str:
+    """The model card's section on refinement."""
+    if refiner is None:
+        return ("## Refinement\nEach guess is its label's medoid, so an error inside a label's area is at least the "
+                "distance to it; `--refine knn` moves it to the training images most like the photo.\n")
+    return (f"## Refinement\nEach guess is moved to the likeliest point of a GPS head (`{refiner['name']}`, "
+            f"{refiner['points']:,} points, trained on the same images) within {refiner['radius_km']:g} km of "
+            "its label (PIGEON's hybrid; `--refine gps`, the default; `--refine none` answers with the label's "
+            "medoid, `--refine knn` with the most similar training images).\n")

@@ -24,10 +24,11 @@ from .coverage import Coverage, Typicality, scores_by_test
 from .errors import ModelError
 from .features import FeatureSet
 from .knn import knn_locate
+from .models.ensemble import Head, make_head
 from .models.fusion import group_views
 from .models.image_side import ImageSide, apply_adapter
-from .models.place_clip import STORED_EMBEDDED, PlaceCLIP, PlaceCLIPConfig
-from .refine import check_refiner, refine_in_labels
+from .models.place_clip import PlaceCLIPConfig, is_stored_embedded
+from .refine import REFINE_RADIUS_KM, GalleryRefiner, PointRefiner, Refiner, check_refiner
 from .threads import one_math_thread
 
 if TYPE_CHECKING:
@@ -45,17 +46,7 @@ class GeoModel:
         self.labels = files.labels
         self.path = files.path
         try:
-            # the places are stored embedded: predicting needs no text encoder or location encoder
-            model_cfg = PlaceCLIPConfig(**{**self.config["model"]["place_clip"], "places_from": "names"})
-            self.model = PlaceCLIP(model_cfg)
-            heads = {k.removeprefix("model."): torch.from_numpy(v.copy())
-                     for k, v in files.tensors.items() if k.startswith("model.")}
-            missing = [k for k in self.model.load_state_dict(heads, strict=False).missing_keys
-                       if not k.startswith(STORED_EMBEDDED)]
-            if missing:
-                raise ModelError(f"{files.path}: the weights lack {len(missing)} tensor(s) of the model, first "
-                                 f"model.{missing[0]}; retrain it or restore weights.safetensors")
-            self.model.eval()
+            self.model = load_head(self.config["model"], files.tensors, "model.")
             self.place_embeddings = torch.from_numpy(files.tensors["place_embeddings"].astype(np.float32))
             self.image_side = ImageSide.from_dict(self.config["image_encoder"])
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
@@ -69,9 +60,14 @@ class GeoModel:
         if gallery_label is not None and gallery_label.size and not 0 <= gallery_label.min() <= gallery_label.max() \
                 < len(self.labels):
             raise ModelError(f"{files.path}: gallery.label names labels outside 0…{len(self.labels) - 1}")
+        answer = self.config.get("answer") or {}
+        self.refine = str(answer.get("refine", "none"))
+        """The refiner predict and evaluate use unless told otherwise."""
+        if self.refine not in self.refiners and self.refine != "none":
+            raise ModelError(f"{files.path}: answers refine with {self.refine!r}, which this bundle does not hold")
         self.coverage = Coverage.from_dict(self.config.get("coverage"))
         self.answerer = Answerer(self.labels, self.coverage, Calibration.from_dict(self.config.get("calibration")),
-                                 merge_km=float((self.config.get("answer") or {}).get("merge_km", 0.0)))
+                                 merge_km=float(answer.get("merge_km", 0.0)))
 
     @property
     def encoder(self) -> ImageEncoder:
@@ -180,44 +176,69 @@ class GeoModel:
     def _typicality(self) -> Typicality | None:
         return Typicality.from_tensors(self.files.tensors)
 
-    @property
-    def can_refine(self) -> bool:
-        """Whether the bundle's gallery knows each image's label (needed by ``refine="knn"``)."""
-        return self.has_gallery and "gallery.label" in self.files.tensors
-
-    def refined_coordinates(self, features: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Coordinates of guessed ``labels`` ``(n, m)`` refined by the training images most like ``features``."""
-        if not self.can_refine:
-            raise ModelError(f"{self.path}: this bundle's gallery has no labels to refine with: retrain it")
+    @functools.cached_property
+    def refiners(self) -> dict[str, Refiner]:
+        """The refiners this bundle holds, by name (:data:`geoscope.refine.REFINERS`)."""
         t = self.files.tensors
-        return refine_in_labels(self.gallery_query(features), labels, self.gallery,
-                                t["gallery.lat"], t["gallery.lon"], t["gallery.label"],
-                                self.labels["lat"].to_numpy(), self.labels["lon"].to_numpy())
+        label_lat, label_lon = self.labels["lat"].to_numpy(), self.labels["lon"].to_numpy()
+        out: dict[str, Refiner] = {}
+        if self.has_gallery and "gallery.label" in t:
+            out["knn"] = GalleryRefiner(t["gallery.pca_mean"], t["gallery.pca_components"], self.gallery,
+                                        t["gallery.lat"], t["gallery.lon"], t["gallery.label"], label_lat, label_lon)
+        if isinstance(self.config.get("refiner"), dict):
+            try:
+                head = load_head(self.config["refiner"]["model"], t, "refiner.model.")
+            except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+                raise ModelError(f"{self.path}: incompatible refiner ({str(exc).splitlines()[0]})") from None
+            out["gps"] = PointRefiner(head, t["refiner.place_embeddings"], t["refiner.lat"], t["refiner.lon"],
+                                      label_lat, label_lon, float(self.config["refiner"].get("radius_km",
+                                                                                             REFINE_RADIUS_KM)))
+        return out
+
+    def refiner(self, name: str | None) -> Refiner | None:
+        """The refiner called ``name`` (``None``: the bundle's default; ``"none"``: no refiner), or one clear error."""
+        name = check_refiner(self.refine if name is None else name)
+        if name == "none":
+            return None
+        if name not in self.refiners:
+            why = {"knn": "its gallery has no labels to refine with: retrain it",
+                   "gps": "it holds no GPS head: train one (--head gps) and attach it (geoscope train --refiner DIR)"}
+            raise ModelError(f"{self.path}: cannot refine with {name}: {why[name]}")
+        return self.refiners[name]
+
+    def _refine(self, answers: list[tuple[Prediction, np.ndarray]], refiner: Refiner) -> list[Prediction]:
+        """The place guesses of each prediction moved by ``refiner``, from the image features of its views."""
+        rows = self._label_rows
+        todo = [(p, f) for p, f in answers
+                if not p.error and p.guesses and all(g.label in rows for g in p.guesses)]  # places, not regions
+        if todo:
+            width = max(len(p.guesses) for p, _ in todo)
+            labels = np.array([[rows[g.label] for g in p.guesses]
+                               + [rows[p.guesses[0].label]] * (width - len(p.guesses))
+                               for p, _ in todo])  # padded with the first guess, whose refinement is not read
+            features = np.concatenate([f for _, f in todo])
+            places = np.repeat(np.arange(len(todo)), [len(f) for _, f in todo])
+            lat, lon = refiner.coordinates(features, places, labels)
+            for i, (p, _) in enumerate(todo):
+                p.guesses = [replace(g, lat=float(a), lon=float(o))
+                             for g, a, o in zip(p.guesses, lat[i], lon[i], strict=False)]
+        return [p for p, _ in answers]
 
     @functools.cached_property
     def _label_rows(self) -> dict[str, int]:
         """Row of each label name in the label table."""
         return {name: i for i, name in enumerate(self.labels["name"].astype(str))}
 
-    def _refine(self, prediction: Prediction, features: np.ndarray) -> Prediction:
-        """The place guesses of ``prediction`` at refined coordinates."""
-        rows = [self._label_rows[g.label] for g in prediction.guesses if g.label in self._label_rows]
-        if prediction.error or len(rows) != len(prediction.guesses):
-            return prediction  # country/region guesses, or nothing to refine
-        lat, lon = self.refined_coordinates(features[None], np.asarray([rows]))
-        prediction.guesses = [replace(g, lat=float(a), lon=float(o))
-                              for g, a, o in zip(prediction.guesses, lat[0], lon[0], strict=True)]
-        return prediction
-
     def predict(
         self, images: Sequence[str | os.PathLike[str]], top_k: int = 5, *, views: bool = False,
-        level: str = "place", refine: str = "none", allow_missing_views: bool = False, progress: bool = False,
+        level: str = "place", refine: str | None = None, allow_missing_views: bool = False, progress: bool = False,
     ) -> list[Prediction]:
         """Guesses for each image; with ``views=True`` the images are views of one place, fused.
 
         Unreadable images come back with ``error`` set and no guesses; the others are answered.
         A place with an unreadable view is answered only with ``allow_missing_views`` (and says so).
-        ``refine="knn"`` moves each place guess to where its most similar training images are.
+        ``refine`` names the refiner that moves each place guess to a point inside it (:mod:`geoscope.refine`;
+        ``None``: the bundle's default, :attr:`refine`).
         """
         paths = [str(p) for p in images]
         return self.predict_features(self.image_features(paths, progress=progress), paths, top_k, views=views,
@@ -225,32 +246,28 @@ class GeoModel:
 
     def predict_features(
         self, fs: FeatureSet, paths: Sequence[str], top_k: int = 5, *, views: bool = False, level: str = "place",
-        refine: str = "none", allow_missing_views: bool = False,
+        refine: str | None = None, allow_missing_views: bool = False,
     ) -> list[Prediction]:
         """:meth:`predict` from image features already extracted (:meth:`image_features`), one row per path."""
-        check_refiner(refine)
-        if refine == "knn" and not self.can_refine:
-            raise ModelError(f"{self.path}: this bundle's gallery has no labels to refine with: retrain it")
+        refiner = self.refiner(refine)
         with one_math_thread():
             answers = self._answers(fs, list(paths), top_k, views, level, allow_missing_views)
-        if refine == "knn":
-            return [self._refine(p, f) for p, f in answers]
-        return [p for p, _ in answers]
+            return self._refine(answers, refiner) if refiner is not None else [p for p, _ in answers]
 
     def _answers(self, fs: FeatureSet, paths: list[str], top_k: int, views: bool, level: str,
                  allow_missing_views: bool) -> list[tuple[Prediction, np.ndarray]]:
-        """Each prediction with the image features it was made from."""
+        """Each prediction with the image features it was made from (the rows of its readable views)."""
         features = np.nan_to_num(fs.embeddings)
         valid = np.asarray(fs.valid, dtype=bool)
         errors = dict(zip(np.flatnonzero(~valid).tolist(), fs.errors, strict=True))  # in row order
         if views:
-            fused = features[valid].mean(axis=0) if valid.any() else features[0]
-            return [(self._answer_views(paths, features, valid, errors, top_k, level, allow_missing_views), fused)]
+            return [(self._answer_views(paths, features, valid, errors, top_k, level, allow_missing_views),
+                     features[valid])]
         probs = self.probabilities(self.embed(features))
         scores = self.coverage_scores(features)
         answers = iter(self.answerer.answer_rows([p for p, ok in zip(paths, valid, strict=True) if ok], probs[valid],
                                                  top_k=top_k, level=level, coverage_scores=scores[valid]))
-        return [(next(answers) if valid[i] else Prediction(p, [], errors[i]), features[i])
+        return [(next(answers) if valid[i] else Prediction(p, [], errors[i]), features[i : i + 1])
                 for i, p in enumerate(paths)]
 
     def _answer_views(self, paths: list[str], features: np.ndarray, valid: np.ndarray, errors: dict[int, str],
@@ -270,6 +287,19 @@ class GeoModel:
         return self.answerer.answer(paths[0], self.probabilities(fused)[0], top_k=top_k, level=level,
                                     coverage_score=score, views=[p for p, ok in zip(paths, valid, strict=True) if ok],
                                     warnings=warnings)
+
+
+def load_head(config: dict, tensors: dict[str, np.ndarray], prefix: str) -> Head:
+    """The head (or ensemble) that ``config`` (a bundle's ``model`` section) describes, with its weights from
+    ``tensors`` under ``prefix``; its places are stored embedded, so it needs no text or location encoder."""
+    head = make_head(PlaceCLIPConfig(**{**config["place_clip"], "places_from": "names"}),
+                     int(config.get("members", 1)))
+    weights = {k.removeprefix(prefix): torch.from_numpy(v.copy()) for k, v in tensors.items() if k.startswith(prefix)}
+    missing = [k for k in head.load_state_dict(weights, strict=False).missing_keys if not is_stored_embedded(k)]
+    if missing:
+        raise ValueError(f"the weights lack {len(missing)} tensor(s) of the model, first {prefix}{missing[0]}; "
+                         "retrain it or restore weights.safetensors")
+    return head.eval()
 
 
 def load_model(directory: str | os.PathLike[str] | None = None) -> GeoModel:

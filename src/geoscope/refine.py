@@ -1,19 +1,40 @@
-"""Retrieval refinement (after PIGEON): a guessed place moved to where its most similar training images are.
+"""Refiners: a guessed label moved to a point inside it (PIGEON's second stage).
 
-A label stands for its medoid, so a right label still errs by up to the label's spread.
-Refinement searches the bundle's kNN gallery among the training images of that label only:
-of the ``k`` most similar, the one with the most similar company within ``support_km``
-(the kNN vote of :func:`geoscope.knn.knn_locate`) gives the coordinate.
+A label stands for its medoid, so a right label still errs by up to the label's spread. A
+refiner reads the photo again and moves each guessed label to a point near it:
+
+- ``knn`` (retrieval): among the training images of that label in the bundle's kNN gallery, the
+  ``k`` most similar; the one with the most similar company within ``support_km`` (the kNN vote
+  of :func:`geoscope.knn.knn_locate`) gives the coordinate.
+- ``gps`` (PIGEON's hybrid, GeoCLIP's gallery): a GPS head trained on the same images, stored in
+  the bundle with its gallery of points already embedded; the point it finds most probable within
+  ``radius_km`` of the label gives the coordinate.
+
+Every refiner answers one call, :meth:`Refiner.coordinates`; a new one is a class here and a line
+in :attr:`geoscope.predict.GeoModel.refiners`.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Protocol
+
 import numpy as np
+import torch
 
 from .errors import GeoscopeError
+from .geo import EARTH_RADIUS_KM, to_unit_vectors
 from .knn import KNN_K, KNN_SUPPORT_KM, knn_locate
+from .models.fusion import group_mean, group_views
 
-REFINERS = ("none", "knn")
+if TYPE_CHECKING:
+    from .models.ensemble import Head
+
+REFINERS = ("none", "knn", "gps")
+REFINE_RADIUS_KM = 50.0
+"""How far from its label the ``gps`` refiner looks for the likeliest point (measured: 25, 50, 100 km)."""
+ROWS = 1024
+REFINE_HELP = ("move each place guess to a point inside it: knn, to its most similar training images; gps, to "
+               "the likeliest point of the bundle's GPS head; none (default: the bundle's choice)")
 
 
 def check_refiner(name: str) -> str:
@@ -21,6 +42,67 @@ def check_refiner(name: str) -> str:
     if name not in REFINERS:
         raise GeoscopeError(f"refine must be one of {', '.join(REFINERS)} (got {name!r})")
     return name
+
+
+class Refiner(Protocol):
+    """Moves guessed labels to points near them, from the photo's image features."""
+
+    def coordinates(self, features: np.ndarray, places: np.ndarray,
+                    labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Refined ``(lat, lon)``, each ``(P, m)``, of the labels ``(P, m)`` guessed for each place, from image
+        features ``(n, dim)`` whose ``places`` (codes 0…P−1) say which place each image row shows."""
+        ...
+
+
+class GalleryRefiner:
+    """``knn``: the training images most like the photo, among those of the guessed label."""
+
+    def __init__(self, pca_mean: np.ndarray, pca_components: np.ndarray, unit_gallery: np.ndarray,
+                 gallery_lat: np.ndarray, gallery_lon: np.ndarray, gallery_label: np.ndarray,
+                 label_lat: np.ndarray, label_lon: np.ndarray) -> None:
+        self.pca_mean, self.pca_components = pca_mean, pca_components
+        self.gallery, self.gallery_lat, self.gallery_lon = unit_gallery, gallery_lat, gallery_lon
+        self.gallery_label, self.label_lat, self.label_lon = gallery_label, label_lat, label_lon
+
+    def coordinates(self, features: np.ndarray, places: np.ndarray,
+                    labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        query = (group_mean(np.asarray(features, dtype=np.float32), places) - self.pca_mean) @ self.pca_components.T
+        return refine_in_labels(query, labels, self.gallery, self.gallery_lat, self.gallery_lon, self.gallery_label,
+                                self.label_lat, self.label_lon)
+
+
+class PointRefiner:
+    """``gps``: a GPS head's likeliest gallery point within ``radius_km`` of the guessed label."""
+
+    def __init__(self, head: Head, points: np.ndarray, point_lat: np.ndarray, point_lon: np.ndarray,
+                 label_lat: np.ndarray, label_lon: np.ndarray, radius_km: float = REFINE_RADIUS_KM) -> None:
+        self.head = head.eval()
+        self.points = torch.as_tensor(np.asarray(points, dtype=np.float32))
+        self.point_lat, self.point_lon = point_lat, point_lon
+        self.label_lat, self.label_lon = label_lat, label_lon
+        near = to_unit_vectors(label_lat, label_lon) @ to_unit_vectors(point_lat, point_lon).T
+        self.near = near >= np.cos(radius_km / EARTH_RADIUS_KM)
+        """``(labels, points)``: the points each label may move to."""
+
+    @torch.no_grad()
+    def coordinates(self, features: np.ndarray, places: np.ndarray,
+                    labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        views, headings = group_views(np.asarray(places), None)
+        mask = views >= 0
+        x = torch.as_tensor(np.asarray(features, dtype=np.float32)[views[mask]])
+        embedded = self.head.embed_views(x, torch.as_tensor(mask), torch.as_tensor(headings, dtype=torch.float32))
+        scores = (embedded @ self.points.T).numpy()  # the softmax keeps the order: dot products decide
+        labels = np.atleast_2d(labels)
+        lat = self.label_lat[labels].astype(np.float64)
+        lon = self.label_lon[labels].astype(np.float64)
+        for start in range(0, len(labels), ROWS):
+            rows = slice(start, start + ROWS)
+            allowed = self.near[labels[rows]]  # (rows, m, points)
+            pick = np.where(allowed, scores[rows, None, :], -np.inf).argmax(axis=2)
+            inside = allowed.any(axis=2)
+            lat[rows] = np.where(inside, self.point_lat[pick], lat[rows])
+            lon[rows] = np.where(inside, self.point_lon[pick], lon[rows])
+        return lat, lon
 
 
 def refine_in_labels(query: np.ndarray, labels: np.ndarray, unit_gallery: np.ndarray, gallery_lat: np.ndarray,

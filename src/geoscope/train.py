@@ -31,6 +31,7 @@ from .models.losses import haversine_smoothed_targets, soft_cross_entropy
 from .models.place_clip import LOCATIONS, PlaceCLIP, PlaceCLIPConfig
 
 if TYPE_CHECKING:
+    from .models.ensemble import Head
     from .pixels import ImagePixels
 
 
@@ -152,11 +153,13 @@ class TrainingData:
 class TrainResult:
     """The best model found, how it was found, and the per-epoch history."""
 
-    model: PlaceCLIP
+    model: Head
     config: TrainConfig
     best_epoch: int
     best_val_loss: float
     history: list[dict] = field(default_factory=list)
+    metrics: dict[str, dict] = field(default_factory=dict)
+    """The kept model's loss, label accuracy and mean/median km per split (``train``, ``val``, …)."""
     image_adapter: nn.Module | None = None
     """The trained image-side layers (fine-tuned encoder top), when there were any."""
     run: dict | None = None
@@ -322,7 +325,9 @@ def train_place_clip(
     adapter.load_state_dict(best[3])
     model.cpu().eval()
     adapter.cpu().eval()
-    return TrainResult(model, config, best[1], best[0], history, image_adapter, run.describe())
+    metrics = {r["split"]: {k: v for k, v in r.items() if k not in {"epoch", "split"}}
+               for r in history if r["epoch"] == best[1]}
+    return TrainResult(model, config, best[1], best[0], history, metrics, image_adapter, run.describe())
 
 
 def _averaged(trained: nn.ModuleList, decay: float) -> torch.optim.swa_utils.AveragedModel | None:
@@ -444,7 +449,7 @@ def _loss(
 
 
 @torch.no_grad()
-def embed_items(model: PlaceCLIP, adapter: nn.Module, data: TrainingData, items: np.ndarray | None = None,
+def embed_items(model: Head, adapter: nn.Module, data: TrainingData, items: np.ndarray | None = None,
                 device: torch.device = _CPU, chunk: int = 2048) -> torch.Tensor:
     """Unit embeddings of ``items`` (default all) of ``data``, every view they have fused."""
     model.eval()
@@ -455,12 +460,21 @@ def embed_items(model: PlaceCLIP, adapter: nn.Module, data: TrainingData, items:
         idx = items[start : start + chunk]
         inputs, mask, headings = _view_inputs(data, idx, data.views[idx] >= 0, 0, device)
         out.append(model.embed_views(adapter(inputs), mask, headings))
-    return torch.cat(out) if out else torch.zeros((0, model.config.embed_dim), device=device)
+    return torch.cat(out) if out else torch.zeros((0, model.embedding_dim), device=device)
+
+
+def measure(model: Head, splits: dict[str, TrainingData], text_features: np.ndarray,
+            label_coords: np.ndarray, config: TrainConfig) -> dict[str, dict]:
+    """A trained head's (or ensemble's) loss, label accuracy and mean/median km on each split, as the loop
+    measures them, on cached features that need no adapter."""
+    texts = torch.tensor(np.asarray(text_features), dtype=torch.float32)
+    coords = torch.tensor(np.asarray(label_coords), dtype=torch.float64)
+    return {name: _measure(model, nn.Identity(), data, texts, coords, config) for name, data in splits.items()}
 
 
 @torch.no_grad()
 def _measure(
-    model: PlaceCLIP, adapter: nn.Module, data: TrainingData, texts: torch.Tensor,
+    model: Head, adapter: nn.Module, data: TrainingData, texts: torch.Tensor,
     coords: torch.Tensor, config: TrainConfig, run: distributed.Run = _SINGLE, device: torch.device = _CPU,
 ) -> dict:
     """Loss, label accuracy and mean/median km of one split; in a process group each rank

@@ -16,7 +16,6 @@ kNN refinement or baselines.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,12 +29,12 @@ from .encoders.image import fingerprint
 from .encoders.onnx_runtime import slug
 from .encoders.text import TextEncoder
 from .errors import ModelError, quote_name
-from .features import FeatureSet
 from .fileio import atomic_write_bytes
 from .models.fusion import group_mean
 from .models.image_side import ImageSide
 from .paths import cache_subdir
-from .predict import GeoModel, Prediction
+from .predict import GeoModel
+from .refine import check_refiner
 from .regions import Region
 
 MAX_LOGIT_SCALE = 100.0
@@ -152,6 +151,7 @@ class ZeroShotModel(GeoModel):
         self.files = BundleFiles(self.config, {}, self.labels, [], self.path)
         self.coverage = None
         self.answerer = Answerer(self.labels)
+        self.refine = "none"
         self._adapter = None
         self._encoder = None
         self._region_country = self.hierarchy.regions["parent"].to_numpy()
@@ -203,20 +203,14 @@ class ZeroShotModel(GeoModel):
         return None
 
     @property
-    def can_refine(self) -> bool:
-        return False
+    def refiners(self) -> dict:  # type: ignore[override]
+        """None: no training images to refine with."""
+        return {}
 
     def knn(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         raise ModelError(f"{self.config['name']}: a zero-shot model has no training images to search")
 
-    def refined_coordinates(self, features: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        raise ModelError(f"{self.config['name']}: a zero-shot model has no training images to refine with")
-
-    def predict_features(
-        self, fs: FeatureSet, paths: Sequence[str], top_k: int = 5, *, views: bool = False, level: str = "place",
-        refine: str = "none", allow_missing_views: bool = False,
-    ) -> list[Prediction]:
-        if refine == "knn":
+    def refiner(self, name: str | None) -> None:
+        if check_refiner(name or "none") != "none":
             raise ModelError(f"{self.config['name']}: a zero-shot model has no training images to refine with")
-        return super().predict_features(fs, paths, top_k, views=views, level=level, refine=refine,
-                                        allow_missing_views=allow_missing_views)
+        return None

@@ -14,7 +14,7 @@ from ..evaluate import evaluate
 from ..fileio import check_writable, finite_json
 from ..geo import THRESHOLDS_KM
 from ..models.factory import load_any_model
-from ..refine import REFINERS
+from ..refine import REFINE_HELP, REFINERS
 from ..results import MODEL
 
 
@@ -29,8 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="only rows of this split (default: all rows)")
     parser.add_argument("--views", choices=("auto", "fuse", "separate"), default="auto",
                         help="fuse the views of one place (auto: when places have several)")
-    parser.add_argument("--refine", choices=REFINERS, default="none",
-                        help="knn: move the top guess to where its most similar training images are (none)")
+    parser.add_argument("--refine", choices=REFINERS, help=REFINE_HELP)
     parser.add_argument("--include-training-rows", action="store_true",
                         help="also measure rows whose images the model was trained on (left out by default)")
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON")

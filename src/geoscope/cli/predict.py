@@ -13,7 +13,7 @@ import textwrap
 
 from ..batch import CHUNK_SIZE, find_inputs, pending_units, predict_chunks
 from ..errors import GeoscopeError, one_line, quote_name
-from ..refine import REFINERS
+from ..refine import REFINE_HELP, REFINERS
 from .main import at_least_one
 
 MAX_ERROR_LINES = 20
@@ -32,8 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--top-k", type=at_least_one, default=5, help="guesses per image (5)")
     parser.add_argument("--views", action="store_true",
                         help="views of one place: the files named are one place, and so is each folder of images")
-    parser.add_argument("--refine", choices=REFINERS, default=None,
-                        help="knn: move each place guess to where its most similar training images are (none)")
+    parser.add_argument("--refine", choices=REFINERS, help=REFINE_HELP)
     parser.add_argument("--level", choices=("country", "region", "place"),
                         help="answer at this level of the place hierarchy (models that have one)")
     out = parser.add_mutually_exclusive_group()

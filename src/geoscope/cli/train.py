@@ -47,6 +47,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--restarts", type=at_least_one, default=1, metavar="N",
                         help="train each configuration N times from consecutive seeds and keep the lowest val "
                              "loss (default 1)")
+    parser.add_argument("--members", type=at_least_one, default=1, metavar="K",
+                        help="keep the K runs of lowest val loss as one model, their logits averaged (at most "
+                             "the number of runs: --restarts × search; default 1)")
+    parser.add_argument("--refiner", metavar="GPS_MODEL_DIR",
+                        help="a GPS head's bundle (train --head gps) trained on the same manifest and split: each "
+                             "guess is then moved to its likeliest point near the guessed label")
     parser.add_argument("--device", choices=DEVICES, default="auto",
                         help="train on the CPU or a GPU (auto: a GPU when torch sees one); under torchrun each "
                              "process takes the GPU of its local rank")
@@ -84,7 +90,8 @@ def run(args: argparse.Namespace) -> int:
         options = FitOptions(scheme=scheme, image_encoder=args.encoder,
                              text_encoder=args.text_encoder, train=config, augment=args.augment,
                              finetune_blocks=args.finetune_blocks, crops=args.crops,
-                             search=args.search, restarts=args.restarts,
+                             search=args.search, restarts=args.restarts, members=args.members,
+                             refiner=args.refiner,
                              name=args.name or args.output.rstrip("/").split("/")[-1],
                              block_km=args.block_km, gap_km=args.gap_km,
                              provenance=read_dataset_card(args.manifest), device=run.device)
@@ -92,8 +99,8 @@ def run(args: argparse.Namespace) -> int:
     if not run.main:
         return 0
     print(f"best epoch {result.best_epoch} (val loss {result.best_val_loss:.4f})")
-    for record in (r for r in result.history if r["epoch"] == result.best_epoch):
-        print(f"  {record['split']:5s}  accuracy {record['accuracy']:6.1%}  mean {record['mean_km']:8.1f} km"
+    for split, record in result.metrics.items():
+        print(f"  {split:5s}  accuracy {record['accuracy']:6.1%}  mean {record['mean_km']:8.1f} km"
               f"  median {record['median_km']:8.1f} km")
     print(f"wrote {path}")
     return 0

@@ -20,8 +20,14 @@ from .heads import ProjectionHead
 from .location import LocationEncoder, load_geoclip
 
 PLACES_FROM = ("names", "coordinates")
-STORED_EMBEDDED = ("text_head.", "place_tower.")
+STORED_EMBEDDED = ("text_head", "place_tower")
 """The parts a bundle leaves out: it stores the places already embedded."""
+
+
+def is_stored_embedded(key: str) -> bool:
+    """Whether a state-dict key belongs to a part that a bundle leaves out (see :data:`STORED_EMBEDDED`),
+    in a head or in any member of an ensemble."""
+    return any(part in STORED_EMBEDDED for part in key.split("."))
 LOCATIONS = ("geoclip", "geoclip-frozen", "scratch")
 
 
@@ -66,6 +72,11 @@ class PlaceCLIP(nn.Module):
         self.fusion = make_fusion(config.fusion, config.embed_dim)
         self._tower_input: torch.Tensor | None = None  # what a frozen place tower last read, and its output
         self._tower_output: torch.Tensor | None = None
+
+    @property
+    def embedding_dim(self) -> int:
+        """Width of the image and place embeddings."""
+        return self.config.embed_dim
 
     def set_image_statistics(self, features: torch.Tensor) -> None:
         """Standardise image features by the per-dimension mean and std of these (training) rows.

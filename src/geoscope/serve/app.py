@@ -177,7 +177,8 @@ def create_app(model: GeoModel | str | os.PathLike[str] | None = None,
         top_k: Annotated[int, Query(ge=1, le=50, description="guesses per answer")] = 5,
         level: Annotated[Literal["country", "region", "place"],
                          Query(description="guess places, or regions, or countries")] = "place",
-        refine: Annotated[Literal["none", "knn"], Query(description="refine within the guessed cell")] = "none",
+        refine: Annotated[Literal["none", "knn", "gps"] | None, Query(
+            description="move each guess to a point inside it (default: the model's choice)")] = None,
         views: Annotated[bool, Query(description="the files are views of one place: fuse them")] = False,
         allow_missing_views: Annotated[bool, Query(
             description="with views: answer from the readable views if some cannot be read (with a warning)")] = False,

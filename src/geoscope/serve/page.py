@@ -64,6 +64,7 @@ def model_summary(model: GeoModel) -> dict:
         "training_images": data.get("images"),
         "training_bbox": data.get("bbox"),
         "coverage": config.get("coverage"),
-        "can_refine": bool(getattr(model, "can_refine", False)),
+        "refiners": sorted(model.refiners),
+        "refine": model.refine,
         "card": card.read_text(encoding="utf-8") if card.is_file() else None,
     }
