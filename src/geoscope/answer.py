@@ -236,7 +236,7 @@ class Answerer:
                     coverage_score: float | None, top_k: int, level: str) -> Prediction:
         if coverage_score is not None and not math.isfinite(coverage_score):
             coverage_score = None  # unknown: a model without training images to compare with
-        levels = {name: self._rank(p, name)[:LEVEL_ROWS] for name, values in self.groups.items()
+        levels = {name: self._rank(p, name, LEVEL_ROWS) for name, values in self.groups.items()
                   if (values != "").any()}
         guesses = self._place_guesses(p, first, top_k) if level == "place" else self._level_guesses(p, level, top_k)
         in_coverage = None
@@ -245,12 +245,13 @@ class Answerer:
         return Prediction(image, guesses, in_coverage=in_coverage, coverage_score=float(coverage_score)
                           if coverage_score is not None else None, confidence=confidence, levels=levels)
 
-    def _rank(self, p: np.ndarray, level: str) -> list[dict]:
-        """Probability summed per country (or region), most probable first (unnamed ones left out)."""
+    def _rank(self, p: np.ndarray, level: str, limit: int) -> list[dict]:
+        """The ``limit`` most probable countries (or regions), their probabilities summed (unnamed ones left out)."""
         codes, names = self._codes[level]
         sums = np.bincount(codes, weights=p, minlength=len(names))
         order = np.argsort(-sums, kind="stable")
-        return [{"name": str(names[i]), "probability": round(float(sums[i]), 6)} for i in order if names[i] != ""]
+        order = order[names[order] != ""][:limit]
+        return [{"name": str(names[i]), "probability": round(float(sums[i]), 6)} for i in order]
 
     def confidence(self, probabilities: np.ndarray, best: np.ndarray) -> dict[str, np.ndarray] | None:
         """Calibrated probability, per row, that its first guess (``best``) is within 25, 200 and 750 km;
@@ -295,7 +296,7 @@ class Answerer:
         """One guess per country (or region): its summed probability, at its most probable label."""
         values = self.groups[level]
         out = []
-        for entry in self._rank(p, level)[:top_k]:
+        for entry in self._rank(p, level, top_k):
             members = np.flatnonzero(values == entry["name"])
             best = members[np.argmax(p[members])]
             region = str(self.region[best]) if level == "region" else ""

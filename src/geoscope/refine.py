@@ -32,7 +32,6 @@ if TYPE_CHECKING:
 REFINERS = ("none", "knn", "gps")
 REFINE_RADIUS_KM = 50.0
 """How far from its label the ``gps`` refiner looks for the likeliest point (measured: 25, 50, 100 km)."""
-ROWS = 1024
 REFINE_HELP = ("move each place guess to a point inside it: knn, to its most similar training images; gps, to "
                "the likeliest point of the bundle's GPS head; none (default: the bundle's choice)")
 
@@ -80,9 +79,13 @@ class PointRefiner:
         self.points = torch.as_tensor(np.asarray(points, dtype=np.float32))
         self.point_lat, self.point_lon = point_lat, point_lon
         self.label_lat, self.label_lon = label_lat, label_lon
-        near = to_unit_vectors(label_lat, label_lon) @ to_unit_vectors(point_lat, point_lon).T
-        self.near = near >= np.cos(radius_km / EARTH_RADIUS_KM)
-        """``(labels, points)``: the points each label may move to."""
+        near = to_unit_vectors(label_lat, label_lon) @ to_unit_vectors(point_lat, point_lon).T \
+            >= np.cos(radius_km / EARTH_RADIUS_KM)
+        self.candidates = np.full((len(near), max(1, int(near.sum(axis=1).max()))), -1, dtype=np.int64)
+        """``(labels, width)``: the points each label may move to (−1 pads)."""
+        for label, row in enumerate(near):
+            points_near = np.flatnonzero(row)
+            self.candidates[label, : len(points_near)] = points_near
 
     @torch.no_grad()
     def coordinates(self, features: np.ndarray, places: np.ndarray,
@@ -93,15 +96,12 @@ class PointRefiner:
         embedded = self.head.embed_views(x, torch.as_tensor(mask), torch.as_tensor(headings, dtype=torch.float32))
         scores = (embedded @ self.points.T).numpy()  # the softmax keeps the order: dot products decide
         labels = np.atleast_2d(labels)
-        lat = self.label_lat[labels].astype(np.float64)
-        lon = self.label_lon[labels].astype(np.float64)
-        for start in range(0, len(labels), ROWS):
-            rows = slice(start, start + ROWS)
-            allowed = self.near[labels[rows]]  # (rows, m, points)
-            pick = np.where(allowed, scores[rows, None, :], -np.inf).argmax(axis=2)
-            inside = allowed.any(axis=2)
-            lat[rows] = np.where(inside, self.point_lat[pick], lat[rows])
-            lon[rows] = np.where(inside, self.point_lon[pick], lon[rows])
+        candidates = self.candidates[labels]  # (places, m, width)
+        near = np.where(candidates >= 0, scores[np.arange(len(labels))[:, None, None], candidates.clip(0)], -np.inf)
+        point = np.take_along_axis(candidates, near.argmax(axis=2)[..., None], axis=2)[..., 0]
+        inside = point >= 0
+        lat = np.where(inside, self.point_lat[point], self.label_lat[labels]).astype(np.float64)
+        lon = np.where(inside, self.point_lon[point], self.label_lon[labels]).astype(np.float64)
         return lat, lon
 
 
