@@ -6,11 +6,12 @@ probe (scikit-learn logistic regression, standardised, C = 0.01, on the same fea
 labels), the training-centroid and kNN baselines. The "outer ring" task holds out each
 London's outer fifth (by distance from its centre), like photos from outside the sets' area.
 With ``--set head=gps`` the km tasks label a gallery of points (grid cells of the task's
-``gallery_km``) read through the GPS head's location encoder. Tasks with several views per place
-also show the model answering each view alone and, for a learned fusion, the same model answering
-from the plain average of its views.
+``gallery_km``) read through the GPS head's location encoder; with ``--refine gps`` each fold also
+trains a GPS head on that gallery and attaches it to the place model as its refiner (PIGEON's hybrid).
+Tasks with several views per place also show the model answering each view alone and, for a learned
+fusion, the same model answering from the plain average of its views.
 Run: ``python benchmarks/accuracy.py [--folds 5] [--task N] [--scheme geocells] [--no-augment]
-[--set fusion=lstm] [--set head=gps] [--set location=scratch] [--refine knn] [--restarts 3 [--members 3]]``.
+[--set fusion=lstm] [--set head=gps] [--set location=scratch] [--refine knn|gps] [--restarts 3 [--members 3]]``.
 """
 
 from __future__ import annotations
@@ -111,6 +112,11 @@ def cross_validate(task: Task, folds: int, options: FitOptions, max_folds: int |
         with tempfile.TemporaryDirectory() as tmp:
             task_options = replace(options, scheme=task.scheme, crops=task.crops,
                                    train=replace(options.train, label_smoothing_km=task.smoothing_km))
+            if refine == "gps":  # PIGEON's hybrid: a GPS head on the task's gallery, attached as the refiner
+                gps = replace(task_options, scheme=LabelScheme("grid", {"cell_km": task.gallery_km}), members=1,
+                              restarts=1, train=replace(task_options.train, head="gps"))
+                task_options = replace(task_options, refiner=fit(Manifest(frame, manifest.root), gps,
+                                                                 Path(tmp) / "gps", progress=progress)[0])
             fit(Manifest(frame, manifest.root), task_options, Path(tmp) / "model", progress=progress)
             model = load_model(Path(tmp) / "model")
             test = Manifest(frame[frame["split"] == "test"].reset_index(drop=True), manifest.root)
@@ -203,8 +209,9 @@ def main() -> int:
     parser.add_argument("--max-folds", type=int, default=None,
                         help="hold out only the first K of the folds (quicker, noisier)")
     parser.add_argument("--no-augment", dest="augment", action="store_false", help="no flipped training copies")
-    parser.add_argument("--refine", choices=("none", "knn"), default="none",
-                        help="score the guess after retrieval refinement (knn: its most similar training images)")
+    parser.add_argument("--refine", choices=("none", "knn", "gps"), default="none",
+                        help="score the guess after refinement: knn, its most similar training images; gps, a GPS "
+                             "head trained on each fold's gallery (the task's gallery_km) and attached (km tasks)")
     parser.add_argument("--restarts", type=int, default=1,
                         help="train each fold's model from N seeds and keep the lowest validation loss (1)")
     parser.add_argument("--members", type=int, default=1,
@@ -231,6 +238,8 @@ def main() -> int:
     for i, task in enumerate(TASKS, 1):
         if args.task and i not in args.task:
             continue
+        if args.refine == "gps" and not task.gallery_km:
+            continue  # the which-London tasks have no points to refine to
         if config.head == "gps" and task.gallery_km:
             task = replace(task, scheme=LabelScheme("grid", {"cell_km": task.gallery_km}))
         elif args.scheme and task.scheme.kind != "column":
