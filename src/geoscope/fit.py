@@ -24,7 +24,7 @@ from .errors import GeoscopeError, quote_name
 from .features import hash_files
 from .geo import spherical_mean
 from .labels import LabelScheme, assign_labels, make_labels, prompt
-from .models.ensemble import Head, PlaceEnsemble
+from .models.ensemble import Head, PlaceEnsemble, member_count
 from .models.fusion import group_mean, group_views
 from .models.image_side import ImageSide, adapt_rows
 from .models.place_clip import is_stored_embedded
@@ -381,7 +381,7 @@ def _bundle_parts(manifest: Manifest, data: PreparedData, options: FitOptions, r
         "text_encoder": None if options.train.head == "gps" else
         {"name": options.text_encoder, "prompt": "a street view photo in {name}, {country}"},
         "model": {"type": "place-clip", "place_clip": model.config.to_dict(),
-                  "members": len(model.members) if isinstance(model, PlaceEnsemble) else 1},
+                  "members": member_count(model)},
         "labels": options.scheme.to_dict(),
         "fusion": model.config.fusion,
         "answer": {"merge_km": MERGE_KM if options.train.head == "gps" else 0.0,
@@ -438,7 +438,7 @@ def _model_card(options: FitOptions, data: PreparedData, result: TrainResult, me
     places_said = (f"each label's coordinates through a location encoder (GeoCLIP's design; "
                    f"{_LOCATION_SAID[result.config.location]})" if gps else
                    f"`{options.text_encoder}` embeddings of prompts such as \"{prompt(labels['name'].iloc[0])}\"")
-    members = len(result.model.members) if isinstance(result.model, PlaceEnsemble) else 1
+    members = member_count(result.model)
     heads = (f"each through a projection head into one space, in {members} heads trained alike from different "
              "seeds whose logits are averaged" if members > 1 else "each through a projection head into one space")
     return f"""# {options.name}

@@ -75,6 +75,11 @@ Head = PlaceCLIP | PlaceEnsemble
 """What a bundle's ``model.*`` tensors hold."""
 
 
+def member_count(head: Head) -> int:
+    """How many heads answer together in ``head`` (1 for a single place head)."""
+    return len(head.members) if isinstance(head, PlaceEnsemble) else 1
+
+
 def make_head(config: PlaceCLIPConfig, members: int = 1) -> Head:
     """The head a bundle describes: one place head, or an ensemble of ``members``."""
     return PlaceCLIP(config) if members == 1 else PlaceEnsemble(config, members)
