@@ -183,8 +183,8 @@ class GeoModel:
         label_lat, label_lon = self.labels["lat"].to_numpy(), self.labels["lon"].to_numpy()
         out: dict[str, Refiner] = {}
         if self.has_gallery and "gallery.label" in t:
-            out["knn"] = GalleryRefiner(t["gallery.pca_mean"], t["gallery.pca_components"], self.gallery,
-                                        t["gallery.lat"], t["gallery.lon"], t["gallery.label"], label_lat, label_lon)
+            out["knn"] = GalleryRefiner(self.gallery_query, self.gallery, t["gallery.lat"], t["gallery.lon"],
+                                        t["gallery.label"], label_lat, label_lon)
         if isinstance(self.config.get("refiner"), dict):
             try:
                 head = load_head(self.config["refiner"]["model"], t, "refiner.model.")

@@ -16,6 +16,7 @@ in :attr:`geoscope.predict.GeoModel.refiners`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
@@ -56,16 +57,17 @@ class Refiner(Protocol):
 class GalleryRefiner:
     """``knn``: the training images most like the photo, among those of the guessed label."""
 
-    def __init__(self, pca_mean: np.ndarray, pca_components: np.ndarray, unit_gallery: np.ndarray,
+    def __init__(self, query: Callable[[np.ndarray], np.ndarray], unit_gallery: np.ndarray,
                  gallery_lat: np.ndarray, gallery_lon: np.ndarray, gallery_label: np.ndarray,
                  label_lat: np.ndarray, label_lon: np.ndarray) -> None:
-        self.pca_mean, self.pca_components = pca_mean, pca_components
+        self.query = query
+        """Image features → the gallery's space (:meth:`geoscope.predict.GeoModel.gallery_query`)."""
         self.gallery, self.gallery_lat, self.gallery_lon = unit_gallery, gallery_lat, gallery_lon
         self.gallery_label, self.label_lat, self.label_lon = gallery_label, label_lat, label_lon
 
     def coordinates(self, features: np.ndarray, places: np.ndarray,
                     labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        query = (group_mean(np.asarray(features, dtype=np.float32), places) - self.pca_mean) @ self.pca_components.T
+        query = self.query(group_mean(np.asarray(features, dtype=np.float32), places))
         return refine_in_labels(query, labels, self.gallery, self.gallery_lat, self.gallery_lon, self.gallery_label,
                                 self.label_lat, self.label_lon)
 

@@ -22,13 +22,13 @@ from .location import LocationEncoder, load_geoclip
 PLACES_FROM = ("names", "coordinates")
 STORED_EMBEDDED = ("text_head", "place_tower")
 """The parts a bundle leaves out: it stores the places already embedded."""
+LOCATIONS = ("geoclip", "geoclip-frozen", "scratch")
 
 
 def is_stored_embedded(key: str) -> bool:
     """Whether a state-dict key belongs to a part that a bundle leaves out (see :data:`STORED_EMBEDDED`),
     in a head or in any member of an ensemble."""
     return any(part in STORED_EMBEDDED for part in key.split("."))
-LOCATIONS = ("geoclip", "geoclip-frozen", "scratch")
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from .. import __version__
 from ..errors import GeoscopeError
 from ..models.factory import load_any_model
 from ..predict import GeoModel
+from ..refine import REFINERS
 from .batching import Busy, MicroBatcher
 from .page import WEB_ASSETS, countries_geojson, model_places, model_summary
 
@@ -177,7 +178,7 @@ def create_app(model: GeoModel | str | os.PathLike[str] | None = None,
         top_k: Annotated[int, Query(ge=1, le=50, description="guesses per answer")] = 5,
         level: Annotated[Literal["country", "region", "place"],
                          Query(description="guess places, or regions, or countries")] = "place",
-        refine: Annotated[Literal["none", "knn", "gps"] | None, Query(
+        refine: Annotated[Literal[REFINERS] | None, Query(
             description="move each guess to a point inside it (default: the model's choice)")] = None,
         views: Annotated[bool, Query(description="the files are views of one place: fuse them")] = False,
         allow_missing_views: Annotated[bool, Query(
