@@ -11,8 +11,8 @@ from geoscope.errors import GeoscopeError
 from geoscope.geo import haversine_km
 from geoscope.geocells import geocell_ids
 from geoscope.labels import LabelScheme, assign_labels, make_labels
-from geoscope.naming import geographic_medoid, locate, name_labels
-from geoscope.places import load_places
+from geoscope.naming import MAX_REACH_KM, geographic_medoid, locate, name_labels, naming_towns
+from geoscope.places import load_places, post_towns
 from geoscope.predict import load_model
 from geoscope.refine import refine_in_labels
 
@@ -37,24 +37,30 @@ def test_medoid_is_where_the_images_are() -> None:
 
 def test_label_names_are_unique_true_places_with_region_and_country() -> None:
     towns = load_places(None, min_population=500)
-    # Two labels around Croydon and one in the empty Nevada desert.
-    names = name_labels([51.372, 51.380, 41.70], [-0.098, -0.090, -117.59], [3, 3, 20], ["GB", "GB", "US"],
-                        ["England", "England", "Nevada"])
+    # Two labels around Croydon, one in the Nevada desert near a post-office town only, one far from any.
+    names = name_labels([51.372, 51.380, 41.70, 39.40], [-0.098, -0.090, -117.59, -116.80], [3, 3, 20, 20],
+                        ["GB", "GB", "US", "US"], ["England", "England", "Nevada", "Nevada"])
     assert names["name"].is_unique
     assert not names["name"].str.contains(r"\(\d+\)").any()
     assert names["name"][0] == "Croydon, England, United Kingdom"
-    assert names["country"].tolist() == ["United Kingdom", "United Kingdom", "United States"]
+    assert names["country"].tolist() == ["United Kingdom", "United Kingdom", "United States", "United States"]
     second = towns[(towns["name"] == names["place"][1]) & (towns["country_code"] == "GB")]
     assert not second.empty and haversine_km(51.380, -0.090, second["lat"], second["lon"]).min() <= 5
-    # No town within 40 km of the desert label: its name says how far and which way.
-    assert names["place"][2].startswith(tuple(f"{d} km" for d in range(40, 200)))
-    assert " of " in names["place"][2]
+    # No GeoNames place of 500 people within 40 km of the desert label: a US post-office town names it.
+    assert towns[haversine_km(41.70, -117.59, towns["lat"], towns["lon"]) <= MAX_REACH_KM].empty
+    post = post_towns()
+    town = post[post["name"] == names["place"][2]]
+    assert not town.empty and haversine_km(41.70, -117.59, town["lat"], town["lon"]).min() <= MAX_REACH_KM
+    assert names["name"][2].endswith(", Nevada, United States")
+    # No town of either kind within 40 km: the name says how far and which way.
+    assert names["place"][3].startswith(tuple(f"{d} km" for d in range(40, 200)))
+    assert " of " in names["place"][3]
 
 
 def test_a_town_is_named_with_its_own_region() -> None:
     """Every label of the bundled model named after a town says that town's region ("Medford, Oregon" for
     a label mostly in California)."""
-    towns = load_places(None, min_population=500)
+    towns = naming_towns()
     labels = load_model().labels
     named = labels[~labels["place"].str.contains(" of ")]
     for row in named.itertuples():

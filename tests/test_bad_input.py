@@ -470,6 +470,8 @@ BAD_BUNDLES: dict[str, tuple[Callable[[Path], None], tuple[str, ...]]] = {
                                                   lambda a: a[:, :100])), ("incompatible refiner",)),
     "refiner-not-gps": (_edit_json("config.json", lambda c: {**c, "refiner": {**c["refiner"], "kind": "knn"}}),
                         ("'refiner'", "kind 'gps'")),
+    "refiner-places-short": (_edit_json("config.json", lambda c: {**c, "refiner": {
+        **c["refiner"], "places": c["refiner"]["places"][:-1]}}), ("refiner's 'places'", "points")),
     "answer-refine-unknown": (_edit_json("config.json", lambda c: {**c, "answer": {**c["answer"], "refine": "magic"}}),
                               ("refine with 'magic'",)),
     "gallery-lat-short": (_edit_weights(_reshape("gallery.lat", lambda a: a[:-5])), ("gallery.lat",)),

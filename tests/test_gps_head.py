@@ -136,8 +136,10 @@ def test_a_gps_refiner_moves_each_guess_to_its_likeliest_point_near_the_label(
     assert "GPS head" in (place / "README.md").read_text()
     images = [str(p) for p in read_manifest(london_small).image_paths[:6]]
     labels = model.labels.set_index("name")
-    points = {(round(a, 6), round(o, 6)) for a, o in zip(model.files.tensors["refiner.lat"],
-                                                         model.files.tensors["refiner.lon"], strict=True)}
+    gps_labels = load_model(gps).labels
+    points = {(round(a, 6), round(o, 6)): (row.place, row.region, row.country)  # the GPS head's names for them
+              for a, o, row in zip(model.files.tensors["refiner.lat"], model.files.tensors["refiner.lon"],
+                                   gps_labels.fillna("").itertuples(), strict=True)}
     refined, plain = _guesses(capsys, *images, "--model", str(place)), \
         _guesses(capsys, *images, "--model", str(place), "--refine", "none")
     moved = 0
@@ -147,7 +149,9 @@ def test_a_gps_refiner_moves_each_guess_to_its_likeliest_point_near_the_label(
             home = labels.loc[g["label"]]
             assert (h["lat"], h["lon"]) == pytest.approx((home["lat"], home["lon"]), abs=1e-6)
             assert (g["lat"], g["lon"]) in points  # a point of the GPS head's gallery…
-            assert haversine_km(g["lat"], g["lon"], home["lat"], home["lon"]) <= 50.0  # …near its label
+            assert haversine_km(g["lat"], g["lon"], home["lat"], home["lon"]) <= 50.0  # …near its label…
+            assert (g["place"], g["region"], g["country"]) == points[g["lat"], g["lon"]]  # …named as the point
+            assert (h["place"], h["region"], h["country"]) == (home["place"], home["region"], home["country"])
             moved += (g["lat"], g["lon"]) != (h["lat"], h["lon"])
     assert moved > 0
 

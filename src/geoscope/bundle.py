@@ -33,6 +33,8 @@ CONFIG, WEIGHTS, LABELS, HISTORY, CARD = (
 DEFAULT_BUNDLE = Path(__file__).parent / "assets" / "default-model"
 LABEL_COLUMNS = ("name", "lat", "lon")
 REFINER = ("refiner.place_embeddings", "refiner.lat", "refiner.lon")
+POINT_PLACE = ("place", "region", "country")
+"""How a refiner's config names each of its points (``refiner.places``: one list per point)."""
 GALLERY = ("gallery.features", "gallery.lat", "gallery.lon", "gallery.pca_mean", "gallery.pca_components")
 
 
@@ -310,6 +312,11 @@ def _typicality_problem(tensors: dict[str, np.ndarray]) -> str | None:
     return None
 
 
+def _are_places(places: object, n: int) -> bool:
+    return isinstance(places, list) and len(places) == n and all(
+        isinstance(p, list) and len(p) == len(POINT_PLACE) and all(isinstance(v, str) for v in p) for p in places)
+
+
 def _check_refiner(refiner: object, tensors: dict[str, np.ndarray], path: Path) -> None:
     """A GPS refiner whose config names its head and whose gallery of points is whole and on Earth."""
     if refiner is None:
@@ -327,5 +334,8 @@ def _check_refiner(refiner: object, tensors: dict[str, np.ndarray], path: Path) 
                        f"lat {lat.shape}, lon {lon.shape})")
         elif (np.abs(lat) > 90).any() or (np.abs(lon) > 180).any():
             problem = "refiner.lat or refiner.lon holds coordinates out of range"
+        elif "places" in refiner and not _are_places(refiner["places"], len(lat)):
+            problem = (f"the GPS refiner's 'places' must name each of its {len(lat):,} points as "
+                       f"[{', '.join(POINT_PLACE)}]")
     if problem:
         raise ModelError(f"{quote_name(path)}: {problem}")

