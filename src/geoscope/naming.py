@@ -119,9 +119,9 @@ def display_name(place: str, region: str, country: str) -> str:
 def _pick_place(towns: pd.DataFrame, lat: float, lon: float, reach: float, code: str, region: str,
                 taken: set[tuple[str, str]]) -> tuple[str, str]:
     """The most populous untaken town within ``reach``, else within :data:`MAX_REACH_KM` (a town of the
-    label's region first, at either range; GeoNames places first, post-office towns only if none), else a direction from the nearest town ("north of Lakeview"),
-    with the distance when that town is farther than :data:`MAX_REACH_KM` ("78 km north of Winnemucca");
-    with the first-level region of the town named."""
+    label's region first, at either range; GeoNames places first, post-office towns only if none), else a
+    direction from the nearest town ("north of Lakeview"), with the distance when that town is farther than
+    :data:`MAX_REACH_KM` ("78 km north of Winnemucca"); with the first-level region of the town named."""
     same_country = towns[towns["country_code"] == code] if code else towns
     if same_country.empty:
         same_country = towns
