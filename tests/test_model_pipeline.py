@@ -191,17 +191,41 @@ def test_standardised_training_does_not_depend_on_the_scale_of_feature_dimension
     np.testing.assert_allclose(results[0], results[1], atol=2e-3)
 
 
-def test_averaged_weights_are_what_is_measured_and_kept() -> None:
-    from geoscope.train import TrainingData, train_place_clip
+def test_a_small_training_set_takes_smaller_batches_for_enough_steps_an_epoch() -> None:
+    from geoscope.train import MIN_BATCH_SIZE, steps_batch_size, train_place_clip
 
-    rng = np.random.default_rng(1)
-    labels = rng.integers(0, 3, 300)
-    x = (3.0 * rng.standard_normal((3, 8))[labels] + rng.standard_normal((300, 8))).astype(np.float32)
+    assert steps_batch_size(256, 8214, 30) == 256  # the default model's training set: unchanged
+    assert steps_batch_size(256, 570, 30) == 19  # western USA's: 30 steps, not 3
+    assert steps_batch_size(256, 100, 30) == MIN_BATCH_SIZE and steps_batch_size(8, 100, 30) == 8
+    assert steps_batch_size(256, 570, 0) == 256  # 0: the configured batch whatever the size
+    train, val, texts, coords, _, _ = _three_towns(seed=2, n=700, n_train=600)
+    for min_steps, batch in ((30, 20), (0, 256)):
+        config = TrainConfig(max_epochs=1, embed_dim=16, min_steps_per_epoch=min_steps)
+        assert train_place_clip(train, val, texts, coords, config, progress=False).batch_size == batch
+    with pytest.raises(GeoscopeError, match="min_steps_per_epoch"):
+        TrainConfig(min_steps_per_epoch=-1)
+
+
+def _three_towns(seed: int, n: int, n_train: int) -> tuple:
+    """Image features of ``n`` photos of three towns whose features lie 3 σ apart: the training and validation
+    splits, the towns' name features and coordinates, and all features and labels."""
+    from geoscope.train import TrainingData
+
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 3, n)
+    x = (3.0 * rng.standard_normal((3, 8))[labels] + rng.standard_normal((n, 8))).astype(np.float32)
     lat, lon = 50.0 + labels.astype(float), labels.astype(float)
     texts = rng.standard_normal((3, 5)).astype(np.float32)
     coords = np.array([[50.0, 0.0], [51.0, 1.0], [52.0, 2.0]])
-    train = TrainingData(x[:200], labels[:200], lat[:200], lon[:200])
-    val = TrainingData(x[200:], labels[200:], lat[200:], lon[200:])
+    k = n_train
+    return (TrainingData(x[:k], labels[:k], lat[:k], lon[:k]), TrainingData(x[k:], labels[k:], lat[k:], lon[k:]),
+            texts, coords, x, labels)
+
+
+def test_averaged_weights_are_what_is_measured_and_kept() -> None:
+    from geoscope.train import train_place_clip
+
+    train, val, texts, coords, x, labels = _three_towns(seed=1, n=300, n_train=200)
     accuracy = {}
     for decay in (0.0, 0.5, 0.999999):  # the last barely leaves the weights after the first step
         config = TrainConfig(max_epochs=10, batch_size=32, embed_dim=16, lr_head=1e-2, lr_text=1e-2,

@@ -398,6 +398,7 @@ def _bundle_parts(manifest: Manifest, data: PreparedData, options: FitOptions, r
             "config": result.config.to_dict(),
             "augment": "hflip" if options.augment else None,
             "best_epoch": result.best_epoch,
+            "batch_size": result.batch_size,
             "search": trials if len(trials) > 1 else None,
             "centroid": list(centroid),
             "command": list(command) if command else None,

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .answer import Answerer, Calibration, Guess, Prediction, unit_rows
-from .bundle import BundleFiles, read_bundle
+from .bundle import POINT_PLACE, BundleFiles, read_bundle
 from .coverage import Coverage, Typicality, scores_by_test
 from .errors import ModelError
 from .features import FeatureSet
@@ -293,7 +293,7 @@ class GeoModel:
 
 def _named_point(name: tuple[str, str, str] | None) -> dict[str, str]:
     """A refined guess's ``place``, ``region`` and ``country``: its point's, when the refiner names it."""
-    return {} if name is None else dict(zip(("place", "region", "country"), name, strict=True))
+    return {} if name is None else dict(zip(POINT_PLACE, name, strict=True))
 
 
 def load_head(config: dict, tensors: dict[str, np.ndarray], prefix: str) -> Head:

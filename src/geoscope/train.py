@@ -54,6 +54,10 @@ class TrainConfig:
     """For the place-name (text) projection head."""
     wd_text: float = 1e-4
     batch_size: int = 256
+    """Places per step at most: a small training set takes smaller batches (:func:`steps_batch_size`)."""
+    min_steps_per_epoch: int = 30
+    """Optimiser steps an epoch holds at least, by smaller batches (the default model's 8,214 places in batches
+    of 256 take 32): the plateau scheduler and early stopping count epochs (0: batches of ``batch_size``)."""
     max_epochs: int = 60
     patience: int = 2
     """ReduceLROnPlateau patience (epochs without validation improvement before the lr drops)."""
@@ -94,7 +98,7 @@ class TrainConfig:
                 raise GeoscopeError(f"{name} must be one of {', '.join(choices)}, not {getattr(self, name)!r}")
         positive = ("embed_dim", "lr_head", "lr_image", "lr_text", "batch_size", "max_epochs", "early_stop")
         at_least_zero = ("wd_head", "wd_image", "wd_text", "patience", "feature_noise", "label_smoothing_km",
-                         "level_weight")
+                         "level_weight", "min_steps_per_epoch")
         for name in positive + at_least_zero:
             value = getattr(self, name)
             if not (math.isfinite(value) and (value > 0 if name in positive else value >= 0)):
@@ -164,6 +168,8 @@ class TrainResult:
     """The trained image-side layers (fine-tuned encoder top), when there were any."""
     run: dict | None = None
     """How it ran: ``world_size``, ``backend`` and every rank's device (:meth:`geoscope.distributed.Run.describe`)."""
+    batch_size: int | None = None
+    """Places per step it trained with (:func:`steps_batch_size`)."""
 
 
 class _Step(nn.Module):
@@ -215,6 +221,22 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+MIN_BATCH_SIZE = 16
+"""The smallest batch :func:`steps_batch_size` takes to give an epoch more steps."""
+
+
+def steps_batch_size(batch_size: int, items: int, min_steps: int) -> int:
+    """The batch size for ``items`` training places: ``batch_size``, smaller where that would leave fewer than
+    ``min_steps`` steps an epoch, never below :data:`MIN_BATCH_SIZE` (nor above ``batch_size``).
+
+    Measured on western USA (570 training places, 5-fold): batches of 256 (3 steps an epoch) 367 km,
+    32 347 km, 16 334 km median error.
+    """
+    if min_steps <= 0:
+        return batch_size
+    return min(batch_size, max(MIN_BATCH_SIZE, items // min_steps))
+
+
 def train_place_clip(
     train: TrainingData,
     val: TrainingData,
@@ -244,7 +266,7 @@ def train_place_clip(
 
     In a process group (``torchrun``, :func:`geoscope.distributed.start`) every rank passes the
     same data: each epoch's permutation is drawn alike on every rank, rank ``r`` trains on
-    rows ``r, r + W, …`` of each batch of ``config.batch_size`` (DistributedSampler's share,
+    rows ``r, r + W, …`` of each batch (:func:`steps_batch_size`; DistributedSampler's share,
     so the ranks together see the batches one process would), gradients are averaged by
     DistributedDataParallel and weighted so that they equal one process's; the measurements
     are split over the ranks and gathered, so every rank takes the same scheduler and early-stop
@@ -284,13 +306,14 @@ def train_place_clip(
     history: list[dict] = []
     stale = 0
     rng = np.random.default_rng(config.seed)
+    batch_size = steps_batch_size(config.batch_size, len(train), config.min_steps_per_epoch)
     epochs = tqdm(range(1, config.max_epochs + 1), desc="training", unit="epoch",
                   disable=not (progress and run.main))
     for epoch in epochs:
         step.train()
         order = rng.permutation(len(train))
-        for start in range(0, len(order), config.batch_size):
-            idx = order[start : start + config.batch_size]
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
             if len(idx) < 2:
                 continue
             variant = rng.integers(0, train.features.shape[0], size=len(idx))
@@ -327,7 +350,7 @@ def train_place_clip(
     adapter.cpu().eval()
     metrics = {r["split"]: {k: v for k, v in r.items() if k not in {"epoch", "split"}}
                for r in history if r["epoch"] == best[1]}
-    return TrainResult(model, config, best[1], best[0], history, metrics, image_adapter, run.describe())
+    return TrainResult(model, config, best[1], best[0], history, metrics, image_adapter, run.describe(), batch_size)
 
 
 def _averaged(trained: nn.ModuleList, decay: float) -> torch.optim.swa_utils.AveragedModel | None:

@@ -1,7 +1,7 @@
 """A registry of named image encoders, each carrying its own preprocessing.
 
-Names: ``efficientnet-lite0`` (224 px), ``efficientnet-lite2`` (260 px), ``<name>/stats``
-(mean and std of every stage's output: texture and colour as well as objects), their trunks
+Names: ``efficientnet-lite0`` (224 px), ``efficientnet-lite1`` (240 px), ``efficientnet-lite2`` (260 px),
+``<name>/stats`` (mean and std of every stage's output: texture and colour as well as objects), their trunks
 ``<name>/trunk-<n>`` (feature maps before the last ``n`` MBConv blocks, for caching and
 fine-tuning the top) and ``hf:<repo-or-path>`` (CLIP, ResNet, ViT-like models through
 ``transformers``). Frozen inference runs through ONNX Runtime (exported once into the
