@@ -18,6 +18,7 @@ import numpy as np
 
 from geoscope.geo import haversine_km
 from geoscope.naming import MAX_REACH_KM, naming_towns
+from geoscope.places import nearest_place
 from geoscope.predict import load_model
 
 
@@ -29,13 +30,13 @@ def main(argv: list[str] | None = None) -> int:
     labels = load_model(args.model).labels
     towns = naming_towns()
     by_key = {key: group for key, group in towns.groupby(["name", "country_code"])}
-    named, nearest = [], []
+    named = []
     for row in labels.itertuples():
         match = by_key.get((row.place, row.country_code))
         near = haversine_km(row.lat, row.lon, match["lat"].to_numpy(), match["lon"].to_numpy()).min() \
             if match is not None else np.inf
         named.append(near <= args.km)
-        nearest.append(haversine_km(row.lat, row.lon, towns["lat"].to_numpy(), towns["lon"].to_numpy()).min())
+    _, nearest = nearest_place(labels["lat"], labels["lon"], towns)
     hits = np.asarray(named)
     print(f"labels named after a place of that name within {args.km:g} km, same country: "
           f"{hits.sum()} of {len(labels)} ({hits.mean():.1%})\n")

@@ -90,8 +90,11 @@ class PointRefiner:
         self.head = head.eval()
         self.points = torch.as_tensor(np.asarray(points, dtype=np.float32))
         self.point_lat, self.point_lon = point_lat, point_lon
-        self.point_names = None if point_names is None else np.array([tuple(n) for n in point_names] + [None],
-                                                                     dtype=object)[:-1]
+        self.point_names: np.ndarray | None = None
+        """``(points,)`` object array of ``(place, region, country)`` tuples, when the points are named."""
+        if point_names is not None:
+            self.point_names = np.empty(len(point_names), dtype=object)
+            self.point_names[:] = [tuple(n) for n in point_names]
         self.label_lat, self.label_lon = label_lat, label_lon
         near = to_unit_vectors(label_lat, label_lon) @ to_unit_vectors(point_lat, point_lon).T \
             >= np.cos(radius_km / EARTH_RADIUS_KM)
