@@ -6,6 +6,7 @@ the row says "warm cache"). The 224 px images are real ``../shared/data/london-u
 12 MP photos are real frames cut to 4:3, upscaled to 4000×3000 and saved as JPEG quality 90
 (smoother than a phone's photos, so entropy decoding costs less than on a real photo).
 The bound is the encoder alone on the same images pre-decoded and preprocessed, in predict's batch size.
+A cold row's cache is emptied before its clock starts.
 Run: ``python benchmarks/predict.py [--images 384] [--photos 48] [--repeat 3]``.
 """
 
@@ -79,7 +80,7 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
     from geoscope.encoders.image import get_image_encoder
     from geoscope.encoders.onnx_runtime import cpu_count
     from geoscope.features import BATCH_SIZE
-    from geoscope.images import open_image
+    from geoscope.images import open_image, read_rgb
     from geoscope.outputs import checked_record, open_predictions_file
     from geoscope.paths import cache_dir
     from geoscope.predict import load_model
@@ -96,44 +97,47 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
     decoded = np.stack([pre(open_image(p)) for p in small])
     encoder.encode(decoded[:2])  # ONNX export / session load before timing
 
-    def cold_predict(paths: list[Path]) -> Callable[[], object]:
-        def go() -> object:
-            shutil.rmtree(cache_dir() / "features", ignore_errors=True)
-            return model.predict(paths, top_k=5)
-        return go
+    def empty_cache() -> None:
+        """Before a cold row, untimed: the features and the output file of the previous run are gone."""
+        shutil.rmtree(cache_dir() / "features", ignore_errors=True)
+        (tmp / "out.jsonl").unlink(missing_ok=True)
 
     def chunked_to_file(paths: list[Path]) -> Callable[[], object]:
         def go() -> None:
-            shutil.rmtree(cache_dir() / "features", ignore_errors=True)
-            (tmp / "out.jsonl").unlink(missing_ok=True)
             out = open_predictions_file(tmp / "out.jsonl", top_k=5)
             for _, records in predict_chunks(model, find_inputs([str(p) for p in paths]).units):
                 out.write([checked_record(r) for r in records])
         return go
 
     def decode(paths: list[Path], reduced: bool) -> Callable[[], object]:
-        size = pre.decode_size if reduced else None
-        return lambda: [pre(open_image(p, min_size=size)) for p in paths]
+        if not reduced:
+            return lambda: [pre(open_image(p)) for p in paths]
+        return lambda: [pre(read_rgb(p, min_size=pre.decode_size)) for p in paths]  # predict's way
 
-    cases: list[tuple[str, int, Callable[[], object]]] = [
+    cold, warm = empty_cache, None
+    cases: list[tuple[str, int, Callable[[], object], Callable[[], None] | None]] = [
         (f"encoder alone, pre-decoded, batches of {BATCH_SIZE} (the bound)", len(small),
-         lambda: [encoder.encode(decoded[i:i + BATCH_SIZE]) for i in range(0, len(decoded), BATCH_SIZE)]),
-        ("predict, 224 px, cold cache", len(small), cold_predict(small)),
-        ("predict, 224 px, warm cache", len(small), lambda: model.predict(small, top_k=5)),
-        ("predict, 224 px, warm cache, --refine knn", len(small), lambda: model.predict(small, top_k=5, refine="knn")),
+         lambda: [encoder.encode(decoded[i:i + BATCH_SIZE]) for i in range(0, len(decoded), BATCH_SIZE)], warm),
+        ("predict, 224 px, cold cache", len(small), lambda: model.predict(small, top_k=5), cold),
+        ("predict, 224 px, warm cache", len(small), lambda: model.predict(small, top_k=5), warm),
+        ("predict, 224 px, warm cache, --refine knn", len(small), lambda: model.predict(small, top_k=5, refine="knn"),
+         warm),
         (f"predict -o out.jsonl in chunks of {CHUNK_SIZE} (the CLI's path), 224 px", len(small),
-         chunked_to_file(small)),
-        (f"predict, 12 MP JPEG ({megabytes:.1f} MB), cold cache", len(photos), cold_predict(photos)),
-        ("decode + preprocess, 224 px, 1 thread", 32, decode(small[:32], True)),
-        ("decode + preprocess, 12 MP, reduced decode, 1 thread", 8, decode(photos[:8], True)),
-        ("decode + preprocess, 12 MP, full decode, 1 thread", 8, decode(photos[:8], False)),
+         chunked_to_file(small), cold),
+        (f"predict, 12 MP JPEG ({megabytes:.1f} MB), cold cache", len(photos), lambda: model.predict(photos, top_k=5),
+         cold),
+        ("decode + preprocess, 224 px, 1 thread", 32, decode(small[:32], True), warm),
+        ("decode + preprocess, 12 MP, reduced decode, 1 thread", 8, decode(photos[:8], True), warm),
+        ("decode + preprocess, 12 MP, full decode, 1 thread", 8, decode(photos[:8], False), warm),
     ]
     runs: list[list[tuple[float, float]]] = [[] for _ in cases]
     for _ in range(args.repeat):  # interleaved, so that a burst of other work on the machine hits every row alike
-        for measured, (_, _, fn) in zip(runs, cases, strict=True):
+        for measured, (_, _, fn, setup) in zip(runs, cases, strict=True):
+            if setup is not None:
+                setup()
             measured.append(timed(fn))
     rows = [(label, n, (min(w for w, _ in measured) / n, min(c for _, c in measured) / n))
-            for (label, n, _), measured in zip(cases, runs, strict=True)]
+            for (label, n, _, _), measured in zip(cases, runs, strict=True)]
     bound_s, bound_cpu = rows[0][2]
     print(f"\ndefault model ({model.image_side.name}), {cpu_count()} cores, temporary GEOSCOPE_CACHE "
           f"(feature cache cold unless the row says warm), best of {args.repeat} interleaved runs; CPU is the "

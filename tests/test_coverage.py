@@ -36,6 +36,10 @@ def test_gallery_test_flags_what_is_unlike_the_gallery() -> None:
     far = np.r_[rng.normal(0, 1, (10, 16)) - np.r_[5.0, np.zeros(15)],  # another direction
                 3.0 * (gallery[:10] - gallery.mean(axis=0)) + gallery.mean(axis=0)]  # the same directions, far out
     assert gallery_scores(near, gallery, 10).min() > gallery_scores(far, gallery, 10).max()
+    query = np.r_[near, far]
+    distances = np.sqrt(((query[:, None] - gallery[None]) ** 2).sum(axis=2))  # every pair, the slow way
+    expected = -np.sort(distances, axis=1)[:, :10].mean(axis=1)
+    assert np.allclose(gallery_scores(query, gallery, 10), expected, rtol=1e-4)
 
 
 def test_typicality_flags_a_region_between_the_known_ones_where_the_gallery_cannot() -> None:

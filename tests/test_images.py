@@ -15,7 +15,7 @@ from PIL import Image, ImageCms
 from geoscope.encoders.efficientnet import lite_preprocess
 from geoscope.encoders.preprocess import Views
 from geoscope.errors import BadImageError
-from geoscope.images import open_image
+from geoscope.images import open_image, read_rgb
 
 EXAMPLES = sorted((REPO / "examples" / "images").glob("*.jpg"))
 
@@ -222,3 +222,49 @@ def test_normalisation_and_crops_match_float_arithmetic_to_the_bit() -> None:
     flipped = wide.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     boxes = pre.crop_boxes(448, 224, n=3)
     assert np.array_equal(crops, np.stack([pre.to_array(flipped.crop(box)) for box in boxes]))
+
+
+def _jpeg_variants(folder: Path) -> list[Path]:
+    """Real street photos as JPEGs of every common kind: baseline 4:2:0, progressive, 4:4:4, odd sizes."""
+    paths = list(EXAMPLES)
+    for name in ("london-uk", "croatia", "us-west"):
+        paths += sorted((SHARED_DATA / name / "images").glob("*.jpg"))[:3]
+    photo = Image.fromarray(real_rgb(3))
+    for kind, options in {"progressive": {"progressive": True}, "444": {"subsampling": 0},
+                          "odd": {"subsampling": 2}}.items():
+        image = photo.resize((237, 229)) if kind == "odd" else photo
+        image.save(folder / f"{kind}.jpg", quality=88, **options)
+        paths.append(folder / f"{kind}.jpg")
+    return paths
+
+
+def test_read_rgb_decodes_upright_colour_jpegs_to_the_same_pixels_as_pil(tmp_path: Path) -> None:
+    pre = lite_preprocess("efficientnet-lite0")
+    for path in _jpeg_variants(tmp_path):
+        fast = read_rgb(path, min_size=pre.decode_size)
+        assert isinstance(fast, np.ndarray) and fast.dtype == np.uint8, path
+        assert np.array_equal(fast, np.asarray(open_image(path))), path
+        assert np.array_equal(read_rgb(path.read_bytes()), fast)
+        for views in (Views(), Views(hflip=True), Views(crops=3)):  # as array views, or resized through PIL
+            assert np.array_equal(pre.views(fast, views), pre.views(open_image(path), views)), (path, views)
+
+
+def test_read_rgb_leaves_every_other_image_to_pil(tmp_path: Path) -> None:
+    shown = Image.fromarray(real_rgb(5))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    shown.transpose(Image.Transpose.ROTATE_90).save(tmp_path / "turned.jpg", exif=exif, quality=95)
+    shown.convert("L").save(tmp_path / "gray.jpg")
+    shown.save(tmp_path / "photo.png")
+    shown.resize((1792, 1344)).save(tmp_path / "big.jpg", quality=90)  # decoded at reduced scale
+    for name in ("turned.jpg", "gray.jpg", "photo.png", "big.jpg"):
+        got = read_rgb(tmp_path / name, min_size=(224, 224))
+        assert isinstance(got, Image.Image) and got.mode == "RGB", name
+        assert np.array_equal(np.asarray(got), np.asarray(open_image(tmp_path / name, min_size=(224, 224))))
+    assert read_rgb(tmp_path / "turned.jpg").size == shown.size  # upright
+    data = (REPO / "examples" / "images" / "london-uk-1.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 3])
+    with pytest.raises(BadImageError, match="truncated"):  # PIL names what is wrong
+        read_rgb(tmp_path / "cut.jpg")
+    with pytest.raises(BadImageError, match="decompression bomb"):
+        read_rgb(tmp_path / "big.jpg", max_pixels=1_000_000)

@@ -193,8 +193,12 @@ class Answerer:
         known_region = self.region != ""
         region_names = np.where(known_region, self.region + ", " + self.country, "")
         self.groups = {"country": self.country, "region": region_names}
-        self._codes = {level: pd.factorize(values) for level, values in self.groups.items()}
         self.names = names.to_numpy()
+        self._membership = {level: _membership(*pd.factorize(values)) for level, values in self.groups.items()}
+        columns = (self.lat.tolist(), self.lon.tolist(), *(map(str, c) for c in (self.names, self.place, self.region,
+                                                                                 self.country)))
+        self._guess_fields = list(zip(*columns, strict=True))
+        """Each label's :class:`Guess` fields but its probability, as plain Python values (built once)."""
 
     def answer(self, image: str, probabilities: np.ndarray, *, top_k: int = 5, level: str = "place",
                coverage_score: float | None = None, views: list[str] | None = None,
@@ -228,30 +232,36 @@ class Answerer:
             for j, i in enumerate(np.flatnonzero(finite)):
                 confidence[i] = {d: round(float(v[j]), 4) for d, v in calibrated.items()}
         scores = [None] * len(p) if coverage_scores is None else list(coverage_scores)
-        return [self._prediction(image, p[i], int(first[i]), confidence[i], scores[i], top_k, level) if finite[i]
+        rows = np.flatnonzero(finite)
+        ranked = {name: self._rank(p[rows], name, max(LEVEL_ROWS, top_k)) for name in self._membership
+                  if len(self._membership[name][1])}
+        levels = [{name: entries[j][:LEVEL_ROWS] for name, entries in ranked.items()} for j in range(len(rows))]
+        guesses = (self._place_guesses(p[rows], first[rows], top_k) if level == "place"
+                   else [self._level_guesses(p[i], level, ranked[level][j][:top_k]) for j, i in enumerate(rows)])
+        answers = iter(zip(levels, guesses, strict=True))
+        return [self._prediction(image, *next(answers), confidence[i], scores[i]) if finite[i]
                 else Prediction(image, [], "the model produced no finite probabilities")
                 for i, image in enumerate(images)]
 
-    def _prediction(self, image: str, p: np.ndarray, first: int, confidence: dict | None,
-                    coverage_score: float | None, top_k: int, level: str) -> Prediction:
+    def _prediction(self, image: str, levels: dict[str, list[dict]], guesses: list[Guess], confidence: dict | None,
+                    coverage_score: float | None) -> Prediction:
         if coverage_score is not None and not math.isfinite(coverage_score):
             coverage_score = None  # unknown: a model without training images to compare with
-        levels = {name: self._rank(p, name, LEVEL_ROWS) for name, values in self.groups.items()
-                  if (values != "").any()}
-        guesses = self._place_guesses(p, first, top_k) if level == "place" else self._level_guesses(p, level, top_k)
         in_coverage = None
         if self.coverage is not None and coverage_score is not None:
             in_coverage = bool(coverage_score >= self.coverage.threshold)
         return Prediction(image, guesses, in_coverage=in_coverage, coverage_score=float(coverage_score)
                           if coverage_score is not None else None, confidence=confidence, levels=levels)
 
-    def _rank(self, p: np.ndarray, level: str, limit: int) -> list[dict]:
-        """The ``limit`` most probable countries (or regions), their probabilities summed (unnamed ones left out)."""
-        codes, names = self._codes[level]
-        sums = np.bincount(codes, weights=p, minlength=len(names))
-        order = np.argsort(-sums, kind="stable")
-        order = order[names[order] != ""][:limit]
-        return [{"name": str(names[i]), "probability": round(float(sums[i]), 6)} for i in order]
+    def _rank(self, p: np.ndarray, level: str, limit: int) -> list[list[dict]]:
+        """For each probability row, the ``limit`` most probable countries (or regions), their probabilities
+        summed (unnamed ones left out)."""
+        membership, names = self._membership[level]
+        sums = p @ membership
+        order = np.argsort(-sums, axis=1, kind="stable")[:, :limit]
+        top = np.take_along_axis(sums, order, axis=1).round(6).tolist()
+        return [[{"name": names[g], "probability": s} for g, s in zip(groups, row, strict=True)]
+                for groups, row in zip(order.tolist(), top, strict=True)]
 
     def confidence(self, probabilities: np.ndarray, best: np.ndarray) -> dict[str, np.ndarray] | None:
         """Calibrated probability, per row, that its first guess (``best``) is within 25, 200 and 750 km;
@@ -264,15 +274,23 @@ class Answerer:
         """The label each probability row answers with first (:func:`best_guesses`)."""
         return best_guesses(probabilities, self.lat, self.lon)
 
-    def _place_guesses(self, p: np.ndarray, first: int, top_k: int) -> list[Guess]:
-        """The best guess (``first``), then the other labels by probability."""
-        order = np.argsort(-p, kind="stable")
-        order = np.r_[first, order[order != first]]
-        kept, mass = self._merged(order, p, top_k) if self.merge_km > 0 else (order[:top_k], p[order[:top_k]])
-        return [Guess(float(self.lat[i]), float(self.lon[i]), str(self.names[i]), float(m), str(self.place[i]),
-                      str(self.region[i]), str(self.country[i])) for i, m in zip(kept, mass, strict=True)]
+    def _place_guesses(self, p: np.ndarray, first: np.ndarray, top_k: int) -> list[list[Guess]]:
+        """For each probability row, its best guess (``first``), then the other labels by probability."""
+        order = np.argsort(-p, axis=1, kind="stable")
+        out = []
+        for row, best, ranked in zip(p, first.tolist(), order if self.merge_km > 0 else order[:, :top_k + 1],
+                                     strict=True):
+            ranked = [best, *(i for i in ranked.tolist() if i != best)]
+            kept, mass = self._merged(ranked, row, top_k) if self.merge_km > 0 else \
+                (ranked[:top_k], row[ranked[:top_k]].tolist())
+            out.append([self._guess(i, m) for i, m in zip(kept, mass, strict=True)])
+        return out
 
-    def _merged(self, order: np.ndarray, p: np.ndarray, top_k: int) -> tuple[list[int], list[float]]:
+    def _guess(self, label: int, probability: float) -> Guess:
+        lat, lon, name, place, region, country = self._guess_fields[label]
+        return Guess(lat, lon, name, probability, place, region, country)
+
+    def _merged(self, order: list[int], p: np.ndarray, top_k: int) -> tuple[list[int], list[float]]:
         """The first ``top_k`` labels of ``order`` at least :attr:`merge_km` apart, each with the probability
         of the labels met on the way that lie within that distance of it (the first kept, then the most probable)."""
         kept: list[int] = []
@@ -292,11 +310,12 @@ class Answerer:
         ranked = [0, *sorted(range(1, len(kept)), key=lambda j: -mass[j])]
         return [kept[j] for j in ranked], [mass[j] for j in ranked]
 
-    def _level_guesses(self, p: np.ndarray, level: str, top_k: int) -> list[Guess]:
-        """One guess per country (or region): its summed probability, at its most probable label."""
+    def _level_guesses(self, p: np.ndarray, level: str, ranked: list[dict]) -> list[Guess]:
+        """One guess per country (or region) ``ranked`` (:meth:`_rank`): its summed probability, at its most
+        probable label."""
         values = self.groups[level]
         out = []
-        for entry in self._rank(p, level, top_k):
+        for entry in ranked:
             members = np.flatnonzero(values == entry["name"])
             best = members[np.argmax(p[members])]
             region = str(self.region[best]) if level == "region" else ""
@@ -305,6 +324,13 @@ class Answerer:
         return out
 
 
+
+
+def _membership(codes: np.ndarray, names: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """Which named group each label belongs to, as a ``(labels, named groups)`` matrix of 0 and 1, and the
+    groups' names (unnamed ones, ``""``, left out): probability rows times it are the groups' sums."""
+    named = np.flatnonzero(names != "")
+    return (codes[:, None] == named[None]).astype(np.float64), [str(n) for n in names[named]]
 
 
 def _column(labels: pd.DataFrame, name: str, default) -> np.ndarray:

@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 SCORE = "gallery+typicality"
 """The coverage score this version computes (bundles with another are treated as having none)."""
@@ -36,19 +37,21 @@ TYPICALITY_KEYS = ("typicality.mean", "typicality.projection", "typicality.preci
 
 def gallery_scores(query: np.ndarray, gallery: np.ndarray, k: int,
                    gallery_sq: np.ndarray | None = None) -> np.ndarray:
-    """Minus the mean Euclidean distance of each query row to its ``k`` nearest gallery rows.
+    """Minus the mean Euclidean distance of each query row to its ``k`` nearest gallery rows (in torch: its
+matrix products use the threads the caller gives torch, see :mod:`geoscope.threads`).
 
     ``gallery_sq`` (optional) holds the gallery rows' squared norms, computed once by the caller.
     """
-    g = np.asarray(gallery, dtype=np.float32)
-    g_sq = (g * g).sum(axis=1) if gallery_sq is None else gallery_sq
+    g = torch.from_numpy(np.asarray(gallery, dtype=np.float32))
+    g_sq = (g * g).sum(dim=1) if gallery_sq is None else torch.from_numpy(np.asarray(gallery_sq, dtype=np.float32))
     k = max(1, min(k, len(g)))
     out = np.empty(len(query))
     for start in range(0, len(query), 1024):
-        q = np.asarray(query[start : start + 1024], dtype=np.float32)
-        d2 = (q * q).sum(axis=1)[:, None] - 2.0 * (q @ g.T) + g_sq[None]
-        nearest = np.partition(d2, k - 1, axis=1)[:, :k]
-        out[start : start + 1024] = -np.sqrt(np.clip(nearest, 0.0, None)).mean(axis=1)
+        q = torch.from_numpy(np.asarray(query[start : start + 1024], dtype=np.float32))
+        # |g|² − 2 q·g in one matrix product; |q|², the same along a row, is added to the k nearest only
+        nearer = torch.addmm(g_sq.expand(len(q), -1), q, g.T, alpha=-2.0)
+        nearest = torch.topk(nearer, k, dim=1, largest=False, sorted=False).values + (q * q).sum(dim=1)[:, None]
+        out[start : start + 1024] = (-nearest.clamp(min=0.0).sqrt().mean(dim=1)).numpy()
     return out
 
 
@@ -100,11 +103,12 @@ class Typicality:
 
     def scores(self, features: np.ndarray) -> np.ndarray:
         """Minus the relative Mahalanobis distance of each row (higher: more like the training images)."""
-        w = (np.asarray(features, dtype=np.float32) - self.mean) @ self.projection
-        a = w @ self.precision_root
-        m = self.group_means
-        to_groups = (a * a).sum(axis=1)[:, None] - 2.0 * (a @ m.T) + (m * m).sum(axis=1)[None]
-        return -(to_groups.min(axis=1) - (w * w).sum(axis=1)).astype(np.float64)
+        mean, projection, root, m = (torch.from_numpy(v) for v in
+                                     (self.mean, self.projection, self.precision_root, self.group_means))
+        w = (torch.from_numpy(np.asarray(features, dtype=np.float32)) - mean) @ projection
+        a = w @ root
+        to_groups = (a * a).sum(dim=1)[:, None] - 2.0 * (a @ m.T) + (m * m).sum(dim=1)[None]
+        return -(to_groups.min(dim=1).values - (w * w).sum(dim=1)).numpy().astype(np.float64)
 
     def tensors(self) -> dict[str, np.ndarray]:
         """The matrices as a bundle stores them (the projection, the largest, in float16)."""

@@ -19,11 +19,9 @@ how ``geoscope features --shard K/N`` and torchrun ranks split a manifest.
 from __future__ import annotations
 
 import collections
-import contextlib
 import hashlib
 import json
 import os
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
@@ -39,7 +37,7 @@ from .distributed import cores_per_process
 from .encoders.preprocess import Preprocess, Views
 from .errors import BadImageError, GeoscopeError, quote_name
 from .fileio import atomic_open, atomic_write_bytes, atomic_write_json
-from .images import open_image
+from .images import read_rgb
 from .paths import cache_dir, writable_cache_folder
 
 if TYPE_CHECKING:
@@ -111,8 +109,6 @@ class FeatureSet:
 
 BATCH_SIZE = 16
 """Images per encoder call: small batches stay in cache (Lite0 on 2 cores: 4.2 ms/image at 16, 4.4 at 64)."""
-DECODE_NICENESS = 5
-"""How much lower than the encoder the decoding threads run (``nice`` steps; Linux only)."""
 DECODE_CHUNK = 4
 """Images per decoding task: small enough that the decoding threads share even one batch."""
 
@@ -465,7 +461,7 @@ def load_views(path: Path, preprocess: Preprocess, views: Views,
                out: np.ndarray | None = None) -> tuple[np.ndarray | None, str | None]:
     """Decode and preprocess one image into its views (into ``out`` when given), or ``(None, why not)``."""
     try:
-        return preprocess.views(open_image(path, min_size=preprocess.decode_size), views, out=out), None
+        return preprocess.views(read_rgb(path, min_size=preprocess.decode_size), views, out=out), None
     except BadImageError as exc:  # the caller names the file: keep only the reason
         message = str(exc)
         for prefix in (f"{quote_name(path)}: ", f"{path}: "):
@@ -508,8 +504,7 @@ def _encode_missing(todo: dict[bytes, Path], encoder: ImageEncoder, views: Views
     """
     from tqdm import tqdm
 
-    executor = ThreadPoolExecutor(workers, thread_name_prefix="geoscope-decode", initializer=_yield_to_encoder) \
-        if workers else None
+    executor = ThreadPoolExecutor(workers, thread_name_prefix="geoscope-decode") if workers else None
     bar = tqdm(total=len(todo), unit="img", desc=description, disable=not progress,
                dynamic_ncols=True, smoothing=0.1)
     encoded: set[bytes] = set()
@@ -532,14 +527,6 @@ def _encode_missing(todo: dict[bytes, Path], encoder: ImageEncoder, views: Views
         if executor is not None:
             executor.shutdown(wait=True, cancel_futures=True)
     return encoded
-
-
-def _yield_to_encoder() -> None:
-    """Lower this decoding thread's priority, so that it takes the cycles the encoder's threads leave idle
-    rather than stalling them (their work is split evenly between them: one preempted thread holds all back)."""
-    with contextlib.suppress(AttributeError, OSError):  # per-thread nice: Linux; elsewhere all threads stay equal
-        me = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, me, min(19, os.getpriority(os.PRIO_PROCESS, me) + DECODE_NICENESS))
 
 
 def _encode_claimed(remaining: list[bytes], todo: dict[bytes, Path], encoder: ImageEncoder, views: Views,

@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,8 +18,9 @@ import numpy as np
 import torch
 
 from .answer import Answerer, Calibration, Guess, Prediction, unit_rows
-from .bundle import POINT_PLACE, BundleFiles, read_bundle
+from .bundle import BundleFiles, read_bundle
 from .coverage import Coverage, Typicality, scores_by_test
+from .distributed import cores_per_process
 from .errors import ModelError
 from .features import FeatureSet
 from .knn import knn_locate
@@ -29,7 +29,7 @@ from .models.fusion import group_views
 from .models.image_side import ImageSide, apply_adapter
 from .models.place_clip import PlaceCLIPConfig, is_stored_embedded
 from .refine import REFINE_RADIUS_KM, GalleryRefiner, PointRefiner, Refiner, check_refiner
-from .threads import one_math_thread
+from .threads import math_threads
 
 if TYPE_CHECKING:
     from .encoders.image import ImageEncoder
@@ -220,10 +220,10 @@ class GeoModel:
             features = np.concatenate([f for _, f in todo])
             places = np.repeat(np.arange(len(todo)), [len(f) for _, f in todo])
             moved = refiner.coordinates(features, places, labels)
-            for i, (p, _) in enumerate(todo):
-                p.guesses = [replace(g, lat=float(moved.lat[i, j]), lon=float(moved.lon[i, j]),
-                                     **_named_point(None if moved.names is None else moved.names[i, j]))
-                             for j, g in enumerate(p.guesses)]
+            lat, lon = moved.lat.tolist(), moved.lon.tolist()
+            names = [[None] * width] * len(todo) if moved.names is None else moved.names.tolist()
+            for (p, _), *point in zip(todo, lat, lon, names, strict=True):
+                p.guesses = [_moved(g, *at) for g, *at in zip(p.guesses, *point, strict=False)]
         return [p for p, _ in answers]
 
     @functools.cached_property
@@ -243,8 +243,10 @@ class GeoModel:
         ``None``: the bundle's default, :attr:`refine`).
         """
         paths = [str(p) for p in images]
-        return self.predict_features(self.image_features(paths, progress=progress), paths, top_k, views=views,
-                                     level=level, refine=refine, allow_missing_views=allow_missing_views)
+        features = self.image_features(paths, progress=progress)
+        with math_threads(cores_per_process()):  # the images are encoded: the heads have every core
+            return self.predict_features(features, paths, top_k, views=views, level=level, refine=refine,
+                                         allow_missing_views=allow_missing_views)
 
     def predict_features(
         self, fs: FeatureSet, paths: Sequence[str], top_k: int = 5, *, views: bool = False, level: str = "place",
@@ -252,9 +254,8 @@ class GeoModel:
     ) -> list[Prediction]:
         """:meth:`predict` from image features already extracted (:meth:`image_features`), one row per path."""
         refiner = self.refiner(refine)
-        with one_math_thread():
-            answers = self._answers(fs, list(paths), top_k, views, level, allow_missing_views)
-            return self._refine(answers, refiner) if refiner is not None else [p for p, _ in answers]
+        answers = self._answers(fs, list(paths), top_k, views, level, allow_missing_views)
+        return self._refine(answers, refiner) if refiner is not None else [p for p, _ in answers]
 
     def _answers(self, fs: FeatureSet, paths: list[str], top_k: int, views: bool, level: str,
                  allow_missing_views: bool) -> list[tuple[Prediction, np.ndarray]]:
@@ -291,9 +292,11 @@ class GeoModel:
                                     warnings=warnings)
 
 
-def _named_point(name: tuple[str, str, str] | None) -> dict[str, str]:
-    """A refined guess's ``place``, ``region`` and ``country``: its point's, when the refiner names it."""
-    return {} if name is None else dict(zip(POINT_PLACE, name, strict=True))
+def _moved(guess: Guess, lat: float, lon: float, name: tuple[str, str, str] | None) -> Guess:
+    """``guess`` moved to a refined point, named after it (``place``, ``region``, ``country``) when the refiner
+    names it."""
+    place, region, country = (guess.place, guess.region, guess.country) if name is None else name
+    return Guess(lat, lon, guess.label, guess.probability, place, region, country)
 
 
 def load_head(config: dict, tensors: dict[str, np.ndarray], prefix: str) -> Head:

@@ -81,17 +81,17 @@ class Preprocess:
         """
         return self.size, self.size
 
+    def resized(self, width: int, height: int) -> tuple[int, int]:
+        """The size an image of ``width``×``height`` is resized to: shorter side ``size`` (or ``size``×``size``)."""
+        if not self.keep_aspect:
+            return self.size, self.size
+        scale = self.size / min(width, height)
+        return max(self.size, round(width * scale)), max(self.size, round(height * scale))
+
     def resize(self, image: Image.Image) -> Image.Image:
         """The image resized so its shorter side is ``size`` (or to ``size``×``size``)."""
-        width, height = image.size
-        if self.keep_aspect:
-            scale = self.size / min(width, height)
-            target = (max(self.size, round(width * scale)), max(self.size, round(height * scale)))
-        else:
-            target = (self.size, self.size)
-        if target == (width, height):
-            return image
-        return image.resize(target, RESAMPLE[self.resample])
+        target = self.resized(*image.size)
+        return image if target == image.size else image.resize(target, RESAMPLE[self.resample])
 
     def crop_boxes(self, width: int, height: int, n: int = 1) -> list[tuple[int, int, int, int]]:
         """``n`` square crop boxes evenly spaced along the long side (centred across the short one)."""
@@ -113,8 +113,8 @@ class Preprocess:
         scale = 1.0 / (np.asarray(self.std, dtype=np.float32) * 255.0)
         return shift[:, None, None], scale[:, None, None]
 
-    def to_array(self, image: Image.Image, out: np.ndarray | None = None) -> np.ndarray:
-        """An RGB image as normalised float32 CHW, without resizing or cropping.
+    def to_array(self, image: Image.Image | np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """An RGB image (or its ``(h, w, 3)`` uint8 pixels) as normalised float32 CHW, without resizing or cropping.
 
         ``(level - 255·mean) · (1 / (255·std))`` in float32, in place over one CHW buffer
         (7× faster than a lookup table, which converts every index to 64 bits). ``out``, when
@@ -133,19 +133,29 @@ class Preprocess:
         """Resize, centre-crop and normalise one RGB image: float32 ``(3, crop_size, crop_size)``."""
         return self.views(image, Views())[0]
 
-    def views(self, image: Image.Image, views: Views, out: np.ndarray | None = None) -> np.ndarray:
-        """Every view of one image (any mode, read as 8-bit RGB): float32 ``(views.count, 3, crop_size, crop_size)``.
+    def views(self, image: Image.Image | np.ndarray, views: Views, out: np.ndarray | None = None) -> np.ndarray:
+        """Every view of one image (any mode, read as 8-bit RGB; or its ``(h, w, 3)`` uint8 RGB pixels, as
+        :func:`geoscope.images.read_rgb` gives them): float32 ``(views.count, 3, crop_size, crop_size)``.
 
-        ``out``, when given, receives them (a slice of a batch: no copy to assemble it).
+        ``out``, when given, receives them (a slice of a batch: no copy to assemble it). Pixels of the
+        size the encoder wants are flipped and cropped as array views, never copied into a PIL image.
         """
+        if out is None:
+            out = np.empty((views.count, 3, self.crop_size, self.crop_size), dtype=np.float32)
+        if isinstance(image, np.ndarray):
+            height, width = image.shape[:2]
+            if self.resized(width, height) == (width, height):
+                pixels = image[:, ::-1] if views.hflip else image
+                for slot, (left, top, right, bottom) in zip(out, self.crop_boxes(width, height, views.crops),
+                                                            strict=True):
+                    self.to_array(pixels[top:bottom, left:right], out=slot)
+                return out
+            image = Image.fromarray(image)
         image = to_rgb(image)
         if views.hflip:
             image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         image = self.resize(image)
-        boxes = self.crop_boxes(*image.size, n=views.crops)
-        if out is None:
-            out = np.empty((len(boxes), 3, self.crop_size, self.crop_size), dtype=np.float32)
-        for slot, box in zip(out, boxes, strict=True):
+        for slot, box in zip(out, self.crop_boxes(*image.size, n=views.crops), strict=True):
             self.to_array(image if box == (0, 0, *image.size) else image.crop(box), out=slot)
         return out
 

@@ -28,10 +28,10 @@ from ..encoders.onnx_runtime import cpu_count
 from ..encoders.preprocess import Views
 from ..errors import BadImageError
 from ..features import FeatureSet
-from ..images import open_image
+from ..images import read_rgb
 from ..models.image_side import apply_adapter
 from ..predict import GeoModel, Prediction
-from ..threads import one_math_thread
+from ..threads import math_threads
 
 
 class Busy(Exception):
@@ -42,7 +42,7 @@ def decode_upload(data: bytes, name: str, model: GeoModel) -> np.ndarray:
     """One uploaded image as the encoder's preprocessed views ``(crops, 3, c, c)``; :class:`BadImageError` naming it."""
     preprocess = model.encoder.preprocess
     try:
-        image = open_image(data, min_size=preprocess.decode_size)
+        image = read_rgb(data, min_size=preprocess.decode_size)
     except BadImageError as exc:
         reason = str(exc).removeprefix("<bytes>: ")
         raise BadImageError(f"{name}: {reason}") from None
@@ -132,7 +132,7 @@ class MicroBatcher:
             return
         # The head's matrices are tiny: one torch and one BLAS thread answer a request in a few ms,
         # where two threads each, competing with the encoder's and the decoders', take 20-50 ms.
-        self._math_threads.enter_context(one_math_thread())
+        self._math_threads.enter_context(math_threads(1))
         c = self.model.encoder.preprocess.crop_size
         features_from_arrays(self.model, [np.zeros((self.model.image_side.crops, 3, c, c), np.float32)], 1)
         self._pool = ThreadPoolExecutor(self._decode_workers, thread_name_prefix="geoscope-serve-decode")
