@@ -195,9 +195,8 @@ class Answerer:
         self.groups = {"country": self.country, "region": region_names}
         self.names = names.to_numpy()
         self._membership = {level: _membership(*pd.factorize(values)) for level, values in self.groups.items()}
-        columns = (self.lat.tolist(), self.lon.tolist(), *(map(str, c) for c in (self.names, self.place, self.region,
-                                                                                 self.country)))
-        self._guess_fields = list(zip(*columns, strict=True))
+        texts = (map(str, column) for column in (self.names, self.place, self.region, self.country))
+        self._guess_fields = list(zip(self.lat.tolist(), self.lon.tolist(), *texts, strict=True))
         """Each label's :class:`Guess` fields but its probability, as plain Python values (built once)."""
 
     def answer(self, image: str, probabilities: np.ndarray, *, top_k: int = 5, level: str = "place",
@@ -233,15 +232,15 @@ class Answerer:
                 confidence[i] = {d: round(float(v[j]), 4) for d, v in calibrated.items()}
         scores = [None] * len(p) if coverage_scores is None else list(coverage_scores)
         rows = np.flatnonzero(finite)
-        ranked = {name: self._rank(p[rows], name, max(LEVEL_ROWS, top_k)) for name in self._membership
-                  if len(self._membership[name][1])}
-        levels = [{name: entries[j][:LEVEL_ROWS] for name, entries in ranked.items()} for j in range(len(rows))]
+        ranked = {name: self._rank(p[rows], name, max(LEVEL_ROWS, top_k))
+                  for name, (_, group_names) in self._membership.items() if group_names}
         guesses = (self._place_guesses(p[rows], first[rows], top_k) if level == "place"
                    else [self._level_guesses(p[i], level, ranked[level][j][:top_k]) for j, i in enumerate(rows)])
-        answers = iter(zip(levels, guesses, strict=True))
-        return [self._prediction(image, *next(answers), confidence[i], scores[i]) if finite[i]
-                else Prediction(image, [], "the model produced no finite probabilities")
-                for i, image in enumerate(images)]
+        levels = [{name: entries[j][:LEVEL_ROWS] for name, entries in ranked.items()} for j in range(len(rows))]
+        answered = iter([self._prediction(images[i], levels[j], guesses[j], confidence[i], scores[i])
+                         for j, i in enumerate(rows)])
+        return [next(answered) if ok else Prediction(image, [], "the model produced no finite probabilities")
+                for image, ok in zip(images, finite, strict=True)]
 
     def _prediction(self, image: str, levels: dict[str, list[dict]], guesses: list[Guess], confidence: dict | None,
                     coverage_score: float | None) -> Prediction:
@@ -277,12 +276,13 @@ class Answerer:
     def _place_guesses(self, p: np.ndarray, first: np.ndarray, top_k: int) -> list[list[Guess]]:
         """For each probability row, its best guess (``first``), then the other labels by probability."""
         order = np.argsort(-p, axis=1, kind="stable")
+        if self.merge_km <= 0:  # without merging, the first top_k + 1 hold every guess but the best one
+            order = order[:, :top_k + 1]
         out = []
-        for row, best, ranked in zip(p, first.tolist(), order if self.merge_km > 0 else order[:, :top_k + 1],
-                                     strict=True):
-            ranked = [best, *(i for i in ranked.tolist() if i != best)]
-            kept, mass = self._merged(ranked, row, top_k) if self.merge_km > 0 else \
-                (ranked[:top_k], row[ranked[:top_k]].tolist())
+        for row, best, ranked in zip(p, first.tolist(), order.tolist(), strict=True):
+            ranked = [best, *(i for i in ranked if i != best)]
+            kept, mass = (self._merged(ranked, row, top_k) if self.merge_km > 0
+                          else (ranked[:top_k], row[ranked[:top_k]].tolist()))
             out.append([self._guess(i, m) for i, m in zip(kept, mass, strict=True)])
         return out
 

@@ -38,7 +38,7 @@ TYPICALITY_KEYS = ("typicality.mean", "typicality.projection", "typicality.preci
 def gallery_scores(query: np.ndarray, gallery: np.ndarray, k: int,
                    gallery_sq: np.ndarray | None = None) -> np.ndarray:
     """Minus the mean Euclidean distance of each query row to its ``k`` nearest gallery rows (in torch: its
-matrix products use the threads the caller gives torch, see :mod:`geoscope.threads`).
+    matrix products use the threads the caller gives torch, see :mod:`geoscope.threads`).
 
     ``gallery_sq`` (optional) holds the gallery rows' squared norms, computed once by the caller.
     """

@@ -47,7 +47,7 @@ _WIDE_GRAY_MODES = frozenset({"I", "F", "I;16", "I;16L", "I;16B", "I;16N", "I;16
 _HEIF_SUFFIXES = frozenset({".heic", ".heif"})
 _ROTATED = frozenset({5, 6, 7, 8})
 """EXIF orientations that swap width and height."""
-JPEG_MAGIC = b"\xff\xd8\xff"
+_JPEG_MAGIC = b"\xff\xd8\xff"
 
 
 def open_image(
@@ -120,12 +120,10 @@ def _upright_jpeg_pixels(source: str | os.PathLike[str] | bytes, max_pixels: int
         if isinstance(source, bytes):
             data = source
         else:
-            with open(source, "rb") as handle:
-                data = handle.read(3)
-                if data != JPEG_MAGIC:
-                    return None
-                data += handle.read()
-        if not data.startswith(JPEG_MAGIC):
+            with open(source, "rb") as handle:  # the rest of a file only when it starts as a JPEG does
+                data = handle.read(len(_JPEG_MAGIC))
+                data += handle.read() if data == _JPEG_MAGIC else b""
+        if not data.startswith(_JPEG_MAGIC):
             return None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

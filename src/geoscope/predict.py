@@ -222,8 +222,8 @@ class GeoModel:
             moved = refiner.coordinates(features, places, labels)
             lat, lon = moved.lat.tolist(), moved.lon.tolist()
             names = [[None] * width] * len(todo) if moved.names is None else moved.names.tolist()
-            for (p, _), *point in zip(todo, lat, lon, names, strict=True):
-                p.guesses = [_moved(g, *at) for g, *at in zip(p.guesses, *point, strict=False)]
+            for i, (p, _) in enumerate(todo):
+                p.guesses = [_moved(g, lat[i][j], lon[i][j], names[i][j]) for j, g in enumerate(p.guesses)]
         return [p for p, _ in answers]
 
     @functools.cached_property
