@@ -256,7 +256,7 @@ def main() -> int:
 
 
 def _cell(metrics: dict, task: Task) -> str:
-    km = f"{metrics['median_km']:.1f} km (≤25 km {metrics['within_km']['25']:.0%})"
+    km = f"{metrics['median_km']:.1f} km (≤25 km {metrics['within_km']['25']:.1%})"
     acc = f"{metrics['label_accuracy']:.1%}"
     if task.scheme.kind == "column" and task.scheme.params["column"] == "city":
         return acc
