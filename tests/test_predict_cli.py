@@ -31,6 +31,22 @@ from geoscope.outputs import (
 EXAMPLES = sorted((REPO / "examples" / "images").glob("*.jpg"))
 
 
+def same_answers(a: object, b: object) -> bool:
+    """Whether two answers agree: the same fields, names and order, numbers to float32's precision.
+
+    An image's numbers depend a little on the other images of its batch (matrix products block
+    their sums by the batch's shape), so a resumed run may differ from an uninterrupted one in
+    the last digits printed.
+    """
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same_answers(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(same_answers(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, float) and isinstance(b, float):
+        return math.isclose(a, b, rel_tol=1e-4, abs_tol=2e-4)
+    return type(a) is type(b) and a == b
+
+
 def strict_loads(text: str) -> object:
     """json.loads that refuses NaN, Infinity and -Infinity."""
     def refuse(token: str) -> None:
@@ -93,7 +109,7 @@ def test_folder_to_jsonl_recurses_and_counts_what_it_skips(photos: Path, referen
     records = read_jsonl(out)
     assert sorted(r["image"] for r in records) == sorted(str(p) for p in photos.rglob("[!.]*.jpg"))
     assert all(len(r["guesses"]) == 3 and not r.get("error") for r in records)
-    assert records == [reference[r["image"]] for r in records]  # same answers as any other run
+    assert same_answers(records, [reference[r["image"]] for r in records])  # the same as any other run
 
 
 @pytest.mark.parametrize("suffix", ["jsonl", "csv", "geojson"])
@@ -132,7 +148,7 @@ def test_a_cut_last_line_is_dropped_and_answered_again(photos: Path, reference: 
     assert main(["predict", str(photos), "-o", str(tmp_path / "out.geojson"), "--top-k", "3"]) == 0
     records = check_geojson(tmp_path / "out.geojson")
     assert sorted(r["image"] for r in records) == sorted(reference)
-    assert {r["image"]: r for r in records} == {k: {"in_coverage": None, **r} for k, r in reference.items()}
+    assert same_answers({r["image"]: r for r in records}, {k: {"in_coverage": None, **r} for k, r in reference.items()})
 
     jsonl = tmp_path / "out.jsonl"
     jsonl.write_text("".join(strict_json(r) + "\n" for r in done) + cut, encoding="utf-8")
