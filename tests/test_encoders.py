@@ -158,6 +158,65 @@ def test_stage_statistics_hold_the_pooled_embedding_and_earlier_stages() -> None
     assert flat[0, head.stop :].mean() < out[:, head.stop :].mean()
 
 
+def test_a_joint_encoder_gives_each_part_the_frame_it_wants_and_concatenates_their_outputs() -> None:
+    joint = get_image_encoder(" efficientnet-lite0/stats + efficientnet-lite2 ")
+    lite0, lite2 = get_image_encoder("efficientnet-lite0/stats"), get_image_encoder("efficientnet-lite2")
+    assert joint.name == "efficientnet-lite0/stats+efficientnet-lite2"
+    assert joint.preprocess == lite2.preprocess  # the largest input; the graph resizes for Lite0
+    assert joint.output_shape == (lite0.dim + lite2.dim,) and joint.spec.mixed_scales
+    assert joint.cache_key not in {lite0.cache_key, lite2.cache_key}
+    images = [open_image(p) for p in sorted((Path(__file__).parents[1] / "examples" / "images").glob("*.jpg"))[:3]]
+    out = joint.encode(np.stack([joint.preprocess(im) for im in images]))
+    np.testing.assert_allclose(out[:, lite0.dim :], lite2.encode(np.stack([lite2.preprocess(im) for im in images])),
+                               atol=1e-4)
+    own = lite0.encode(np.stack([lite0.preprocess(im) for im in images]))  # resized once, by PIL
+    for a, b in zip(out[:, : lite0.dim], own, strict=True):
+        assert np.corrcoef(a, b)[0, 1] > 0.99
+    # parts with other normalisations are renormalised inside the graph: same part, same output
+    from geoscope.encoders.image import EncoderSpec, fingerprint
+    from geoscope.encoders.joint import joint_spec
+
+    imagenet = Preprocess(size=224, crop_size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    lite0_spec = lite0.spec
+
+    def spec(name: str) -> EncoderSpec:
+        if name == "imagenet-lite0":
+            return EncoderSpec(name, imagenet, lite0_spec.output_shape, fingerprint(name), _imagenet_lite0)
+        return lite0_spec
+
+    both = joint_spec("efficientnet-lite0/stats+imagenet-lite0", spec).build().eval()
+    x = torch.from_numpy(np.stack([lite0.preprocess(im) for im in images]))
+    with torch.inference_mode():
+        twice = both(x).numpy()
+    np.testing.assert_allclose(twice[:, : lite0.dim], twice[:, lite0.dim :], atol=1e-4)
+
+
+def _imagenet_lite0() -> torch.nn.Module:
+    """Lite0's stage statistics behind a conversion from ImageNet normalisation to Lite's own."""
+    from geoscope.encoders.efficientnet import LITE_MEAN, LITE_STD
+
+    stats = get_image_encoder("efficientnet-lite0/stats").torch_module()
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (IMAGENET_MEAN, IMAGENET_STD))
+    lite_mean, lite_std = (torch.tensor(v).view(1, 3, 1, 1) for v in (LITE_MEAN, LITE_STD))
+
+    class FromImagenet(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return stats((x * std + mean - lite_mean) / lite_std)
+
+    return FromImagenet()
+
+
+@pytest.mark.parametrize(("name", "message"), [
+    ("efficientnet-lite0/stats+", "two or more encoder names"),
+    ("efficientnet-lite0+efficientnet-lite0", "names an encoder twice"),
+    ("efficientnet-lite0+efficientnet-lite2/trunk-2", "gives feature maps"),
+    ("efficientnet-lite0+resnet9000", "unknown image encoder 'resnet9000'"),
+])
+def test_a_joint_encoder_refuses_what_it_cannot_join(name: str, message: str) -> None:
+    with pytest.raises(GeoscopeError, match=message):
+        get_image_encoder(name)
+
+
 # ---------------------------------------------------------------- tiny Hugging Face checkpoints
 
 

@@ -36,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("manifest", help="CSV or Parquet manifest")
     parser.add_argument("--encoder", default="efficientnet-lite0",
                         help="efficientnet-lite0 (default), efficientnet-lite2, <name>/stats, <name>/trunk-<n>, "
-                             "hf:<repo-or-path>")
+                             "hf:<repo-or-path>, or several joined by + (outputs concatenated)")
     parser.add_argument("--backend", choices=("onnx", "torch"), default="onnx",
                         help="inference engine (default: onnx, through ONNX Runtime)")
     parser.add_argument("--device", choices=DEVICES, default="auto",

@@ -3,9 +3,9 @@
 Names: ``efficientnet-lite0`` (224 px), ``efficientnet-lite1`` (240 px), ``efficientnet-lite2`` (260 px),
 ``<name>/stats`` (mean and std of every stage's output: texture and colour as well as objects), their trunks
 ``<name>/trunk-<n>`` (feature maps before the last ``n`` MBConv blocks, for caching and
-fine-tuning the top) and ``hf:<repo-or-path>`` (CLIP, ResNet, ViT-like models through
-``transformers``). Frozen inference runs through ONNX Runtime (exported once into the
-cache, checked against torch) or torch.
+fine-tuning the top), ``<a>+<b>`` (several encoders' outputs concatenated) and
+``hf:<repo-or-path>`` (CLIP, ResNet, ViT-like models through ``transformers``). Frozen
+inference runs through ONNX Runtime (exported once into the cache, checked against torch) or torch.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from .efficientnet import (
     split_efficientnet,
     weights_path,
 )
+from .joint import SEPARATOR, joint_spec
 from .onnx_runtime import OnnxRunner, export_onnx, onnx_cache_path, slug
 from .preprocess import Preprocess
 
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
     from torch import nn
 
 BACKENDS = ("onnx", "torch")
-PATTERNS = ("<name>/stats", "<name>/trunk-<n>", "<name>/pixels", "hf:<repo-or-path>")
+PATTERNS = ("<a>+<b>", "<name>/stats", "<name>/trunk-<n>", "<name>/pixels", "hf:<repo-or-path>")
 _TRUNK = re.compile(r"^trunk-(\d+)$")
 
 
@@ -244,6 +245,8 @@ def available_image_encoders() -> list[str]:
 def image_encoder_spec(name: str) -> EncoderSpec:
     """The spec of a named encoder; raises :class:`GeoscopeError` listing known names."""
     name = name.strip()
+    if SEPARATOR in name:
+        return joint_spec(name, image_encoder_spec)
     if name.startswith("hf:"):
         from .hub import hf_image_spec
 
