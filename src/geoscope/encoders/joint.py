@@ -1,11 +1,11 @@
 """Several frozen encoders read as one: ``<a>+<b>`` concatenates their outputs per image.
 
 The joint encoder takes the preprocessing of its part with the largest input; inside the
-graph each other part gets the same frame resized to its own input (bilinear: ONNX Runtime's
-bicubic resize cost five times Lite0 itself) and renormalised
-to its own mean and std. So one decode feeds every part, the features cache and ONNX export
-see one encoder, and predict, serve and training need nothing new. The outputs mix scales, so
-heads standardise them per dimension (each part's values on their own scale).
+graph each other part gets the same frame resized to its own input and renormalised to its own
+mean and std (bilinear: ONNX Runtime's bicubic resize cost five times Lite0 itself). So one
+decode feeds every part, the features cache and ONNX export see one encoder, and predict, serve
+and training need nothing new. The outputs mix scales, so heads standardise them per dimension
+(each part's values on their own scale).
 """
 
 from __future__ import annotations
