@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_images, save_clip_tokenizer, shared_dataset
+from conftest import REPO, make_images, save_clip_tokenizer, shared_dataset
 from PIL import Image
 
 from geoscope.encoders.image import available_image_encoders, get_image_encoder
@@ -165,7 +165,7 @@ def test_a_joint_encoder_gives_each_part_the_frame_it_wants_and_concatenates_the
     assert joint.preprocess == lite2.preprocess  # the largest input; the graph resizes for Lite0
     assert joint.output_shape == (lite0.dim + lite2.dim,) and joint.spec.mixed_scales
     assert joint.cache_key not in {lite0.cache_key, lite2.cache_key}
-    images = [open_image(p) for p in sorted((Path(__file__).parents[1] / "examples" / "images").glob("*.jpg"))[:3]]
+    images = [open_image(p) for p in sorted((REPO / "examples" / "images").glob("*.jpg"))[:3]]
     out = joint.encode(np.stack([joint.preprocess(im) for im in images]))
     np.testing.assert_allclose(out[:, lite0.dim :], lite2.encode(np.stack([lite2.preprocess(im) for im in images])),
                                atol=1e-4)
