@@ -205,7 +205,8 @@ def main() -> int:
     parser.add_argument("--finetune-blocks", type=int, default=0, help="fine-tune the encoder's last N blocks")
     parser.add_argument("--progress", action="store_true", help="show training progress (stderr)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a TrainConfig field, e.g. --set lr_image=3e-4")
+                        help="override a TrainConfig field, e.g. --set lr_image=3e-4 (label_smoothing_km: "
+                             "instead of the task's)")
     parser.add_argument("--max-folds", type=int, default=None,
                         help="hold out only the first K of the folds (quicker, noisier)")
     parser.add_argument("--no-augment", dest="augment", action="store_false", help="no flipped training copies")
@@ -240,6 +241,8 @@ def main() -> int:
             continue
         if args.refine == "gps" and not task.gallery_km:
             continue  # the which-London tasks have no points to refine to
+        if any(item.startswith("label_smoothing_km=") for item in args.set):  # the command line wins
+            task = replace(task, smoothing_km=config.label_smoothing_km)
         if config.head == "gps" and task.gallery_km:
             task = replace(task, scheme=LabelScheme("grid", {"cell_km": task.gallery_km}))
         elif args.scheme and task.scheme.kind != "column":

@@ -8,7 +8,7 @@ frozen EfficientNet-Lite0 stage statistics (``efficientnet-lite0/stats``, with f
 seeds kept together as one ensemble, the GPS head attached as its refiner. Writes the bundle into
 ``src/geoscope/assets/default-model`` (about 25 minutes on 2 cores).
 
-Run: ``.venv/bin/python scripts/train_default_model.py [--data ../shared/data] [-o DIR]``
+Run: ``.venv/bin/python scripts/train_default_model.py [--data ../shared/data] [-o DIR] [--encoder E] [--image-head H]``
 """
 
 from __future__ import annotations
@@ -44,21 +44,30 @@ def combined_manifest(data: Path) -> Manifest:
     return Manifest(frame, Path("/"))
 
 
-def default_options() -> FitOptions:
+ENCODER = "efficientnet-lite0/stats"
+IMAGE_HEAD = "projection"
+
+
+def default_options(encoder: str = ENCODER, image_head: str = IMAGE_HEAD) -> FitOptions:
     """How the default model is trained (also used by the benchmarks that retrain it on subsets)."""
     return FitOptions(
         scheme=LabelScheme("grid", {"cell_km": 100.0}),
-        train=replace(TrainConfig(), label_smoothing_km=100.0, feature_noise=1.0),
-        image_encoder="efficientnet-lite0/stats",
+        train=replace(TrainConfig(), label_smoothing_km=100.0, feature_noise=1.0, image_head=image_head),
+        image_encoder=encoder,
         restarts=3,
         members=3,
-        name="geoscope-default-lite0stats-grid100",
+        name=f"geoscope-default-{_short(encoder)}-grid100",
     )
 
 
-def gps_options() -> FitOptions:
+def _short(encoder: str) -> str:
+    """An encoder's name as the bundle's name spells it (``efficientnet-lite0/stats`` → ``lite0stats``)."""
+    return encoder.replace("efficientnet-", "").replace("/", "").replace("+", "-")
+
+
+def gps_options(encoder: str = ENCODER, image_head: str = IMAGE_HEAD) -> FitOptions:
     """How the default model's GPS head (its refiner) is trained: a 25 km gallery, 50 km label smoothing."""
-    base = default_options()
+    base = default_options(encoder, image_head)
     return replace(base, scheme=LabelScheme("grid", {"cell_km": 25.0}), restarts=1, members=1,
                    name="geoscope-default-gps-grid25",
                    train=replace(base.train, head="gps", label_smoothing_km=50.0))
@@ -68,12 +77,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("-o", "--output", type=Path, default=REPO / "src" / "geoscope" / "assets" / "default-model")
+    parser.add_argument("--encoder", default=ENCODER, help=f"image encoder ({ENCODER})")
+    parser.add_argument("--image-head", default=IMAGE_HEAD, choices=TrainConfig.CHOICES["image_head"],
+                        help=f"what reads the image features ({IMAGE_HEAD})")
     args = parser.parse_args()
     manifest = combined_manifest(args.data)
     command = ["python", "scripts/train_default_model.py"]
     with tempfile.TemporaryDirectory() as tmp:
-        gps = fit(manifest, gps_options(), Path(tmp) / "gps", command=command)[0]
-        path, result = fit(manifest, replace(default_options(), refiner=gps), args.output, command=command)
+        gps = fit(manifest, gps_options(args.encoder, args.image_head), Path(tmp) / "gps", command=command)[0]
+        path, result = fit(manifest, replace(default_options(args.encoder, args.image_head), refiner=gps), args.output,
+                           command=command)
     for split, record in result.metrics.items():
         print(f"{split:5s} accuracy {record['accuracy']:.1%} median {record['median_km']:.1f} km "
               f"mean {record['mean_km']:.1f} km")

@@ -440,6 +440,8 @@ BAD_BUNDLES: dict[str, tuple[Callable[[Path], None], tuple[str, ...]]] = {
     "config-no-labels": (_edit_json("config.json", _without("labels")), ("'labels'",)),
     "config-centroid-nan": (_edit_json("config.json", lambda c: {**c, "training": {
         **c["training"], "centroid": ["north", 0]}}), ("centroid",)),
+    "config-image-head-unknown": (_edit_json("config.json", lambda c: {**c, "model": {**c["model"], "place_clip": {
+        **c["model"]["place_clip"], "image_head": "magic"}}}), ("incompatible", "image_head", "'magic'")),
     "labels-missing": (_remove("labels.csv"), ("labels.csv",)),
     "labels-empty-file": (_text("labels.csv", ""), ("labels.csv", "empty")),
     "labels-header-only": (_text("labels.csv", "label,name,lat,lon\n"), ("labels.csv", "no rows")),

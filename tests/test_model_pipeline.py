@@ -21,7 +21,7 @@ from geoscope.evaluate import evaluate
 from geoscope.fit import FitOptions, fit
 from geoscope.geo import haversine_km
 from geoscope.labels import LabelScheme
-from geoscope.models.heads import ProjectionHead
+from geoscope.models.heads import LinearHead, ProjectionHead
 from geoscope.models.losses import haversine_smoothed_targets, symmetric_clip_loss
 from geoscope.predict import load_model
 from geoscope.results import CENTROID, MODEL
@@ -291,6 +291,25 @@ def test_train_cli_writes_a_bundle(town_manifest: Path, tmp_path: Path, capsys: 
         main(["train", str(town_manifest), "-o", str(tmp_path / "none"), "--restarts", "0"])
     assert refused.value.code == 2 and "--restarts: must be at least 1, not 0" in capsys.readouterr().err
     assert not (tmp_path / "none").exists()
+
+
+def test_a_linear_image_head_trains_from_the_cli_is_saved_and_ranks_the_right_town(
+        town_manifest: Path, tmp_path: Path) -> None:
+    out = tmp_path / "linear"
+    assert main(["train", str(town_manifest), "--labels", "grid", "--cell-km", "50", "-o", str(out),
+                 "--image-head", "linear", "--max-epochs", "25", "--early-stop", "25", "--batch-size", "32",
+                 "--lr-head", "3e-3", "--lr-text", "3e-3", "--no-augment"]) == 0
+    files = read_bundle(out)
+    assert files.config["model"]["place_clip"]["image_head"] == "linear"
+    assert "image features through one linear map" in (out / "README.md").read_text()
+    assert {k for k in files.tensors if k.startswith("model.image_head.")} == \
+        {"model.image_head.projection.weight", "model.image_head.projection.bias"}
+    model = load_model(out)
+    assert isinstance(model.model.image_head, LinearHead)
+    test = read_manifest(town_manifest).split("test")
+    truth = test.frame["image"].str.extract(r"images/(\w+)_")[0]
+    hits = [p.guesses[0].place == t for p, t in zip(model.predict(test.image_paths), truth, strict=True)]
+    assert np.mean(hits) >= 0.9
 
 
 def test_manifest_without_split_is_split_spatially_and_the_leakage_recorded(town_manifest: Path,

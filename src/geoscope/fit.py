@@ -441,8 +441,10 @@ def _model_card(options: FitOptions, data: PreparedData, result: TrainResult, me
                    f"{_LOCATION_SAID[result.config.location]})" if gps else
                    f"`{options.text_encoder}` embeddings of prompts such as \"{prompt(labels['name'].iloc[0])}\"")
     members = member_count(result.model)
-    heads = (f"each through a projection head into one space, in {members} heads trained alike from different "
-             "seeds whose logits are averaged" if members > 1 else "each through a projection head into one space")
+    into = ("the image features through one linear map and the places through a projection head into one space"
+            if result.config.image_head == "linear" else "each through a projection head into one space")
+    heads = f"{into}, in {members} heads trained alike from different seeds whose logits are averaged" \
+        if members > 1 else into
     return f"""# {options.name}
 
 A geoscope {"GPS" if gps else "place-name"} CLIP model: {image} and

@@ -27,6 +27,7 @@ from . import distributed
 from .errors import GeoscopeError
 from .geo import haversine_km
 from .models.fusion import FUSIONS
+from .models.heads import IMAGE_HEADS
 from .models.losses import haversine_smoothed_targets, soft_cross_entropy
 from .models.place_clip import LOCATIONS, PlaceCLIP, PlaceCLIPConfig
 
@@ -73,6 +74,9 @@ class TrainConfig:
     """Weight of the coarse levels' losses (country, region: probabilities summed over their places)."""
     fusion: str = "mean"
     """How a place's views become one embedding (:data:`geoscope.models.fusion.FUSIONS`)."""
+    image_head: str = "projection"
+    """What reads the image features: the seed's projection head (linear, GELU, linear, residual, LayerNorm) or
+    ``linear``, one linear map (:data:`geoscope.models.heads.IMAGE_HEADS`)."""
     head: str = "place"
     """``place``: the labels are read through their names' text embeddings; ``gps``: through a location
     encoder over their coordinates (GeoCLIP's), so that fine labels (a gallery of points) share what they learn."""
@@ -88,7 +92,7 @@ class TrainConfig:
     LOSSES = ("clip", "label")
     HEADS = ("place", "gps")
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"loss": LOSSES, "fusion": FUSIONS, "head": HEADS,
-                                                     "location": LOCATIONS}
+                                                     "location": LOCATIONS, "image_head": tuple(IMAGE_HEADS)}
     """The fields that take one of a few names."""
 
     def __post_init__(self) -> None:
@@ -280,7 +284,7 @@ def train_place_clip(
     gps = config.head == "gps"
     n_places = len(text_features) if config.learn_place_offsets and not gps else 0  # points share a smooth encoder
     model = PlaceCLIP(PlaceCLIPConfig(sample.shape[1], text_features.shape[1], config.embed_dim, config.dropout,
-                                      n_places=n_places, fusion=config.fusion,
+                                      n_places=n_places, fusion=config.fusion, image_head=config.image_head,
                                       places_from="coordinates" if gps else "names", location=config.location)
                       ).to(device)
     optimizer = torch.optim.AdamW(_param_groups(model, config, image_adapter))

@@ -1,4 +1,5 @@
-"""The seed's projection head: linear → GELU → linear → dropout, residual, LayerNorm."""
+"""What maps an encoder's features into the shared image–place space: the seed's projection head, or a
+linear map (a linear probe's capacity)."""
 
 from __future__ import annotations
 
@@ -21,3 +22,19 @@ class ProjectionHead(nn.Module):
         projected = self.projection(x)
         x = self.dropout(self.fc(self.gelu(projected)))
         return self.layer_norm(x + projected)
+
+
+class LinearHead(nn.Module):
+    """Dropout on the input, then one linear map into the shared space: as much as a linear probe can learn."""
+
+    def __init__(self, in_dim: int, out_dim: int, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.projection = nn.Linear(in_dim, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.projection(self.dropout(x))
+
+
+IMAGE_HEADS: dict[str, type[nn.Module]] = {"projection": ProjectionHead, "linear": LinearHead}
+"""The heads that can read image features, by the name ``--image-head`` takes."""

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .fusion import make_fusion
-from .heads import ProjectionHead
+from .heads import IMAGE_HEADS, ProjectionHead
 from .location import LocationEncoder, load_geoclip
 
 PLACES_FROM = ("names", "coordinates")
@@ -50,6 +50,13 @@ class PlaceCLIPConfig:
     location: str = "geoclip"
     """With ``coordinates``: the location encoder starts from GeoCLIP's weights (``geoclip``), or stays
     GeoCLIP's, frozen (``geoclip-frozen``), or starts from random weights (``scratch``)."""
+    image_head: str = "projection"
+    """What reads the image features (:data:`geoscope.models.heads.IMAGE_HEADS`): the seed's projection head,
+    or one linear map."""
+
+    def __post_init__(self) -> None:
+        if self.image_head not in IMAGE_HEADS:
+            raise ValueError(f"image_head must be one of {', '.join(IMAGE_HEADS)}, not {self.image_head!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -61,7 +68,7 @@ class PlaceCLIP(nn.Module):
     def __init__(self, config: PlaceCLIPConfig) -> None:
         super().__init__()
         self.config = config
-        self.image_head = ProjectionHead(config.image_dim, config.embed_dim, config.dropout)
+        self.image_head = IMAGE_HEADS[config.image_head](config.image_dim, config.embed_dim, config.dropout)
         self.place_tower = _place_tower(config)
         tower_dim = self.place_tower.out_dim if isinstance(self.place_tower, LocationEncoder) else config.text_dim
         self.text_head = ProjectionHead(tower_dim, config.embed_dim, config.dropout)
