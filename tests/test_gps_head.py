@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import shared_rows
+from conftest import REPO, shared_rows
 
 from geoscope.cli.main import main
 from geoscope.data.manifest import read_manifest, write_manifest
@@ -148,12 +148,23 @@ def test_a_gps_refiner_moves_each_guess_to_its_likeliest_point_near_the_label(
         for g, h in zip(by_gps, by_label, strict=True):
             home = labels.loc[g["label"]]
             assert (h["lat"], h["lon"]) == pytest.approx((home["lat"], home["lon"]), abs=1e-6)
+            assert (h["place"], h["region"], h["country"]) == (home["place"], home["region"], home["country"])
+            if (g["lat"], g["lon"]) == (h["lat"], h["lon"]) and (g["place"], g["region"]) == (h["place"], h["region"]):
+                continue  # kept its label's place: an earlier guess took its point
             assert (g["lat"], g["lon"]) in points  # a point of the GPS head's gallery…
             assert haversine_km(g["lat"], g["lon"], home["lat"], home["lon"]) <= 50.0  # …near its label…
             assert (g["place"], g["region"], g["country"]) == points[g["lat"], g["lon"]]  # …named as the point
-            assert (h["place"], h["region"], h["country"]) == (home["place"], home["region"], home["country"])
-            moved += (g["lat"], g["lon"]) != (h["lat"], h["lon"])
+            moved += 1
+        assert len({(g["lat"], g["lon"]) for g in by_gps}) == len(by_gps)
     assert moved > 0
+
+
+def test_no_two_guesses_of_one_answer_are_refined_to_the_same_point() -> None:
+    model = load_model(None)  # the default model: three London labels share the GPS head's likeliest point
+    assert model.refine == "gps"
+    for answer in model.predict(sorted((REPO / "examples" / "images").glob("*.jpg")), top_k=5):
+        points = [(g.lat, g.lon) for g in answer.guesses]
+        assert len(points) == 5 and len(set(points)) == 5, answer.image
 
 
 def test_a_refiner_must_be_a_gps_head_trained_on_the_same_images(
