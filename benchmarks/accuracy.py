@@ -223,10 +223,11 @@ def main() -> int:
     if not (DATA / "us-west" / "manifest.csv").is_file():
         print(f"needs the real datasets in {DATA}", file=sys.stderr)
         return 2
-    config = TrainConfig()
+    config, overridden = TrainConfig(), set()
     for item in args.set:
         key, _, value = item.partition("=")
         config = replace(config, **{key: type(getattr(config, key))(value)})
+        overridden.add(key)
     held = min(args.folds, args.max_folds or args.folds)
     print(f"encoder {args.encoder}, fine-tuned blocks {args.finetune_blocks}, {args.folds}-fold "
           f"({held} held out), restarts {args.restarts}, members {args.members}, config {config.to_dict()}\n")
@@ -241,7 +242,7 @@ def main() -> int:
             continue
         if args.refine == "gps" and not task.gallery_km:
             continue  # the which-London tasks have no points to refine to
-        if any(item.startswith("label_smoothing_km=") for item in args.set):  # the command line wins
+        if "label_smoothing_km" in overridden:  # the command line wins over the task
             task = replace(task, smoothing_km=config.label_smoothing_km)
         if config.head == "gps" and task.gallery_km:
             task = replace(task, scheme=LabelScheme("grid", {"cell_km": task.gallery_km}))
