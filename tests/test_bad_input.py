@@ -657,6 +657,7 @@ OTHER_OPTIONS = {
     "features-batch-size-zero": (("features", "{m}", "--batch-size", "0"), "--batch-size"),
     "features-views-unknown": (("features", "{m}", "--views", "sideways"), "sideways"),
     "features-encoder-unknown": (("features", "{m}", "--encoder", "vgg99"), "vgg99"),
+    "features-encoder-input-size-huge": (("features", "{m}", "--encoder", "efficientnet-lite0@99999"), "input size"),
     "split-val-negative": (("data", "split", "{m}", "--val", "-0.1"), "val"),
     "split-block-km-zero": (("data", "split", "{m}", "--by", "block", "--block-km", "0"), "block"),
     "labels-cell-km-negative": (("labels", "grid", "{m}", "--cell-km", "-3"), "--cell-km"),

@@ -71,6 +71,22 @@ def test_unknown_names_are_clear() -> None:
         get_image_encoder("efficientnet-lite0/trunk-99")
 
 
+def test_an_input_size_suffix_resizes_the_frame_and_keeps_the_features_shape() -> None:
+    """``@<px>`` feeds the net larger (upsampled) frames: same outputs, finer detail, its own cache key."""
+    base = get_image_encoder("efficientnet-lite0/stats")
+    big = get_image_encoder("efficientnet-lite0/stats@320")
+    assert big.preprocess.size == big.preprocess.crop_size == 320 and big.output_shape == base.output_shape
+    assert big.fingerprint != base.fingerprint and big.name == "efficientnet-lite0/stats@320"
+    frame = Image.fromarray(np.random.default_rng(3).integers(0, 255, (224, 224, 3), dtype=np.uint8))
+    assert big.preprocess(frame).shape == (3, 320, 320)
+    x = np.random.default_rng(4).standard_normal((1, 3, 320, 320)).astype(np.float32)
+    np.testing.assert_allclose(big.encode(x), get_image_encoder("efficientnet-lite0/stats@320", "torch").encode(x),
+                               atol=1e-4)
+    assert get_image_encoder("efficientnet-lite0/trunk-2@320").output_shape == (192, 10, 10)
+    with pytest.raises(GeoscopeError, match=r"input size of 'efficientnet-lite0@4096' must be 32\.\.1024 px"):
+        get_image_encoder("efficientnet-lite0@4096")
+
+
 def test_efficientnet_weights_expect_our_normalisation() -> None:
     """The stem's batch-norm means are what ImageNet images give under mean = std = 0.5."""
     from geoscope.encoders.efficientnet import lite_preprocess, load_efficientnet

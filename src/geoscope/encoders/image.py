@@ -3,7 +3,8 @@
 Names: ``efficientnet-lite0`` (224 px), ``efficientnet-lite1`` (240 px), ``efficientnet-lite2`` (260 px),
 ``<name>/stats`` (mean and std of every stage's output: texture and colour as well as objects), their trunks
 ``<name>/trunk-<n>`` (feature maps before the last ``n`` MBConv blocks, for caching and
-fine-tuning the top), ``<a>+<b>`` (several encoders' outputs concatenated) and
+fine-tuning the top), any of these ``@<px>`` (frames resized to another input size),
+``<a>+<b>`` (several encoders' outputs concatenated) and
 ``hf:<repo-or-path>`` (CLIP, ResNet, ViT-like models through ``transformers``). Frozen
 inference runs through ONNX Runtime (exported once into the cache, checked against torch) or torch.
 """
@@ -14,7 +15,7 @@ import hashlib
 import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from typing import TYPE_CHECKING
 
@@ -40,8 +41,11 @@ if TYPE_CHECKING:
     from torch import nn
 
 BACKENDS = ("onnx", "torch")
-PATTERNS = ("<a>+<b>", "<name>/stats", "<name>/trunk-<n>", "<name>/pixels", "hf:<repo-or-path>")
+PATTERNS = ("<a>+<b>", "<name>/stats", "<name>/trunk-<n>", "<name>/pixels", "<name>[/variant]@<px>",
+            "hf:<repo-or-path>")
 _TRUNK = re.compile(r"^trunk-(\d+)$")
+_SIZE = re.compile(r"^(.*)@(\d+)$")
+MAX_INPUT_PX = 1024
 
 
 @dataclass(frozen=True)
@@ -173,8 +177,14 @@ def fingerprint(*parts: object) -> str:
 
 
 def _efficientnet_spec(name: str) -> EncoderSpec:
-    base, _, variant = name.partition("/")
+    sized = _SIZE.match(name)
+    base, _, variant = (sized[1] if sized else name).partition("/")
     preprocess = lite_preprocess(base)
+    if sized:  # another input size: frames resized to it (upsampled from 224 px: finer detail per unit of the net)
+        px = int(sized[2])
+        if not 32 <= px <= MAX_INPUT_PX:
+            raise GeoscopeError(f"input size of {name!r} must be 32..{MAX_INPUT_PX} px, not {px}")
+        preprocess = replace(preprocess, size=px, crop_size=px)
     weights = weights_path(base)
     identity = (base, weights.name, weights.stat().st_size, preprocess.key)
     if not variant:
@@ -194,10 +204,11 @@ def _efficientnet_spec(name: str) -> EncoderSpec:
     total = block_count(base)
     if not match or not 0 <= int(match[1]) <= total:
         raise GeoscopeError(f"unknown variant {variant!r} of {base}: use stats, pixels, or trunk-<n> with n in "
-                            f"0..{total}")
+                            f"0..{total}, then @<px> for another input size")
     n_top = int(match[1])
     return EncoderSpec(
-        name, preprocess, _trunk_shape(base, n_top), fingerprint("efficientnet-trunk/1", n_top, *identity),
+        name, preprocess, _trunk_shape(base, n_top, preprocess.crop_size),
+        fingerprint("efficientnet-trunk/1", n_top, *identity),
         build=lambda: split_efficientnet(base, n_top)[0], storage_dtype="float16",
     )
 
@@ -209,14 +220,13 @@ def _flatten() -> nn.Module:
 
 
 @cache
-def _trunk_shape(base: str, n_top: int) -> tuple[int, ...]:
+def _trunk_shape(base: str, n_top: int, size: int) -> tuple[int, ...]:
     import torch
     from efficientnet_lite_pytorch import EfficientNet
 
     from .efficientnet import EfficientNetTrunk
 
     net = EfficientNet.from_name(base).eval()
-    size = LITE_MODELS[base][0]
     with torch.inference_mode():
         out = EfficientNetTrunk(net, len(net._blocks) - n_top)(torch.zeros(1, 3, size, size))
     return tuple(out.shape[1:])
@@ -251,7 +261,7 @@ def image_encoder_spec(name: str) -> EncoderSpec:
         from .hub import hf_image_spec
 
         return hf_image_spec(name)
-    base = name.partition("/")[0]
+    base = name.partition("/")[0].partition("@")[0]
     if base not in _REGISTRY:
         known = ", ".join([*_REGISTRY, *PATTERNS])
         raise GeoscopeError(f"unknown image encoder {name!r} (known: {known})")
