@@ -23,6 +23,7 @@ from geoscope.outputs import (
     NON_FINITE,
     checked_record,
     feature_to_record,
+    hierarchy_line,
     record_to_feature,
     render_table,
     strict_json,
@@ -221,6 +222,35 @@ def test_table_never_cuts_a_name_and_shows_hierarchy_coverage_and_confidence() -
     assert any(line.strip().startswith("#1 is the best single answer") for line in render_table(record).splitlines())
 
 
+def test_the_hierarchy_line_follows_the_first_guess_down_its_own_region() -> None:
+    """The best single answer need not lie in the likeliest region: the path never jumps between branches."""
+    record = {"image": "photo.jpg",
+              "levels": {"country": [{"name": "Croatia", "probability": 1.0}],
+                         "region": [{"name": "Sibensko-Kninska, Croatia", "probability": 0.14},
+                                    {"name": "Sisacko-Moslavacka, Croatia", "probability": 0.09}]},
+              "guesses": [{"lat": 45.75, "lon": 16.43, "label": "Kutina, Sisacko-Moslavacka, Croatia",
+                           "place": "Ivanić-Grad", "region": "Zagrebacka", "country": "Croatia", "probability": 0.09}]}
+    assert hierarchy_line(record) == "Croatia 100 % → Sisacko-Moslavacka 9.0 % → Kutina 9.0 %"
+    record["guesses"][0]["label"] = "Knin, Sibensko-Kninska, Croatia"
+    assert hierarchy_line(record) == "Croatia 100 % → Sibensko-Kninska 14 % → Knin 9.0 %"
+
+
+def test_table_names_where_a_refined_guess_points_and_the_area_it_was_guessed_in() -> None:
+    london = "London, England, United Kingdom"
+    record = {"image": "photo.jpg", "guesses": [
+        {"lat": 51.29, "lon": -0.37, "label": london, "place": "Leatherhead", "region": "England",
+         "country": "United Kingdom", "probability": 0.6},
+        {"lat": 51.29, "lon": -0.24, "label": "Sutton, England, United Kingdom", "place": "Sutton",
+         "region": "England", "country": "United Kingdom", "probability": 0.3}]}
+    header, moved, kept = render_table(record).splitlines()[-3:]
+    assert header.rstrip().endswith("in the area of")
+    assert moved.split()[1] == "Leatherhead," and moved.rstrip().endswith(london)
+    assert kept.split()[1] == "Sutton," and kept.rstrip().endswith("%")  # not moved: no area beside it
+    for guess in record["guesses"]:
+        guess["place"] = guess["label"].split(", ")[0]  # nothing moved: the plain table
+    assert "in the area of" not in render_table(record) and "Leatherhead" not in render_table(record)
+
+
 def test_table_of_real_photos_shows_every_label_in_full(capsys: pytest.CaptureFixture) -> None:
     paths = [str(p) for p in EXAMPLES]
     assert main(["predict", *paths, "--json", "--top-k", "5"]) == 0
@@ -230,7 +260,8 @@ def test_table_of_real_photos_shows_every_label_in_full(capsys: pytest.CaptureFi
     for answer in answers:
         assert answer["image"] in table
         for guess in answer["guesses"]:
-            assert f"  {guess['label']}  " in table
+            row = next(line for line in table.splitlines() if f"  {guess['lat']:.4f}  " in line)
+            assert f"  {guess['label']}" in row and f"  {guess['place']}" in row  # the area and the point, in full
 
 
 def test_geojson_round_trips_a_record() -> None:

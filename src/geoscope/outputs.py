@@ -108,24 +108,27 @@ def _short_name(name: str, parent: str | None) -> str:
 
 
 def hierarchy_line(record: dict) -> str | None:
-    """``United Kingdom 97 % → England 97 % → Croydon 12 %``, or ``None`` without ``levels``."""
+    """``United Kingdom 97 % → England 97 % → Croydon 12 %``, or ``None`` without ``levels``.
+
+    The path of the first guess's label: its country and region with their summed probabilities
+    (the likeliest of a level when the label names none of them), then the label's place."""
     levels = record.get("levels") or {}
     if not levels:
         return None
     order = [k for k in LEVEL_ORDER if k in levels] + [k for k in levels if k not in LEVEL_ORDER]
+    guesses = record.get("guesses") or []
+    label = str(guesses[0].get("label", "")) if guesses else ""
     parts, parent = [], None
     for level in order:
-        top = (levels.get(level) or [None])[0]
-        if not top or "name" not in top:
+        entries = [e for e in levels.get(level) or [] if e and "name" in e]
+        if not entries:
             continue
+        top = next((e for e in entries if label.endswith(f", {e['name']}")), entries[0])
         name = str(top["name"])
         parts.append(f"{one_line(_short_name(name, parent))} {percent(top.get('probability', 0.0))}")
         parent = name
-    guesses = record.get("guesses") or []
     if "place" not in levels and guesses:
-        top = guesses[0]
-        place = top.get("place") or _short_name(str(top.get("label", "")), parent)
-        parts.append(f"{one_line(str(place))} {percent(top.get('probability', 0.0))}")
+        parts.append(f"{one_line(_short_name(label, parent))} {percent(guesses[0].get('probability', 0.0))}")
     return " → ".join(parts) or None
 
 
@@ -154,7 +157,8 @@ BEST_FIRST = ("#1 is the best single answer: the likeliest place in the area wit
 def render_table(record: dict) -> str:
     """The readable block for one record: title, hierarchy, coverage warning, confidence, guesses.
 
-    Names are never cut: the place column is as wide as the longest label.
+    Names are never cut: the place column is as wide as the longest name. It names where each guess
+    points; a guess a refiner moved off its label's own place also names that label ("in the area of").
     """
     image = quote_name(record.get("image", "?"))
     views = record.get("views")
@@ -175,12 +179,25 @@ def render_table(record: dict) -> str:
     if len(chances) > 1 and chances[0] < max(chances[1:]):
         lines.append(f"  {BEST_FIRST}")
     labels = [one_line(str(g.get("label", ""))) for g in guesses]
-    width = max([display_width("place"), *map(display_width, labels)])
-    lines.append(f"  {'#':>2}  {_ljust('place', width)}  {'lat':>9}  {'lon':>10}  {'probability':>11}")
-    for rank, (g, label) in enumerate(zip(guesses, labels, strict=True), 1):
-        lines.append(f"  {rank:>2}  {_ljust(label, width)}  {g.get('lat', math.nan):>9.4f}  "
-                     f"{g.get('lon', math.nan):>10.4f}  {100 * g.get('probability', math.nan):>9.1f} %")
+    places = [one_line(_point_name(g)) for g in guesses]
+    moved = any(place != label for place, label in zip(places, labels, strict=True))
+    width = max([display_width("place"), *map(display_width, places)])
+    lines.append(f"  {'#':>2}  {_ljust('place', width)}  {'lat':>9}  {'lon':>10}  {'probability':>11}"
+                 + ("  in the area of" if moved else ""))
+    for rank, (g, place, label) in enumerate(zip(guesses, places, labels, strict=True), 1):
+        area = f"  {label}" if moved and place != label else ""
+        lines.append(f"  {rank:>2}  {_ljust(place, width)}  {g.get('lat', math.nan):>9.4f}  "
+                     f"{g.get('lon', math.nan):>10.4f}  {100 * g.get('probability', math.nan):>9.1f} %{area}".rstrip())
     return "\n".join(lines)
+
+
+def _point_name(guess: dict) -> str:
+    """The name of where a guess points: its label's name, or, when a refiner moved it to a point named
+    otherwise (its ``place`` is not the label's own), that place with its region and country."""
+    label, place = str(guess.get("label", "")), str(guess.get("place") or "")
+    if not place or label.split(", ")[0] == place:
+        return label
+    return ", ".join(str(part) for part in (place, guess.get("region"), guess.get("country")) if part)
 
 
 # --- GeoJSON features ----------------------------------------------------------------------------
