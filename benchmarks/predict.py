@@ -159,7 +159,8 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
     print("\nreduced vs full decoding of the 12 MP photos, cosine similarity of the encoder outputs:")
     full = np.stack([pre(open_image(p)) for p in photos])
     reduced = np.stack([pre(open_image(p, min_size=pre.decode_size)) for p in photos])
-    lite0 = get_image_encoder("efficientnet-lite0", backend="torch")  # same network as ONNX; no export needed
+    # the pooled embedding at the default model's input size; the same network as ONNX, so no export needed
+    lite0 = get_image_encoder(f"efficientnet-lite0@{pre.crop_size}", backend="torch")
     for name, enc in (("efficientnet-lite0 (pooled)", lite0), (f"{encoder.name} (the default model's)", encoder)):
         a, b = enc.encode(full), enc.encode(reduced)
         if enc.spec.mixed_scales:  # compare standardised dimensions, as the head reads them

@@ -61,8 +61,8 @@ def default_options(encoder: str = ENCODER, image_head: str = IMAGE_HEAD) -> Fit
 
 
 def _short(encoder: str) -> str:
-    """An encoder's name as the bundle's name spells it (``efficientnet-lite0/stats`` → ``lite0stats``)."""
-    return encoder.replace("efficientnet-", "").replace("/", "").replace("+", "-")
+    """An encoder's name as the bundle's name spells it (``efficientnet-lite0/stats@384`` → ``lite0stats-384``)."""
+    return encoder.replace("efficientnet-", "").replace("/", "").replace("+", "-").replace("@", "-")
 
 
 def gps_options(encoder: str = ENCODER, image_head: str = IMAGE_HEAD) -> FitOptions:
