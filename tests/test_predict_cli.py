@@ -233,6 +233,12 @@ def test_the_hierarchy_line_follows_the_first_guess_down_its_own_region() -> Non
     assert hierarchy_line(record) == "Croatia 100 % → Sisacko-Moslavacka 9.0 % → Kutina 9.0 %"
     record["guesses"][0]["label"] = "Knin, Sibensko-Kninska, Croatia"
     assert hierarchy_line(record) == "Croatia 100 % → Sibensko-Kninska 14 % → Knin 9.0 %"
+    record["guesses"][0]["label"] = "Zadar, Zadarska, Croatia"  # its region is not among those listed: left out
+    assert hierarchy_line(record) == "Croatia 100 % → Zadar, Zadarska 9.0 %"
+    record["guesses"][0]["label"] = "Sibensko-Kninska, Croatia"  # --level region: the path ends at the guess
+    assert hierarchy_line(record) == "Croatia 100 % → Sibensko-Kninska 14 %"
+    record["guesses"][0]["label"] = "Croatia"  # --level country
+    assert hierarchy_line(record) == "Croatia 100 %"
 
 
 def test_table_names_where_a_refined_guess_points_and_the_area_it_was_guessed_in() -> None:

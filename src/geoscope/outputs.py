@@ -110,8 +110,9 @@ def _short_name(name: str, parent: str | None) -> str:
 def hierarchy_line(record: dict) -> str | None:
     """``United Kingdom 97 % → England 97 % → Croydon 12 %``, or ``None`` without ``levels``.
 
-    The path of the first guess's label: its country and region with their summed probabilities
-    (the likeliest of a level when the label names none of them), then the label's place."""
+    The path down to the first guess: the country and region its label lies in, with their summed
+    probabilities (a level whose listed entries hold none of them is left out), then the label itself
+    unless it is one of those (a guess at the country or region level)."""
     levels = record.get("levels") or {}
     if not levels:
         return None
@@ -121,12 +122,15 @@ def hierarchy_line(record: dict) -> str | None:
     parts, parent = [], None
     for level in order:
         entries = [e for e in levels.get(level) or [] if e and "name" in e]
-        if not entries:
+        top = next((e for e in entries if label == e["name"] or label.endswith(f", {e['name']}")),
+                   None if label or not entries else entries[0])
+        if top is None:
             continue
-        top = next((e for e in entries if label.endswith(f", {e['name']}")), entries[0])
         name = str(top["name"])
         parts.append(f"{one_line(_short_name(name, parent))} {percent(top.get('probability', 0.0))}")
         parent = name
+        if name == label:
+            return " → ".join(parts)
     if "place" not in levels and guesses:
         parts.append(f"{one_line(_short_name(label, parent))} {percent(guesses[0].get('probability', 0.0))}")
     return " → ".join(parts) or None
