@@ -191,17 +191,19 @@ def render_table(record: dict) -> str:
     for rank, (g, place, label) in enumerate(zip(guesses, places, labels, strict=True), 1):
         area = f"  {label}" if moved and place != label else ""
         lines.append(f"  {rank:>2}  {_ljust(place, width)}  {g.get('lat', math.nan):>9.4f}  "
-                     f"{g.get('lon', math.nan):>10.4f}  {100 * g.get('probability', math.nan):>9.1f} %{area}".rstrip())
+                     f"{g.get('lon', math.nan):>10.4f}  {100 * g.get('probability', math.nan):>9.1f} %{area}")
     return "\n".join(lines)
 
 
 def _point_name(guess: dict) -> str:
     """The name of where a guess points: its label's name, or, when a refiner moved it to a point named
     otherwise (its ``place`` is not the label's own), that place with its region and country."""
+    from .naming import display_name  # not at import: it loads the gazetteer's modules
+
     label, place = str(guess.get("label", "")), str(guess.get("place") or "")
     if not place or label.split(", ")[0] == place:
         return label
-    return ", ".join(str(part) for part in (place, guess.get("region"), guess.get("country")) if part)
+    return display_name(place, str(guess.get("region") or ""), str(guess.get("country") or ""))
 
 
 # --- GeoJSON features ----------------------------------------------------------------------------
