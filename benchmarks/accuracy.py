@@ -11,7 +11,8 @@ trains a GPS head on that gallery and attaches it to the place model as its refi
 Tasks with several views per place also show the model answering each view alone and, for a learned
 fusion, the same model answering from the plain average of its views.
 Run: ``python benchmarks/accuracy.py [--folds 5] [--task N] [--scheme geocells] [--no-augment]
-[--set fusion=lstm] [--set head=gps] [--set location=scratch] [--refine knn|gps] [--restarts 3 [--members 3]]``.
+[--set fusion=lstm] [--set head=gps] [--set location=scratch] [--refine knn|gps] [--restarts 3 [--members 3]]
+[--places 0.2]``.
 """
 
 from __future__ import annotations
@@ -73,14 +74,20 @@ TASKS = (
 )
 
 
-def load_sets(names: tuple[str, ...]) -> Manifest:
+def load_sets(names: tuple[str, ...], places: float = 1.0) -> Manifest:
+    """The sets as one manifest, or a random share of their places (all views of each kept place)."""
     frames = []
     for name in names:
         m = read_manifest(DATA / name / "manifest.csv")
         frame = m.frame.copy()
         frame["image"] = [str(p) for p in m.image_paths]
         frames.append(frame)
-    return Manifest(pd.concat(frames, ignore_index=True), Path("/"))
+    manifest = Manifest(pd.concat(frames, ignore_index=True), Path("/"))
+    if places >= 1:
+        return manifest
+    ids = manifest.place_ids
+    unique = ids.unique()
+    return manifest.subset(ids.isin(unique[np.random.default_rng(0).random(len(unique)) < places]))
 
 
 def outer_ring(frame: pd.DataFrame, share: float = RING_SHARE) -> np.ndarray:
@@ -98,8 +105,8 @@ def outer_ring(frame: pd.DataFrame, share: float = RING_SHARE) -> np.ndarray:
 
 
 def cross_validate(task: Task, folds: int, options: FitOptions, max_folds: int | None = None,
-                   progress: bool = False, refine: str = "none") -> dict:
-    manifest = load_sets(task.sets)
+                   progress: bool = False, refine: str = "none", places: float = 1.0) -> dict:
+    manifest = load_sets(task.sets, places)
     inner = kfold(manifest.frame, 10, by="block" if task.by == "ring" else task.by, block_km=task.block_km, seed=1)
     if task.by == "ring":
         fold, folds = np.where(outer_ring(manifest.frame), 0, -1), 1
@@ -217,6 +224,8 @@ def main() -> int:
                         help="train each fold's model from N seeds and keep the lowest validation loss (1)")
     parser.add_argument("--members", type=int, default=1,
                         help="keep the K runs of lowest validation loss as one ensemble (at most --restarts; 1)")
+    parser.add_argument("--places", type=float, default=1.0, metavar="SHARE",
+                        help="train and test on a random share of each task's places (how accuracy grows with data)")
     parser.add_argument("--scheme", help="label scheme for the km tasks instead of theirs, e.g. geocells "
                         "or geocells:min_images=20,max_images=200")
     args = parser.parse_args()
@@ -251,7 +260,7 @@ def main() -> int:
             task = replace(task, scheme=LabelScheme(kind, {k: float(v) for k, v in
                                                            (p.split("=") for p in params.split(",") if p)}))
         start = time.perf_counter()
-        m = cross_validate(task, args.folds, options, args.max_folds, args.progress, args.refine)
+        m = cross_validate(task, args.folds, options, args.max_folds, args.progress, args.refine, args.places)
         columns = (MODEL, ONE_VIEW, VIEWS_AVERAGED, PROBE, CENTROID, KNN)
         cells = [_cell(m[name], task) if name in m else "–" for name in columns]
         print(f"| {task.name} | {task.goal} | " + " | ".join(cells) + f" | {time.perf_counter() - start:.0f} s |",

@@ -79,3 +79,18 @@ def test_the_answer_says_whether_the_photo_is_in_coverage() -> None:
     assert [answer("x", np.array([0.2, 0.3, 0.5]), coverage_score=s).in_coverage for s in (0.5, 0.01)] == \
         [True, False]
     assert Answerer(_labels()).answer("x", np.array([0.2, 0.3, 0.5]), coverage_score=0.1).in_coverage is None
+
+
+@pytest.mark.parametrize("shape", [(300, 40), (40, 300)])  # more images than features, and fewer
+def test_principal_axes_are_the_svds_first_rows(shape: tuple[int, int]) -> None:
+    from geoscope.pca import principal_axes
+
+    rng = np.random.default_rng(3)
+    z = rng.normal(size=shape) * np.geomspace(10, 0.1, shape[1])  # a spectrum that falls, as features' does
+    z -= z.mean(axis=0)
+    _, s, vt = np.linalg.svd(z, full_matrices=False)
+    top, axes = principal_axes(z, 12)
+    assert axes.shape == (12, shape[1])
+    np.testing.assert_allclose(top, s[:12], rtol=1e-8)
+    np.testing.assert_allclose(np.abs((axes * vt[:12]).sum(axis=1)), 1.0, atol=1e-8)  # the same axes, up to sign
+    assert principal_axes(z, 10**6)[0].shape == (min(shape),)  # never more than the matrix has

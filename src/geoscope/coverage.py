@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .pca import principal_axes
+
 SCORE = "gallery+typicality"
 """The coverage score this version computes (bundles with another are treated as having none)."""
 TESTS = ("gallery", "typicality")
@@ -90,10 +92,10 @@ class Typicality:
             return None
         mean = x.mean(axis=0)
         scale = x.std(axis=0) + 1e-6
-        _, s, vt = np.linalg.svd((x - mean) / scale, full_matrices=False)
-        spread = s[:dim] / np.sqrt(len(x))
+        s, vt = principal_axes((x - mean) / scale, dim)
+        spread = s / np.sqrt(len(x))
         keep = spread > 1e-6 * spread[0]
-        projection = (vt[:dim][keep] / scale).T / spread[keep]
+        projection = (vt[keep] / scale).T / spread[keep]
         w = (x - mean) @ projection
         centres = np.stack([w[codes == g].mean(axis=0) for g in range(len(names))])
         within = np.cov((w - centres[codes]).T) + RIDGE * np.eye(w.shape[1])

@@ -28,6 +28,7 @@ from .models.ensemble import Head, PlaceEnsemble, member_count
 from .models.fusion import group_mean, group_views
 from .models.image_side import ImageSide, adapt_rows
 from .models.place_clip import is_stored_embedded
+from .pca import principal_axes
 from .refine import REFINE_RADIUS_KM
 from .train import TrainConfig, TrainingData, TrainResult, embed_items, measure, search_grid, train_place_clip
 
@@ -309,8 +310,7 @@ def _references(data: PreparedData, adapter: torch.nn.Module, model: Head,
     x = adapt_rows(adapter, train.features, rows).astype(np.float64)
     scale = model.image_scale.double().numpy()
     mean = x.mean(axis=0)
-    _, _, vt = np.linalg.svd((x - mean) / scale, full_matrices=False)
-    components = vt[: min(GALLERY_DIM, vt.shape[0])] / scale  # scale, then project: one matrix
+    components = principal_axes((x - mean) / scale, GALLERY_DIM)[1] / scale  # scale, then project: one matrix
     tensors = {
         "gallery.pca_mean": mean.astype(np.float32),
         "gallery.pca_components": components.astype(np.float32),
