@@ -174,6 +174,24 @@ def test_stage_statistics_hold_the_pooled_embedding_and_earlier_stages() -> None
     assert flat[0, head.stop :].mean() < out[:, head.stop :].mean()
 
 
+def test_layout_adds_each_stage_averaged_over_six_bands_of_the_frame() -> None:
+    stats, layout = get_image_encoder("efficientnet-lite0/stats"), get_image_encoder("efficientnet-lite0/layout")
+    tapped = (4048 - 2 * 1280) // 2  # channels of the tapped stages
+    assert layout.output_shape == (4048 + 6 * tapped,) and layout.spec.mixed_scales
+    assert layout.cache_key != stats.cache_key
+    x = np.random.default_rng(3).standard_normal((2, 3, 224, 224)).astype(np.float32)
+    x[1, :, 150:] = 0.0  # a flat bottom third in the second image
+    out = layout.encode(x)
+    np.testing.assert_allclose(get_image_encoder("efficientnet-lite0/layout", "torch").encode(x), out, atol=1e-4)
+    np.testing.assert_allclose(out[:, :4048], stats.encode(x), atol=1e-4)
+    # the first tapped stage (40 channels on 28 rows) comes first: its mean over the frame, then its six
+    # bands (5, 4, 5, 5, 4, 5 rows); the frame's mean is the bands' mean weighted by their rows
+    first, rows = 40, (5, 4, 5, 5, 4, 5)
+    bands = [out[:, 4048 + k * first : 4048 + (k + 1) * first] for k in range(6)]
+    np.testing.assert_allclose(sum(r * b for r, b in zip(rows, bands, strict=True)) / 28, out[:, :first], atol=1e-3)
+    top, bottom = bands[0], bands[-1]
+    assert np.abs(bottom[1] - bottom[0]).mean() > np.abs(top[1] - top[0]).mean()
+
 def test_a_joint_encoder_gives_each_part_the_frame_it_wants_and_concatenates_their_outputs() -> None:
     joint = get_image_encoder(" efficientnet-lite0/stats + efficientnet-lite2 ")
     lite0, lite2 = get_image_encoder("efficientnet-lite0/stats"), get_image_encoder("efficientnet-lite2")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import io
+import itertools
 from functools import cache
 from pathlib import Path
 
@@ -130,29 +131,44 @@ class EfficientNetStageStats(nn.Module):
     the statistics of earlier stages keep texture, colour and layout (road markings,
     kerbs, vegetation, building materials) that tell regions apart. Stages with fewer
     than ``min_channels`` channels are left out. Lite0 gives 4,048 values per image.
+
+    With ``bands`` > 0 each stage's output (not the head conv's) is also averaged over that many
+    horizontal bands of the frame, top to bottom (the ``layout`` variant): what lies at the sky's
+    height, the façades' and the road's is kept apart instead of mixed into one mean. Lite0 with 6
+    bands gives 8,512 values.
     """
 
-    def __init__(self, net: nn.Module, min_channels: int = 40) -> None:
+    def __init__(self, net: nn.Module, min_channels: int = 40, bands: int = 0) -> None:
         super().__init__()
         self.net = net
+        self.bands = bands
         channels = [block._project_conv.out_channels for block in net._blocks]
         self.taps = frozenset(
             i for i, c in enumerate(channels)
             if c >= min_channels and (i == len(channels) - 1 or channels[i + 1] != c)
         )
-        self.dim = 2 * (sum(channels[i] for i in self.taps) + net._conv_head.out_channels)
+        tapped = sum(channels[i] for i in self.taps)
+        self.dim = 2 * (tapped + net._conv_head.out_channels) + bands * tapped
         """Values per image."""
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         net = self.net  # a frozen encoder: blocks run without drop-connect
         x = net._swish(net._bn0(net._conv_stem(images)))
-        stats = []
+        stats, bands = [], []
         for index, block in enumerate(net._blocks):
             x = block(x)
             if index in self.taps:
                 stats += [x.mean(dim=(2, 3)), x.std(dim=(2, 3))]
+                bands += _band_means(x, self.bands)
         x = net._swish(net._bn1(net._conv_head(x)))
-        return torch.cat([*stats, x.mean(dim=(2, 3)), x.std(dim=(2, 3))], dim=1)
+        return torch.cat([*stats, x.mean(dim=(2, 3)), x.std(dim=(2, 3)), *bands], dim=1)
+
+
+def _band_means(x: torch.Tensor, bands: int) -> list[torch.Tensor]:
+    """Means of a feature map ``(n, c, h, w)`` over ``bands`` horizontal bands of rows, top first."""
+    rows = int(x.shape[2])  # a constant in the exported graph: each encoder has one input size
+    edges = [round(k * rows / bands) for k in range(bands + 1)] if bands else []
+    return [x[:, :, a:b].mean(dim=(2, 3)) for a, b in itertools.pairwise(edges)]
 
 
 def split_efficientnet(name: str, n_top_blocks: int) -> tuple[EfficientNetTrunk, EfficientNetTop]:
