@@ -192,6 +192,7 @@ def test_layout_adds_each_stage_averaged_over_six_bands_of_the_frame() -> None:
     top, bottom = bands[0], bands[-1]
     assert np.abs(bottom[1] - bottom[0]).mean() > np.abs(top[1] - top[0]).mean()
 
+
 def test_a_joint_encoder_gives_each_part_the_frame_it_wants_and_concatenates_their_outputs() -> None:
     joint = get_image_encoder(" efficientnet-lite0/stats + efficientnet-lite2 ")
     lite0, lite2 = get_image_encoder("efficientnet-lite0/stats"), get_image_encoder("efficientnet-lite2")

@@ -196,7 +196,7 @@ def _efficientnet_spec(name: str) -> EncoderSpec:
             build=lambda: EfficientNetEmbedding(load_efficientnet(base)),
         )
     if variant in STATS_BANDS:
-        bands = STATS_BANDS[variant]
+        bands = STATS_BANDS[variant]  # 0 adds nothing to the fingerprint: /stats keeps its cached features
         return EncoderSpec(
             name, preprocess, (_stats_dim(base, bands),),
             fingerprint("efficientnet-stage-stats/1", *identity, *([bands] if bands else [])),
