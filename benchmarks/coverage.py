@@ -4,8 +4,9 @@ In-coverage set: the held-out test rows of the default model's training manifest
 shared sets split by 1 km blocks, as ``scripts/train_default_model.py`` does). Out-of-coverage
 sets, made here from them: rotated, colour-inverted, channel-swapped, zoomed, blurred images,
 solid colours and noise, plus the non-street photos matplotlib ships. ``--hold-out SET``
-(repeatable) also trains a model on the other three sets and reports how many of SET's images
-(a region the model never saw) it flags. Prints one table.
+(repeatable) also trains a model on the other three sets, as the tested model was trained (its encoder,
+image head and flipped copies), and reports how many of SET's images (a region the model never saw) it
+flags. Prints one table.
 
 Run: ``python benchmarks/coverage.py [--model DIR] [--n 200] [--hold-out croatia --hold-out us-west]``.
 """
@@ -24,10 +25,10 @@ from PIL import Image, ImageFilter, ImageOps
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 
-from train_default_model import SETS, combined_manifest, default_options  # noqa: E402
+from train_default_model import IMAGE_HEAD, SETS, combined_manifest, default_options  # noqa: E402
 
 from geoscope.data.manifest import Manifest  # noqa: E402
-from geoscope.fit import fit  # noqa: E402
+from geoscope.fit import FitOptions, fit  # noqa: E402
 from geoscope.predict import GeoModel, load_model  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data"
@@ -54,6 +55,14 @@ def flagged_share(model: GeoModel, paths: list[Path]) -> tuple[float, int]:
     valid = np.asarray(features.valid, dtype=bool)
     scores = model.coverage_scores(np.nan_to_num(features.embeddings)[valid])
     return float((scores < model.coverage.threshold).mean()), int(valid.sum())
+
+
+def _trained_as(model: GeoModel) -> FitOptions:
+    """The default model's recipe with the tested model's encoder, image head and flipped copies."""
+    training = model.config.get("training") or {}
+    return default_options(model.config["image_encoder"]["name"],
+                           (training.get("config") or {}).get("image_head", IMAGE_HEAD),
+                           augment=training.get("augment") is not None)
 
 
 def main() -> int:
@@ -97,7 +106,7 @@ def main() -> int:
         for held_out in args.hold_out:
             kept = manifest.frame["dataset"] != held_out
             held = Manifest(manifest.frame[kept].reset_index(drop=True), manifest.root)
-            options = replace(default_options(), name=f"without-{held_out}")
+            options = replace(_trained_as(model), name=f"without-{held_out}")
             fit(held, options, Path(tmp) / held_out, progress=False)
             without = load_model(Path(tmp) / held_out)
             region = [Path(p) for p in manifest.frame.loc[~kept, "image"]]

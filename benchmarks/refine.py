@@ -46,15 +46,19 @@ def main() -> int:
     model.predict(paths)  # fills the feature cache: the timed runs read it
     print(f"\n{model.config.get('name')}: {test.place_ids.nunique():,} test places, views fused; predict timed on "
           f"{len(paths):,} images with cached features; the bundle refines with {model.refine!r} by default\n")
-    print("| refine | GeoScore | median km | mean km | within 1 km | within 25 km | predict images/s |\n"
-          "|---|---|---|---|---|---|---|")
+    print("| refine | GeoScore | median km | mean km | within 1 km | within 25 km | label accuracy | right country "
+          "| predict images/s |\n|---|---|---|---|---|---|---|---|---|")
+    country = dict(zip(model.labels["name"], model.labels["country"], strict=True))
     for name in names:
-        m = evaluate(model, test, progress=False, refine=name)[0].metrics[MODEL]
+        result = evaluate(model, test, progress=False, refine=name)[0]
+        m, guesses = result.metrics[MODEL], result.predictions
+        right_country = (guesses["true_label"].map(country) == guesses["pred_country"]).mean()
         start = time.perf_counter()
         model.predict(paths, refine=name)
         speed = len(paths) / (time.perf_counter() - start)
         print(f"| {name} | {m['geoscore']:.0f} | {m['median_km']:.2f} | {m['mean_km']:.0f} | "
-              f"{m['within_km']['1']:.1%} | {m['within_km']['25']:.1%} | {speed:,.0f} |", flush=True)
+              f"{m['within_km']['1']:.1%} | {m['within_km']['25']:.1%} | {m['label_accuracy']:.1%} | "
+              f"{right_country:.1%} | {speed:,.0f} |", flush=True)
     return 0
 
 

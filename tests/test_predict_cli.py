@@ -263,10 +263,13 @@ def test_table_of_real_photos_shows_every_label_in_full(capsys: pytest.CaptureFi
     answers = strict_loads(capsys.readouterr().out)
     assert main(["predict", *paths, "--top-k", "5", "--level", "place"]) == 0
     table = capsys.readouterr().out
+    sections = {block.splitlines()[0]: block.splitlines() for block in table.strip().split("\n\n")}
+    assert sorted(sections) == sorted(answer["image"] for answer in answers)
     for answer in answers:
-        assert answer["image"] in table
-        for guess in answer["guesses"]:
-            row = next(line for line in table.splitlines() if f"  {guess['lat']:.4f}  " in line)
+        lines = sections[answer["image"]]
+        for rank, guess in enumerate(answer["guesses"], start=1):
+            row = next(line for line in lines if line.split()[0] == str(rank))
+            assert f"  {guess['lat']:.4f}  " in row
             assert f"  {guess['label']}" in row and f"  {guess['place']}" in row  # the area and the point, in full
 
 

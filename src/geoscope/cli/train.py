@@ -29,7 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("-o", "--output", required=True, help="model bundle directory to write")
     parser.add_argument("--encoder", default="efficientnet-lite0",
                         help="image encoder: efficientnet-lite0 (default), efficientnet-lite2, <name>/stats, "
-                             "hf:<repo>, or several joined by + (efficientnet-lite0/stats+efficientnet-lite2/stats)")
+                             "<name>/layout (the default model's), hf:<repo>, or several joined by + "
+                             "(efficientnet-lite0/stats+efficientnet-lite2/stats)")
     parser.add_argument("--text-encoder", default="minilm")
     parser.add_argument("--block-km", type=float, default=1.0,
                         help="without a split column, split by blocks of this size (val 10%%, test 10%%; default 1)")
