@@ -217,6 +217,8 @@ def main() -> int:
     parser.add_argument("--max-folds", type=int, default=None,
                         help="hold out only the first K of the folds (quicker, noisier)")
     parser.add_argument("--no-augment", dest="augment", action="store_false", help="no flipped training copies")
+    parser.add_argument("--no-level-expert", dest="level_expert", action="store_false",
+                        help="models without the linear probe over the coarsest level of their labels' hierarchy")
     parser.add_argument("--refine", choices=("none", "knn", "gps"), default="none",
                         help="score the guess after refinement: knn, its most similar training images; gps, a GPS "
                              "head trained on each fold's gallery (the task's gallery_km) and attached (km tasks)")
@@ -245,7 +247,7 @@ def main() -> int:
           "|---|---|---|---|---|---|---|---|---|")
     options = FitOptions(scheme=LabelScheme("grid"), image_encoder=args.encoder,
                          finetune_blocks=args.finetune_blocks, augment=args.augment, train=config,
-                         restarts=args.restarts, members=args.members)
+                         restarts=args.restarts, members=args.members, level_expert=args.level_expert)
     for i, task in enumerate(TASKS, 1):
         if args.task and i not in args.task:
             continue

@@ -58,11 +58,12 @@ def flagged_share(model: GeoModel, paths: list[Path]) -> tuple[float, int]:
 
 
 def _trained_as(model: GeoModel) -> FitOptions:
-    """The default model's recipe with the tested model's encoder, image head and flipped copies."""
+    """The default model's recipe with the tested model's encoder, image head, flipped copies and level expert."""
     training = model.config.get("training") or {}
-    return default_options(model.config["image_encoder"]["name"],
-                           (training.get("config") or {}).get("image_head", IMAGE_HEAD),
-                           augment=training.get("augment") is not None)
+    return replace(default_options(model.config["image_encoder"]["name"],
+                                   (training.get("config") or {}).get("image_head", IMAGE_HEAD),
+                                   augment=training.get("augment") is not None),
+                   level_expert=model.level_expert is not None)
 
 
 def main() -> int:

@@ -128,7 +128,8 @@ def test_a_learned_fusion_trains_saves_and_answers_from_the_cli(croatia_places: 
     assert "views fused: mean, not the learned fusion" in page  # the report sets the two fusions side by side
     # the fused answer is the model's: the same as fusing the four views' features directly
     fs = model.image_features(list(place["image"]))
-    direct = model.probabilities(model.fused_embeddings(fs.embeddings, np.zeros(4, dtype=np.int64)))
+    direct = model.probabilities(model.fused_embeddings(fs.embeddings, np.zeros(4, dtype=np.int64)),
+                                 fs.embeddings.mean(axis=0, keepdims=True))
     assert answer[0]["guesses"][0]["label"] == model.labels["name"].iloc[int(model.answerer.best(direct)[0])]
     assert pd.Series(result.predictions["pred_label"]).notna().all()
 

@@ -251,7 +251,7 @@ def test_training_is_deterministic_with_a_seed(town_manifest: Path, tmp_path: Pa
     assert first.history == second.history
 
 
-@pytest.mark.parametrize("damage", ["missing", "truncated", "version", "not-a-dir"])
+@pytest.mark.parametrize("damage", ["missing", "truncated", "version", "not-a-dir", "level-expert"])
 def test_broken_bundles_fail_in_one_line(town_model: Path, tmp_path: Path, damage: str,
                                          capsys: pytest.CaptureFixture) -> None:
     broken = tmp_path / "broken"
@@ -267,6 +267,12 @@ def test_broken_bundles_fail_in_one_line(town_model: Path, tmp_path: Path, damag
     elif damage == "not-a-dir":
         shutil.rmtree(broken)
         broken.write_text("hello")
+    elif damage == "level-expert":  # its weights read fewer image features than the model
+        from safetensors.numpy import load_file, save_file
+
+        weights = load_file(broken / "weights.safetensors")
+        weights["level_expert.weight"] = weights["level_expert.weight"][:, :-1].copy()
+        save_file(weights, broken / "weights.safetensors")
     with pytest.raises(ModelError):
         load_model(broken)
     assert main(["predict", "x.jpg", "--model", str(broken)]) == 2
@@ -274,13 +280,45 @@ def test_broken_bundles_fail_in_one_line(town_model: Path, tmp_path: Path, damag
     assert err.count("\n") == 0 and str(broken) in err
 
 
+def test_the_level_expert_multiplies_the_heads_answer_by_its_countrys_probability(
+        town_manifest: Path, town_model: Path) -> None:
+    """p(label) ∝ p_head(label) · p_probe(country of the label), the probe scikit-learn's on standardised features."""
+    from sklearn.linear_model import LogisticRegression
+
+    model = load_model(town_model)
+    expert = model.level_expert
+    assert model.config["level_expert"]["level"] == "country" and expert is not None
+    assert sorted(model.labels["country"].to_numpy()[np.argsort(expert.groups)]) == ["France", "Germany", "Spain"]
+    accuracy = model.config["level_expert"]["accuracy"]
+    assert 0 <= accuracy["val_head"] <= 1 and 0 <= accuracy["val_with_expert"] <= 1
+    assert "## Level expert\nA logistic regression over the 3 country groups" in (town_model / "README.md").read_text()
+
+    manifest = read_manifest(town_manifest)
+    train = manifest.subset(manifest.frame["split"] == "train")
+    x = model.image_features(train.image_paths).embeddings.astype(np.float64)
+    country = np.array([np.argmin(haversine_km(lat, lon, model.labels["lat"], model.labels["lon"]))
+                        for lat, lon in zip(train.frame["lat"], train.frame["lon"], strict=True)])
+    mean, std = x.mean(axis=0), x.std(axis=0)
+    std[std == 0] = 1.0  # dimensions the towns never light up
+    probe = LogisticRegression(C=0.01, max_iter=2000).fit((x - mean) / std, expert.groups[country])
+    test = manifest.subset(manifest.frame["split"] == "test")
+    features = model.image_features(test.image_paths).embeddings
+    head = torch.softmax(model.model.scale() * torch.nn.functional.normalize(torch.as_tensor(model.embed(features)))
+                         @ model.place_embeddings.T, dim=-1).detach().numpy()
+    product = head * probe.predict_proba((features - mean) / std)[:, expert.groups]
+    np.testing.assert_allclose(model.probabilities(model.embed(features), features),
+                               product / product.sum(axis=1, keepdims=True), atol=1e-4)
+
+
 def test_train_cli_writes_a_bundle(town_manifest: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "cli-model"
     argv = ["train", str(town_manifest), "--labels", "grid", "--cell-km", "50", "-o", str(out),
-            "--max-epochs", "2", "--no-augment", "--no-learn-place-offsets", "--restarts", "2"]
+            "--max-epochs", "2", "--no-augment", "--no-learn-place-offsets", "--restarts", "2", "--no-level-expert"]
     assert main(argv) == 0
     assert "wrote" in capsys.readouterr().out
     config = json.loads((out / "config.json").read_text())
+    assert config["level_expert"] is None and load_model(out).level_expert is None
+    assert "## Level expert\nNone" in (out / "README.md").read_text()
     assert config["labels"] == {"kind": "grid", "cell_km": 50.0}
     assert config["training"]["command"] == ["geoscope", *argv]
     assert config["training"]["config"]["learn_place_offsets"] is False
@@ -400,7 +438,7 @@ def test_members_answer_with_the_mean_logit_of_the_runs_they_keep(town_manifest:
     assert set(result.metrics) == {"train", "val", "test"}
     images = [str(p) for p in manifest.subset(manifest.frame["split"] == "test").image_paths]
     features = both.image_features(images).embeddings
-    answers = [m.probabilities(m.embed(features)) for m in (*singles, both)]
+    answers = [m.probabilities(m.embed(features), features) for m in (*singles, both)]
     pooled = np.sqrt(answers[0] * answers[1])
     np.testing.assert_allclose(answers[2], pooled / pooled.sum(axis=1, keepdims=True), rtol=1e-4, atol=1e-6)
     assert both.predict(images[:2], top_k=2)[0].guesses  # and it answers like any bundle

@@ -74,7 +74,7 @@ def evaluate(
         frame = frame[firsts].reset_index(drop=True)
         paths = [p for p, first in zip(paths, firsts, strict=True) if first]
 
-    probs = model.probabilities(embeddings)
+    probs = model.probabilities(embeddings, raw)
     top = model.answerer.best(probs)
     coverage = model.coverage_scores(raw)
     labels = model.labels
@@ -112,7 +112,7 @@ def evaluate(
         baselines[CENTROID] = _baseline(lat, lon, *model.training_centroid, labels, scheme, values)
         baselines[KNN] = _baseline(lat, lon, *model.knn(raw), labels, scheme, values)
     if averaged is not None:
-        pick = model.answerer.best(model.probabilities(averaged))
+        pick = model.answerer.best(model.probabilities(averaged, raw))
         baselines[VIEWS_AVERAGED] = _baseline(lat, lon, labels["lat"].to_numpy()[pick], labels["lon"].to_numpy()[pick],
                                               labels, scheme, values, ids=pick)
     metrics = {MODEL: _metrics(predictions, true_ids, top)}

@@ -27,6 +27,7 @@ from .labels import LabelScheme, assign_labels, make_labels, prompt
 from .models.ensemble import Head, PlaceEnsemble, member_count
 from .models.fusion import group_mean, group_views
 from .models.image_side import ImageSide, adapt_rows
+from .models.level_expert import LevelExpert
 from .models.place_clip import is_stored_embedded
 from .pca import principal_axes
 from .refine import REFINE_RADIUS_KM
@@ -85,6 +86,9 @@ class FitOptions:
     refiner: str | os.PathLike[str] | None = None
     """A GPS head's bundle, trained on the same training images, stored as this model's ``gps`` refiner and
     used by default (PIGEON's hybrid: this model's label, the GPS head's likeliest point near it)."""
+    level_expert: bool = True
+    """Also fit a linear probe over the coarsest level of the label hierarchy that splits the training labels
+    (country, else region) and multiply it into the answer (:mod:`geoscope.models.level_expert`)."""
     members: int = 1
     """Keep this many of the runs (those of lowest validation loss) as one model, their logits averaged
     (:class:`~geoscope.models.ensemble.PlaceEnsemble`); at most the number of runs (restarts × search)."""
@@ -298,16 +302,19 @@ def _search_keys(config: TrainConfig) -> dict:
             "factor": config.factor, "seed": config.seed}
 
 
-def _references(data: PreparedData, adapter: torch.nn.Module, model: Head,
-                seed: int) -> dict[str, np.ndarray]:
-    """What predict compares a photo with, from (a sample of) the training images: the PCA-reduced kNN
-    gallery, scaled as ``model`` reads the features, and the coverage's typicality test."""
+def _training_images(data: PreparedData, adapter: torch.nn.Module, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(A sample of at most ``GALLERY_MAX``) training images: their image features ``(n, dim)`` (float64, the
+    plain variant) and the training item each belongs to."""
     train = data.splits["train"]
-    rng = np.random.default_rng(seed)
     rows, items = train.images()
-    keep = np.sort(rng.choice(len(rows), size=min(len(rows), GALLERY_MAX), replace=False))
-    rows, items = rows[keep], items[keep]
-    x = adapt_rows(adapter, train.features, rows).astype(np.float64)
+    keep = np.sort(np.random.default_rng(seed).choice(len(rows), size=min(len(rows), GALLERY_MAX), replace=False))
+    return adapt_rows(adapter, train.features, rows[keep]).astype(np.float64), items[keep]
+
+
+def _references(data: PreparedData, x: np.ndarray, items: np.ndarray, model: Head) -> dict[str, np.ndarray]:
+    """What predict compares a photo with, from training images ``x`` (of training ``items``): the PCA-reduced
+    kNN gallery, scaled as ``model`` reads the features, and the coverage's typicality test."""
+    train = data.splits["train"]
     scale = model.image_scale.double().numpy()
     mean = x.mean(axis=0)
     components = principal_axes((x - mean) / scale, GALLERY_DIM)[1] / scale  # scale, then project: one matrix
@@ -323,28 +330,43 @@ def _references(data: PreparedData, adapter: torch.nn.Module, model: Head,
     return tensors | (typicality.tensors() if typicality is not None else {})
 
 
-def coverage_groups(label_levels: np.ndarray, labels: np.ndarray) -> tuple[str, np.ndarray]:
-    """The typicality test's groups of training images: the coarsest level of the label hierarchy
-    (country, region, the label itself) that splits them, its name and each image's group."""
+def splitting_level(label_levels: np.ndarray, labels: np.ndarray) -> tuple[str, np.ndarray]:
+    """The coarsest level of the label hierarchy (country, region, the label itself) whose groups split the
+    training ``labels``: its name and each label's group."""
     for name, level in zip(COVERAGE_LEVELS, (*label_levels, np.arange(label_levels.shape[1])), strict=True):
         if len(np.unique(level[labels])) > 1:
-            return name, level[labels]
-    return "label", labels
+            return name, level
+    return "label", np.arange(label_levels.shape[1])
 
 
-def _answer_parts(data: PreparedData, adapter: torch.nn.Module, model: Head,
-                  tensors: dict[str, np.ndarray]) -> tuple[Coverage, object]:
+def coverage_groups(label_levels: np.ndarray, labels: np.ndarray) -> tuple[str, np.ndarray]:
+    """The typicality test's groups of training images (of ``labels``): the :func:`splitting_level`'s name and
+    each image's group."""
+    name, level = splitting_level(label_levels, labels)
+    return name, level[labels]
+
+
+def _answer_parts(data: PreparedData, adapter: torch.nn.Module, model: Head, tensors: dict[str, np.ndarray],
+                  expert: LevelExpert | None) -> tuple[Coverage, object, dict]:
     """Coverage threshold and confidence calibration, fitted on the validation items (images, or places
-    with their views fused and their mean features scored, as predict answers them)."""
+    with their views fused and their mean features scored, as predict answers them), and the validation
+    accuracy at the level expert's level without and with it."""
     val = data.splits["val"]
     images = adapt_rows(adapter, val.features, np.arange(val.features.shape[1]))  # once: a fine-tuned top is costly
     adapted = replace(val, features=images[None])
+    rows, items = val.images()
+    x = group_mean(images[rows], items) if len(rows) > len(val) else images[rows]
     with torch.no_grad():
         logits = model.scale() * embed_items(model, torch.nn.Identity(), adapted) @ \
             torch.as_tensor(tensors["place_embeddings"]).T
-        probabilities = torch.softmax(logits, dim=-1).numpy().astype(np.float64)
-    rows, items = val.images()
-    x = group_mean(images[rows], items) if len(rows) > len(val) else images[rows]
+    level_accuracy = {}
+    if expert is not None:
+        head_guess = logits.argmax(dim=-1).numpy()
+        logits += torch.from_numpy(expert.log_probabilities(x))
+        truth = expert.groups[val.label]
+        level_accuracy = {"val_head": float((expert.groups[head_guess] == truth).mean()),
+                          "val_with_expert": float((expert.groups[logits.argmax(dim=-1).numpy()] == truth).mean())}
+    probabilities = torch.softmax(logits, dim=-1).numpy().astype(np.float64)
     query = (x - tensors["gallery.pca_mean"]) @ tensors["gallery.pca_components"].T
     typicality = Typicality.from_tensors(tensors)
     scores = scores_by_test(x, query, tensors["gallery.features"].astype(np.float32), COVERAGE_K, typicality)
@@ -352,7 +374,7 @@ def _answer_parts(data: PreparedData, adapter: torch.nn.Module, model: Head,
     coverage = Coverage.fit(scores, COVERAGE_KEPT, COVERAGE_K, groups)
     calibration = fit_calibration(probabilities, val.lat, val.lon, data.labels["lat"].to_numpy(),
                                   data.labels["lon"].to_numpy())
-    return coverage, calibration
+    return coverage, calibration, level_accuracy
 
 
 def _bundle_parts(manifest: Manifest, data: PreparedData, options: FitOptions, result: TrainResult,
@@ -366,9 +388,15 @@ def _bundle_parts(manifest: Manifest, data: PreparedData, options: FitOptions, r
     if result.image_adapter is not None:
         tensors.update({f"image_top.{k}": v.detach().numpy() for k, v in result.image_adapter.state_dict().items()})
     adapter = result.image_adapter if result.image_adapter is not None else torch.nn.Identity()
-    tensors.update(_references(data, adapter, model, options.train.seed))
+    x, items = _training_images(data, adapter, options.train.seed)
+    tensors.update(_references(data, x, items, model))
+    labels = data.splits["train"].label[items]
+    level, groups = splitting_level(data.label_levels, labels)
+    expert = LevelExpert.fit(x, labels, groups, level) if options.level_expert and level != "label" else None
+    if expert is not None:
+        tensors.update(expert.tensors())
     tensors["split.train_sha1"] = data.train_hashes
-    coverage, calibration = _answer_parts(data, adapter, model, tensors)
+    coverage, calibration, level_accuracy = _answer_parts(data, adapter, model, tensors, expert)
     if refiner is not None:
         tensors.update(refiner[1])
     centroid = spherical_mean(data.splits["train"].lat, data.splits["train"].lon)
@@ -388,6 +416,7 @@ def _bundle_parts(manifest: Manifest, data: PreparedData, options: FitOptions, r
         "answer": {"merge_km": MERGE_KM if options.train.head == "gps" else 0.0,
                    "refine": "gps" if refiner is not None else "none"},
         "refiner": refiner[0] if refiner is not None else None,
+        "level_expert": {**expert.to_dict(), "accuracy": level_accuracy} if expert is not None else None,
         "coverage": coverage.to_dict(),
         "calibration": calibration.to_dict(),
         "training": {
@@ -482,9 +511,24 @@ Split: nearest validation image {leak['nearest_train_val_km']:.3f} km and neares
 {rows}
 
 {_refiner_said(config.get("refiner"))}
+{_level_expert_said(config.get("level_expert"))}
 ## Limits
 Street-level imagery of the training regions only; one ImageNet backbone.
 """
+
+
+def _level_expert_said(section: dict | None) -> str:
+    """The model card's section on the level expert."""
+    if section is None:
+        return ("## Level expert\nNone: the head alone decides (trained with `--no-level-expert`, or no level of "
+                "the hierarchy above the labels splits them).\n")
+    accuracy = section.get("accuracy") or {}
+    measured = (f" On the validation images the head's top guess lies in the right {section['level']} for "
+                f"{accuracy['val_head']:.1%} of them, {accuracy['val_with_expert']:.1%} with the expert."
+                if accuracy else "")
+    return (f"## Level expert\nA logistic regression over the {section['groups']} {section['level']} groups of the "
+            f"labels (standardised image features, C = {section['C']:g}), fitted on the training images, is multiplied "
+            f"into every answer: p(label) ∝ p(label | head) · p({section['level']} of the label | probe).{measured}\n")
 
 
 def _refiner_said(refiner: dict | None) -> str:

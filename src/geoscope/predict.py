@@ -27,6 +27,7 @@ from .knn import knn_locate
 from .models.ensemble import Head, make_head
 from .models.fusion import group_views
 from .models.image_side import ImageSide, apply_adapter
+from .models.level_expert import LevelExpert
 from .models.place_clip import PlaceCLIPConfig, is_stored_embedded
 from .refine import REFINE_RADIUS_KM, GalleryRefiner, PointRefiner, Refiner, check_refiner
 from .threads import math_threads
@@ -65,6 +66,11 @@ class GeoModel:
         """The refiner predict and evaluate use unless told otherwise."""
         if self.refine not in self.refiners and self.refine != "none":
             raise ModelError(f"{files.path}: answers refine with {self.refine!r}, which this bundle does not hold")
+        try:
+            self.level_expert = LevelExpert.from_bundle(self.config.get("level_expert"), files.tensors,
+                                                        len(self.labels), self.model.config.image_dim)
+        except ModelError as exc:
+            raise ModelError(f"{files.path}: {exc}") from None
         self.coverage = Coverage.from_dict(self.config.get("coverage"))
         self.answerer = Answerer(self.labels, self.coverage, Calibration.from_dict(self.config.get("calibration")),
                                  merge_km=float(answer.get("merge_km", 0.0)))
@@ -120,10 +126,13 @@ class GeoModel:
         return self.model.embed_views(x, torch.as_tensor(mask), torch.as_tensor(angles, dtype=torch.float32)).numpy()
 
     @torch.no_grad()
-    def probabilities(self, embeddings: np.ndarray) -> np.ndarray:
-        """Probability of every place for unit image embeddings ``(n, embed_dim)``."""
+    def probabilities(self, embeddings: np.ndarray, features: np.ndarray) -> np.ndarray:
+        """Probability of every place for unit image embeddings ``(n, embed_dim)`` and the image features
+        ``(n, dim)`` they came from (a place's: the mean of its views'), which the level expert reads."""
         e = torch.nn.functional.normalize(torch.as_tensor(embeddings, dtype=torch.float32), dim=-1)
         logits = self.model.scale() * e @ self.place_embeddings.T
+        if self.level_expert is not None:
+            logits += torch.from_numpy(self.level_expert.log_probabilities(features))
         return torch.softmax(logits, dim=-1).numpy()
 
     @property
@@ -266,7 +275,7 @@ class GeoModel:
         if views:
             return [(self._answer_views(paths, features, valid, errors, top_k, level, allow_missing_views),
                      features[valid])]
-        probs = self.probabilities(self.embed(features))
+        probs = self.probabilities(self.embed(features), features)
         scores = self.coverage_scores(features)
         answers = iter(self.answerer.answer_rows([p for p, ok in zip(paths, valid, strict=True) if ok], probs[valid],
                                                  top_k=top_k, level=level, coverage_scores=scores[valid]))
@@ -286,8 +295,9 @@ class GeoModel:
                                   f"({unread}); allow fewer views to answer from the others", views=paths)
             warnings.append(f"answered from {int(valid.sum())} of {len(paths)} views: {unread}")
         fused = self.fused_embeddings(features[valid], np.zeros(int(valid.sum()), dtype=np.int64))
-        score = float(self.coverage_scores(features[valid].mean(axis=0, keepdims=True))[0])
-        return self.answerer.answer(paths[0], self.probabilities(fused)[0], top_k=top_k, level=level,
+        mean = features[valid].mean(axis=0, keepdims=True)
+        score = float(self.coverage_scores(mean)[0])
+        return self.answerer.answer(paths[0], self.probabilities(fused, mean)[0], top_k=top_k, level=level,
                                     coverage_score=score, views=[p for p, ok in zip(paths, valid, strict=True) if ok],
                                     warnings=warnings)
 

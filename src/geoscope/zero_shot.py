@@ -150,6 +150,7 @@ class ZeroShotModel(GeoModel):
         }
         self.files = BundleFiles(self.config, {}, self.labels, [], self.path)
         self.coverage = None
+        self.level_expert = None
         self.answerer = Answerer(self.labels)
         self.refine = "none"
         self._adapter = None
@@ -183,8 +184,9 @@ class ZeroShotModel(GeoModel):
         return {level: softmax_within(self.text.logit_scale * (e @ self.text.levels[level].T).astype(np.float64),
                                       groups[level]) for level in PROMPT_LEVELS}
 
-    def probabilities(self, embeddings: np.ndarray) -> np.ndarray:
-        """Probability of every candidate city: P(country) · P(region | country) · P(city | region)."""
+    def probabilities(self, embeddings: np.ndarray, features: np.ndarray | None = None) -> np.ndarray:
+        """Probability of every candidate city: P(country) · P(region | country) · P(city | region) (the image
+        ``features`` are not read: the hierarchy is CLIP's own)."""
         out = np.empty((len(embeddings), len(self.labels)), dtype=np.float32)
         for start in range(0, len(embeddings), PROBABILITY_ROWS):
             p = self.level_probabilities(embeddings[start:start + PROBABILITY_ROWS])

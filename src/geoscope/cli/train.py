@@ -44,6 +44,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--name", default=None, help="model name (default: the output folder's)")
     parser.add_argument("--no-augment", dest="augment", action="store_false",
                         help="do not add horizontally flipped copies")
+    parser.add_argument("--no-level-expert", dest="level_expert", action="store_false",
+                        help="do not multiply in a linear probe over the coarsest level of the labels' hierarchy "
+                             "(country, else region)")
     parser.add_argument("--search", action="store_true",
                         help="search learning rate, weight decay, patience and factor by val loss")
     parser.add_argument("--restarts", type=at_least_one, default=1, metavar="N",
@@ -93,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
                              text_encoder=args.text_encoder, train=config, augment=args.augment,
                              finetune_blocks=args.finetune_blocks, crops=args.crops,
                              search=args.search, restarts=args.restarts, members=args.members,
-                             refiner=args.refiner,
+                             refiner=args.refiner, level_expert=args.level_expert,
                              name=args.name or args.output.rstrip("/").split("/")[-1],
                              block_km=args.block_km, gap_km=args.gap_km,
                              provenance=read_dataset_card(args.manifest), device=run.device)

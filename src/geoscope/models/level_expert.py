@@ -1,0 +1,93 @@
+"""A linear probe on the coarsest level of the label hierarchy, multiplied into the head's answer.
+
+A place head spreads "which country" over dozens of labels, and on its own features a linear probe
+decides the country better than the head does. So the bundle keeps one: a multinomial logistic
+regression (scikit-learn, standardised features, C = 0.01) over the coarsest level of the hierarchy
+that splits the training labels (country; region where they all lie in one country), fitted on the
+training images. Its log-probability of each label's group is added to the head's logits: a product
+of experts, p(label) ∝ p_head(label) · p_probe(group of label). The standardisation is folded into
+its weights, so it is one matrix product over the image features; being linear, it reads a place's
+views through their mean features.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import ModelError
+
+LEVELS = ("country", "region")
+"""The levels an expert may decide."""
+C = 0.01
+"""Inverse L2 strength of the logistic regression (the benchmarks' probe)."""
+PREFIX = "level_expert."
+
+
+@dataclass(frozen=True)
+class LevelExpert:
+    """Logistic regression over the groups of one level; ``groups`` maps each label to its group."""
+
+    level: str
+    groups: np.ndarray
+    """``(labels,)`` int: each label's group (a row of ``weight``)."""
+    weight: np.ndarray
+    """``(groups, dim)`` float32, over raw image features (their standardisation folded in)."""
+    bias: np.ndarray
+    """``(groups,)`` float32."""
+
+    @classmethod
+    def fit(cls, features: np.ndarray, labels: np.ndarray, groups: np.ndarray, level: str) -> LevelExpert:
+        """Fit on image ``features`` ``(n, dim)`` whose labels are ``labels``; ``groups`` gives each label's
+        group at ``level`` (``country`` or ``region``), which must split the training labels."""
+        from sklearn.linear_model import LogisticRegression
+
+        groups = np.unique(groups, return_inverse=True)[1].astype(np.int64)
+        x = np.asarray(features, dtype=np.float64)
+        mean, std = x.mean(axis=0), x.std(axis=0)
+        std[std == 0] = 1.0
+        probe = LogisticRegression(C=C, max_iter=2000).fit((x - mean) / std, groups[labels])
+        coef, intercept = probe.coef_, probe.intercept_
+        if len(probe.classes_) == 2:  # scikit-learn's binary form: one row of log-odds for the second class
+            coef, intercept = np.vstack([np.zeros_like(coef), coef]), np.concatenate([[0.0], intercept])
+        weight = np.zeros((int(groups.max()) + 1, x.shape[1]))
+        weight[probe.classes_] = coef / std
+        bias = np.full(len(weight), np.min(intercept - weight[probe.classes_] @ mean))  # a group no image of the
+        bias[probe.classes_] = intercept - weight[probe.classes_] @ mean  # sample has: the least likely prior
+        return cls(level, groups, weight.astype(np.float32), bias.astype(np.float32))
+
+    def log_probabilities(self, features: np.ndarray) -> np.ndarray:
+        """``(n, labels)``: the log-probability of each label's group for image features ``(n, dim)``."""
+        z = np.asarray(features, dtype=np.float32) @ self.weight.T + self.bias
+        z -= z.max(axis=1, keepdims=True)
+        z -= np.log(np.exp(z).sum(axis=1, keepdims=True))
+        return z[:, self.groups]
+
+    def tensors(self) -> dict[str, np.ndarray]:
+        """Its arrays, as the bundle stores them."""
+        return {f"{PREFIX}groups": self.groups.astype(np.int32), f"{PREFIX}weight": self.weight,
+                f"{PREFIX}bias": self.bias}
+
+    def to_dict(self) -> dict:
+        """Its part of ``config.json``."""
+        return {"level": self.level, "groups": int(self.weight.shape[0]), "C": C}
+
+    @classmethod
+    def from_bundle(cls, section: dict | None, tensors: dict[str, np.ndarray], labels: int,
+                    dim: int) -> LevelExpert | None:
+        """The expert a bundle holds (``None`` for bundles without one), or :class:`ModelError` if it is inconsistent
+        with the bundle's ``labels`` and image features of ``dim`` values."""
+        if not section:
+            return None
+        try:
+            expert = cls(str(section["level"]), tensors[f"{PREFIX}groups"].astype(np.int64),
+                         tensors[f"{PREFIX}weight"].astype(np.float32), tensors[f"{PREFIX}bias"].astype(np.float32))
+        except KeyError as exc:
+            raise ModelError(f"the level expert lacks {exc.args[0]}: retrain the model") from None
+        n_groups = expert.weight.shape[0]
+        if expert.level not in LEVELS or expert.groups.shape != (labels,) or expert.bias.shape != (n_groups,) \
+                or not 0 <= expert.groups.min() <= expert.groups.max() < n_groups \
+                or expert.weight.shape[1] != dim:
+            raise ModelError("the level expert does not fit the model's labels or image features: retrain the model")
+        return expert
