@@ -5,8 +5,9 @@ by 1 km blocks (val 10%, test 10%, seed 0; training images within 100 m of a val
 are left out, so no near-duplicate straddles a block edge), trains a GPS head over a 25 km gallery of
 points, then the place-name CLIP model over a 100 km grid named from the offline gazetteer, both on
 frozen EfficientNet-Lite0 stage statistics and band means (``efficientnet-lite0/layout``, with flipped
-copies): three seeds kept together as one ensemble, the GPS head attached as its refiner. Writes the bundle
-into ``src/geoscope/assets/default-model`` (about 25 minutes on 2 cores).
+copies): three seeds kept together as one ensemble with a country expert (a logistic regression multiplied
+in), the GPS head attached as its refiner. Writes the bundle into ``src/geoscope/assets/default-model``
+(about 16 minutes on 2 cores).
 
 Run: ``.venv/bin/python scripts/train_default_model.py [--data ../shared/data] [-o DIR] [--encoder E] [--image-head H]
 [--no-augment]``

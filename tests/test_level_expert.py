@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 from sklearn.linear_model import LogisticRegression
 
+from geoscope.fit import _expert_record
 from geoscope.models.level_expert import LevelExpert
+from geoscope.train import TrainingData
 
 
 def _features(rng: np.random.Generator, n: int = 240) -> np.ndarray:
@@ -39,3 +42,21 @@ def test_a_group_no_training_image_has_is_kept_least_likely_a_priori() -> None:
     assert expert.bias[2] == expert.bias[:2].min()
     log_p = expert.log_probabilities(x)
     np.testing.assert_allclose(np.exp(log_p[:, [0, 1, 3]]).sum(axis=1), 1, atol=1e-5)
+
+
+def test_the_record_measures_the_validation_answers_with_and_without_the_expert() -> None:
+    labels = pd.DataFrame({"lat": [48.86, 52.52, 40.42], "lon": [2.35, 13.40, -3.70]})  # Paris, Berlin, Madrid
+    truth = np.array([0, 1, 2, 0, 1, 2])
+    val = TrainingData(np.zeros((6, 2), dtype=np.float32), truth, labels["lat"].to_numpy()[truth],
+                       labels["lon"].to_numpy()[truth])
+    x = np.eye(3, dtype=np.float32)[truth]  # each item's features say where it is
+    groups = np.arange(3)
+    helps = LevelExpert("country", groups, 5 * np.eye(3, dtype=np.float32), np.zeros(3, dtype=np.float32))
+    misleads = LevelExpert("country", groups, 20 * np.roll(np.eye(3, dtype=np.float32), 1, axis=0),
+                           np.zeros(3, dtype=np.float32))
+    record = _expert_record(helps, np.zeros((6, 3)), x, val, labels)  # a head that cannot tell the towns apart
+    assert record["val"]["with_expert"] == {"geoscore": 5000.0, "right_group": 1.0}
+    assert record["val"]["head"]["geoscore"] < 5000.0 and record["level"] == "country"
+    record = _expert_record(misleads, 5 * np.eye(3)[truth], x, val, labels)  # a head that can
+    assert record["val"]["head"] == {"geoscore": 5000.0, "right_group": 1.0}
+    assert record["val"]["with_expert"]["right_group"] == 0.0 and record["val"]["with_expert"]["geoscore"] < 3000

@@ -289,8 +289,9 @@ def test_the_level_expert_multiplies_the_heads_answer_by_its_countrys_probabilit
     expert = model.level_expert
     assert model.config["level_expert"]["level"] == "country" and expert is not None
     assert sorted(model.labels["country"].to_numpy()[np.argsort(expert.groups)]) == ["France", "Germany", "Spain"]
-    accuracy = model.config["level_expert"]["accuracy"]
-    assert 0 <= accuracy["val_head"] <= 1 and 0 <= accuracy["val_with_expert"] <= 1
+    measured = model.config["level_expert"]["val"]
+    assert 0 < measured["head"]["geoscore"] <= 5000 and 0 < measured["with_expert"]["geoscore"] <= 5000
+    assert 0 <= measured["head"]["right_group"] <= 1 and 0 <= measured["with_expert"]["right_group"] <= 1
     assert "## Level expert\nA logistic regression over the 3 country groups" in (town_model / "README.md").read_text()
 
     manifest = read_manifest(town_manifest)

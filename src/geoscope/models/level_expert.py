@@ -4,8 +4,9 @@ A place head spreads "which country" over dozens of labels, and on its own featu
 decides the country better than the head does. So the bundle keeps one: a multinomial logistic
 regression (scikit-learn, standardised features, C = 0.01) over the coarsest level of the hierarchy
 that splits the training labels (country; region where they all lie in one country), fitted on the
-training images. Its log-probability of each label's group is added to the head's logits: a product
-of experts, p(label) ∝ p_head(label) · p_probe(group of label). The standardisation is folded into
+training images. Its
+log-probability of each label's group is added to the head's logits: a product of experts,
+p(label) ∝ p_head(label) · p_probe(group of label). The standardisation is folded into
 its weights, so it is one matrix product over the image features; being linear, it reads a place's
 views through their mean features.
 """
@@ -70,7 +71,7 @@ class LevelExpert:
                 f"{PREFIX}bias": self.bias}
 
     def to_dict(self) -> dict:
-        """Its part of ``config.json``."""
+        """Its part of ``config.json`` (:func:`geoscope.fit.fit` adds how it measured on validation)."""
         return {"level": self.level, "groups": int(self.weight.shape[0]), "C": C}
 
     @classmethod
