@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from scipy.special import softmax
 from sklearn.linear_model import LogisticRegression
 
 from geoscope.fit import _expert_record
@@ -54,9 +55,13 @@ def test_the_record_measures_the_validation_answers_with_and_without_the_expert(
     helps = LevelExpert("country", groups, 5 * np.eye(3, dtype=np.float32), np.zeros(3, dtype=np.float32))
     misleads = LevelExpert("country", groups, 20 * np.roll(np.eye(3, dtype=np.float32), 1, axis=0),
                            np.zeros(3, dtype=np.float32))
-    record = _expert_record(helps, np.zeros((6, 3)), x, val, labels)  # a head that cannot tell the towns apart
+    unsure = np.zeros((6, 3))  # a head that cannot tell the towns apart
+    record = _expert_record(helps, softmax(unsure, axis=1), softmax(unsure + helps.log_probabilities(x), axis=1), val,
+                            labels)
     assert record["val"]["with_expert"] == {"geoscore": 5000.0, "right_group": 1.0}
     assert record["val"]["head"]["geoscore"] < 5000.0 and record["level"] == "country"
-    record = _expert_record(misleads, 5 * np.eye(3)[truth], x, val, labels)  # a head that can
+    sure = 5 * np.eye(3)[truth]  # a head that can
+    record = _expert_record(misleads, softmax(sure, axis=1), softmax(sure + misleads.log_probabilities(x), axis=1),
+                            val, labels)
     assert record["val"]["head"] == {"geoscore": 5000.0, "right_group": 1.0}
     assert record["val"]["with_expert"]["right_group"] == 0.0 and record["val"]["with_expert"]["geoscore"] < 3000

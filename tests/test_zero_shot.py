@@ -157,7 +157,7 @@ def test_probabilities_are_clips_hierarchical_softmax(box_model: ZeroShotModel, 
     images = EXAMPLES[:3]
     oracle, countries = clip_oracle(tiny_clip, box_model, images)
     fs = box_model.image_features(images)
-    probs = box_model.probabilities(box_model.embed(fs.embeddings))
+    probs = box_model.probabilities(box_model.embed(fs.embeddings), fs.embeddings)
     np.testing.assert_allclose(probs, oracle, atol=2e-4)
     assert (oracle.max(axis=1) > 3 * np.median(oracle, axis=1)).all()  # the similarities do rank the places
 
@@ -189,7 +189,7 @@ def test_every_level_sums_to_one(box_model: ZeroShotModel) -> None:
         np.testing.assert_allclose(levels["region"][:, rows].sum(axis=1), 1, atol=1e-9, err_msg=country)
     for key, rows in cities.groupby(["country_code", "region"]).groups.items():  # P(city | region)
         np.testing.assert_allclose(levels["city"][:, rows].sum(axis=1), 1, atol=1e-9, err_msg=str(key))
-    probs = box_model.probabilities(embeddings).astype(np.float64)
+    probs = box_model.probabilities(embeddings, features).astype(np.float64)
     np.testing.assert_allclose(probs.sum(axis=1), 1, atol=1e-5)
     by_country = pd.DataFrame(probs.T).groupby(cities["country_code"].to_numpy()).sum()  # = P(country)
     np.testing.assert_allclose(by_country.loc[box_model.hierarchy.countries["country_code"]].to_numpy().T,

@@ -184,7 +184,7 @@ class ZeroShotModel(GeoModel):
         return {level: softmax_within(self.text.logit_scale * (e @ self.text.levels[level].T).astype(np.float64),
                                       groups[level]) for level in PROMPT_LEVELS}
 
-    def probabilities(self, embeddings: np.ndarray, features: np.ndarray | None = None) -> np.ndarray:
+    def probabilities(self, embeddings: np.ndarray, features: np.ndarray) -> np.ndarray:
         """Probability of every candidate city: P(country) · P(region | country) · P(city | region) (the image
         ``features`` are not read: the hierarchy is CLIP's own)."""
         out = np.empty((len(embeddings), len(self.labels)), dtype=np.float32)

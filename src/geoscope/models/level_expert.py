@@ -4,11 +4,10 @@ A place head spreads "which country" over dozens of labels, and on its own featu
 decides the country better than the head does. So the bundle keeps one: a multinomial logistic
 regression (scikit-learn, standardised features, C = 0.01) over the coarsest level of the hierarchy
 that splits the training labels (country; region where they all lie in one country), fitted on the
-training images. Its
-log-probability of each label's group is added to the head's logits: a product of experts,
-p(label) ∝ p_head(label) · p_probe(group of label). The standardisation is folded into
-its weights, so it is one matrix product over the image features; being linear, it reads a place's
-views through their mean features.
+training images. Its log-probability of each label's group is added to the head's logits: a product of
+experts, p(label) ∝ p_head(label) · p_probe(group of label). The standardisation is folded into its
+weights, so it is one matrix product over the image features; being linear, it reads a place's views
+through their mean features.
 """
 
 from __future__ import annotations
@@ -16,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.special import log_softmax
 
 from ..errors import ModelError
 
@@ -60,10 +60,7 @@ class LevelExpert:
 
     def log_probabilities(self, features: np.ndarray) -> np.ndarray:
         """``(n, labels)``: the log-probability of each label's group for image features ``(n, dim)``."""
-        z = np.asarray(features, dtype=np.float32) @ self.weight.T + self.bias
-        z -= z.max(axis=1, keepdims=True)
-        z -= np.log(np.exp(z).sum(axis=1, keepdims=True))
-        return z[:, self.groups]
+        return log_softmax(np.asarray(features, dtype=np.float32) @ self.weight.T + self.bias, axis=1)[:, self.groups]
 
     def tensors(self) -> dict[str, np.ndarray]:
         """Its arrays, as the bundle stores them."""
