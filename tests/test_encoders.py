@@ -193,6 +193,16 @@ def test_layout_adds_each_stage_averaged_over_six_bands_of_the_frame() -> None:
     assert np.abs(bottom[1] - bottom[0]).mean() > np.abs(top[1] - top[0]).mean()
 
 
+def test_stages_is_the_layout_without_the_head_convs_statistics() -> None:
+    layout, stages = get_image_encoder("efficientnet-lite0/layout"), get_image_encoder("efficientnet-lite0/stages")
+    tapped = (4048 - 2 * 1280) // 2
+    assert stages.output_shape == (8 * tapped,) and stages.cache_key != layout.cache_key
+    x = np.random.default_rng(4).standard_normal((2, 3, 224, 224)).astype(np.float32)
+    full = layout.encode(x)
+    kept = np.r_[0 : 2 * tapped, 4048 : full.shape[1]]  # the stages' statistics, then their bands
+    np.testing.assert_allclose(stages.encode(x), full[:, kept], atol=1e-4)
+
+
 def test_a_joint_encoder_gives_each_part_the_frame_it_wants_and_concatenates_their_outputs() -> None:
     joint = get_image_encoder(" efficientnet-lite0/stats + efficientnet-lite2 ")
     lite0, lite2 = get_image_encoder("efficientnet-lite0/stats"), get_image_encoder("efficientnet-lite2")

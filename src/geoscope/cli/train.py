@@ -29,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("-o", "--output", required=True, help="model bundle directory to write")
     parser.add_argument("--encoder", default="efficientnet-lite0",
                         help="image encoder: efficientnet-lite0 (default), efficientnet-lite2, <name>/stats, "
-                             "<name>/layout (the default model's), hf:<repo>, or several joined by + "
+                             "<name>/layout (the default model's), <name>/stages, hf:<repo>, or several joined by + "
                              "(efficientnet-lite0/stats+efficientnet-lite2/stats)")
     parser.add_argument("--text-encoder", default="minilm")
     parser.add_argument("--block-km", type=float, default=1.0,

@@ -135,20 +135,22 @@ class EfficientNetStageStats(nn.Module):
     With ``bands`` > 0 each stage's output (not the head conv's) is also averaged over that many
     horizontal bands of the frame, top to bottom (the ``layout`` variant): what lies at the sky's
     height, the façades' and the road's is kept apart instead of mixed into one mean. Lite0 with 6
-    bands gives 8,512 values.
+    bands gives 8,512 values. Without the ``head`` (the ``stages`` variant) the head conv is not run
+    and its statistics, an ImageNet classifier's view, are left out: Lite0 with 6 bands gives 5,952.
     """
 
-    def __init__(self, net: nn.Module, min_channels: int = 40, bands: int = 0) -> None:
+    def __init__(self, net: nn.Module, min_channels: int = 40, bands: int = 0, head: bool = True) -> None:
         super().__init__()
         self.net = net
         self.bands = bands
+        self.head = head
         channels = [block._project_conv.out_channels for block in net._blocks]
         self.taps = frozenset(
             i for i, c in enumerate(channels)
             if c >= min_channels and (i == len(channels) - 1 or channels[i + 1] != c)
         )
         tapped = sum(channels[i] for i in self.taps)
-        self.dim = 2 * (tapped + net._conv_head.out_channels) + bands * tapped
+        self.dim = 2 * (tapped + (net._conv_head.out_channels if head else 0)) + bands * tapped
         """Values per image."""
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -160,8 +162,10 @@ class EfficientNetStageStats(nn.Module):
             if index in self.taps:
                 stats += [x.mean(dim=(2, 3)), x.std(dim=(2, 3))]
                 bands += _band_means(x, self.bands)
-        x = net._swish(net._bn1(net._conv_head(x)))
-        return torch.cat([*stats, x.mean(dim=(2, 3)), x.std(dim=(2, 3)), *bands], dim=1)
+        if self.head:
+            x = net._swish(net._bn1(net._conv_head(x)))
+            stats += [x.mean(dim=(2, 3)), x.std(dim=(2, 3))]
+        return torch.cat([*stats, *bands], dim=1)
 
 
 def _band_means(x: torch.Tensor, bands: int) -> list[torch.Tensor]:

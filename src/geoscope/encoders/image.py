@@ -2,7 +2,8 @@
 
 Names: ``efficientnet-lite0`` (224 px), ``efficientnet-lite1`` (240 px), ``efficientnet-lite2`` (260 px),
 ``<name>/stats`` (mean and std of every stage's output: texture and colour as well as objects),
-``<name>/layout`` (the same, plus each stage's means over six horizontal bands of the frame), their trunks
+``<name>/layout`` (the same, plus each stage's means over six horizontal bands of the frame),
+``<name>/stages`` (the layout without the head conv's statistics), their trunks
 ``<name>/trunk-<n>`` (feature maps before the last ``n`` MBConv blocks, for caching and
 fine-tuning the top), any of these ``@<px>`` (frames resized to another input size),
 ``<a>+<b>`` (several encoders' outputs concatenated) and
@@ -42,13 +43,13 @@ if TYPE_CHECKING:
     from torch import nn
 
 BACKENDS = ("onnx", "torch")
-PATTERNS = ("<a>+<b>", "<name>/stats", "<name>/layout", "<name>/trunk-<n>", "<name>/pixels", "<name>[/variant]@<px>",
-            "hf:<repo-or-path>")
+PATTERNS = ("<a>+<b>", "<name>/stats", "<name>/layout", "<name>/stages", "<name>/trunk-<n>", "<name>/pixels",
+            "<name>[/variant]@<px>", "hf:<repo-or-path>")
 _TRUNK = re.compile(r"^trunk-(\d+)$")
 _SIZE = re.compile(r"^(.*)@(\d+)$")
 MAX_INPUT_PX = 1024
-STATS_BANDS = {"stats": 0, "layout": 6}
-"""Variants of the stage statistics → horizontal bands each stage is also averaged over."""
+STATS_VARIANTS = {"stats": (0, True), "layout": (6, True), "stages": (6, False)}
+"""Variants of the stage statistics → (horizontal bands each stage is also averaged over, head conv's statistics)."""
 
 
 @dataclass(frozen=True)
@@ -195,12 +196,13 @@ def _efficientnet_spec(name: str) -> EncoderSpec:
             name, preprocess, (EMBED_DIM,), fingerprint("efficientnet-embedding/1", *identity),
             build=lambda: EfficientNetEmbedding(load_efficientnet(base)),
         )
-    if variant in STATS_BANDS:
-        bands = STATS_BANDS[variant]  # 0 adds nothing to the fingerprint: /stats keeps its cached features
+    if variant in STATS_VARIANTS:
+        bands, head = STATS_VARIANTS[variant]  # the defaults add nothing to the fingerprint: caches stay valid
+        extra = [*([bands] if bands else []), *([] if head else ["stages"])]
         return EncoderSpec(
-            name, preprocess, (_stats_dim(base, bands),),
-            fingerprint("efficientnet-stage-stats/1", *identity, *([bands] if bands else [])),
-            build=lambda: EfficientNetStageStats(load_efficientnet(base), bands=bands), mixed_scales=True,
+            name, preprocess, (_stats_dim(base, bands, head),),
+            fingerprint("efficientnet-stage-stats/1", *identity, *extra),
+            build=lambda: EfficientNetStageStats(load_efficientnet(base), bands=bands, head=head), mixed_scales=True,
         )
     if variant == "pixels":  # the input itself, for a model that fine-tunes the whole encoder
         c = preprocess.crop_size
@@ -208,8 +210,8 @@ def _efficientnet_spec(name: str) -> EncoderSpec:
     match = _TRUNK.match(variant)
     total = block_count(base)
     if not match or not 0 <= int(match[1]) <= total:
-        raise GeoscopeError(f"unknown variant {variant!r} of {base}: use stats, layout, pixels, or trunk-<n> with n in "
-                            f"0..{total}, then @<px> for another input size")
+        raise GeoscopeError(f"unknown variant {variant!r} of {base}: use stats, layout, stages, pixels, or trunk-<n> "
+                            f"with n in 0..{total}, then @<px> for another input size")
     n_top = int(match[1])
     return EncoderSpec(
         name, preprocess, _trunk_shape(base, n_top, preprocess.crop_size),
@@ -238,10 +240,10 @@ def _trunk_shape(base: str, n_top: int, size: int) -> tuple[int, ...]:
 
 
 @cache
-def _stats_dim(base: str, bands: int) -> int:
+def _stats_dim(base: str, bands: int, head: bool) -> int:
     from efficientnet_lite_pytorch import EfficientNet
 
-    return EfficientNetStageStats(EfficientNet.from_name(base), bands=bands).dim
+    return EfficientNetStageStats(EfficientNet.from_name(base), bands=bands, head=head).dim
 
 
 _REGISTRY: dict[str, Callable[[str], EncoderSpec]] = {name: _efficientnet_spec for name in LITE_MODELS}
