@@ -12,7 +12,7 @@ Tasks with several views per place also show the model answering each view alone
 fusion, the same model answering from the plain average of its views.
 Run: ``python benchmarks/accuracy.py [--folds 5] [--task N] [--scheme geocells] [--no-augment]
 [--set fusion=lstm] [--set head=gps] [--set location=scratch] [--refine knn|gps] [--restarts 3 [--members 3]]
-[--places 0.2]``.
+[--places 0.25 [--draw N]]``.
 """
 
 from __future__ import annotations
@@ -74,20 +74,22 @@ TASKS = (
 )
 
 
-def load_sets(names: tuple[str, ...], places: float = 1.0) -> Manifest:
-    """The sets as one manifest, or a random share of their places (all views of each kept place)."""
+def load_sets(names: tuple[str, ...]) -> Manifest:
+    """The sets as one manifest."""
     frames = []
     for name in names:
         m = read_manifest(DATA / name / "manifest.csv")
         frame = m.frame.copy()
         frame["image"] = [str(p) for p in m.image_paths]
         frames.append(frame)
-    manifest = Manifest(pd.concat(frames, ignore_index=True), Path("/"))
-    if places >= 1:
-        return manifest
+    return Manifest(pd.concat(frames, ignore_index=True), Path("/"))
+
+
+def kept_places(manifest: Manifest, share: float, draw: int) -> np.ndarray:
+    """Row mask: a random ``share`` of the places (all views of each kept place), draw ``draw``."""
     ids = manifest.place_ids
     unique = ids.unique()
-    return manifest.subset(ids.isin(unique[np.random.default_rng(0).random(len(unique)) < places]))
+    return ids.isin(unique[np.random.default_rng(draw).random(len(unique)) < share]).to_numpy()
 
 
 def outer_ring(frame: pd.DataFrame, share: float = RING_SHARE) -> np.ndarray:
@@ -105,8 +107,13 @@ def outer_ring(frame: pd.DataFrame, share: float = RING_SHARE) -> np.ndarray:
 
 
 def cross_validate(task: Task, folds: int, options: FitOptions, max_folds: int | None = None,
-                   progress: bool = False, refine: str = "none", places: float = 1.0) -> dict:
-    manifest = load_sets(task.sets, places)
+                   progress: bool = False, refine: str = "none", places: float = 1.0, draw: int = 0) -> dict:
+    """Pooled metrics over the held-out folds; ``places`` < 1 trains on that share of the training places.
+
+    The folds are those of the whole set, so every share is measured on the same held-out images.
+    """
+    manifest = load_sets(task.sets)
+    kept = kept_places(manifest, places, draw) if places < 1 else np.ones(len(manifest.frame), dtype=bool)
     inner = kfold(manifest.frame, 10, by="block" if task.by == "ring" else task.by, block_km=task.block_km, seed=1)
     if task.by == "ring":
         fold, folds = np.where(outer_ring(manifest.frame), 0, -1), 1
@@ -116,6 +123,7 @@ def cross_validate(task: Task, folds: int, options: FitOptions, max_folds: int |
     for k in range(min(folds, max_folds or folds)):
         frame = manifest.frame.copy()
         frame["split"] = np.where(fold == k, "test", np.where(inner == 0, "val", "train"))
+        frame = frame[kept | (frame["split"] != "train").to_numpy()].reset_index(drop=True)
         with tempfile.TemporaryDirectory() as tmp:
             task_options = replace(options, scheme=task.scheme, crops=task.crops,
                                    train=replace(options.train, label_smoothing_km=task.smoothing_km))
@@ -227,7 +235,9 @@ def main() -> int:
     parser.add_argument("--members", type=int, default=1,
                         help="keep the K runs of lowest validation loss as one ensemble (at most --restarts; 1)")
     parser.add_argument("--places", type=float, default=1.0, metavar="SHARE",
-                        help="train and test on a random share of each task's places (how accuracy grows with data)")
+                        help="train on a random share of each fold's training places, test on the whole held-out "
+                             "folds (how accuracy grows with data)")
+    parser.add_argument("--draw", type=int, default=0, help="which random share --places keeps (a seed; 0)")
     parser.add_argument("--scheme", help="label scheme for the km tasks instead of theirs, e.g. geocells "
                         "or geocells:min_images=20,max_images=200")
     args = parser.parse_args()
@@ -262,7 +272,8 @@ def main() -> int:
             task = replace(task, scheme=LabelScheme(kind, {k: float(v) for k, v in
                                                            (p.split("=") for p in params.split(",") if p)}))
         start = time.perf_counter()
-        m = cross_validate(task, args.folds, options, args.max_folds, args.progress, args.refine, args.places)
+        m = cross_validate(task, args.folds, options, args.max_folds, args.progress, args.refine,
+                           args.places, args.draw)
         columns = (MODEL, ONE_VIEW, VIEWS_AVERAGED, PROBE, CENTROID, KNN)
         cells = [_cell(m[name], task) if name in m else "–" for name in columns]
         print(f"| {task.name} | {task.goal} | " + " | ".join(cells) + f" | {time.perf_counter() - start:.0f} s |",
