@@ -113,7 +113,7 @@ def cross_validate(task: Task, folds: int, options: FitOptions, max_folds: int |
     The folds are those of the whole set, so every share is measured on the same held-out images.
     """
     manifest = load_sets(task.sets)
-    kept = kept_places(manifest, places, draw) if places < 1 else np.ones(len(manifest.frame), dtype=bool)
+    kept = kept_places(manifest, places, draw)  # every place when places >= 1
     inner = kfold(manifest.frame, 10, by="block" if task.by == "ring" else task.by, block_km=task.block_km, seed=1)
     if task.by == "ring":
         fold, folds = np.where(outer_ring(manifest.frame), 0, -1), 1
