@@ -29,12 +29,12 @@ import pandas as pd
 
 from geoscope.data.manifest import Manifest, read_manifest
 from geoscope.data.split import kfold
-from geoscope.evaluate import evaluate
-from geoscope.fit import FitOptions, fit
-from geoscope.labels import LabelScheme
+from geoscope.evaluate.results import CENTROID, KNN, MODEL, VIEWS_AVERAGED
+from geoscope.evaluate.scoring import evaluate
+from geoscope.geo.labels import LabelScheme
 from geoscope.predict import load_model
-from geoscope.results import CENTROID, KNN, MODEL, VIEWS_AVERAGED
-from geoscope.train import TrainConfig
+from geoscope.training.fit import FitOptions, fit
+from geoscope.training.loop import TrainConfig
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -94,8 +94,8 @@ def kept_places(manifest: Manifest, share: float, draw: int) -> np.ndarray:
 
 def outer_ring(frame: pd.DataFrame, share: float = RING_SHARE) -> np.ndarray:
     """Test mask: each city's ``share`` of images farthest from its medoid."""
-    from geoscope.geo import haversine_km
-    from geoscope.naming import geographic_medoid
+    from geoscope.geo.naming import geographic_medoid
+    from geoscope.geo.sphere import haversine_km
 
     test = np.zeros(len(frame), dtype=bool)
     for _, rows in frame.groupby("city").groups.items():
@@ -151,14 +151,14 @@ def linear_probe(model, manifest: Manifest, result, options: FitOptions) -> pd.D
 
     Trained on the train rows (with flipped copies when the model had them), it predicts the
     held-out items of ``result`` (views averaged in probability; the first guess chosen as the model
-    chooses its own, :func:`geoscope.answer.best_guesses`); returns their predictions.
+    chooses its own, :func:`geoscope.answer.answerer.best_guesses`); returns their predictions.
     """
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from geoscope.geo import haversine_km
-    from geoscope.labels import LabelScheme, assign_labels
+    from geoscope.geo.labels import LabelScheme, assign_labels
+    from geoscope.geo.sphere import haversine_km
 
     frame = manifest.frame
     scheme = LabelScheme.from_dict(model.config["labels"])
@@ -194,7 +194,7 @@ def linear_probe(model, manifest: Manifest, result, options: FitOptions) -> pd.D
 
 def pool(results: list, probes: list[pd.DataFrame]) -> dict:
     """Metrics over all held-out folds together."""
-    from geoscope.geo import summarize_errors
+    from geoscope.geo.sphere import summarize_errors
 
     out = {}
     for name in (MODEL, PROBE, CENTROID, KNN, VIEWS_AVERAGED):

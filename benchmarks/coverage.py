@@ -28,8 +28,8 @@ sys.path.insert(0, str(REPO / "scripts"))
 from train_default_model import IMAGE_HEAD, SETS, combined_manifest, default_options  # noqa: E402
 
 from geoscope.data.manifest import Manifest  # noqa: E402
-from geoscope.fit import FitOptions, fit  # noqa: E402
 from geoscope.predict import GeoModel, load_model  # noqa: E402
+from geoscope.training.fit import FitOptions, fit  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data"
 TRANSFORMS = {

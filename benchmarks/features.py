@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 
 from geoscope.data.manifest import read_manifest
+from geoscope.distributed import cpu_count
 from geoscope.encoders.image import get_image_encoder
-from geoscope.encoders.onnx_runtime import cpu_count
 from geoscope.encoders.preprocess import Views
-from geoscope.features import extract_features, load_views
+from geoscope.features.cache import extract_features, load_views
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SETS = ("london-uk", "us-west")

@@ -1,7 +1,7 @@
 """How true a model's label names are: the share named after a real place near where the label stands.
 
 A label counts when its ``place`` is a gazetteer place (GeoNames' places of 500 people, or a US
-post-office town: :func:`geoscope.naming.naming_towns`) of that name, in the label's country,
+post-office town: :func:`geoscope.geo.naming.naming_towns`) of that name, in the label's country,
 within 40 km of the label's coordinates (its images' medoid). Labels named by a distance and
 a direction ("51 km south-east of Austin") do not count. Prints the share and the labels that
 miss, with the distance to the nearest place of any name.
@@ -16,9 +16,9 @@ import sys
 
 import numpy as np
 
-from geoscope.geo import haversine_km
-from geoscope.naming import MAX_REACH_KM, naming_towns
-from geoscope.places import nearest_place
+from geoscope.geo.naming import MAX_REACH_KM, naming_towns
+from geoscope.geo.places import nearest_place
+from geoscope.geo.sphere import haversine_km
 from geoscope.predict import load_model
 
 

@@ -76,12 +76,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace, tmp: Path) -> int:
-    from geoscope.batch import CHUNK_SIZE, find_inputs, predict_chunks
+    from geoscope.distributed import cpu_count
     from geoscope.encoders.image import get_image_encoder
-    from geoscope.encoders.onnx_runtime import cpu_count
-    from geoscope.features import BATCH_SIZE
-    from geoscope.images import open_image, read_rgb
-    from geoscope.outputs import checked_record, open_predictions_file
+    from geoscope.features.cache import BATCH_SIZE
+    from geoscope.features.images import open_image, read_rgb
+    from geoscope.outputs.batch import CHUNK_SIZE, find_inputs, predict_chunks
+    from geoscope.outputs.formats import checked_record, open_predictions_file
     from geoscope.paths import cache_dir
     from geoscope.predict import load_model
 

@@ -1,9 +1,9 @@
 """Time to fit what predict compares a photo with: the top principal axes of the training features.
 
-The kNN gallery's PCA and the typicality test (``geoscope.fit``, ``geoscope.coverage``) each need the top
-axes of the standardised training features. On cached features of the shared London sets (``geoscope
+The kNN gallery's PCA and the typicality test (``geoscope.training.fit``, ``geoscope.answer.coverage``) each
+need the top axes of the standardised training features. On cached features of the shared London sets (``geoscope
 features`` first; plain images, no flips), a random sample of ``--images`` rows: a full SVD
-(``np.linalg.svd``, what both used before) against :func:`geoscope.pca.principal_axes`, one run, with how
+(``np.linalg.svd``, what both used before) against :func:`geoscope.answer.pca.principal_axes`, one run, with how
 far their singular values and axes differ. Prints one table.
 Run: ``python benchmarks/references.py [--images 6000] [--encoder NAME ...] [--k 512]``.
 """
@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
+from geoscope.answer.pca import principal_axes
 from geoscope.data.manifest import read_manifest
-from geoscope.features import extract_features
-from geoscope.pca import principal_axes
+from geoscope.features.cache import extract_features
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SETS = ("london-uk", "london-on")

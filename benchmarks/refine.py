@@ -1,7 +1,7 @@
 """Refiners measured on the default model's own test split: where each moves the guess, and what it costs.
 
 On the default model's split (``scripts/train_default_model.py``: the four shared sets, 1 km blocks,
-100 m gap), the test places' views fused, it evaluates the bundle (``geoscope.evaluate``, the path
+100 m gap), the test places' views fused, it evaluates the bundle (``geoscope.evaluate.scoring``, the path
 ``geoscope evaluate`` runs) with each refiner it holds: ``none`` (the label's medoid), ``knn`` (the
 most similar training images in the label) and ``gps`` (the GPS head's likeliest point within 50 km
 of the label: PIGEON's hybrid). Then predict's speed with each, on the same images, their features
@@ -22,10 +22,10 @@ sys.path.insert(0, str(REPO / "scripts"))
 
 from train_default_model import combined_manifest  # noqa: E402
 
-from geoscope.evaluate import evaluate  # noqa: E402
+from geoscope.answer.refine import REFINERS  # noqa: E402
+from geoscope.evaluate.results import MODEL  # noqa: E402
+from geoscope.evaluate.scoring import evaluate  # noqa: E402
 from geoscope.predict import load_model  # noqa: E402
-from geoscope.refine import REFINERS  # noqa: E402
-from geoscope.results import MODEL  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data"
 

@@ -47,7 +47,7 @@ def _epoch_worker(rank: int, world: int, port: int, kind: str, out: str, threads
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                           LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
     from geoscope import distributed
-    from geoscope.train import _measure, train_place_clip
+    from geoscope.training.loop import _measure, train_place_clip
 
     torch.set_num_threads(threads)
     run = distributed.start("cpu")
@@ -89,7 +89,7 @@ def _epoch_worker(rank: int, world: int, port: int, kind: str, out: str, threads
 
 def _synthetic(kind: str):
     from geoscope.models.image_side import ImageSide
-    from geoscope.train import TrainConfig, TrainingData
+    from geoscope.training.loop import TrainConfig, TrainingData
 
     rng = np.random.default_rng(0)
     places = 100
@@ -100,7 +100,7 @@ def _synthetic(kind: str):
         config = TrainConfig(max_epochs=2, batch_size=256, early_stop=10)
     elif kind == "all":
         from geoscope.encoders.image import image_encoder_spec
-        from geoscope.pixels import ImagePixels
+        from geoscope.features.pixels import ImagePixels
 
         n, side = 128, ImageSide("efficientnet-lite0", "all")
         pixels = ImagePixels(pixel_images(n), image_encoder_spec(side.name).preprocess)

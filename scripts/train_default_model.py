@@ -25,9 +25,9 @@ import pandas as pd
 
 from geoscope.data.manifest import Manifest, read_manifest
 from geoscope.data.split import split_manifest
-from geoscope.fit import FitOptions, fit
-from geoscope.labels import LabelScheme
-from geoscope.train import TrainConfig
+from geoscope.geo.labels import LabelScheme
+from geoscope.training.fit import FitOptions, fit
+from geoscope.training.loop import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 SETS = ("london-uk", "london-on", "us-west", "croatia")

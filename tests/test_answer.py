@@ -6,15 +6,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from geoscope.answer import Answerer, Calibration, best_guesses, fit_calibration, mass_near_top, unit_rows
+from geoscope.answer.answerer import Answerer, Calibration, best_guesses, fit_calibration, mass_near_top, unit_rows
+from geoscope.answer.refine import refine_in_labels
 from geoscope.errors import GeoscopeError
-from geoscope.geo import haversine_km
-from geoscope.geocells import geocell_ids
-from geoscope.labels import LabelScheme, assign_labels, make_labels
-from geoscope.naming import MAX_REACH_KM, geographic_medoid, locate, name_labels, naming_towns
-from geoscope.places import load_places, post_towns
+from geoscope.geo.geocells import geocell_ids
+from geoscope.geo.labels import LabelScheme, assign_labels, make_labels
+from geoscope.geo.naming import MAX_REACH_KM, geographic_medoid, locate, name_labels, naming_towns
+from geoscope.geo.places import load_places, post_towns
+from geoscope.geo.sphere import haversine_km
 from geoscope.predict import load_model
-from geoscope.refine import refine_in_labels
 
 
 def _cloud(lat: float, lon: float, n: int, km: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

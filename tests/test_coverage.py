@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from geoscope.answer import Answerer
-from geoscope.coverage import Coverage, Typicality, gallery_scores
+from geoscope.answer.answerer import Answerer
+from geoscope.answer.coverage import Coverage, Typicality, gallery_scores
 
 
 def _labels() -> pd.DataFrame:
@@ -83,7 +83,7 @@ def test_the_answer_says_whether_the_photo_is_in_coverage() -> None:
 
 @pytest.mark.parametrize("shape", [(300, 40), (40, 300)])  # more images than features, and fewer
 def test_principal_axes_are_the_svds_first_rows(shape: tuple[int, int]) -> None:
-    from geoscope.pca import principal_axes
+    from geoscope.answer.pca import principal_axes
 
     rng = np.random.default_rng(3)
     z = rng.normal(size=shape) * np.geomspace(10, 0.1, shape[1])  # a spectrum that falls, as features' does

@@ -18,8 +18,8 @@ import torch.multiprocessing as mp
 from conftest import make_images, shared_dataset
 
 from geoscope.cli.main import main
-from geoscope.features import FeatureSet, extract_features
-from geoscope.train import TrainConfig, TrainingData, train_place_clip
+from geoscope.features.cache import FeatureSet, extract_features
+from geoscope.training.loop import TrainConfig, TrainingData, train_place_clip
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "geoscope"]
 
@@ -120,7 +120,7 @@ def test_concurrent_writers_share_the_work_and_a_killed_one_is_resumed(tmp_path:
     images = make_images(tmp_path / "images", 48, size=(320, 240), seed=12)
     listing = tmp_path / "images.txt"
     listing.write_text("\n".join(map(str, images)))
-    script = ("import sys; from geoscope.features import extract_features; "
+    script = ("import sys; from geoscope.features.cache import extract_features; "
               "r = extract_features(open(sys.argv[1]).read().split('\\n'), 'efficientnet-lite0', shard_size=4, "
               "batch_size=4, workers=1, progress=False, cache=sys.argv[2]); print(r.encoded, int(r.valid.sum()))")
     cache = tmp_path / "cache"

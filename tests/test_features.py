@@ -13,7 +13,7 @@ from PIL import Image
 from geoscope.cli.main import main
 from geoscope.encoders.image import get_image_encoder
 from geoscope.errors import GeoscopeError
-from geoscope.features import FeatureSet, extract_features
+from geoscope.features.cache import FeatureSet, extract_features
 
 ENCODER = "efficientnet-lite0"
 

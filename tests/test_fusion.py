@@ -15,12 +15,12 @@ from conftest import shared_rows
 
 from geoscope.cli.main import main
 from geoscope.data.manifest import read_manifest, write_manifest
-from geoscope.evaluate import evaluate
+from geoscope.evaluate.results import VIEWS_AVERAGED
+from geoscope.evaluate.scoring import evaluate
 from geoscope.models.fusion import FUSIONS, group_views, make_fusion, masked_mean
 from geoscope.predict import load_model
 from geoscope.report import write_report
-from geoscope.results import VIEWS_AVERAGED
-from geoscope.train import _drop_views
+from geoscope.training.loop import _drop_views
 
 
 def _views(batch: int = 5, count: int = 4, dim: int = 16, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

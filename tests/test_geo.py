@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from geoscope.geo import (
+from geoscope.geo.sphere import (
     EARTH_RADIUS_KM,
     THRESHOLDS_KM,
     bounding_box,

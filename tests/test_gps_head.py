@@ -13,7 +13,7 @@ from conftest import REPO, shared_rows
 
 from geoscope.cli.main import main
 from geoscope.data.manifest import read_manifest, write_manifest
-from geoscope.geo import haversine_km
+from geoscope.geo.sphere import haversine_km
 from geoscope.models.location import LocationEncoder, equal_earth, geoclip_weights_path, load_geoclip
 from geoscope.predict import load_model
 

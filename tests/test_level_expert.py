@@ -7,9 +7,9 @@ import pandas as pd
 from scipy.special import softmax
 from sklearn.linear_model import LogisticRegression
 
-from geoscope.fit import _expert_record
 from geoscope.models.level_expert import LevelExpert
-from geoscope.train import TrainingData
+from geoscope.training.fit import _expert_record
+from geoscope.training.loop import TrainingData
 
 
 def _features(rng: np.random.Generator, n: int = 240) -> np.ndarray:

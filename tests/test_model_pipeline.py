@@ -17,15 +17,15 @@ from geoscope.bundle import read_bundle
 from geoscope.cli.main import main
 from geoscope.data.manifest import Manifest, read_manifest, write_manifest
 from geoscope.errors import GeoscopeError, ModelError
-from geoscope.evaluate import evaluate
-from geoscope.fit import FitOptions, fit
-from geoscope.geo import haversine_km
-from geoscope.labels import LabelScheme
+from geoscope.evaluate.results import CENTROID, MODEL
+from geoscope.evaluate.scoring import evaluate
+from geoscope.geo.labels import LabelScheme
+from geoscope.geo.sphere import haversine_km
 from geoscope.models.heads import LinearHead, ProjectionHead
 from geoscope.models.losses import haversine_smoothed_targets, symmetric_clip_loss
 from geoscope.predict import load_model
-from geoscope.results import CENTROID, MODEL
-from geoscope.train import TrainConfig
+from geoscope.training.fit import FitOptions, fit
+from geoscope.training.loop import TrainConfig
 
 # Three towns, each with its own look: a colour cast and a stripe pattern.
 TOWNS = {"Paris": (48.8566, 2.3522, (200, 60, 60)), "Berlin": (52.52, 13.405, (60, 180, 60)),
@@ -167,7 +167,7 @@ def test_cli_evaluate_json(town_manifest: Path, town_model: Path, capsys: pytest
 
 
 def test_standardised_training_does_not_depend_on_the_scale_of_feature_dimensions() -> None:
-    from geoscope.train import TrainingData, train_place_clip
+    from geoscope.training.loop import TrainingData, train_place_clip
 
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 3, 300)
@@ -192,7 +192,7 @@ def test_standardised_training_does_not_depend_on_the_scale_of_feature_dimension
 
 
 def test_a_small_training_set_takes_smaller_batches_for_enough_steps_an_epoch() -> None:
-    from geoscope.train import MIN_BATCH_SIZE, steps_batch_size, train_place_clip
+    from geoscope.training.loop import MIN_BATCH_SIZE, steps_batch_size, train_place_clip
 
     assert steps_batch_size(256, 8214, 30) == 256  # the default model's training set: unchanged
     assert steps_batch_size(256, 570, 30) == 19  # western USA's: 30 steps, not 3
@@ -209,7 +209,7 @@ def test_a_small_training_set_takes_smaller_batches_for_enough_steps_an_epoch() 
 def _three_towns(seed: int, n: int, n_train: int) -> tuple:
     """Image features of ``n`` photos of three towns whose features lie 3 σ apart: the training and validation
     splits, the towns' name features and coordinates, and all features and labels."""
-    from geoscope.train import TrainingData
+    from geoscope.training.loop import TrainingData
 
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, 3, n)
@@ -223,7 +223,7 @@ def _three_towns(seed: int, n: int, n_train: int) -> tuple:
 
 
 def test_averaged_weights_are_what_is_measured_and_kept() -> None:
-    from geoscope.train import train_place_clip
+    from geoscope.training.loop import train_place_clip
 
     train, val, texts, coords, x, labels = _three_towns(seed=1, n=300, n_train=200)
     accuracy = {}

@@ -8,10 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from geoscope.cells import assign_grid, assign_nearest, grid_cells
 from geoscope.errors import GeoscopeError
-from geoscope.geo import haversine_km
-from geoscope.places import (
+from geoscope.geo.cells import assign_grid, assign_nearest, grid_cells
+from geoscope.geo.places import (
     PLACE_COLUMNS,
     cities_table,
     load_places,
@@ -20,7 +19,8 @@ from geoscope.places import (
     top_cities,
     top_places,
 )
-from geoscope.regions import bbox_region, resolve_region
+from geoscope.geo.regions import bbox_region, resolve_region
+from geoscope.geo.sphere import haversine_km
 
 LONDON_BOROUGHS = {"Brent", "Islington", "City of Westminster", "Croydon", "Barking", "Ilford",
                    "Harrow", "Tottenham", "Walthamstow", "Romford", "Southall", "Putney"}

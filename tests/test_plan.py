@@ -10,9 +10,9 @@ import pytest
 
 from geoscope.cli import main as cli
 from geoscope.data.plan import Plan, PlanError, cities_plan, grid_plan, read_plan, write_plan
-from geoscope.geo import haversine_km
-from geoscope.places import top_places
-from geoscope.regions import resolve_region
+from geoscope.geo.places import top_places
+from geoscope.geo.regions import resolve_region
+from geoscope.geo.sphere import haversine_km
 
 
 def run_cli(monkeypatch: pytest.MonkeyPatch, *argv: str) -> int:

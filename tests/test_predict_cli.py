@@ -17,9 +17,9 @@ import pytest
 from conftest import REPO
 from PIL import Image
 
-from geoscope.batch import find_inputs
 from geoscope.cli.main import main
-from geoscope.outputs import (
+from geoscope.outputs.batch import find_inputs
+from geoscope.outputs.formats import (
     NON_FINITE,
     checked_record,
     feature_to_record,

@@ -9,7 +9,7 @@ import pytest
 import shapely
 
 from geoscope.errors import GeoscopeError
-from geoscope.regions import (
+from geoscope.geo.regions import (
     Region,
     bbox_region,
     country_names,

@@ -21,9 +21,9 @@ from conftest import REPO, make_images, shared_dataset
 from PIL import Image
 
 from geoscope.errors import GeoscopeError
-from geoscope.geo import EARTH_RADIUS_KM, haversine_km, spherical_mean, summarize_errors
+from geoscope.evaluate.results import CENTROID, KNN, MODEL, EvaluationResult
+from geoscope.geo.sphere import EARTH_RADIUS_KM, haversine_km, spherical_mean, summarize_errors
 from geoscope.report import SEED_FIGURES, read_comparison_csv, write_report
-from geoscope.results import CENTROID, KNN, MODEL, EvaluationResult
 
 ARTIFACTS = REPO / "artifacts"
 SECTIONS = ("metrics", "comparison", "error-curve", "map", "examples", "labels", "splits",

@@ -28,10 +28,10 @@ from fastapi.responses import HTMLResponse
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from geoscope.answer.refine import REFINERS
 from geoscope.cli.main import main
 from geoscope.paths import cache_dir
 from geoscope.predict import GeoModel, load_model
-from geoscope.refine import REFINERS
 from geoscope.serve import MAX_UPLOAD_BYTES, ServeSettings, create_app, uvicorn_config
 from geoscope.serve.page import WEB_ASSETS
 from geoscope.serve.server import listen

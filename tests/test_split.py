@@ -17,7 +17,7 @@ from geoscope.data.split import (
     split_manifest,
 )
 from geoscope.errors import GeoscopeError
-from geoscope.geo import haversine_km, offset_km
+from geoscope.geo.sphere import haversine_km, offset_km
 
 
 def _city(n_places: int = 400, views: int = 3, seed: int = 0) -> pd.DataFrame:

@@ -11,12 +11,12 @@ import pandas as pd
 import pytest
 from conftest import make_images
 
-from geoscope.batch import ManifestUnits
 from geoscope.cli.main import main
 from geoscope.data.manifest import iter_manifest, read_manifest
 from geoscope.errors import ManifestError
-from geoscope.features import FeatureSet, extract_features
-from geoscope.manifest_features import manifest_features
+from geoscope.features.cache import FeatureSet, extract_features
+from geoscope.features.manifest import manifest_features
+from geoscope.outputs.batch import ManifestUnits
 
 
 def _table(rows: int) -> pd.DataFrame:

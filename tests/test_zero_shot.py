@@ -21,15 +21,15 @@ import pandas as pd
 import pytest
 from conftest import REPO, make_images, save_clip_tokenizer
 
-from geoscope.candidates import MAX_CITIES, place_hierarchy
 from geoscope.cli.main import main
 from geoscope.data.manifest import write_manifest
 from geoscope.errors import GeoscopeError
-from geoscope.geo import geoscore, haversine_km
-from geoscope.images import open_image
-from geoscope.models.factory import is_zero_shot, load_any_model
-from geoscope.places import load_places
-from geoscope.zero_shot import ZeroShotModel
+from geoscope.features.images import open_image
+from geoscope.geo.candidates import MAX_CITIES, place_hierarchy
+from geoscope.geo.places import load_places
+from geoscope.geo.sphere import geoscore, haversine_km
+from geoscope.loading import is_zero_shot, load_any_model
+from geoscope.models.zero_shot import ZeroShotModel
 
 EXAMPLES = sorted((REPO / "examples" / "images").glob("*.jpg"))
 BOX = "48,-11,56,5"

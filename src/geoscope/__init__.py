@@ -19,6 +19,6 @@ def load(model: str | os.PathLike[str] | None = None, *, region: str | None = No
 
     Returns a :class:`geoscope.predict.GeoModel`: ``model.predict(["photo.jpg"], top_k=3)``.
     """
-    from .models.factory import load_any_model
+    from .loading import load_any_model
 
     return load_any_model(model, region=region)

@@ -21,7 +21,7 @@ import pandas as pd
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
-from .coverage import SCORE, TESTS, TYPICALITY_KEYS
+from .answer.coverage import SCORE, TESTS, TYPICALITY_KEYS
 from .errors import ModelError, one_line, quote_name
 from .fileio import atomic_write_json, atomic_write_text, current_umask
 

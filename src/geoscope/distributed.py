@@ -141,10 +141,16 @@ def current(device: str = "cpu") -> Run:
                _env_int("LOCAL_WORLD_SIZE", 1), dist.get_backend(), device)
 
 
+def cpu_count() -> int:
+    """Cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 def cores_per_process() -> int:
     """This machine's cores shared among the processes torchrun started on it (all of them for one process)."""
-    from .encoders.onnx_runtime import cpu_count  # imported here: onnx_runtime imports this module
-
     return max(1, cpu_count() // max(1, _env_int("LOCAL_WORLD_SIZE", 1)))
 
 

@@ -2,7 +2,7 @@
 
 ``GeoModel`` holds a bundle's place embeddings (computed once at training time), its
 image head and the frozen encoder it was trained on; ``predict`` answers (see
-:mod:`geoscope.answer`) with the top-k places, the hierarchy of countries and regions,
+:mod:`geoscope.answer.answerer`) with the top-k places, the hierarchy of countries and regions,
 coverage and confidence, for each image or for the fused views of one place.
 """
 
@@ -17,19 +17,19 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from .answer import Answerer, Calibration, Guess, Prediction, unit_rows
+from .answer.answerer import Answerer, Calibration, Guess, Prediction, unit_rows
+from .answer.coverage import Coverage, Typicality, scores_by_test
+from .answer.knn import knn_locate
+from .answer.refine import REFINE_RADIUS_KM, GalleryRefiner, PointRefiner, Refiner, check_refiner
 from .bundle import BundleFiles, read_bundle
-from .coverage import Coverage, Typicality, scores_by_test
 from .distributed import cores_per_process
 from .errors import ModelError
-from .features import FeatureSet
-from .knn import knn_locate
+from .features.cache import FeatureSet
 from .models.ensemble import Head, make_head
 from .models.fusion import group_views
 from .models.image_side import ImageSide, apply_adapter
 from .models.level_expert import LevelExpert
 from .models.place_clip import PlaceCLIPConfig, is_stored_embedded
-from .refine import REFINE_RADIUS_KM, GalleryRefiner, PointRefiner, Refiner, check_refiner
 from .threads import math_threads
 
 if TYPE_CHECKING:
@@ -187,7 +187,7 @@ class GeoModel:
 
     @functools.cached_property
     def refiners(self) -> dict[str, Refiner]:
-        """The refiners this bundle holds, by name (:data:`geoscope.refine.REFINERS`)."""
+        """The refiners this bundle holds, by name (:data:`geoscope.answer.refine.REFINERS`)."""
         t = self.files.tensors
         label_lat, label_lon = self.labels["lat"].to_numpy(), self.labels["lon"].to_numpy()
         out: dict[str, Refiner] = {}
@@ -248,7 +248,7 @@ class GeoModel:
 
         Unreadable images come back with ``error`` set and no guesses; the others are answered.
         A place with an unreadable view is answered only with ``allow_missing_views`` (and says so).
-        ``refine`` names the refiner that moves each place guess to a point inside it (:mod:`geoscope.refine`;
+        ``refine`` names the refiner that moves each place guess to a point inside it (:mod:`geoscope.answer.refine`;
         ``None``: the bundle's default, :attr:`refine`).
         """
         paths = [str(p) for p in images]

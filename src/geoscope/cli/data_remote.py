@@ -7,7 +7,7 @@ import sys
 
 from ..errors import GeoscopeError
 from ..fileio import check_writable
-from ..places import SUBURB_SCALE_KM
+from ..geo.places import SUBURB_SCALE_KM
 
 DEFAULT_REGION = "GB"
 

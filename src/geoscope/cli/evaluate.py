@@ -8,14 +8,14 @@ import math
 import sys
 from pathlib import Path
 
+from ..answer.refine import REFINE_HELP, REFINERS
 from ..data.manifest import read_manifest
 from ..errors import ManifestError, quote_name
-from ..evaluate import evaluate
+from ..evaluate.results import MODEL
+from ..evaluate.scoring import evaluate
 from ..fileio import check_writable, finite_json
-from ..geo import THRESHOLDS_KM
-from ..models.factory import load_any_model
-from ..refine import REFINE_HELP, REFINERS
-from ..results import MODEL
+from ..geo.sphere import THRESHOLDS_KM
+from ..loading import load_any_model
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -62,8 +62,8 @@ def run_features(args: argparse.Namespace) -> int:
     from .. import distributed
     from ..encoders.onnx_runtime import onnx_device
     from ..errors import GeoscopeError
+    from ..features.manifest import manifest_features
     from ..fileio import check_writable
-    from ..manifest_features import manifest_features
 
     if args.batch_size < 1:
         raise GeoscopeError("--batch-size must be at least 1")

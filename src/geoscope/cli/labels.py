@@ -11,7 +11,7 @@ from ..data.manifest import read_manifest, write_manifest
 from ..data.provenance import derive_dataset_card
 from ..errors import GeoscopeError
 from ..fileio import atomic_write_bytes, check_writable
-from ..labels import KINDS, LabelScheme, make_labels
+from ..geo.labels import KINDS, LabelScheme, make_labels
 
 
 def add_scheme_arguments(parser: argparse.ArgumentParser) -> None:

@@ -11,9 +11,9 @@ import contextlib
 import sys
 import textwrap
 
-from ..batch import CHUNK_SIZE, find_inputs, pending_units, predict_chunks
+from ..answer.refine import REFINE_HELP, REFINERS
 from ..errors import GeoscopeError, one_line, quote_name
-from ..refine import REFINE_HELP, REFINERS
+from ..outputs.batch import CHUNK_SIZE, find_inputs, pending_units, predict_chunks
 from .main import at_least_one
 
 MAX_ERROR_LINES = 20
@@ -51,8 +51,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from ..models.factory import load_any_model
-    from ..outputs import checked_record, open_predictions_file, render_table, strict_json
+    from ..loading import load_any_model
+    from ..outputs.formats import checked_record, open_predictions_file, render_table, strict_json
 
     inputs = find_inputs(args.images, views=args.views)
     if inputs.skipped:

@@ -12,10 +12,10 @@ from ..distributed import DEVICES
 from ..encoders.image import image_encoder_spec
 from ..encoders.text import check_text_encoder
 from ..fileio import check_writable
-from ..fit import FitOptions, fit
-from ..labels import KINDS
+from ..geo.labels import KINDS
 from ..models.image_side import ALL_BLOCKS, ImageSide
-from ..train import TrainConfig
+from ..training.fit import FitOptions, fit
+from ..training.loop import TrainConfig
 from .labels import add_scheme_arguments, scheme_from_args
 from .main import at_least_one
 

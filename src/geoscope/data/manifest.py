@@ -19,7 +19,7 @@ import pandas as pd
 
 from ..errors import ManifestError, one_line, quote_name
 from ..fileio import atomic_write_bytes
-from ..geo import bounding_box
+from ..geo.sphere import bounding_box
 
 REQUIRED_COLUMNS = ("image", "lat", "lon")
 STRING_COLUMNS = ("image", "location_id", "capture_date", "split")

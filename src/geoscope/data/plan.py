@@ -18,12 +18,12 @@ import shapely
 from shapely.geometry.base import BaseGeometry
 
 from .. import __version__
-from ..cells import grid_cells
 from ..errors import GeoscopeError
 from ..fileio import atomic_write_bytes, atomic_write_json
-from ..geo import EARTH_RADIUS_KM, validate_coordinates
-from ..places import cities_table, merge_suburbs, top_places
-from ..regions import BOUNDARY_SOURCE, Region, resolve_region
+from ..geo.cells import grid_cells
+from ..geo.places import cities_table, merge_suburbs, top_places
+from ..geo.regions import BOUNDARY_SOURCE, Region, resolve_region
+from ..geo.sphere import EARTH_RADIUS_KM, validate_coordinates
 
 POINTS_FILE = "points.csv"
 PLAN_FILE = "plan.json"
@@ -158,9 +158,9 @@ def cities_plan(region: Region | str, top: int = SEED_CITIES["top"],
                 *, merge: bool = False, seed: int = 0, min_population: int = 15000) -> Plan:
     """``per_city`` random land points within ``radius_km`` of each of the ``top`` largest places.
 
-    With ``merge``, suburbs are folded into their city (:func:`geoscope.places.merge_suburbs`):
+    With ``merge``, suburbs are folded into their city (:func:`geoscope.geo.places.merge_suburbs`):
     their points keep their own centre (``place_id``, ``place``) but carry the city's label
-    (``city_id``, ``city``). The table is :func:`geoscope.places.cities_table`.
+    (``city_id``, ``city``). The table is :func:`geoscope.geo.places.cities_table`.
     """
     _check_count("number of cities", top)
     _check_count("radius", radius_km, integer=False)

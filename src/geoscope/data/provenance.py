@@ -35,7 +35,7 @@ import pandas as pd
 
 from .. import __version__
 from ..fileio import atomic_write_json, atomic_write_text
-from ..geo import bounding_box
+from ..geo.sphere import bounding_box
 from .manifest import place_ids
 
 FORMAT, VERSION = "geoscope-dataset", 1

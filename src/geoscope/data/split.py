@@ -15,7 +15,7 @@ import pandas as pd
 from numpy.typing import NDArray
 
 from ..errors import GeoscopeError
-from ..geo import EARTH_RADIUS_KM, to_unit_vectors
+from ..geo.sphere import EARTH_RADIUS_KM, to_unit_vectors
 from .manifest import SPLITS
 
 GroupBy = Literal["location", "block"]

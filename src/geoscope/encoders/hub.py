@@ -24,11 +24,11 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import GeoscopeError, quote_name
 from .preprocess import IMAGENET_MEAN, IMAGENET_STD, RESAMPLE, Preprocess
+from .spec import EncoderSpec, fingerprint
 
 if TYPE_CHECKING:
     from torch import nn
 
-    from .image import EncoderSpec
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -288,8 +288,6 @@ def _image_kind(ref: str, config: Any) -> HFImageModel:
 
 def hf_image_spec(name: str) -> EncoderSpec:
     """The :class:`~geoscope.encoders.image.EncoderSpec` of an ``hf:`` vision checkpoint."""
-    from .image import EncoderSpec, fingerprint
-
     ref = split_ref(name)
     config = load_config(ref)
     kind = _image_kind(ref, config)

@@ -13,11 +13,10 @@ inference runs through ONNX Runtime (exported once into the cache, checked again
 
 from __future__ import annotations
 
-import hashlib
 import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from functools import cache
 from typing import TYPE_CHECKING
 
@@ -35,9 +34,11 @@ from .efficientnet import (
     split_efficientnet,
     weights_path,
 )
+from .hub import hf_image_spec
 from .joint import SEPARATOR, joint_spec
 from .onnx_runtime import OnnxRunner, export_onnx, onnx_cache_path, slug
 from .preprocess import Preprocess
+from .spec import EncoderSpec, fingerprint
 
 if TYPE_CHECKING:
     from torch import nn
@@ -50,24 +51,6 @@ _SIZE = re.compile(r"^(.*)@(\d+)$")
 MAX_INPUT_PX = 1024
 STATS_VARIANTS = {"stats": (0, True), "layout": (6, True), "stages": (6, False)}
 """Variants of the stage statistics → (horizontal bands each stage is also averaged over, head conv's statistics)."""
-
-
-@dataclass(frozen=True)
-class EncoderSpec:
-    """What defines an image encoder before any weights are loaded.
-
-    ``build`` returns the torch module (float32 NCHW images → ``output_shape`` per image);
-    ``fingerprint`` changes whenever weights, architecture or preprocessing change.
-    """
-
-    name: str
-    preprocess: Preprocess
-    output_shape: tuple[int, ...]
-    fingerprint: str
-    build: Callable[[], nn.Module]
-    storage_dtype: str = "float32"
-    mixed_scales: bool = False
-    """Outputs concatenate blocks on different scales (``<name>/stats``): heads standardise them per dimension."""
 
 
 class ImageEncoder:
@@ -175,11 +158,6 @@ class ImageEncoder:
         return OnnxRunner(path, device=self.device)
 
 
-def fingerprint(*parts: object) -> str:
-    """A stable hex digest of some identifying values."""
-    return hashlib.sha1("\x1f".join(map(str, parts)).encode("utf-8")).hexdigest()
-
-
 def _efficientnet_spec(name: str) -> EncoderSpec:
     sized = _SIZE.match(name)
     base, _, variant = (sized[1] if sized else name).partition("/")
@@ -265,8 +243,6 @@ def image_encoder_spec(name: str) -> EncoderSpec:
     if SEPARATOR in name:
         return joint_spec(name, image_encoder_spec)
     if name.startswith("hf:"):
-        from .hub import hf_image_spec
-
         return hf_image_spec(name)
     base = name.partition("/")[0].partition("@")[0]
     if base not in _REGISTRY:

@@ -11,7 +11,6 @@ and training need nothing new. The outputs mix scales, so heads standardise them
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -19,9 +18,7 @@ from torch.nn import functional as F
 
 from ..errors import GeoscopeError
 from .preprocess import Preprocess
-
-if TYPE_CHECKING:
-    from .image import EncoderSpec
+from .spec import EncoderSpec, fingerprint
 
 SEPARATOR = "+"
 RESIZE = "bilinear"
@@ -30,8 +27,6 @@ RESIZE = "bilinear"
 
 def joint_spec(name: str, part_spec: Callable[[str], EncoderSpec]) -> EncoderSpec:
     """The spec of ``<a>+<b>[+…]``; ``part_spec`` resolves each part's name."""
-    from .image import EncoderSpec, fingerprint
-
     names = [part.strip() for part in name.split(SEPARATOR)]
     if len(names) < 2 or not all(names):
         raise GeoscopeError(f"joint encoder {name!r} needs two or more encoder names joined by {SEPARATOR!r}")

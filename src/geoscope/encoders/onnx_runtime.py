@@ -24,14 +24,6 @@ TOLERANCE = 1e-4
 """Largest difference allowed between ONNX Runtime and torch outputs (relative to their scale)."""
 
 
-def cpu_count() -> int:
-    """Cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
 def slug(name: str) -> str:
     """A file-name-safe form of an encoder name."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_")[:80] or "encoder"

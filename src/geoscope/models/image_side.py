@@ -4,7 +4,7 @@ A frozen model caches the encoder's pooled embedding of each image. A fine-tuned
 caches the feature maps below the encoder's last ``finetune_blocks`` MBConv blocks
 (``<encoder>/trunk-<n>``) and trains those blocks (:class:`TrunkTop`) on the cache, so an
 epoch runs only the top of the network. ``finetune_blocks="all"`` caches nothing: the images
-are decoded when a batch needs them and the whole encoder trains (:mod:`geoscope.pixels`).
+are decoded when a batch needs them and the whole encoder trains (:mod:`geoscope.features.pixels`).
 Either way the image is seen as ``crops`` square crops along its long side, whose features
 are averaged.
 """
@@ -29,8 +29,8 @@ from ..encoders.efficientnet import (
 from ..encoders.image import ImageEncoder, image_encoder_spec
 from ..encoders.preprocess import Views
 from ..errors import GeoscopeError
-from ..features import FeatureSet, extract_features
-from ..pixels import ImagePixels, read_pixels, readable
+from ..features.cache import FeatureSet, extract_features
+from ..features.pixels import ImagePixels, read_pixels, readable
 
 ALL_BLOCKS = "all"
 """``finetune_blocks`` that fine-tunes the whole encoder from pixels."""

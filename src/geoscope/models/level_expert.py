@@ -68,7 +68,7 @@ class LevelExpert:
                 f"{PREFIX}bias": self.bias}
 
     def to_dict(self) -> dict:
-        """Its part of ``config.json`` (:func:`geoscope.fit.fit` adds how it measured on validation)."""
+        """Its part of ``config.json`` (:func:`geoscope.training.fit.fit` adds how it measured on validation)."""
         return {"level": self.level, "groups": int(self.weight.shape[0]), "C": C}
 
     @classmethod

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..geo import EARTH_RADIUS_KM
+from ..geo.sphere import EARTH_RADIUS_KM
 
 
 def symmetric_clip_loss(logits: torch.Tensor) -> torch.Tensor:

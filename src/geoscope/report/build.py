@@ -17,8 +17,8 @@ import numpy as np
 
 from .. import __version__
 from ..errors import GeoscopeError
+from ..evaluate.results import MODEL, EvaluationResult
 from ..fileio import atomic_write_text
-from ..results import MODEL, EvaluationResult
 from . import html
 from .comparison import comparison_rows, read_comparison_csv
 from .examples import GRIDS, pick_examples, write_examples

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import GeoscopeError
-from ..results import MODEL, EvaluationResult
+from ..evaluate.results import MODEL, EvaluationResult
 from .html import finite_or_none
 from .seed import SEED_FIGURES, PublishedFigure
 from .tables import display_name

@@ -62,10 +62,10 @@ def error_map_figure(
     """Draw each item's true point, predicted point and the line between them, coloured by error.
 
     Longitude and latitude axes with aspect 1/cos(mean latitude); the extent is the data's,
-    padded; country outlines come from :func:`geoscope.regions.country_outlines`. At most
+    padded; country outlines come from :func:`geoscope.geo.regions.country_outlines`. At most
     ``max_pairs`` pairs are drawn (a seeded random sample) so the figure stays legible.
     """
-    from ..regions import country_outlines
+    from ..geo.regions import country_outlines
 
     cols = ["lat", "lon", "pred_lat", "pred_lon", "error_km"]
     p = predictions[cols].apply(pd.to_numeric, errors="coerce").dropna()

@@ -15,8 +15,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import PercentFormatter
 
-from ..geo import THRESHOLDS_KM
-from ..results import CENTROID, KNN, MODEL
+from ..evaluate.results import CENTROID, KNN, MODEL
+from ..geo.sphere import THRESHOLDS_KM
 
 DPI = 110
 STYLES = {
@@ -38,7 +38,7 @@ def cumulative_error_figure(
 ) -> Path:
     """Share of predictions within d km against log d, one step curve per series.
 
-    The thresholds of :data:`geoscope.geo.THRESHOLDS_KM` are marked; ``names`` maps a series
+    The thresholds of :data:`geoscope.geo.sphere.THRESHOLDS_KM` are marked; ``names`` maps a series
     key to its legend name.
     """
     names = names or {}

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from ..geo import THRESHOLDS_KM, summarize_errors
-from ..results import CENTROID, KNN, MODEL, VIEWS_AVERAGED, EvaluationResult
+from ..evaluate.results import CENTROID, KNN, MODEL, VIEWS_AVERAGED, EvaluationResult
+from ..geo.sphere import THRESHOLDS_KM, summarize_errors
 
 THRESHOLD_NAMES = {
     1.0: "street", 25.0: "city", 200.0: "region", 750.0: "country", 2500.0: "continent",

@@ -29,10 +29,10 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import __version__
+from ..answer.refine import REFINERS
 from ..errors import GeoscopeError
-from ..models.factory import load_any_model
+from ..loading import load_any_model
 from ..predict import GeoModel
-from ..refine import REFINERS
 from .batching import Busy, MicroBatcher
 from .page import WEB_ASSETS, countries_geojson, model_places, model_summary
 

@@ -24,11 +24,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..encoders.onnx_runtime import cpu_count
+from ..distributed import cpu_count
 from ..encoders.preprocess import Views
 from ..errors import BadImageError
-from ..features import FeatureSet
-from ..images import read_rgb
+from ..features.cache import FeatureSet
+from ..features.images import read_rgb
 from ..models.image_side import apply_adapter
 from ..predict import GeoModel, Prediction
 from ..threads import math_threads

@@ -1,6 +1,6 @@
 """What the web page reads besides predictions: its own files, the base map and the model's places.
 
-The base map is Natural Earth's admin-0 countries (the outlines :mod:`geoscope.regions`
+The base map is Natural Earth's admin-0 countries (the outlines :mod:`geoscope.geo.regions`
 reads offline), simplified once per process and kept gzipped in memory, so the page
 needs nothing from the internet.
 """
@@ -29,7 +29,7 @@ def countries_geojson() -> bytes:
     """Every country outline as a gzipped GeoJSON FeatureCollection (``name``, ``iso2``), simplified."""
     import shapely
 
-    from ..regions import countries
+    from ..geo.regions import countries
 
     units = countries()
     geometries = np.array([c.geometry for c in units], dtype=object)

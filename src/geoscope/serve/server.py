@@ -19,7 +19,7 @@ from uvicorn.supervisors import Multiprocess
 
 from ..bundle import read_bundle
 from ..errors import GeoscopeError
-from ..models.factory import is_zero_shot, load_any_model
+from ..loading import is_zero_shot, load_any_model
 from .app import ServeSettings, create_app
 
 BACKLOG = 2048

@@ -14,8 +14,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ...geo import EARTH_RADIUS_KM, haversine_km
-from . import Located, View
+from ...geo.sphere import EARTH_RADIUS_KM, haversine_km
+from .base import Located, View
 from .http import AuthError, FetchError, HttpClient, Response, check_base_url, error_detail
 from .streetview import safe_name
 

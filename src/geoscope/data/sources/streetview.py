@@ -12,7 +12,7 @@ import os
 import re
 from collections.abc import Sequence
 
-from . import Located, View
+from .base import Located, View
 from .http import AuthError, FetchError, HttpClient, Response, check_base_url, error_detail
 
 ENV_KEY = "GOOGLE_MAPS_API_KEY"

@@ -11,14 +11,14 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .answer import unit_rows
-from .data.manifest import Manifest
-from .errors import GeoscopeError
-from .features import hash_files
-from .geo import haversine_km, summarize_errors
-from .labels import LabelScheme, assign_labels
-from .models.fusion import group_mean
-from .predict import GeoModel
+from ..answer.answerer import unit_rows
+from ..data.manifest import Manifest
+from ..errors import GeoscopeError
+from ..features.cache import hash_files
+from ..geo.labels import LabelScheme, assign_labels
+from ..geo.sphere import haversine_km, summarize_errors
+from ..models.fusion import group_mean
+from ..predict import GeoModel
 from .results import CENTROID, KNN, MODEL, VIEWS_AVERAGED, EvaluationResult
 
 
@@ -41,7 +41,7 @@ def evaluate(
 
     Rows whose image the model was trained on are left out (their count is
     ``result.training_rows``) unless ``include_training_rows``. The top guess is scored at the
-    coordinate its ``refine`` refiner gives (:mod:`geoscope.refine`; ``None``: as predict answers,
+    coordinate its ``refine`` refiner gives (:mod:`geoscope.answer.refine`; ``None``: as predict answers,
     the bundle's default).
     """
     refiner = model.refiner(refine)

@@ -9,9 +9,9 @@ import json
 import os
 from pathlib import Path
 
-from ..errors import GeoscopeError
-from ..predict import GeoModel, load_model
-from ..regions import Region
+from .errors import GeoscopeError
+from .geo.regions import Region
+from .predict import GeoModel, load_model
 
 
 def is_zero_shot(spec: str | os.PathLike[str]) -> bool:
@@ -29,10 +29,10 @@ def is_zero_shot(spec: str | os.PathLike[str]) -> bool:
 
 def load_any_model(spec: str | os.PathLike[str] | None = None, region: Region | str | None = None) -> GeoModel:
     """A trained bundle (the bundled default when ``spec`` is None) as a :class:`GeoModel`, or a CLIP
-    checkpoint (``hf:`` name or local folder) as a :class:`~geoscope.zero_shot.ZeroShotModel` over the
+    checkpoint (``hf:`` name or local folder) as a :class:`~geoscope.models.zero_shot.ZeroShotModel` over the
     places of ``region`` (default: the world). ``region`` is refused for a trained bundle."""
     if spec is not None and is_zero_shot(spec):
-        from ..zero_shot import ZeroShotModel
+        from .models.zero_shot import ZeroShotModel
 
         return ZeroShotModel(spec, region)
     if region is not None:

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from ..errors import GeoscopeError
+from ..geo.sphere import EARTH_RADIUS_KM, GEOSCORE_SCALE_KM, haversine_km, to_unit_vectors
 from .coverage import Coverage
-from .errors import GeoscopeError
-from .geo import EARTH_RADIUS_KM, GEOSCORE_SCALE_KM, haversine_km, to_unit_vectors
 
 LEVELS = ("place", "region", "country")
 CONFIDENCE_KM = (25, 200, 750)

@@ -9,7 +9,7 @@ failed. The shards are the index: a shard is written atomically once all its ima
 done, so a killed run loses at most one unfinished shard and a rerun decodes nothing.
 
 Several processes may fill one folder at once: each claims a shard's worth of images before
-encoding them (:mod:`geoscope.claims`), passes over images another live process claimed and
+encoding them (:mod:`geoscope.features.claims`), passes over images another live process claimed and
 waits for those at the end, so no image is encoded twice and none is lost with a killed
 process. :func:`cache_features` encodes one *share* of the images (``share=(k, n)``: those
 whose content hash is ``k`` modulo ``n``, disjoint and the same on every machine), which is
@@ -31,17 +31,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..data.manifest import Manifest, read_manifest
+from ..distributed import cores_per_process
+from ..encoders.preprocess import Preprocess, Views
+from ..errors import BadImageError, GeoscopeError, quote_name
+from ..fileio import atomic_open, atomic_write_bytes, atomic_write_json
+from ..paths import cache_dir, writable_cache_folder
 from .claims import HASH_BYTES, WorkClaims
-from .data.manifest import Manifest, read_manifest
-from .distributed import cores_per_process
-from .encoders.preprocess import Preprocess, Views
-from .errors import BadImageError, GeoscopeError, quote_name
-from .fileio import atomic_open, atomic_write_bytes, atomic_write_json
 from .images import read_rgb
-from .paths import cache_dir, writable_cache_folder
 
 if TYPE_CHECKING:
-    from .encoders.image import ImageEncoder
+    from ..encoders.image import ImageEncoder
 
 SHARD_SIZE = 512
 WAIT_SECONDS = 1.0
@@ -266,7 +266,7 @@ class _Job:
                encoder: ImageEncoder | str, augment: str | Views | None, backend: str, device: str,
                workers: int | None, batch_size: int, shard_size: int,
                cache: str | os.PathLike[str] | None) -> _Job:
-        from .encoders.image import get_image_encoder
+        from ..encoders.image import get_image_encoder
 
         if batch_size < 1 or shard_size < 1:
             raise GeoscopeError("batch_size and shard_size must be at least 1")

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .encoders.onnx_runtime import cores_per_process
-from .encoders.preprocess import Preprocess, Views
-from .errors import quote_name
-from .features import FeatureSet, load_views
+from ..encoders.onnx_runtime import cores_per_process
+from ..encoders.preprocess import Preprocess, Views
+from ..errors import quote_name
+from .cache import FeatureSet, load_views
 
 
 def decode_into(paths: Sequence[Path], flips: Sequence[bool], preprocess: Preprocess, crops: int, out: np.ndarray,

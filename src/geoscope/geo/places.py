@@ -16,9 +16,9 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike, NDArray
 
-from .errors import GeoscopeError
-from .geo import haversine_km, to_unit_vectors
+from ..errors import GeoscopeError
 from .regions import Region, resolve_region
+from .sphere import haversine_km, to_unit_vectors
 
 PLACE_COLUMNS = ("place_id", "name", "lat", "lon", "population", "country_code", "admin1", "region")
 REGION_MATCH_KM = 2.0

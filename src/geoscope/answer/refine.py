@@ -5,7 +5,7 @@ refiner reads the photo again and moves each guessed label to a point near it:
 
 - ``knn`` (retrieval): among the training images of that label in the bundle's kNN gallery, the
   ``k`` most similar; the one with the most similar company within ``support_km`` (the kNN vote
-  of :func:`geoscope.knn.knn_locate`) gives the coordinate.
+  of :func:`geoscope.answer.knn.knn_locate`) gives the coordinate.
 - ``gps`` (PIGEON's hybrid, GeoCLIP's gallery): a GPS head trained on the same images, stored in
   the bundle with its gallery of points already embedded; the point it finds most probable within
   ``radius_km`` of the label gives the coordinate.
@@ -22,13 +22,13 @@ from typing import TYPE_CHECKING, NamedTuple, Protocol
 import numpy as np
 import torch
 
-from .errors import GeoscopeError
-from .geo import EARTH_RADIUS_KM, to_unit_vectors
+from ..errors import GeoscopeError
+from ..geo.sphere import EARTH_RADIUS_KM, to_unit_vectors
+from ..models.fusion import group_mean, group_views
 from .knn import KNN_K, KNN_SUPPORT_KM, knn_locate
-from .models.fusion import group_mean, group_views
 
 if TYPE_CHECKING:
-    from .models.ensemble import Head
+    from ..models.ensemble import Head
 
 REFINERS = ("none", "knn", "gps")
 REFINE_RADIUS_KM = 50.0

@@ -5,13 +5,13 @@ What ``geoscope features`` runs. The manifest is read a chunk of rows at a time
 number of rows. For each chunk:
 
 - one process encodes what the cache lacks (other commands filling the same cache share the work);
-- under torchrun each rank encodes its share (:func:`geoscope.features.cache_features`, shares by
+- under torchrun each rank encodes its share (:func:`geoscope.features.cache.cache_features`, shares by
   content hash), the ranks meet, and rank 0 reads the chunk's features back from the cache;
 - with ``share=(k, n)`` (``--shard K/N``, separate machines sharing the cache folder) this process
   encodes its share and assembles nothing: a last run without a share reads everything back.
 
 The output file is written as the chunks come (:class:`FeatureFileWriter`), in the format of
-:meth:`geoscope.features.FeatureSet.save`, and renamed into place once complete.
+:meth:`geoscope.features.cache.FeatureSet.save`, and renamed into place once complete.
 """
 
 from __future__ import annotations
@@ -29,11 +29,11 @@ from typing import BinaryIO
 
 import numpy as np
 
-from . import distributed
-from .data.manifest import CHUNK_ROWS, iter_manifest, manifest_rows
-from .encoders.preprocess import Views
-from .errors import GeoscopeError, quote_name
-from .features import FeatureSet, cache_features, extract_features, progress_description
+from .. import distributed
+from ..data.manifest import CHUNK_ROWS, iter_manifest, manifest_rows
+from ..encoders.preprocess import Views
+from ..errors import GeoscopeError, quote_name
+from .cache import FeatureSet, cache_features, extract_features, progress_description
 
 CHUNK_BYTES = 64 << 20
 """About how much memory one chunk's features take (float32): chunks of big outputs have fewer rows."""
@@ -89,9 +89,9 @@ def manifest_features(
     ``share`` ``(k, n)`` encodes only share ``k`` of ``n`` and assembles nothing (no ``output``).
     In a torchrun process group every rank calls this alike. ``chunk_rows`` defaults to what keeps
     a chunk's features near :data:`CHUNK_BYTES`. Other arguments are those of
-    :func:`geoscope.features.extract_features`; ``device`` is ``cpu`` or ``cuda:N``.
+    :func:`geoscope.features.cache.extract_features`; ``device`` is ``cpu`` or ``cuda:N``.
     """
-    from .encoders.image import image_encoder_spec
+    from ..encoders.image import image_encoder_spec
 
     run = distributed.current(device)
     if share[1] > 1 and (run.distributed or output):
@@ -194,7 +194,7 @@ class FeatureFileWriter:
 
     def close(self) -> Path:
         """Write the ``.npz`` atomically; returns its path."""
-        from .fileio import atomic_open
+        from ..fileio import atomic_open
 
         self._embeddings.flush()
         self._paths.flush()

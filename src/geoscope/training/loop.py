@@ -23,17 +23,17 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import distributed
-from .errors import GeoscopeError
-from .geo import haversine_km
-from .models.fusion import FUSIONS
-from .models.heads import IMAGE_HEADS
-from .models.losses import haversine_smoothed_targets, soft_cross_entropy
-from .models.place_clip import LOCATIONS, PlaceCLIP, PlaceCLIPConfig
+from .. import distributed
+from ..errors import GeoscopeError
+from ..geo.sphere import haversine_km
+from ..models.fusion import FUSIONS
+from ..models.heads import IMAGE_HEADS
+from ..models.losses import haversine_smoothed_targets, soft_cross_entropy
+from ..models.place_clip import LOCATIONS, PlaceCLIP, PlaceCLIPConfig
 
 if TYPE_CHECKING:
-    from .models.ensemble import Head
-    from .pixels import ImagePixels
+    from ..features.pixels import ImagePixels
+    from ..models.ensemble import Head
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ Images are grouped by country and first-level region (from the offline gazetteer
 region with fewer than ``min_images`` joins the nearest region of its country, and one with
 more than ``max_images`` is cut into compact parts by k-means on the sphere, parts too small
 joining their nearest neighbour. New points take the cell of the nearest cell medoid in their
-own country (see :func:`geoscope.labels.assign_labels`).
+own country (see :func:`geoscope.geo.labels.assign_labels`).
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike, NDArray
 
-from .errors import GeoscopeError
-from .geo import haversine_km, to_unit_vectors
+from ..errors import GeoscopeError
 from .naming import geographic_medoid, locate
+from .sphere import haversine_km, to_unit_vectors
 
 DEFAULT_MIN_IMAGES = 30
 DEFAULT_MAX_IMAGES = 400

@@ -14,9 +14,9 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike, NDArray
 
-from .geo import haversine_km
 from .places import load_places, nearest_place, post_towns
 from .regions import country_names, country_of
+from .sphere import haversine_km
 
 NAMING_MIN_POPULATION = 500
 """Smallest place that can name a label."""
@@ -29,7 +29,7 @@ COMPASS = ("north", "north-east", "east", "south-east", "south", "south-west", "
 @functools.lru_cache(maxsize=1)
 def naming_towns() -> pd.DataFrame:
     """The places that can name a label: GeoNames' places of :data:`NAMING_MIN_POPULATION` people, most
-    populous first, then the US post-office towns GeoNames lacks (:func:`geoscope.places.post_towns`)."""
+    populous first, then the US post-office towns GeoNames lacks (:func:`geoscope.geo.places.post_towns`)."""
     return pd.concat([load_places(None, min_population=NAMING_MIN_POPULATION), post_towns()], ignore_index=True)
 
 

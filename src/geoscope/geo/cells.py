@@ -13,10 +13,10 @@ import pandas as pd
 import shapely
 from numpy.typing import ArrayLike, NDArray
 
-from .errors import GeoscopeError
-from .geo import EARTH_RADIUS_KM
+from ..errors import GeoscopeError
 from .places import load_places, nearest_place
 from .regions import Region, resolve_region
+from .sphere import EARTH_RADIUS_KM
 
 KM_PER_DEGREE = np.pi * EARTH_RADIUS_KM / 180.0
 GRID_COLUMNS = ("cell_id", "name", "lat", "lon", "population", "land_fraction",

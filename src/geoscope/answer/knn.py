@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .geo import haversine_km
+from ..geo.sphere import haversine_km
 
 KNN_K = 10
 KNN_SUPPORT_KM = 25.0
@@ -16,7 +16,7 @@ def knn_locate(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Locate each query at the neighbour with the most similar company nearby.
 
-    ``unit_gallery`` rows are unit vectors (:func:`geoscope.answer.unit_rows`), normalised once by the caller.
+    ``unit_gallery`` rows are unit vectors (:func:`geoscope.answer.answerer.unit_rows`), normalised once by the caller.
 
     Of the ``k`` most cosine-similar gallery items, pick the one whose neighbours within
     ``support_km`` add up to the largest similarity (a vote that copes with several modes).

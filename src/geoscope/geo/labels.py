@@ -2,7 +2,7 @@
 geocells (regions split by the density of the data), H3 hexagons, or a column.
 
 A label table has one row per place a model can answer: ``label`` (0…n−1), ``name``
-("Croydon, England, United Kingdom": unique, see :mod:`geoscope.naming`), ``lat``/``lon``
+("Croydon, England, United Kingdom": unique, see :mod:`geoscope.geo.naming`), ``lat``/``lon``
 (the geographic medoid of the training images it holds, the point a prediction of that
 label stands for), ``count``, ``spread_km`` (median distance of its images to that point),
 and the hierarchy: ``place``, ``region``, ``country``, ``country_code``.
@@ -16,13 +16,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from ..errors import GeoscopeError
 from .cells import assign_grid, assign_nearest, grid_cells
-from .errors import GeoscopeError
-from .geo import haversine_km
 from .geocells import geocell_ids
 from .naming import geographic_medoid, locate, majority, name_labels
 from .places import cities_table, load_places, merge_suburbs
 from .regions import country_names, region_from_points
+from .sphere import haversine_km
 
 KINDS = ("geocells", "grid", "cities", "h3", "column")
 

@@ -39,8 +39,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
-from .errors import GeoscopeError, one_line, quote_name
-from .fileio import atomic_write_text, check_writable
+from ..errors import GeoscopeError, one_line, quote_name
+from ..fileio import atomic_write_text, check_writable
 
 FORMATS = {".csv": "csv", ".geojson": "geojson", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 """Output formats by file suffix."""
@@ -198,7 +198,7 @@ def render_table(record: dict) -> str:
 def _point_name(guess: dict) -> str:
     """The name of where a guess points: its label's name, or, when a refiner moved it to a point named
     otherwise (its ``place`` is not the label's own), that place with its region and country."""
-    from .naming import display_name  # not at import: it loads the gazetteer's modules
+    from ..geo.naming import display_name  # not at import: it loads the gazetteer's modules
 
     label, place = str(guess.get("label", "")), str(guess.get("place") or "")
     if not place or label.split(", ")[0] == place:

@@ -28,8 +28,8 @@ import uuid
 from collections.abc import Callable, Container, Iterator, Sequence
 from pathlib import Path
 
-from .errors import GeoscopeError, quote_name
-from .fileio import atomic_write_bytes
+from ..errors import GeoscopeError, quote_name
+from ..fileio import atomic_write_bytes
 
 HASH_BYTES = 20
 

@@ -5,7 +5,7 @@ largest city of every first-level region first, so that every country and region
 city can be answered, then the most populous others, up to ``max_cities`` (a country's
 cities of 15,000 people all fit). Countries and regions are those of the kept cities. Each
 level is said as a place is named elsewhere ("Leeds, England, United Kingdom", see
-:func:`geoscope.naming.display_name`) and prompted StreetCLIP's way: "A Street View photo in
+:func:`geoscope.geo.naming.display_name`) and prompted StreetCLIP's way: "A Street View photo in
 {country}.", "… in {region}, {country}.", "… in {city}, {region}, {country}.". A city whose
 region the gazetteer does not name ("Singapore") hangs under its country alone.
 """
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .errors import GeoscopeError
+from ..errors import GeoscopeError
 from .naming import display_name
 from .places import load_places
 from .regions import Region, country_names
@@ -59,7 +59,7 @@ class PlaceHierarchy:
 
 def place_hierarchy(region: Region | str | None = None, *, min_population: int = MIN_POPULATION,
                     max_cities: int = MAX_CITIES) -> PlaceHierarchy:
-    """Candidate places of ``region`` (anything :func:`~geoscope.places.load_places` takes; None: the world)."""
+    """Candidate places of ``region`` (anything :func:`~geoscope.geo.places.load_places` takes; None: the world)."""
     if max_cities < 1:
         raise GeoscopeError(f"max_cities must be at least 1 (got {max_cities})")
     places = load_places(region, min_population=min_population)  # most populous first

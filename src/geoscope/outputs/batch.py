@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .predict import GeoModel
+    from ..predict import GeoModel
 
 CHUNK_SIZE = 256
 """Images answered (and written) together: big enough that decoding overlaps encoding for most of a
@@ -49,12 +49,12 @@ class ManifestUnits:
     """The rows of a manifest as units (absolute image paths), read a chunk at a time on every pass."""
 
     def __init__(self, path: str | os.PathLike[str], *, views: bool = False, chunk_rows: int | None = None) -> None:
-        from .data.manifest import CHUNK_ROWS
+        from ..data.manifest import CHUNK_ROWS
 
         self.path, self.views, self.chunk_rows = Path(path), views, chunk_rows or CHUNK_ROWS
 
     def __iter__(self) -> Iterator[Unit]:
-        from .data.manifest import iter_manifest, place_ids
+        from ..data.manifest import iter_manifest, place_ids
 
         place: list[str] = []
         last = None
@@ -120,7 +120,7 @@ def find_inputs(arguments: Sequence[str], *, views: bool = False) -> Inputs:
     manifests = [a for a in arguments if a.lower().endswith(MANIFEST_SUFFIXES) and os.path.isfile(a)]
     if manifests:
         if len(arguments) > 1:
-            from .errors import GeoscopeError, quote_name
+            from ..errors import GeoscopeError, quote_name
 
             raise GeoscopeError(f"{quote_name(manifests[0])}: a manifest is read alone, not with other images "
                                 "or folders")
@@ -152,7 +152,7 @@ def find_inputs(arguments: Sequence[str], *, views: bool = False) -> Inputs:
 
 def _walk(top: str) -> tuple[list[list[str]], int]:
     """Images under ``top`` grouped by the folder holding them, in name order, and the count of other files."""
-    from .images import is_image_path  # here: the CLI imports this module at start-up, PIL is not needed then
+    from ..features.images import is_image_path  # here: the CLI imports this module at start-up, PIL is not needed then
 
     groups, skipped = [], 0
     for folder, subfolders, files in os.walk(top):

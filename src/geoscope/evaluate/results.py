@@ -27,7 +27,7 @@ class EvaluationResult:
     ``baselines`` maps a baseline's name (``"centroid"``, ``"knn"``) to a frame with the
     same index and columns ``pred_lat``, ``pred_lon``, ``error_km`` and where known
     ``pred_label``. ``metrics`` maps ``"model"`` and each baseline name to the dict of
-    :meth:`geoscope.geo.GeoMetrics.to_dict`, plus ``label_accuracy`` where labels exist.
+    :meth:`geoscope.geo.sphere.GeoMetrics.to_dict`, plus ``label_accuracy`` where labels exist.
     ``history`` is the bundle's training history: one dict per epoch and split with keys
     ``epoch``, ``split``, ``loss``, ``accuracy``, ``mean_km``, ``median_km``.
     ``labels`` is the model's label table (``label``, ``name``, ``lat``, ``lon``) or None.

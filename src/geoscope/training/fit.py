@@ -14,25 +14,25 @@ import pandas as pd
 import torch
 from scipy.special import softmax
 
-from . import __version__, distributed
-from .answer import best_guesses, fit_calibration
-from .bundle import POINT_PLACE, BundleFiles, read_bundle, save_bundle
-from .coverage import Coverage, Typicality, scores_by_test
-from .data.manifest import Manifest, place_ids, summarize
-from .data.split import leakage_report, split_manifest
-from .encoders.onnx_runtime import onnx_device
-from .errors import GeoscopeError, quote_name
-from .features import hash_files
-from .geo import geoscore, haversine_km, spherical_mean
-from .labels import LabelScheme, assign_labels, make_labels, prompt
-from .models.ensemble import Head, PlaceEnsemble, member_count
-from .models.fusion import group_mean, group_views
-from .models.image_side import ImageSide, adapt_rows
-from .models.level_expert import LevelExpert
-from .models.place_clip import is_stored_embedded
-from .pca import principal_axes
-from .refine import REFINE_RADIUS_KM
-from .train import TrainConfig, TrainingData, TrainResult, embed_items, measure, search_grid, train_place_clip
+from .. import __version__, distributed
+from ..answer.answerer import best_guesses, fit_calibration
+from ..answer.coverage import Coverage, Typicality, scores_by_test
+from ..answer.pca import principal_axes
+from ..answer.refine import REFINE_RADIUS_KM
+from ..bundle import POINT_PLACE, BundleFiles, read_bundle, save_bundle
+from ..data.manifest import Manifest, place_ids, summarize
+from ..data.split import leakage_report, split_manifest
+from ..encoders.onnx_runtime import onnx_device
+from ..errors import GeoscopeError, quote_name
+from ..features.cache import hash_files
+from ..geo.labels import LabelScheme, assign_labels, make_labels, prompt
+from ..geo.sphere import geoscore, haversine_km, spherical_mean
+from ..models.ensemble import Head, PlaceEnsemble, member_count
+from ..models.fusion import group_mean, group_views
+from ..models.image_side import ImageSide, adapt_rows
+from ..models.level_expert import LevelExpert
+from ..models.place_clip import is_stored_embedded
+from .loop import TrainConfig, TrainingData, TrainResult, embed_items, measure, search_grid, train_place_clip
 
 COVERAGE_KEPT = 0.95
 """Share of held-out images of the training regions that the coverage threshold keeps in coverage."""
@@ -130,7 +130,7 @@ class PreparedData:
 
 def prepare(manifest: Manifest, options: FitOptions, *, progress: bool = True) -> PreparedData:
     """Split if needed, label the rows, extract (cached) image and text features."""
-    from .encoders.text import get_text_encoder
+    from ..encoders.text import get_text_encoder
 
     frame = manifest.frame
     if "split" not in frame:

@@ -1,0 +1,1 @@
+"""What a person reads, decided once: the best answer, guesses, refiners, coverage, calibration."""

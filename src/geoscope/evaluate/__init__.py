@@ -1,0 +1,1 @@
+"""Honest evaluation: a model's answers scored on a manifest beside baselines."""

@@ -1,0 +1,1 @@
+"""Predictions on paper and in batches: the table, JSON, CSV, GeoJSON and JSON Lines."""
