@@ -374,3 +374,23 @@ def test_a_bad_base_url_is_one_line_without_the_key(fp, keys, tmp_path, monkeypa
     err = capsys.readouterr().err
     assert code == 2 and "bad base URL" in err and err.count("\n") == 1
     assert_no_secrets(tmp_path / "out", err)
+
+
+def test_a_provider_that_refuses_every_request_is_an_error(fp, keys, tmp_path, monkeypatch, capsys) -> None:
+    expected = make_plan(tmp_path / "plan.csv", fp, n=4)
+    fp.fail_next(10_000, 404, retry_after=None)
+    code = run_cli(monkeypatch, "data", "fetch", str(expected["plan"]), "--source", "streetview", "--base-url",
+                   fp.sv_url, "-o", str(tmp_path / "out"), "--retries", "0", "--no-progress")
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert code == 2 and len(errors) == 1 and "nothing fetched: all 4 points tried failed (first: " in errors[0]
+    assert_no_secrets(tmp_path / "out", err)
+
+
+def test_a_run_where_some_points_failed_says_how_many(fp, keys, tmp_path, monkeypatch, capsys) -> None:
+    expected = make_plan(tmp_path / "plan.csv", fp, n=6)
+    fp.fail_next(2, 404, retry_after=None)
+    code = run_cli(monkeypatch, "data", "fetch", str(expected["plan"]), "--source", "streetview", "--base-url",
+                   fp.sv_url, "-o", str(tmp_path / "out"), "--retries", "0", "--no-progress", "--workers", "1")
+    out = capsys.readouterr().out
+    assert code == 1 and "2 points failed (first: " in out

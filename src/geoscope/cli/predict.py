@@ -58,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
     if inputs.skipped:
         print(f"geoscope: skipped {inputs.skipped} non-image file{'s' * (inputs.skipped != 1)} "
               "(by the name's suffix)", file=sys.stderr)
+    for line in inputs.unreadable:
+        print(f"geoscope: skipped {line}", file=sys.stderr)
     if not inputs.units:
         raise GeoscopeError(f"no images found in {', '.join(quote_name(a) for a in args.images)}")
     sink = open_predictions_file(args.output, top_k=args.top_k) if args.output else None

@@ -355,6 +355,9 @@ def _run(points: pd.DataFrame, out: Path, source: Source, client: HttpClient, jo
     if fatal is not None:
         raise fatal
     statuses = pd.Series([e["status"] for e in journal.snapshot()], dtype=object)
+    if failures and len(statuses) == len(points) - len(todo):  # every point tried failed: nothing was fetched
+        raise FetchError(f"nothing fetched: all {len(failures):,} points tried failed (first: {failures[0]}); "
+                         "rerun to retry them")
     return FetchResult(
         points=len(points),
         finished=len(statuses),

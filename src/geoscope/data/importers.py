@@ -17,7 +17,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..errors import GeoscopeError, ManifestError
 from ..features.images import is_image_path
-from .manifest import STRING_COLUMNS, Manifest, _normalise, validate_frame
+from .manifest import STRING_COLUMNS, Manifest, normalise, validate_frame
 
 GPS_IFD = 0x8825
 EXIF_IFD = 0x8769
@@ -58,8 +58,8 @@ def import_folder(
             continue
         row["image"] = portable_path(path, base)
         rows.append(row)
-    frame = _normalise(pd.DataFrame(rows, columns=list(FOLDER_COLUMNS)))
-    return frame.astype({"lat": "float64", "lon": "float64", "heading": "float64"}), skipped
+    frame = normalise(pd.DataFrame(rows, columns=list(FOLDER_COLUMNS)))[0]
+    return frame, skipped
 
 
 def read_exif_location(path: str | os.PathLike[str]) -> dict:
@@ -129,10 +129,10 @@ def import_csv(
     frame = _read_csv(csv, dtype={c: "string" for c in header if c in text_columns})
     renames = {c: f"original_{c}" for c in chosen if c in frame and chosen[c] != c}
     renames.update({source: target for target, source in chosen.items()})
-    frame = _normalise(frame.rename(columns=renames))
+    frame, problems = normalise(frame.rename(columns=renames))
     frame["image"] = frame["image"].map(lambda p: p.strip() if isinstance(p, str) else p)
     source_root = Path(root) if root is not None else csv.parent
-    problems = validate_frame(frame, source_root)
+    problems += validate_frame(frame, source_root)
     if problems:
         raise ManifestError(f"{csv}: " + "; ".join(problems))
     if output is None:

@@ -25,6 +25,8 @@ REQUIRED_COLUMNS = ("image", "lat", "lon")
 STRING_COLUMNS = ("image", "location_id", "capture_date", "split")
 SPLITS = ("train", "val", "test")
 MAX_PROBLEMS_SHOWN = 5
+PLACE_SPREAD_KM = 1.0
+"""The views of one place (rows sharing a ``location_id``) are taken within this distance of each other."""
 CHUNK_ROWS = 65536
 """Rows read at a time by :func:`iter_manifest`."""
 
@@ -81,10 +83,11 @@ def read_manifest(path: str | os.PathLike[str], *, check_images: bool = True) ->
     except (ValueError, OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
         first = one_line(str(exc).strip().splitlines()[0]) if str(exc).strip() else type(exc).__name__
         raise ManifestError(f"{quote_name(path)}: cannot parse as a table ({first})") from None
-    problems = column_type_problems(frame) if parquet else []
+    problems = _duplicate_columns(frame.columns if parquet else _csv_header(path))
+    problems = problems or (column_type_problems(frame) if parquet else [])
     if not problems:
-        frame = _normalise(frame)
-        problems = validate_frame(frame, path.parent if check_images else None)
+        frame, problems = normalise(frame)
+        problems += validate_frame(frame, path.parent if check_images else None)
     if problems:
         raise ManifestError(f"{quote_name(path)}: " + "; ".join(problems))
     return Manifest(frame.reset_index(drop=True), path.parent.resolve())
@@ -109,12 +112,14 @@ def iter_manifest(path: str | os.PathLike[str], *, chunk_rows: int = CHUNK_ROWS)
             chunks = (b.to_pandas() for b in pq.ParquetFile(path).iter_batches(batch_size=chunk_rows))
         else:
             chunks = pd.read_csv(path, dtype=dict.fromkeys(STRING_COLUMNS, "string"), chunksize=chunk_rows)
+        header = [] if parquet else _duplicate_columns(_csv_header(path))
         for frame in chunks:
             frame.index = pd.RangeIndex(first, first + len(frame))
-            problems = column_type_problems(frame) if parquet else []
+            problems = header or _duplicate_columns(frame.columns)
+            problems = problems or (column_type_problems(frame) if parquet else [])
             if not problems:
-                frame = _normalise(frame)
-                problems = validate_frame(frame, None)
+                frame, problems = normalise(frame)
+                problems += validate_frame(frame, None)
             if problems:
                 raise ManifestError(f"{quote_name(path)}: " + "; ".join(problems))
             first += len(frame)
@@ -170,16 +175,42 @@ def _kind(values: pd.Series) -> str:
     return f"e.g. {(first.item() if isinstance(first, np.generic) else first)!r}"
 
 
-def _normalise(frame: pd.DataFrame) -> pd.DataFrame:
+def _csv_header(path: Path) -> list[str]:
+    """The column names of a CSV file's first line, as written (pandas renames a repeated name ``name.1``)."""
+    import csv
+
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as handle:
+            return next(csv.reader(handle), [])
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return []  # pandas says what is wrong with the file
+
+
+def _duplicate_columns(columns) -> list[str]:
+    """One message naming the columns that appear more than once (spaces around a name do not count)."""
+    names = pd.Index([str(c).strip() for c in columns])
+    repeated = sorted(set(names[names.duplicated()]))
+    return [f"column{'s' * (len(repeated) > 1)} {', '.join(map(repr, repeated))} appear{'s' * (len(repeated) == 1)} "
+            "more than once"] if repeated else []
+
+
+def normalise(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """Names stripped, text columns as text, coordinates and headings as float64; and the cells of ``heading``
+    that hold something other than a number (``lat``/``lon`` cells are checked by :func:`validate_frame`)."""
     frame = frame.copy()
     frame.columns = [str(c).strip() for c in frame.columns]
     for col in STRING_COLUMNS:
         if col in frame:
             frame[col] = frame[col].astype("string").astype(object).where(frame[col].notna(), None)
+    problems = []
     for col in ("lat", "lon", "heading"):
         if col in frame:
-            frame[col] = pd.to_numeric(frame[col], errors="coerce")
-    return frame
+            given = frame[col]
+            frame[col] = pd.to_numeric(given, errors="coerce").astype("float64")  # float16 would overflow in sums
+            bad = given.notna() & ~np.isfinite(frame[col])
+            if col == "heading" and bad.any():
+                problems.append(f"heading is not a number in degrees at {_rows(bad)} (e.g. {given[bad].iloc[0]!r})")
+    return frame, problems
 
 
 def _rows(mask: pd.Series | np.ndarray) -> str:
@@ -223,6 +254,8 @@ def validate_frame(frame: pd.DataFrame, root: Path | None) -> list[str]:
     dup = normal.duplicated(keep="first") & ~empty
     if dup.any():
         problems.append(f"duplicate image at {_rows(dup)} ({quote_name(frame['image'][dup].iloc[0])})")
+    if "location_id" in frame and not problems:
+        problems += _spread_places(frame)
     if "split" in frame:
         bad = frame["split"].notna() & ~frame["split"].isin(SPLITS)
         if bad.any():
@@ -234,6 +267,26 @@ def validate_frame(frame: pd.DataFrame, root: Path | None) -> list[str]:
             first = frame["image"][~exists].iloc[0]
             problems.append(f"image file missing at {_rows(~exists)} ({quote_name(root / first)})")
     return problems
+
+
+def _spread_places(frame: pd.DataFrame) -> list[str]:
+    """A message for rows that share a ``location_id`` but lie farther apart than :data:`PLACE_SPREAD_KM` (the
+    views of one place are taken at one spot: such rows are different places under one id)."""
+    from ..geo.sphere import haversine_km
+
+    ids = frame["location_id"]
+    shared = ids.notna() & ids.duplicated(keep=False)
+    if not shared.any():
+        return []
+    rows = frame[shared]
+    first = rows.groupby("location_id", sort=False)[["lat", "lon"]].transform("first")
+    far = pd.Series(False, index=frame.index)
+    far[rows.index] = haversine_km(rows["lat"], rows["lon"], first["lat"], first["lon"]) > PLACE_SPREAD_KM
+    if not far.any():
+        return []
+    place = ids[far].iloc[0]
+    return [f"location_id {place!r} names rows {PLACE_SPREAD_KM:g}+ km apart at {_rows(far)} (views of one place "
+            "share its spot: give each place its own id)"]
 
 
 def write_manifest(manifest: Manifest | pd.DataFrame, path: str | os.PathLike[str]) -> Path:

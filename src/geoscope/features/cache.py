@@ -38,7 +38,7 @@ from ..errors import BadImageError, GeoscopeError, quote_name
 from ..fileio import atomic_open, atomic_write_bytes, atomic_write_json
 from ..paths import cache_dir, writable_cache_folder
 from .claims import HASH_BYTES, WorkClaims
-from .images import read_rgb
+from .images import open_regular, read_rgb
 
 if TYPE_CHECKING:
     from ..encoders.image import ImageEncoder
@@ -309,18 +309,16 @@ def hash_files(paths: Sequence[Path], workers: int = 2) -> tuple[list[bytes | No
 
     def digest(path: Path) -> bytes | str:
         try:
-            with open(path, "rb") as handle:
+            with open_regular(path) as handle:
                 info = os.fstat(handle.fileno())
                 key = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
                 if key not in seen:
                     seen[key] = hashlib.file_digest(handle, "sha1").digest()
                 return seen[key]
-        except FileNotFoundError:
-            return f"{quote_name(path)}: image file not found"
-        except IsADirectoryError:
-            return f"{quote_name(path)}: is a directory, not an image"
+        except BadImageError as exc:
+            return str(exc)
         except OSError as exc:
-            return f"{quote_name(path)}: cannot open ({exc.strerror or exc})"
+            return f"{quote_name(path)}: cannot read ({exc.strerror or exc})"
 
     with ThreadPoolExecutor(max(1, workers)) as executor:
         results = list(executor.map(digest, paths))

@@ -28,9 +28,11 @@ from __future__ import annotations
 import functools
 import io
 import os
+import stat
 import struct
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -50,6 +52,33 @@ _ROTATED = frozenset({5, 6, 7, 8})
 _JPEG_MAGIC = b"\xff\xd8\xff"
 
 
+_SPECIAL_FILES = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                  (stat.S_ISSOCK, "a socket"))
+
+
+def open_regular(path: str | os.PathLike[str]) -> BinaryIO:
+    """``path`` opened for reading in binary, or one :class:`BadImageError` naming it: only a regular file is an
+    image (a FIFO would block the open, a device such as ``/dev/zero`` would never end)."""
+    name = quote_name(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO opens at once, then is refused
+    except FileNotFoundError:
+        raise BadImageError(f"{name}: image file not found") from None
+    except IsADirectoryError:
+        raise BadImageError(f"{name}: is a directory, not an image") from None
+    except OSError as exc:
+        raise BadImageError(f"{name}: cannot open ({exc.strerror or exc})") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        if stat.S_ISDIR(mode):
+            raise BadImageError(f"{name}: is a directory, not an image")
+        kind = next((said for test, said in _SPECIAL_FILES if test(mode)), "a special file")
+        raise BadImageError(f"{name}: is {kind}, not a regular file: skipped")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
+
+
 def open_image(
     source: str | os.PathLike[str] | bytes, *, max_pixels: int = MAX_PIXELS,
     min_size: tuple[int, int] | None = None,
@@ -63,14 +92,7 @@ def open_image(
     is truncated or corrupt, or has more than ``max_pixels`` pixels.
     """
     name = "<bytes>" if isinstance(source, bytes) else quote_name(source)
-    try:
-        handle = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")  # noqa: SIM115
-    except FileNotFoundError:
-        raise BadImageError(f"{name}: image file not found") from None
-    except IsADirectoryError:
-        raise BadImageError(f"{name}: is a directory, not an image") from None
-    except OSError as exc:
-        raise BadImageError(f"{name}: cannot open ({exc.strerror or exc})") from None
+    handle = io.BytesIO(source) if isinstance(source, bytes) else open_regular(source)
     _register_optional_formats()
     with handle:
         try:
@@ -120,7 +142,7 @@ def _upright_jpeg_pixels(source: str | os.PathLike[str] | bytes, max_pixels: int
         if isinstance(source, bytes):
             data = source
         else:
-            with open(source, "rb") as handle:  # the rest of a file only when it starts as a JPEG does
+            with open_regular(source) as handle:  # the rest of a file only when it starts as a JPEG does
                 data = handle.read(len(_JPEG_MAGIC))
                 data += handle.read() if data == _JPEG_MAGIC else b""
         if not data.startswith(_JPEG_MAGIC):
@@ -134,7 +156,7 @@ def _upright_jpeg_pixels(source: str | os.PathLike[str] | bytes, max_pixels: int
             return None
         return simplejpeg.decode_jpeg(data, colorspace="RGB")
     except (OSError, ValueError, SyntaxError, EOFError, IndexError, KeyError, TypeError, struct.error,
-            UnidentifiedImageError, Image.DecompressionBombError):
+            UnidentifiedImageError, Image.DecompressionBombError, BadImageError):
         return None
 
 

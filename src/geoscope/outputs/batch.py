@@ -40,6 +40,8 @@ class Inputs:
 
     units: Sequence[Unit] | ManifestUnits
     skipped: int
+    unreadable: tuple[str, ...] = ()
+    """One line for each folder that could not be searched (its images are not among the units)."""
 
 
 MANIFEST_SUFFIXES = (".csv", ".parquet", ".pq")
@@ -55,18 +57,27 @@ class ManifestUnits:
 
     def __iter__(self) -> Iterator[Unit]:
         from ..data.manifest import iter_manifest, place_ids
+        from ..errors import ManifestError, quote_name
 
         place: list[str] = []
         last = None
+        done: set[str] = set()  # places already answered: their views must not come back further down
+        row = 1
         for chunk in iter_manifest(self.path, chunk_rows=self.chunk_rows):
             ids = place_ids(chunk.frame) if self.views else None  # a row without location_id is its own place
             for i, path in enumerate(map(str, chunk.image_paths)):
+                row += 1
                 if ids is None:
                     yield Unit(path, (path,))
                     continue
                 if place and ids.iloc[i] != last:
                     yield Unit(place[0], tuple(place))
+                    done.add(last)
                     place = []
+                if ids.iloc[i] in done:
+                    raise ManifestError(f"{quote_name(self.path)}: row {row} is a view of place {ids.iloc[i]!r}, whose "
+                                        "other views came on earlier rows: keep the views of a place on adjacent "
+                                        "rows (sort the manifest by location_id)")
                 place.append(path)
                 last = ids.iloc[i]
         if place:
@@ -128,9 +139,10 @@ def find_inputs(arguments: Sequence[str], *, views: bool = False) -> Inputs:
     groups: list[list[str]] = []  # in the order given: a folder's images, or files named directly
     loose: list[str] | None = None
     skipped = 0
+    unreadable: list[str] = []
     for argument in arguments:
         if os.path.isdir(argument):
-            found, not_images = _walk(argument)
+            found, not_images = _walk(argument, unreadable)
             groups += found
             skipped += not_images
         elif not views:
@@ -143,19 +155,25 @@ def find_inputs(arguments: Sequence[str], *, views: bool = False) -> Inputs:
     units = [Unit(g[0], tuple(g)) for g in groups] if views else [Unit(p, (p,)) for g in groups for p in g]
     seen: set[str] = set()
     unique = []
-    for unit in units:
-        if unit.key not in seen:
-            seen.add(unit.key)
+    for unit in units:  # one file is one answer, however it is spelled (the first spelling is kept)
+        identity = os.path.realpath(unit.key)
+        if identity not in seen:
+            seen.add(identity)
             unique.append(unit)
-    return Inputs(unique, skipped)
+    return Inputs(unique, skipped, tuple(unreadable))
 
 
-def _walk(top: str) -> tuple[list[list[str]], int]:
-    """Images under ``top`` grouped by the folder holding them, in name order, and the count of other files."""
+def _walk(top: str, unreadable: list[str]) -> tuple[list[list[str]], int]:
+    """Images under ``top`` grouped by the folder holding them, in name order, and the count of other files;
+    a folder that cannot be listed adds a line to ``unreadable``."""
+    from ..errors import quote_name
     from ..features.images import is_image_path  # here: the CLI imports this module at start-up, PIL is not needed then
 
+    def refused(exc: OSError) -> None:
+        unreadable.append(f"{quote_name(exc.filename or top)}: cannot list folder ({exc.strerror or exc})")
+
     groups, skipped = [], 0
-    for folder, subfolders, files in os.walk(top):
+    for folder, subfolders, files in os.walk(top, onerror=refused):
         subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
         images = []
         for name in sorted(files):

@@ -1,0 +1,118 @@
+"""Every door, second round: special files, one file under several spellings, unreadable folders,
+manifests that look right and are not, providers that refuse everything.
+
+Each case runs through the CLI as a user would; each ends in an answer or in one line naming the
+problem and exit 2, never in a hang or a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+
+EXAMPLE = REPO / "examples" / "images" / "croatia-1.jpg"
+GEOSCOPE = [sys.executable, "-m", "geoscope"]
+
+
+def run(*argv: object, cwd: Path | None = None, prefix: list[str] | None = None, timeout: float = 120):
+    """``geoscope ARGV`` in a child process (a hang is a failure, not a stuck suite)."""
+    return subprocess.run([*(prefix or []), *GEOSCOPE, *map(str, argv)], capture_output=True, text=True,
+                          timeout=timeout, cwd=cwd, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+
+
+def test_special_files_are_named_and_skipped_not_waited_on(tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shutil.copy(EXAMPLE, folder / "real.jpg")
+    os.mkfifo(folder / "x.jpg")  # opening it for reading would wait for a writer forever
+    result = run("predict", folder, "/dev/zero", "--json", "--top-k", "1")
+    assert "Traceback" not in result.stderr
+    records = {Path(r["image"]).name: r for r in json.loads(result.stdout)}
+    assert records["real.jpg"]["guesses"]
+    assert "FIFO" in records["x.jpg"]["error"] and "character device" in records["zero"]["error"]
+
+
+def test_one_file_is_one_answer_however_it_is_spelled(tmp_path):
+    shutil.copy(EXAMPLE, tmp_path / "uk.jpg")
+    result = run("predict", "uk.jpg", "./uk.jpg", tmp_path / "uk.jpg", "--json", cwd=tmp_path)
+    records = json.loads(result.stdout)
+    assert [r["image"] for r in records] == ["uk.jpg"]  # the first spelling
+
+
+def test_a_folder_that_cannot_be_listed_is_said(tmp_path):
+    (tmp_path / "open").mkdir()
+    (tmp_path / "closed").mkdir()
+    shutil.copy(EXAMPLE, tmp_path / "open" / "a.jpg")
+    shutil.copy(EXAMPLE, tmp_path / "closed" / "b.jpg")
+    (tmp_path / "closed").chmod(0)
+    prefix = []
+    if os.geteuid() == 0:  # root lists every folder: drop the capabilities that let it
+        if shutil.which("setpriv") is None:
+            pytest.skip("running as root without setpriv (util-linux) to drop the read-any-folder capability")
+        prefix = ["setpriv", "--inh-caps=-dac_override,-dac_read_search",
+                  "--bounding-set=-dac_override,-dac_read_search"]
+    try:
+        result = run("predict", tmp_path, "--json", "--top-k", "1", prefix=prefix)
+    finally:
+        (tmp_path / "closed").chmod(0o755)
+    assert result.returncode == 0, result.stderr
+    assert [Path(r["image"]).name for r in json.loads(result.stdout)] == ["a.jpg"]
+    assert f"skipped {tmp_path / 'closed'}: cannot list folder" in result.stderr
+
+
+def _manifest(folder: Path, rows: list[dict], name: str = "manifest.csv") -> Path:
+    import pandas as pd
+
+    for row in rows:
+        if not (folder / row["image"]).exists():
+            shutil.copy(EXAMPLE, folder / row["image"])
+    path = folder / name
+    frame = pd.DataFrame(rows)
+    frame.to_parquet(path) if name.endswith(".parquet") else frame.to_csv(path, index=False)
+    return path
+
+
+PLACES = [{"image": "a.jpg", "lat": 45.5, "lon": 15.9, "location_id": "p1", "heading": 0},
+          {"image": "b.jpg", "lat": 45.5, "lon": 15.9, "location_id": "p1", "heading": 90},
+          {"image": "c.jpg", "lat": 45.8, "lon": 16.0, "location_id": "p2", "heading": 0}]
+
+
+@pytest.mark.parametrize(("edit", "said"), [
+    (lambda text: text.replace("image,lat,lon", "image,lat,lat", 1), "column 'lat' appears more than once"),
+    (lambda text: text.replace(",90\n", ",east\n"), "heading is not a number in degrees at row 3 (e.g. 'east')"),
+    (lambda text: text.replace("45.8,16.0,p2", "45.8,16.0,p1"), "location_id 'p1' names rows 1+ km apart at row 4"),
+])
+def test_a_manifest_that_looks_right_and_is_not_is_refused_in_one_line(tmp_path, edit, said):
+    path = _manifest(tmp_path, PLACES)
+    path.write_text(edit(path.read_text()))
+    for verb in (["data", "check", path], ["evaluate", path], ["predict", path, "--views"]):
+        result = run(*verb)
+        assert result.returncode == 2, (verb, result.stderr)
+        assert said in result.stderr and "Traceback" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_views_of_one_place_on_rows_apart_are_refused_not_answered_twice(tmp_path):
+    path = _manifest(tmp_path, [PLACES[0], PLACES[2], PLACES[1]])
+    result = run("predict", path, "--views", "--json")
+    assert result.returncode == 2 and "row 4 is a view of place 'p1'" in result.stderr
+    assert result.stdout == ""
+
+
+def test_a_float16_parquet_manifest_reads_without_warnings(tmp_path):
+    import pandas as pd
+
+    path = _manifest(tmp_path, PLACES, "manifest.parquet")
+    frame = pd.read_parquet(path).astype({"lat": "float16", "lon": "float16"})
+    frame.to_parquet(path)
+    result = subprocess.run(GEOSCOPE + ["data", "check", str(path)], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONWARNINGS": "error::RuntimeWarning"})
+    assert result.returncode == 0, result.stderr
+    assert "Warning" not in result.stderr
