@@ -27,6 +27,33 @@ def run(*argv: object, cwd: Path | None = None, prefix: list[str] | None = None,
                           timeout=timeout, cwd=cwd, env={**os.environ, "PYTHONWARNINGS": "ignore"})
 
 
+@pytest.fixture
+def small_disk(tmp_path):
+    """A folder on a file system of 300 kB (a tmpfs: needs root, as CI runs), unmounted afterwards."""
+    folder = tmp_path / "small"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(folder)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs to fill ({mounted.stderr.decode().strip() or 'not root'})")
+    yield folder
+    subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def test_a_full_disk_while_caching_features_is_one_line(tmp_path, small_disk):
+    from conftest import make_images
+
+    images = make_images(tmp_path / "images", 40, size=(224, 224))
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("image,lat,lon\n" + "".join(f"{p},45.5,15.9\n" for p in images))
+    result = subprocess.run([*GEOSCOPE, "features", str(manifest), "--encoder", "efficientnet-lite0/stats"],
+                            capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "GEOSCOPE_CACHE": str(small_disk / "cache")})
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("geoscope: error: ")
+    assert "the disk is full" in result.stderr
+
+
 def test_special_files_are_named_and_skipped_not_waited_on(tmp_path):
     folder = tmp_path / "photos"
     folder.mkdir()

@@ -9,6 +9,7 @@ as one line with exit code 2.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import sys
@@ -26,6 +27,11 @@ TOP_LEVEL = (
     "geoscope.cli.evaluate",
     "geoscope.cli.serve",
 )
+
+
+DISK_ERRORS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
+               errno.EFBIG: "a file grew over the size limit", errno.EROFS: "the file system is read-only"}
+"""Errors of the disk, not of geoscope: one line, like any problem a user can fix."""
 
 
 def at_least_one(text: str) -> int:
@@ -80,6 +86,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as exc:
+        if exc.errno not in DISK_ERRORS:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"geoscope: error: {where}{DISK_ERRORS[exc.errno]} ({exc.strerror}); finished work is kept: "
+              "make room and rerun", file=sys.stderr)
+        return 2
     return int(code or 0)
 
 
