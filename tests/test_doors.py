@@ -139,7 +139,7 @@ def test_a_float16_parquet_manifest_reads_without_warnings(tmp_path):
     path = _manifest(tmp_path, PLACES, "manifest.parquet")
     frame = pd.read_parquet(path).astype({"lat": "float16", "lon": "float16"})
     frame.to_parquet(path)
-    result = subprocess.run(GEOSCOPE + ["data", "check", str(path)], capture_output=True, text=True, timeout=120,
+    result = subprocess.run([*GEOSCOPE, "data", "check", str(path)], capture_output=True, text=True, timeout=120,
                             env={**os.environ, "PYTHONWARNINGS": "error::RuntimeWarning"})
     assert result.returncode == 0, result.stderr
     assert "Warning" not in result.stderr
