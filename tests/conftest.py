@@ -10,6 +10,8 @@ import pytest
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
+os.environ["GEOSCOPE_RUNTIME"] = "onnxruntime"
+"""The same features on every CPU: ``auto`` takes bf16 on CPUs with AMX (``tests/test_runtimes.py`` tests it)."""
 SHARED_DATA = Path(os.environ.get("GEOSCOPE_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 

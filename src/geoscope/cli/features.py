@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .options import add_runtime_option
+
 MAX_ERRORS_SHOWN = 10
 
 
@@ -39,6 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "hf:<repo-or-path>, or several joined by + (outputs concatenated)")
     parser.add_argument("--backend", choices=("onnx", "torch"), default="onnx",
                         help="inference engine (default: onnx, through ONNX Runtime)")
+    add_runtime_option(parser)
     parser.add_argument("--device", choices=DEVICES, default="auto",
                         help="cpu, cuda (ONNX Runtime's CUDA provider, or torch's GPU with --backend torch) or auto "
                              "(a GPU when one can be used; default)")

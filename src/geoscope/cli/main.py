@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 from .. import __version__
 from ..errors import GeoscopeError, one_line
+from .options import apply_runtime
 
 DATA = ("geoscope.cli.data_local", "geoscope.cli.data_remote")
 TOP_LEVEL = (
@@ -76,6 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = argv  # the command as given, for records such as a model's training command
     try:
+        apply_runtime(getattr(args, "runtime", None))
         code = args.func(args)
     except GeoscopeError as exc:
         print(f"geoscope: error: {one_line(str(exc))}", file=sys.stderr)  # a newline never splits it

@@ -36,8 +36,9 @@ from .efficientnet import (
 )
 from .hub import hf_image_spec
 from .joint import SEPARATOR, joint_spec
-from .onnx_runtime import OnnxRunner, export_onnx, onnx_cache_path, slug
+from .onnx_runtime import export_onnx, onnx_cache_path, slug
 from .preprocess import Preprocess
+from .runtime import Runner, Runtime, make_runner, resolve_runtime
 from .spec import EncoderSpec, fingerprint
 
 if TYPE_CHECKING:
@@ -60,15 +61,18 @@ class ImageEncoder:
     embeddings and ``(C, H, W)`` for trunk feature maps (returned flattened by ``encode``).
     """
 
-    def __init__(self, spec: EncoderSpec, backend: str = "onnx", device: str = "cpu") -> None:
+    def __init__(self, spec: EncoderSpec, backend: str = "onnx", device: str = "cpu",
+                 runtime: Runtime | None = None) -> None:
         if backend not in BACKENDS:
             raise GeoscopeError(f"unknown backend {backend!r} (use {' or '.join(BACKENDS)})")
+        self.runtime = runtime if runtime is not None and backend == "onnx" else Runtime()
+        """What runs the exported graph (``onnx`` backend; the ``torch`` backend computes in float32)."""
         self.spec = spec
         self.backend = backend
         self.device = device
         """``cpu`` or ``cuda:N``: where it runs (torch device, or ONNX Runtime's CUDA provider)."""
         self._module = None
-        self._runner: OnnxRunner | None = None
+        self._runner: Runner | None = None
 
     @property
     def name(self) -> str:
@@ -102,11 +106,12 @@ class ImageEncoder:
 
     @property
     def cache_key(self) -> str:
-        """Folder name of this encoder's cached features (the same for both backends)."""
-        return f"{slug(self.name)}-{self.fingerprint[:12]}"
+        """Folder name of this encoder's cached features: the same for both backends and for both runtimes in
+        float32; bfloat16 features, which differ, have their own."""
+        return f"{slug(self.name)}-{self.fingerprint[:12]}{self.runtime.cache_suffix}"
 
     def __repr__(self) -> str:
-        return f"ImageEncoder({self.name!r}, dim={self.dim}, backend={self.backend!r})"
+        return f"ImageEncoder({self.name!r}, dim={self.dim}, backend={self.backend!r}, runtime='{self.runtime}')"
 
     def torch_module(self) -> nn.Module:
         """A fresh torch module (images → outputs) in eval mode, for fine-tuning."""
@@ -145,17 +150,17 @@ class ImageEncoder:
             self._runner = self._load_onnx()
         return self._runner(batch)
 
-    def _load_onnx(self) -> OnnxRunner:
+    def _load_onnx(self) -> Runner:
         path = onnx_cache_path(self.name, self.fingerprint)
         if path.is_file():
             try:
-                return OnnxRunner(path, device=self.device)
+                return make_runner(path, self.runtime, device=self.device)
             except GeoscopeError:
                 path.unlink(missing_ok=True)  # unreadable: export again
         c = self.preprocess.crop_size
         example = np.random.default_rng(0).standard_normal((2, 3, c, c)).astype(np.float32)
         export_onnx(self._torch(), example, path)
-        return OnnxRunner(path, device=self.device)
+        return make_runner(path, self.runtime, device=self.device)
 
 
 def _efficientnet_spec(name: str) -> EncoderSpec:
@@ -251,11 +256,17 @@ def image_encoder_spec(name: str) -> EncoderSpec:
     return _REGISTRY[base](name)
 
 
-def get_image_encoder(name: str, backend: str = "onnx", device: str = "cpu") -> ImageEncoder:
-    """A named image encoder on the ``onnx`` (default) or ``torch`` backend, on ``device`` (``cpu``, ``cuda:N``)."""
+def get_image_encoder(name: str, backend: str = "onnx", device: str = "cpu",
+                      runtime: Runtime | str | None = None) -> ImageEncoder:
+    """A named image encoder on the ``onnx`` (default) or ``torch`` backend, on ``device`` (``cpu``, ``cuda:N``);
+    the ``onnx`` backend's graph runs on ``runtime`` (a :class:`Runtime`, or a name for :func:`resolve_runtime`;
+    ``None``: ``$GEOSCOPE_RUNTIME``, else ``auto``)."""
     if backend not in BACKENDS:
         raise GeoscopeError(f"unknown backend {backend!r} (use {' or '.join(BACKENDS)})")
-    return ImageEncoder(image_encoder_spec(name), backend, device)
+    if not isinstance(runtime, Runtime):
+        runtime = resolve_runtime(runtime, device="cpu" if device == "cpu" else "cuda") if backend == "onnx" \
+            else Runtime()
+    return ImageEncoder(image_encoder_spec(name), backend, device, runtime)
 
 
 __all__ = [
