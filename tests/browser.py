@@ -68,7 +68,8 @@ def require_chromium() -> str:
     """Path of the browser, or skip the test saying how to get one."""
     found = find_chromium()
     if found is None:
-        pytest.skip("needs headless Chromium ('apt-get install chromium'; make test installs it)")
+        pytest.skip("needs headless Chromium, which is not installed: enable this test with "
+                    "'apt-get install chromium' (as root; CI's .ci/run does it)")
     return found
 
 

@@ -34,10 +34,10 @@ from geoscope.cli.main import main
 
 EXAMPLES = REPO / "examples" / "images"
 EXAMPLE_COORDS = {  # from examples/SOURCES.md
-    "london-uk-1.jpg": (51.45652, 0.00070), "london-uk-2.jpg": (51.45366, -0.16039),
-    "london-on-1.jpg": (43.08739, -81.31393), "london-on-2.jpg": (43.04283, -81.21511),
-    "us-west-1.jpg": (34.90897, -120.41852), "us-west-2.jpg": (44.53924, -121.27844),
-    "croatia-1.jpg": (45.55847, 15.91800), "croatia-2.jpg": (45.66383, 18.35320),
+    "london-uk-1.jpg": (51.43061, -0.16432), "london-uk-2.jpg": (51.48615, -0.21346),
+    "london-on-1.jpg": (42.98352, -81.29355), "london-on-2.jpg": (42.98690, -81.15284),
+    "us-west-1.jpg": (34.80047, -114.49958), "us-west-2.jpg": (41.53869, -122.08704),
+    "croatia-1.jpg": (45.02275, 15.20586), "croatia-2.jpg": (45.37848, 17.67761),
 }
 ERROR_LINE = re.compile(r"^geoscope(?: [\w-]+)*: error:")
 

@@ -3,6 +3,9 @@
 ``config.json`` (encoders, preprocessing, heads, labels, training summary, metrics),
 ``weights.safetensors`` (tensors only, no pickles), ``labels.csv`` (the place table),
 ``history.json`` (per-epoch training curves) and ``README.md`` (the model card).
+
+Large matrices may be stored as float16 to keep a bundle small; :func:`read_bundle` gives every
+float16 tensor back as float32, so nothing that reads a bundle depends on how it was stored.
 """
 
 from __future__ import annotations
@@ -87,6 +90,8 @@ def save_bundle(
 def read_bundle(directory: str | os.PathLike[str] | None = None) -> BundleFiles:
     """Read a bundle (the bundled default when ``directory`` is None) and :func:`validate` it.
 
+    Tensors stored as float16 are given as float32 (stored small, computed with in full precision).
+
     Raises :class:`ModelError` in one line for a missing folder or file, a config that is not
     a JSON object of this format and version, an unreadable or truncated weights file, a
     label table that cannot be parsed, and anything :func:`validate` refuses. A broken
@@ -107,6 +112,7 @@ def read_bundle(directory: str | os.PathLike[str] | None = None) -> BundleFiles:
         tensors = load_file(str(path / WEIGHTS))
     except (SafetensorError, OSError, ValueError) as exc:
         raise ModelError(f"{quote_name(path / WEIGHTS)}: truncated or corrupt weights ({exc})") from None
+    tensors = {k: v.astype(np.float32) if v.dtype == np.float16 else v for k, v in tensors.items()}
     files = BundleFiles(config, tensors, _read_labels(path / LABELS), _read_history(path / HISTORY), path)
     validate(files)
     return files

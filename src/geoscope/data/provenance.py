@@ -58,6 +58,7 @@ COLUMNS = {
     "split": "train, val or test: images of one place (or block) are never in two splits",
     "label": "index of the image's place label in the label table (-1: in no label)",
     "label_name": "name of the image's place label",
+    "dataset": "the set the image comes from, in a manifest combined from several",
     "source": "the provider the image was fetched from",
     "source_id": "the provider's id of the image or panorama",
     "point_id": "the plan point the image was fetched for",
@@ -87,18 +88,20 @@ def now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def write_dataset_card(manifest_path: str | os.PathLike[str], frame: pd.DataFrame, source: dict, *,
+def write_dataset_card(manifest_path: str | os.PathLike[str], frame: pd.DataFrame, source: dict | list[dict], *,
                        step: dict | None = None) -> Path:
-    """Describe a manifest just made from ``source`` (a dict: ``kind``, ``location``, ``terms``, details).
+    """Describe a manifest just made from ``source`` (a dict: ``kind``, ``location``, ``terms``, details;
+    or a list of them, for a manifest combined from several sources).
 
     ``terms`` defaults to the known terms of the source's kind; ``when`` to now. ``step`` (default:
-    ``{"step": "import-" + kind}``) records the command that made it. Returns the card's path.
+    ``{"step": "import-" + kind}`` of the first source) records the command that made it. Returns the card's path.
     """
     when = now()
-    source = {"when": when, **source}
-    source.setdefault("terms", TERMS.get(str(source.get("kind")), "not recorded"))
-    step = {"step": f"import-{source.get('kind')}", **(step or {})}
-    return _write(manifest_path, frame, [source], [], step, when)
+    sources = [{"when": when, **one} for one in ([source] if isinstance(source, dict) else source)]
+    for one in sources:
+        one.setdefault("terms", TERMS.get(str(one.get("kind")), "not recorded"))
+    step = {"step": f"import-{sources[0].get('kind') if sources else 'nothing'}", **(step or {})}
+    return _write(manifest_path, frame, sources, [], step, when)
 
 
 def derive_dataset_card(parent_path: str | os.PathLike[str], manifest_path: str | os.PathLike[str],
