@@ -16,7 +16,7 @@ from conftest import REPO, SHARED_DATA, shared_dataset
 from safetensors.numpy import load_file, save_file
 
 from geoscope.bundle import DEFAULT_BUNDLE, WEIGHTS, read_bundle
-from geoscope.geo import haversine_km
+from geoscope.geo.sphere import haversine_km
 
 EXAMPLES = REPO / "examples"
 
