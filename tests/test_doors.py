@@ -143,3 +143,16 @@ def test_a_float16_parquet_manifest_reads_without_warnings(tmp_path):
                             env={**os.environ, "PYTHONWARNINGS": "error::RuntimeWarning"})
     assert result.returncode == 0, result.stderr
     assert "Warning" not in result.stderr
+
+
+def test_serve_with_workers_refuses_a_broken_bundle_before_any_worker_starts(tmp_path):
+    from geoscope.bundle import DEFAULT_BUNDLE
+
+    bundle = tmp_path / "model"
+    shutil.copytree(DEFAULT_BUNDLE, bundle)
+    config = json.loads((bundle / "config.json").read_text())
+    config["model"]["place_clip"]["embed_dim"] = "wide"  # reads as JSON, breaks the model that workers would build
+    (bundle / "config.json").write_text(json.dumps(config))
+    result = run("serve", "--model", bundle, "--workers", "2", "--port", "0", timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and str(bundle) in result.stderr

@@ -17,9 +17,8 @@ import uvicorn
 from fastapi import FastAPI
 from uvicorn.supervisors import Multiprocess
 
-from ..bundle import read_bundle
 from ..errors import GeoscopeError
-from ..loading import is_zero_shot, load_any_model
+from ..loading import load_any_model
 from .app import ServeSettings, create_app
 
 BACKLOG = 2048
@@ -48,10 +47,9 @@ def serve(model_dir: str | None = None, host: str = "127.0.0.1", port: int = 800
     """
     settings = settings or ServeSettings()
     if workers > 1:
-        if model_dir is not None and is_zero_shot(model_dir):  # refused here, its prompts embedded once for all
-            load_any_model(model_dir)
-        else:
-            read_bundle(model_dir)  # refuse a broken bundle here, in one line, not in every worker
+        # loaded here as each worker will load it: a broken bundle is refused in one line before any worker starts
+        # (a worker failing at start-up is restarted, forever); a zero-shot model's prompts are embedded once for all
+        load_any_model(model_dir)
         os.environ[_ENV] = json.dumps({"model": model_dir, "settings": dataclasses.asdict(settings)})
         config = uvicorn_config(f"{__name__}:app_from_environment", host, port, workers=workers,
                                 log_level=log_level)
