@@ -20,8 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from geoscope.geo.places import own_spelling  # noqa: E402
-from geoscope.geo.regions import country_names  # noqa: E402
+from geoscope.geo.places import own_spelling
+from geoscope.geo.regions import country_names
 
 
 def respell_name(name: str, code: str, country: str) -> str:

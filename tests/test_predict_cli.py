@@ -296,6 +296,10 @@ def test_geojson_round_trips_a_record() -> None:
     assert feature_to_record(feature) == record
     failed = {"image": "bad.jpg", "error": "bad.jpg: not an image file", "answer": None, "guesses": []}
     assert record_to_feature(failed)["geometry"] is None and feature_to_record(record_to_feature(failed)) == failed
+    older = {"image": "old.jpg", "in_coverage": True,  # a journal written before answers stood apart: still drawn
+             "guesses": [{"lat": 45.1, "lon": 15.2, "label": "Zagreb, Croatia", "probability": 0.6}]}
+    assert record_to_feature(older)["geometry"] == {"type": "Point", "coordinates": [15.2, 45.1]}
+    assert feature_to_record(record_to_feature(older)) == older
 
 
 def test_a_16_bit_png_is_answered_like_its_8_bit_twin(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

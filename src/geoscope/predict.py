@@ -254,6 +254,8 @@ class GeoModel:
 
         def refined(rows: np.ndarray, labels: np.ndarray) -> Refined:
             """Where ``refiner`` moves the ``labels`` named for the places ``rows``, from their views."""
+            if len(rows) == count:  # every place answered (the rule): no copy of the features
+                return refiner.coordinates(features, places, labels)
             code = np.full(count, -1, dtype=np.int64)
             code[rows] = np.arange(len(rows))
             keep = code[places] >= 0

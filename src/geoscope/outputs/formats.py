@@ -181,8 +181,9 @@ def render_table(record: dict) -> str:
 # --- GeoJSON features ----------------------------------------------------------------------------
 
 def record_to_feature(record: dict) -> dict:
-    """One RFC 7946 Point feature at the answer (null geometry when there is none)."""
-    answer = record.get("answer")
+    """One RFC 7946 Point feature at the answer (null geometry when there is none; a record written before
+    answers stood apart from guesses, read back from a journal, is placed at its first guess)."""
+    answer = record.get("answer") if "answer" in record else next(iter(record.get("guesses") or []), None)
     properties: dict[str, Any] = {"image": record.get("image")}
     geometry = None
     if answer:
@@ -198,7 +199,8 @@ def record_to_feature(record: dict) -> dict:
 def feature_to_record(feature: dict) -> dict:
     """Inverse of :func:`record_to_feature`."""
     properties = feature["properties"]
-    flat = _FLAT_ANSWER_KEYS if properties.get("answer") else ()
+    flat = () if not properties.get("answer") and not properties.get("guesses") else \
+        (*_FLAT_ANSWER_KEYS, "rank") if "answer" not in properties else _FLAT_ANSWER_KEYS  # rank: older records
     return {k: v for k, v in properties.items() if k not in flat}
 
 
