@@ -6,13 +6,20 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from geoscope.answer.answerer import Answerer, Calibration, best_guesses, fit_calibration, mass_near_top, unit_rows
-from geoscope.answer.refine import refine_in_labels
+from geoscope.answer.answerer import (
+    Answerer,
+    Calibration,
+    best_guesses,
+    fit_calibration,
+    mass_near_top,
+    unit_rows,
+)
+from geoscope.answer.refine import Refined, refine_in_labels
 from geoscope.errors import GeoscopeError
 from geoscope.geo.geocells import geocell_ids
 from geoscope.geo.labels import LabelScheme, assign_labels, make_labels
 from geoscope.geo.naming import MAX_REACH_KM, geographic_medoid, locate, name_labels, naming_towns
-from geoscope.geo.places import load_places, post_towns
+from geoscope.geo.places import load_places, own_spelling, post_towns
 from geoscope.geo.sphere import haversine_km
 from geoscope.predict import load_model
 
@@ -125,7 +132,8 @@ def test_the_first_guess_is_where_most_probability_lies_then_the_likeliest_place
     assert list(p.argmax(axis=1)) == [3, 3, 3]
     assert list(best_guesses(p, lat, lon)) == [0, 3, 1]
     answer = Answerer(pd.DataFrame({"name": list("ABCD"), "lat": lat, "lon": lon})).answer("x", p[0], top_k=4)
-    assert [g.label for g in answer.guesses] == ["A", "D", "C", "B"]  # the best guess, then by probability
+    assert answer.answer.label == answer.answer.name == "A"  # the best single answer, kept apart…
+    assert [g.label for g in answer.guesses] == ["D", "A", "C", "B"]  # …from the guesses, by probability alone
 
 
 def test_calibrated_confidence_follows_how_often_the_top_guess_is_close() -> None:
@@ -160,3 +168,75 @@ def test_refinement_moves_a_guess_to_its_most_similar_training_images() -> None:
                                 np.array([51.49, 42.98]), np.array([-0.10, -81.25]))
     assert lat[:, 0].tolist() == [51.58, 51.40]
     assert lon[:, 0].tolist() == [-0.10, -0.10]
+
+
+def _four_labels() -> pd.DataFrame:
+    """Two labels in Croatia's Sisak-Moslavina county, one in Zagreb, one in Ontario."""
+    return pd.DataFrame({
+        "name": ["Kutina, Sisačko-moslavačka, Croatia", "Sisak, Sisačko-moslavačka, Croatia",
+                 "Zagreb, Grad Zagreb, Croatia", "London, Ontario, Canada"],
+        "lat": [45.48, 45.47, 45.81, 42.98], "lon": [16.78, 16.37, 15.98, -81.25],
+        "place": ["Kutina", "Sisak", "Zagreb", "London"],
+        "region": ["Sisačko-moslavačka", "Sisačko-moslavačka", "Grad Zagreb", "Ontario"],
+        "country": ["Croatia", "Croatia", "Croatia", "Canada"],
+    })
+
+
+def test_the_answer_stands_apart_and_the_guesses_are_ranked_by_probability_alone() -> None:
+    p = np.array([[0.27, 0.25, 0.18, 0.30]])  # Croatia holds 70 %, London (Ontario) alone is the likeliest label
+    (prediction,) = Answerer(_four_labels()).answer_rows(["x.jpg"], p, top_k=4)
+    assert prediction.answer.label == "Kutina, Sisačko-moslavačka, Croatia"  # where most probability lies
+    assert [g.name for g in prediction.guesses] == ["London, Ontario, Canada", "Kutina, Sisačko-moslavačka, Croatia",
+                                                   "Sisak, Sisačko-moslavačka, Croatia", "Zagreb, Grad Zagreb, Croatia"]
+    chances = [g.probability for g in prediction.guesses]
+    assert chances == sorted(chances, reverse=True)
+    record = prediction.to_dict()
+    assert list(record) == ["image", "answer", "guesses", "levels", "in_coverage", "coverage_score", "confidence"]
+    assert record["answer"]["name"] == "Kutina, Sisačko-moslavačka, Croatia"
+    assert record["answer"]["probability"] == pytest.approx(0.27)
+    assert 0 < record["answer"]["expected_geoscore"] <= 5000
+
+
+def test_guesses_named_alike_are_one_guess_and_the_hierarchy_follows_the_answer() -> None:
+    """A refiner moves two labels to points of one town: one guess, its probabilities summed, never two."""
+    labels = _four_labels()
+    p = np.array([[0.40, 0.35, 0.20, 0.05]])
+
+    def refine(rows: np.ndarray, chosen: np.ndarray) -> Refined:
+        # every Sisak-county label moves to a point named Popovača; the others stay where their labels are
+        moved = np.isin(chosen, [0, 1])
+        names = np.empty(chosen.shape, dtype=object)
+        names[:] = [[("Popovača", "Sisačko-moslavačka", "Croatia") if m else None for m in row] for row in moved]
+        lat = np.where(moved, 45.57 + 0.01 * chosen, labels["lat"].to_numpy()[chosen])
+        lon = np.where(moved, 16.62, labels["lon"].to_numpy()[chosen])
+        return Refined(lat, lon, names)
+
+    (prediction,) = Answerer(labels).answer_rows(["x.jpg"], p, top_k=3, refine=refine)
+    names = [g.name for g in prediction.guesses]
+    assert len(names) == len(set(names)) == 3
+    popovaca = prediction.guesses[0]
+    assert popovaca.name == "Popovača, Sisačko-moslavačka, Croatia" and popovaca.probability == pytest.approx(0.75)
+    assert (popovaca.lat, popovaca.lon) == (45.57, 16.62)  # at the more probable label's point
+    assert popovaca.label == "Kutina, Sisačko-moslavačka, Croatia"  # the label it came from: secondary
+    answer = prediction.answer
+    assert (answer.name, answer.lat, answer.lon, answer.probability) == \
+        (popovaca.name, popovaca.lat, popovaca.lon, popovaca.probability)  # the answer reads like its guess
+    assert [(s["level"], s["name"]) for s in answer.hierarchy] == [
+        ("country", "Croatia"), ("region", "Sisačko-moslavačka"), ("place", "Popovača")]
+    assert [s["probability"] for s in answer.hierarchy] == pytest.approx([0.95, 0.75, 0.75])
+
+
+def test_region_names_keep_their_own_spelling() -> None:
+    assert own_spelling("HR", "Virovitick-Podravska") == "Virovitičko-podravska"  # cut in GeoNames' ASCII table
+    assert own_spelling("HR", "Sisacko-Moslavacka") == "Sisačko-moslavačka"
+    assert own_spelling("HR", "Grad Zagreb") == "Grad Zagreb"
+    assert own_spelling("GB", "England") == "England" and own_spelling("US", "Nevada") == "Nevada"
+    assert own_spelling("DE", "Bavaria") == "Bavaria"  # no ISO name alike: GeoNames' stays
+    towns = naming_towns()
+    croatian = set(towns.loc[towns["country_code"] == "HR", "region"])
+    assert {"Virovitičko-podravska", "Sisačko-moslavačka", "Grad Zagreb"} <= croatian
+    # the bundled model's labels and its GPS refiner's points say them so too
+    model = load_model()
+    regions = set(model.labels["region"]) | {p[1] for p in model.config["refiner"]["places"]}
+    assert {"Virovitičko-podravska", "Sisačko-moslavačka", "Šibensko-kninska"} <= regions
+    assert not regions & {"Virovitick-Podravska", "Sisacko-Moslavacka", "Sibensko-Kniniska"}

@@ -130,7 +130,7 @@ def test_a_learned_fusion_trains_saves_and_answers_from_the_cli(croatia_places: 
     fs = model.image_features(list(place["image"]))
     direct = model.probabilities(model.fused_embeddings(fs.embeddings, np.zeros(4, dtype=np.int64)),
                                  fs.embeddings.mean(axis=0, keepdims=True))
-    assert answer[0]["guesses"][0]["label"] == model.labels["name"].iloc[int(model.answerer.best(direct)[0])]
+    assert answer[0]["answer"]["label"] == model.labels["name"].iloc[int(model.answerer.best(direct)[0])]
     assert pd.Series(result.predictions["pred_label"]).notna().all()
 
     # a bundle whose fusion weights went missing is refused in one line, not answered by an untrained LSTM

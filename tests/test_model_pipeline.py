@@ -97,7 +97,7 @@ def test_bundle_holds_weights_labels_history_and_card(town_model: Path) -> None:
         {p.name for p in town_model.iterdir()}
     assert sorted(files.labels["place"]) == sorted(TOWNS)
     assert sorted(files.labels["country"]) == ["France", "Germany", "Spain"]
-    assert sorted(files.labels["name"]) == ["Berlin, Germany", "Madrid, Spain", "Paris, Ile-de-France, France"]
+    assert sorted(files.labels["name"]) == ["Berlin, Germany", "Madrid, Spain", "Paris, Île-de-France, France"]
     assert files.tensors["place_embeddings"].shape[0] == 3
     splits = {r["split"] for r in files.history}
     assert splits == {"train", "val", "test"}
@@ -123,8 +123,10 @@ def test_cli_predict_json_and_views(town_manifest: Path, town_model: Path, capsy
     answer = json.loads(capsys.readouterr().out)
     assert [a["image"] for a in answer] == images
     assert all(len(a["guesses"]) == 2 for a in answer)
-    assert set(answer[0]["guesses"][0]) == {"lat", "lon", "label", "place", "region", "country", "probability"}
-    assert {"in_coverage", "coverage_score", "confidence", "levels"} <= set(answer[0])
+    assert set(answer[0]["guesses"][0]) == {"name", "lat", "lon", "label", "place", "region", "country",
+                                            "probability"}
+    assert {"answer", "in_coverage", "coverage_score", "confidence", "levels"} <= set(answer[0])
+    assert answer[0]["answer"]["confidence"] == answer[0]["confidence"]
     countries = answer[0]["levels"]["country"]
     assert {c["name"] for c in countries} == {"France", "Germany", "Spain"}
     assert sum(c["probability"] for c in countries) == pytest.approx(1.0, abs=1e-4)

@@ -24,6 +24,7 @@ from geoscope.outputs.formats import (
     checked_record,
     feature_to_record,
     hierarchy_line,
+    percent,
     record_to_feature,
     render_table,
     strict_json,
@@ -69,13 +70,14 @@ def check_geojson(path: Path) -> list[dict]:
     for feature in document["features"]:
         assert feature["type"] == "Feature" and set(feature) == {"type", "geometry", "properties"}
         props = feature["properties"]
-        assert {"image", "label", "place", "region", "country", "probability", "rank"} <= set(props) or props["error"]
+        assert {"image", "name", "label", "place", "region", "country", "probability"} <= set(props) or props["error"]
         if feature["geometry"] is not None:
             lon, lat = feature["geometry"]["coordinates"]
             assert feature["geometry"]["type"] == "Point"
             assert -180 <= lon <= 180 and -90 <= lat <= 90
-            top = props["guesses"][0]
-            assert (lon, lat) == (round(top["lon"], 6), round(top["lat"], 6))  # lon first
+            answer = props["answer"]
+            assert (lon, lat) == (round(answer["lon"], 6), round(answer["lat"], 6))  # lon first, at the answer
+            assert props["name"] == answer["name"]
         records.append(feature_to_record(feature))
     return records
 
@@ -157,20 +159,23 @@ def test_a_cut_last_line_is_dropped_and_answered_again(photos: Path, reference: 
     assert sorted(r["image"] for r in read_jsonl(jsonl)) == sorted(reference)
 
 
-def test_csv_is_one_row_per_image_with_the_top_guess_first(photos: Path, reference: dict, tmp_path: Path,
-                                                          capsys: pytest.CaptureFixture) -> None:
+def test_csv_is_one_row_per_image_with_the_answer_first(photos: Path, reference: dict, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "out.csv"
     assert main(["predict", str(photos), "-o", str(out), "--top-k", "3"]) == 0
     assert out.read_bytes().startswith(b"\xef\xbb\xbf")  # Excel reads UTF-8 names right
     with open(out, encoding="utf-8-sig", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == len(reference)
+    assert list(rows[0])[:5] == ["image", "views", "name", "lat", "lon"]
     for row in rows:
         record = reference[row["image"]]
-        top, third = record["guesses"][0], record["guesses"][2]
-        assert row["label"] == top["label"] and float(row["probability"]) == top["probability"]
-        assert (float(row["lat"]), float(row["lon"])) == (top["lat"], top["lon"])
-        assert row["label_3"] == third["label"] and "label_4" not in row
+        answer, third = record["answer"], record["guesses"][2]
+        assert row["name"] == answer["name"] and row["label"] == answer["label"]
+        assert float(row["probability"]) == answer["probability"]
+        assert (float(row["lat"]), float(row["lon"])) == (answer["lat"], answer["lon"])
+        assert row["name_1"] == record["guesses"][0]["name"]
+        assert row["name_3"] == third["name"] and row["label_3"] == third["label"] and "name_4" not in row
     capsys.readouterr()
     assert main(["predict", str(photos), "-o", str(out), "--top-k", "5"]) == 2  # the file holds 3 guesses
     errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
@@ -190,74 +195,67 @@ def test_json_is_strict_and_a_non_finite_answer_becomes_an_error(capsys: pytest.
     assert main(["predict", *map(str, EXAMPLES[:2]), "--json", "--top-k", "2"]) == 0
     answer = strict_loads(capsys.readouterr().out)
     assert [a["image"] for a in answer] == [str(p) for p in EXAMPLES[:2]]
-    record = {"image": "x.jpg", "guesses": [{"lat": 1.0, "lon": 2.0, "label": "A", "probability": math.nan}]}
+    record = {"image": "x.jpg", "answer": {"name": "A", "lat": 1.0, "lon": 2.0, "probability": math.nan},
+              "guesses": [{"name": "A", "lat": 1.0, "lon": 2.0, "label": "A", "probability": math.nan}]}
     with pytest.raises(ValueError):
         strict_json(record)
     checked = checked_record(record)
     assert checked["error"] == f"x.jpg: {NON_FINITE}" and strict_loads(strict_json(checked))["guesses"] == []
+    assert checked["answer"] is None
     assert render_table(checked).count("not answered") == 1
 
 
-def test_table_never_cuts_a_name_and_shows_hierarchy_coverage_and_confidence() -> None:
-    long = "Saint-Rémy-de-Provence-sur-la-Longue-Rivière, Provence-Alpes-Côte d'Azur, France"
-    record = {
+def _croydon() -> dict:
+    long = "Saint-Rémy-de-Provence-sur-la-Longue-Rivière, Provence-Alpes-Côte-d’Azur, France"
+    return {
         "image": "photo.jpg", "in_coverage": False, "coverage_score": 0.2,
+        "answer": {"name": "Croydon, England, United Kingdom", "lat": 51.37, "lon": -0.1, "place": "Croydon",
+                   "region": "England", "country": "United Kingdom", "probability": 0.12, "expected_geoscore": 4210.4,
+                   "confidence": {"200": 0.83, "25": 0.41, "750": 0.95}, "label": "Croydon, England, United Kingdom",
+                   "hierarchy": [{"level": "country", "name": "United Kingdom", "probability": 0.97},
+                                 {"level": "region", "name": "England", "probability": 0.97},
+                                 {"level": "place", "name": "Croydon", "probability": 0.12}]},
         "confidence": {"200": 0.83, "25": 0.41, "750": 0.95},
         "levels": {"country": [{"name": "United Kingdom", "probability": 0.97}],
                    "region": [{"name": "England, United Kingdom", "probability": 0.97}]},
-        "guesses": [{"lat": 51.37, "lon": -0.1, "label": "Croydon, England, United Kingdom", "place": "Croydon",
-                     "region": "England", "country": "United Kingdom", "probability": 0.12},
-                    {"lat": 43.79, "lon": 4.83, "label": long, "probability": 0.004}],
+        "guesses": [{"name": long, "lat": 43.79, "lon": 4.83, "label": "Arles, Provence-Alpes-Côte-d’Azur, France",
+                     "probability": 0.2},
+                    {"name": "Croydon, England, United Kingdom", "lat": 51.37, "lon": -0.1,
+                     "label": "Croydon, England, United Kingdom", "place": "Croydon", "region": "England",
+                     "country": "United Kingdom", "probability": 0.12}],
     }
+
+
+def test_table_never_cuts_a_name_and_shows_the_answer_its_hierarchy_coverage_and_confidence() -> None:
+    record = _croydon()
     lines = render_table(record).splitlines()
     assert lines[0] == "photo.jpg"
-    assert "  United Kingdom 97 % → England 97 % → Croydon 12 %" in lines
+    assert lines[1] == "  answer: Croydon, England, United Kingdom (51.3700, -0.1000) · expected GeoScore 4,210"
+    assert lines[2] == "  United Kingdom 97 % → England 97 % → Croydon 12 %"  # the answer's own path
     assert any("outside what this model knows" in line for line in lines)
     assert "P(within 25 km) 41 % · 200 km 83 % · 750 km 95 %" in [line.strip() for line in lines]
     rows = [line for line in lines if line.lstrip().startswith(("1 ", "2 "))]
-    assert long in rows[1] and "Croydon, England, United Kingdom" in rows[0]
-    assert rows[0].index("51.3700") + len("51.3700") == rows[1].index("43.7900") + len("43.7900")  # aligned
-    assert not any("best single answer" in line for line in lines)  # the first is also the most probable
-    record["guesses"][1]["probability"] = 0.2  # a best guess less probable than the next: the table says why
-    assert any(line.strip().startswith("#1 is the best single answer") for line in render_table(record).splitlines())
+    long = record["guesses"][0]["name"]
+    assert long in rows[0] and "Croydon, England, United Kingdom" in rows[1]  # by probability, each in full
+    assert rows[0].index("43.7900") + len("43.7900") == rows[1].index("51.3700") + len("51.3700")  # aligned
+    assert rows[1].endswith("← answer") and not rows[0].endswith("← answer")
+    assert "Arles" not in render_table(record)  # the label a guess came from is not its name
+    assert not any("best single answer" in line for line in lines)  # no footnote: the answer stands apart
 
 
-def test_the_hierarchy_line_follows_the_first_guess_down_its_own_region() -> None:
-    """The best single answer need not lie in the likeliest region: the path never jumps between branches."""
-    record = {"image": "photo.jpg",
-              "levels": {"country": [{"name": "Croatia", "probability": 1.0}],
-                         "region": [{"name": "Sibensko-Kninska, Croatia", "probability": 0.14},
-                                    {"name": "Sisacko-Moslavacka, Croatia", "probability": 0.09}]},
-              "guesses": [{"lat": 45.75, "lon": 16.43, "label": "Kutina, Sisacko-Moslavacka, Croatia",
-                           "place": "Ivanić-Grad", "region": "Zagrebacka", "country": "Croatia", "probability": 0.09}]}
-    assert hierarchy_line(record) == "Croatia 100 % → Sisacko-Moslavacka 9.0 % → Kutina 9.0 %"
-    record["guesses"][0]["label"] = "Knin, Sibensko-Kninska, Croatia"
-    assert hierarchy_line(record) == "Croatia 100 % → Sibensko-Kninska 14 % → Knin 9.0 %"
-    record["guesses"][0]["label"] = "Zadar, Zadarska, Croatia"  # its region is not among those listed: left out
-    assert hierarchy_line(record) == "Croatia 100 % → Zadar, Zadarska 9.0 %"
-    record["guesses"][0]["label"] = "Sibensko-Kninska, Croatia"  # --level region: the path ends at the guess
-    assert hierarchy_line(record) == "Croatia 100 % → Sibensko-Kninska 14 %"
-    record["guesses"][0]["label"] = "Croatia"  # --level country
+def test_the_hierarchy_line_is_the_answers_path() -> None:
+    """The path is the answer's, as it states it: a region the model has no label in is named without a share."""
+    record = {"image": "photo.jpg", "answer": {"name": "Bjelovar, Bjelovarsko-bilogorska, Croatia", "hierarchy": [
+        {"level": "country", "name": "Croatia", "probability": 1.0},
+        {"level": "region", "name": "Bjelovarsko-bilogorska", "probability": None},
+        {"level": "place", "name": "Bjelovar", "probability": 0.09}]}}
+    assert hierarchy_line(record) == "Croatia 100 % → Bjelovarsko-bilogorska → Bjelovar 9.0 %"
+    record["answer"]["hierarchy"] = record["answer"]["hierarchy"][:1]  # --level country
     assert hierarchy_line(record) == "Croatia 100 %"
+    assert hierarchy_line({"image": "old.jpg", "guesses": []}) is None
 
 
-def test_table_names_where_a_refined_guess_points_and_the_area_it_was_guessed_in() -> None:
-    london = "London, England, United Kingdom"
-    record = {"image": "photo.jpg", "guesses": [
-        {"lat": 51.29, "lon": -0.37, "label": london, "place": "Leatherhead", "region": "England",
-         "country": "United Kingdom", "probability": 0.6},
-        {"lat": 51.29, "lon": -0.24, "label": "Sutton, England, United Kingdom", "place": "Sutton",
-         "region": "England", "country": "United Kingdom", "probability": 0.3}]}
-    header, moved, kept = render_table(record).splitlines()[-3:]
-    assert header.rstrip().endswith("in the area of")
-    assert moved.split()[1] == "Leatherhead," and moved.rstrip().endswith(london)
-    assert kept.split()[1] == "Sutton," and kept.rstrip().endswith("%")  # not moved: no area beside it
-    for guess in record["guesses"]:
-        guess["place"] = guess["label"].split(", ")[0]  # nothing moved: the plain table
-    assert "in the area of" not in render_table(record) and "Leatherhead" not in render_table(record)
-
-
-def test_table_of_real_photos_shows_every_label_in_full(capsys: pytest.CaptureFixture) -> None:
+def test_table_of_real_photos_shows_every_name_in_full_and_agrees_with_the_json(capsys: pytest.CaptureFixture) -> None:
     paths = [str(p) for p in EXAMPLES]
     assert main(["predict", *paths, "--json", "--top-k", "5"]) == 0
     answers = strict_loads(capsys.readouterr().out)
@@ -267,24 +265,41 @@ def test_table_of_real_photos_shows_every_label_in_full(capsys: pytest.CaptureFi
     assert sorted(sections) == sorted(answer["image"] for answer in answers)
     for answer in answers:
         lines = sections[answer["image"]]
+        best = answer["answer"]
+        assert lines[1].startswith(f"  answer: {best['name']} ({best['lat']:.4f}, ")
+        assert lines[2].strip().endswith(f"→ {best['place']} {percent(best['probability'])}")
+        names = [g["name"] for g in answer["guesses"]]
+        assert len(names) == len(set(names)) == 5  # no place named twice
+        chances = [g["probability"] for g in answer["guesses"]]
+        assert chances == sorted(chances, reverse=True)
         for rank, guess in enumerate(answer["guesses"], start=1):
             row = next(line for line in lines if line.split()[0] == str(rank))
-            assert f"  {guess['lat']:.4f}  " in row
-            assert f"  {guess['label']}" in row and f"  {guess['place']}" in row  # the area and the point, in full
+            assert f"  {guess['lat']:.4f}  " in row and f"  {guess['name']}  " in row
+            assert row.endswith("← answer") == (guess["name"] == best["name"])
+        if best["name"] in names:  # the answer reads like the guess of its name
+            same = answer["guesses"][names.index(best["name"])]
+            assert (same["lat"], same["lon"], same["probability"]) == (best["lat"], best["lon"], best["probability"])
 
 
 def test_geojson_round_trips_a_record() -> None:
-    record = {"image": "a.jpg", "views": ["a.jpg", "b.jpg"], "in_coverage": True, "confidence": {"25": 0.5},
-              "guesses": [{"lat": 45.1, "lon": 15.2, "label": "Zagreb, Croatia", "place": "Zagreb", "region": None,
-                           "country": "Croatia", "probability": 0.6},
-                          {"lat": 45.5, "lon": 16.7, "label": "Sesvete", "probability": 0.1}],
-              "warnings": ["answered from 2 of 3 views"]}
+    record = {"image": "a.jpg", "answer": {"name": "Zagreb, Croatia", "lat": 45.1, "lon": 15.2, "place": "Zagreb",
+                                           "region": "", "country": "Croatia", "probability": 0.6,
+                                           "label": "Sesvete, Croatia", "hierarchy": []},
+              "guesses": [{"name": "Zagreb, Croatia", "lat": 45.1, "lon": 15.2, "label": "Sesvete, Croatia",
+                           "place": "Zagreb", "region": None, "country": "Croatia", "probability": 0.6},
+                          {"name": "Sesvete", "lat": 45.5, "lon": 16.7, "label": "Sesvete", "probability": 0.1}],
+              "in_coverage": True, "confidence": {"25": 0.5}, "warnings": ["answered from 2 of 3 views"],
+              "views": ["a.jpg", "b.jpg"]}
     feature = record_to_feature(record)
     assert feature["geometry"] == {"type": "Point", "coordinates": [15.2, 45.1]}
-    assert feature["properties"]["label"] == "Zagreb, Croatia" and feature["properties"]["rank"] == 1
+    assert feature["properties"]["name"] == "Zagreb, Croatia" and feature["properties"]["label"] == "Sesvete, Croatia"
     assert feature_to_record(feature) == record
-    failed = {"image": "bad.jpg", "guesses": [], "error": "bad.jpg: not an image file"}
+    failed = {"image": "bad.jpg", "error": "bad.jpg: not an image file", "answer": None, "guesses": []}
     assert record_to_feature(failed)["geometry"] is None and feature_to_record(record_to_feature(failed)) == failed
+    older = {"image": "old.jpg", "in_coverage": True,  # a journal written before answers stood apart: still drawn
+             "guesses": [{"lat": 45.1, "lon": 15.2, "label": "Zagreb, Croatia", "probability": 0.6}]}
+    assert record_to_feature(older)["geometry"] == {"type": "Point", "coordinates": [15.2, 45.1]}
+    assert feature_to_record(record_to_feature(older)) == older
 
 
 def test_a_16_bit_png_is_answered_like_its_8_bit_twin(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -294,7 +309,8 @@ def test_a_16_bit_png_is_answered_like_its_8_bit_twin(tmp_path: Path, capsys: py
     Image.fromarray(np.full(gray.shape, 255, np.uint8)).save(tmp_path / "white.png")
     assert main(["predict", *(str(tmp_path / f"{n}.png") for n in ("eight", "sixteen", "white")), "--json"]) == 0
     eight, sixteen, white = strict_loads(capsys.readouterr().out)
-    assert [g["label"] for g in sixteen["guesses"]] == [g["label"] for g in eight["guesses"]]
+    assert [g["name"] for g in sixteen["guesses"]] == [g["name"] for g in eight["guesses"]]
+    assert sixteen["answer"]["name"] == eight["answer"]["name"]
     assert np.allclose([g["probability"] for g in sixteen["guesses"]],
                        [g["probability"] for g in eight["guesses"]], atol=1e-4)
     assert [g["probability"] for g in white["guesses"]] != [g["probability"] for g in sixteen["guesses"]]

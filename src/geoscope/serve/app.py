@@ -2,7 +2,8 @@
 
 ``POST /predict`` takes the image bytes as the body, or a multipart form with one or more
 files (``views=true`` fuses them as views of one place); ``GET /health``, ``GET /model``,
-``GET /model/places``, ``GET /countries.geojson`` and the page at ``/``. Every error is
+``GET /model/places``, ``GET /countries.geojson`` and the page at ``/``. The reply's schema is
+derived from :class:`~geoscope.predict.Prediction` and the dataclasses it holds. Every error is
 JSON ``{"error": "..."}``. Bodies are limited in size and must arrive within
 ``body_timeout`` seconds of silence; when ``queue`` requests are in flight the next one
 gets 503 with ``Retry-After``.
@@ -17,13 +18,12 @@ import os
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -32,7 +32,7 @@ from .. import __version__
 from ..answer.refine import REFINERS
 from ..errors import GeoscopeError
 from ..loading import load_any_model
-from ..predict import GeoModel
+from ..predict import GeoModel, Prediction
 from .batching import Busy, MicroBatcher
 from .page import WEB_ASSETS, countries_geojson, model_places, model_summary
 
@@ -60,41 +60,15 @@ class ServeSettings:
     """Threads decoding uploads (default: one per core)."""
 
 
-class Guess(BaseModel):
-    """One ranked guess (documentation of the reply; extra keys may appear)."""
-
-    model_config = ConfigDict(extra="allow")
-    lat: float
-    lon: float
-    label: str
-    probability: float
-    place: str | None = None
-    region: str | None = None
-    country: str | None = None
-
-
-class PredictionReply(BaseModel):
-    """The answer for one image or one place seen in several views (see ``Prediction.to_dict``)."""
-
-    model_config = ConfigDict(extra="allow")
-    image: str
-    guesses: list[Guess]
-    views: list[str] | None = None
-    in_coverage: bool | None = None
-    coverage_score: float | None = None
-    confidence: dict[str, float] | None = None
-    levels: dict[str, list[dict[str, Any]]] | None = None
-    warnings: list[str] | None = None
-    error: str | None = None
-
-
-class PredictionsReply(BaseModel):
+@dataclass(frozen=True)
+class PredictionsReply:
     """Several files sent without ``views=true``: one answer each."""
 
-    predictions: list[PredictionReply]
+    predictions: list[Prediction]
 
 
-class ErrorReply(BaseModel):
+@dataclass(frozen=True)
+class ErrorReply:
     error: str
 
 
@@ -170,7 +144,7 @@ def create_app(model: GeoModel | str | os.PathLike[str] | None = None,
     @app.post(
         "/predict", summary="Guess where a photo (or several views of one place) was taken",
         openapi_extra={"requestBody": _UPLOAD_BODY},
-        responses={200: {"model": PredictionReply | PredictionsReply}, 400: {"model": ErrorReply},
+        responses={200: {"model": Prediction | PredictionsReply}, 400: {"model": ErrorReply},
                    413: {"model": ErrorReply}, 422: {"model": ErrorReply}, 503: {"model": ErrorReply}},
     )
     async def predict(

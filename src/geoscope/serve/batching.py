@@ -6,7 +6,8 @@ One thread takes what is queued, waits up to ``max_wait_ms`` for requests still 
 decoded (never when none is), and encodes up to ``max_batch`` images in runs of
 ``encode_batch`` (larger runs cost more CPU per image on small CPUs); a second thread
 answers each encoded run (requests with the same options share one call of the model's
-``predict``) while the first encodes the next. Uploads never touch the
+answer path, :meth:`GeoModel.predict_features`, views of one place fused per request) while the
+first encodes the next. Uploads never touch the
 feature cache: :meth:`GeoModel.predict_features` answers from features computed here.
 """
 
@@ -59,7 +60,8 @@ def features_from_arrays(model: GeoModel, arrays: Sequence[np.ndarray], batch_si
     encoded = np.concatenate([encoder.encode(stacked[i:i + step]) for i in range(0, len(stacked), step)]
                              or [np.zeros((0, encoder.dim), dtype=np.float32)])
     encoded = encoded.reshape(len(arrays), crops, encoder.dim)
-    # As ImageSide.extract combines crops: the fine-tuned top reads them side by side, a frozen head their mean.
+    # As ImageSide.extract combines crops: the fine-tuned top reads them side by side, a frozen head their mean
+    # (the rule should come from ImageSide itself: models/ is another stage's, see the change's notes).
     rows = encoded.reshape(len(arrays), -1) if model.image_side.finetune_blocks else encoded.mean(axis=1)
     return apply_adapter(model.adapter, rows)
 
@@ -255,11 +257,10 @@ class MicroBatcher:
 
     def _answer_all(self) -> None:
         while (batch := self._answers.get()) is not None:
-            # Requests of single images with the same options share one predict call.
+            # Requests with the same options share one call of the answer path (with views: one place each).
             groups: dict[str, list[_Job]] = collections.defaultdict(list)
             for job in batch:
-                key = repr(sorted(job.options.items())) if not job.options.get("views") else f"views-{id(job)}"
-                groups[key].append(job)
+                groups[repr(sorted(job.options.items()))].append(job)
             for jobs in groups.values():
                 self._answer(jobs)
 
@@ -269,8 +270,10 @@ class MicroBatcher:
             embeddings=np.concatenate([f.embeddings for f in features]),
             valid=np.concatenate([f.valid for f in features]), errors=[e for f in features for e in f.errors],
             encoder_name=features[0].encoder_name, paths=[p for f in features for p in f.paths])
+        views = bool(jobs[0].options.get("views"))
+        places = np.repeat(np.arange(len(features)), [len(f.paths) for f in features]) if views else None
         try:
-            predictions = self.model.predict_features(merged, merged.paths, **jobs[0].options)
+            predictions = self.model.predict_features(merged, merged.paths, places=places, **jobs[0].options)
         except Exception as exc:
             for job in jobs:
                 _resolve(job, exception=exc)

@@ -40,6 +40,7 @@
     width: 1,
     height: 1,
     guesses: [],
+    answer: null, // the best single answer: its own marker, apart from the guesses' ranking
     home: null, // [x0, y0, x1, y1] the view when nothing is answered: the model's places
 
     init() {
@@ -116,6 +117,7 @@
 
     fitGuesses() {
       const shown = this.guesses.filter((g, i) => i < 3 || g.probability >= 0.05);
+      if (this.answer) shown.push(this.answer);
       if (!shown.length) { this.fit(this.home || [0, 0, WORLD, WORLD]); return; }
       const pts = shown.map((g) => project(g.lon, g.lat));
       const xs = pts.map((p) => p[0]), ys = pts.map((p) => p[1]);
@@ -169,8 +171,9 @@
       }
     },
 
-    show(guesses) {
-      this.guesses = guesses || [];
+    show(answer) {
+      this.guesses = (answer && answer.guesses) || [];
+      this.answer = (answer && answer.answer) || null;
       this.fitGuesses();
     },
 
@@ -196,28 +199,50 @@
         const label = document.createElementNS(SVG, "text");
         label.textContent = String(i + 1);
         const title = document.createElementNS(SVG, "title");
-        title.textContent = `${i + 1}. ${g.label} (${pct(g.probability)})`;
+        title.textContent = `${i + 1}. ${g.name} (${pct(g.probability)})`;
         marker.append(halo, core, label, title);
         marker.addEventListener("mouseenter", () => highlight(i, true));
         marker.addEventListener("mouseleave", () => highlight(i, false));
         layer.appendChild(marker);
       }
+      if (this.answer) { // drawn last: on top of the guess it usually shares its point with
+        const a = this.answer;
+        const [wx, wy] = project(a.lon, a.lat);
+        const marker = document.createElementNS(SVG, "g");
+        marker.setAttribute("class", "marker answer");
+        marker.setAttribute("transform", `translate(${(this.tx + wx * this.k).toFixed(1)} ${(this.ty + wy * this.k).toFixed(1)})`);
+        const core = document.createElementNS(SVG, "circle");
+        core.setAttribute("class", "core");
+        core.setAttribute("r", "10");
+        const label = document.createElementNS(SVG, "text");
+        label.textContent = "★";
+        const title = document.createElementNS(SVG, "title");
+        title.textContent = `answer: ${a.name}`;
+        marker.append(core, label, title);
+        layer.appendChild(marker);
+      }
       this.drawNames();
     },
 
-    // Names of the three best guesses beside their markers, each where it overlaps no other name or marker.
+    // Names beside the markers, each where it overlaps no other name or marker: the answer's first, then the
+    // three most probable guesses' (a guess named like the answer is not named twice).
     drawNames() {
-      const placed = this.guesses.map((g) => {
+      const at = (g) => {
         const [wx, wy] = project(g.lon, g.lat);
-        const x = this.tx + wx * this.k, y = this.ty + wy * this.k;
-        return { x: x - 9, y: y - 9, w: 18, h: 18, cx: x, cy: y };
-      });
+        return [this.tx + wx * this.k, this.ty + wy * this.k];
+      };
+      const points = [...this.guesses, ...(this.answer ? [this.answer] : [])].map(at);
+      const placed = points.map(([x, y]) => ({ x: x - 10, y: y - 10, w: 20, h: 20 }));
       const overlaps = (a, b) => a.x < b.x + b.w && b.x < a.x + a.w && a.y < b.y + b.h && b.y < a.y + a.h;
-      this.guesses.slice(0, 3).forEach((g, i) => {
-        const { cx, cy } = placed[i];
+      const named = this.answer ? [{ g: this.answer, answer: true }] : [];
+      this.guesses.slice(0, 3).forEach((g) => {
+        if (!named.some((n) => n.g.name === g.name)) named.push({ g, answer: false });
+      });
+      named.forEach(({ g, answer }) => {
+        const [cx, cy] = at(g);
         const text = document.createElementNS(SVG, "text");
-        text.setAttribute("class", "name");
-        text.textContent = g.place || g.label;
+        text.setAttribute("class", "name" + (answer ? " answer" : ""));
+        text.textContent = g.place || g.name;
         this.markers.appendChild(text);
         const w = text.getComputedTextLength() + 4, h = 16;
         const spots = [[12, -h - 4], [12, 4], [-w - 12, -h - 4], [-w - 12, 4], [-w / 2, -h - 14], [-w / 2, 14]];
@@ -275,13 +300,25 @@
         `This photo looks unlike the places the model was trained on${score}. ` +
         `The guesses below are only the nearest places it knows.</div>`;
     }
+    const best = answer.answer || null;
+    if (best) {
+      const score = typeof best.expected_geoscore === "number"
+        ? ` · expected score ${Math.round(best.expected_geoscore).toLocaleString("en")}` : "";
+      html += "<h3>Answer</h3><p class=\"best\"><span class=\"star\">★</span>" +
+        `<span class="where">${esc(best.name)}<small>${best.lat.toFixed(3)}, ${best.lon.toFixed(3)}${score}</small></span></p>`;
+      const path = (best.hierarchy || []).filter((step) => step && step.name);
+      if (path.length) {
+        html += "<p class=\"path\">" + path.map((step) => esc(step.name) +
+          (typeof step.probability === "number" ? ` <b>${pct(step.probability)}</b>` : "")).join(" → ") + "</p>";
+      }
+    }
     const chips = [];
     if (answer.in_coverage === true) chips.push("<span class=\"chip\">within the model's coverage</span>");
     if (answer.confidence && typeof answer.confidence === "object") {
       const entries = Object.entries(answer.confidence).filter(([, p]) => typeof p === "number")
         .sort((a, b) => Number(a[0]) - Number(b[0]));
       for (const [km, p] of entries) chips.push(`<span class="chip">within ${esc(km)} km: <b>${pct(p)}</b></span>`);
-      if (entries.length) chips.unshift("<h3>How sure (top guess)</h3>");
+      if (entries.length) chips.unshift("<h3>How sure (the answer)</h3>");
     }
     html += chips.join("");
     const levels = answer.levels && typeof answer.levels === "object" ? answer.levels : {};
@@ -291,19 +328,15 @@
     }
     const guesses = answer.guesses || [];
     if (guesses.length) {
-      html += "<h3>Places</h3><ol class=\"guesses\">" + guesses.map((g, i) => {
-        const name = g.place || g.label;
-        const context = [g.region, g.country].filter(Boolean).join(", ");
+      html += "<h3>Guesses by probability</h3><ol class=\"guesses\">" + guesses.map((g, i) => {
+        const chosen = best && g.name === best.name;
         const coords = `${g.lat.toFixed(3)}, ${g.lon.toFixed(3)}`;
-        return `<li data-rank="${i + 1}"><span class="rank">${i + 1}</span>` +
-          `<span class="where">${esc(name)}<small>${esc(context ? context + " · " + coords : coords)}</small></span>` +
+        const from = g.label && g.label !== g.name ? ` title="the model's label: ${esc(g.label)}"` : "";
+        return `<li data-rank="${i + 1}"${chosen ? " class=\"chosen\"" : ""}><span class="rank">${i + 1}</span>` +
+          `<span class="where"${from}>${esc(g.name)}<small>${coords}${chosen ? " · the answer" : ""}</small></span>` +
           `<span class="pct">${pct(g.probability)}</span>` +
           `<span class="bar"><i style="width:${(100 * g.probability).toFixed(1)}%"></i></span></li>`;
       }).join("") + "</ol>";
-      if (guesses.slice(1).some((g) => g.probability > guesses[0].probability)) {
-        html += "<p class=\"note\">1 is the best single answer: the likeliest place in the area with the " +
-          "highest expected score; the rest follow by probability.</p>";
-      }
     }
     if (Array.isArray(answer.warnings) && answer.warnings.length) {
       html += "<ul class=\"warnings\">" + answer.warnings.map((w) => `<li>${esc(w)}</li>`).join("") + "</ul>";
@@ -331,7 +364,7 @@
   }
 
   function select(index) {
-    if (index === state.selected && map.guesses === (state.answers[index] || {}).guesses) return;
+    if (index === state.selected && map.answer === ((state.answers[index] || {}).answer || null)) return;
     state.selected = index;
     document.querySelectorAll(".answer").forEach((el, i) => el.classList.toggle("selected", i === index));
     document.querySelectorAll(".previews figure").forEach((el, i) => {
@@ -339,7 +372,7 @@
       el.classList.toggle("selected", answer && answer.views ? true : i === index);
     });
     const answer = state.answers[index];
-    map.show(answer && !answer.error ? answer.guesses : []);
+    map.show(answer && !answer.error ? answer : null);
   }
 
   function showPreviews(files) {
@@ -368,7 +401,7 @@
     state.answers = [];
     state.selected = 0;
     renderAnswers();
-    map.show([]);
+    map.show(null);
     document.body.dataset.state = "busy";
     setStatus(files.length > 1 ? (views ? `Asking the model about ${files.length} views of one place…`
       : `Asking the model about ${files.length} photos…`) : "Asking the model…");

@@ -1,0 +1,115 @@
+"""One answer path: ``evaluate`` scores the very answers ``predict --json`` prints, decided in one place."""
+
+from __future__ import annotations
+
+import ast
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import shared_dataset
+
+import geoscope
+from geoscope.cli.main import main
+from geoscope.data.manifest import read_manifest
+from geoscope.evaluate.results import MODEL
+from geoscope.evaluate.scoring import evaluate, training_rows
+from geoscope.geo.labels import LabelScheme, assign_labels
+from geoscope.geo.sphere import haversine_km, summarize_errors
+from geoscope.predict import GeoModel, load_model
+
+PACKAGE = Path(geoscope.__file__).parent
+SAMPLE_IMAGES = 60
+
+
+@pytest.fixture(scope="module")
+def model() -> GeoModel:
+    return load_model()
+
+
+@pytest.fixture(scope="module")
+def sample(model: GeoModel, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """60 held-out images of the western USA set (20 places, 3 views each) as a manifest of absolute paths."""
+    folder = shared_dataset("us-west")
+    manifest = read_manifest(folder / "manifest.csv")
+    seen = training_rows(model, manifest)
+    frame = manifest.frame.assign(image=[str(p) for p in manifest.image_paths], seen=seen)
+    held_out = frame.groupby("location_id")["seen"].transform("sum") == 0
+    places = frame.loc[held_out, "location_id"].drop_duplicates().iloc[: SAMPLE_IMAGES // 3]
+    rows = frame[frame["location_id"].isin(places)].drop(columns="seen")
+    assert len(rows) == SAMPLE_IMAGES
+    path = tmp_path_factory.mktemp("sample") / "manifest.csv"
+    rows.to_csv(path, index=False)
+    return path
+
+
+def scored(model: GeoModel, records: list[dict], truth: pd.DataFrame) -> dict:
+    """The metrics of ``evaluate``, computed from ``predict --json`` records: each answer's point against the
+    truth of its image (a place's first view), its label against the true label."""
+    by_image = truth.drop_duplicates("image").set_index("image")
+    lat = by_image.loc[[r["image"] for r in records], "lat"].to_numpy(dtype=np.float64)
+    lon = by_image.loc[[r["image"] for r in records], "lon"].to_numpy(dtype=np.float64)
+    errors = haversine_km(lat, lon, [r["answer"]["lat"] for r in records], [r["answer"]["lon"] for r in records])
+    out = summarize_errors(np.asarray(errors)).to_dict()
+    labels = model.labels
+    true = assign_labels(lat, lon, labels, LabelScheme.from_dict(model.config["labels"]))
+    rows = {name: i for i, name in enumerate(labels["name"].astype(str))}
+    predicted = np.array([rows[r["answer"]["label"]] for r in records])
+    out["label_accuracy"] = float((predicted[true >= 0] == true[true >= 0]).mean())
+    out["n_labelled"] = int((true >= 0).sum())
+    return out
+
+
+def same_metrics(a: dict, b: dict) -> bool:
+    """Equal, up to the JSON's rounding of coordinates to 1e-6° (about 0.1 m)."""
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same_metrics(a[k], b[k]) for k in a)
+    if isinstance(a, float):
+        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-3)
+    return a == b
+
+
+@pytest.mark.shared_data
+@pytest.mark.parametrize("views", [True, False], ids=["places", "images"])
+def test_evaluate_scores_what_predict_json_prints(model: GeoModel, sample: Path, views: bool,
+                                                  capsys: pytest.CaptureFixture) -> None:
+    manifest = read_manifest(sample)
+    result, errors = evaluate(model, manifest, fuse_views=views, progress=False)
+    assert not errors and len(result.predictions) == (SAMPLE_IMAGES // 3 if views else SAMPLE_IMAGES)
+    capsys.readouterr()
+    assert main(["predict", str(sample), "--json", *(["--views"] if views else [])]) == 0
+    records = json.loads(capsys.readouterr().out)
+    assert [r["image"] for r in records] == result.predictions["image"].tolist()
+    assert same_metrics(scored(model, records, manifest.frame), result.metrics[MODEL])
+    # and row by row: the point, the label, coverage and confidence evaluate reads are the answer's
+    p = result.predictions
+    assert np.allclose(p["pred_lat"], [r["answer"]["lat"] for r in records], atol=1e-6)
+    assert p["pred_label"].tolist() == [r["answer"]["label"] for r in records]
+    assert p["in_coverage"].tolist() == [r["in_coverage"] for r in records]
+    assert p["confidence_25"].tolist() == [r["answer"]["confidence"]["25"] for r in records]
+
+
+def _calls(tree: ast.AST, names: set[str]) -> list[ast.Call]:
+    def name(node: ast.Call) -> str | None:
+        return node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", None)
+
+    return [node for node in ast.walk(tree) if isinstance(node, ast.Call) and name(node) in names]
+
+
+def test_the_answer_is_decided_in_one_place() -> None:
+    """Outside ``answer/``, only ``GeoModel.answer`` turns probabilities into answers and moves them with a
+    refiner; no output, server, report or evaluation picks a best guess or a confidence of its own."""
+    deciders: list[str] = []
+    for path in PACKAGE.rglob("*.py"):
+        if path.parent.name == "answer":
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for function in [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)]:
+            if _calls(function, {"answer_rows", "coordinates"}):
+                deciders.append(f"{path.relative_to(PACKAGE)}:{function.name}")
+        if path.parent.name in ("outputs", "serve", "report", "cli", "evaluate"):
+            assert not _calls(tree, {"best_guesses", "mass_near_top", "confidence", "answer_rows"}), path
+    assert sorted(set(deciders)) == ["predict.py:answer", "predict.py:refined"]  # refined: GeoModel.answer's own
