@@ -113,3 +113,16 @@ def test_the_answer_is_decided_in_one_place() -> None:
         if path.parent.name in ("outputs", "serve", "report", "cli", "evaluate"):
             assert not _calls(tree, {"best_guesses", "mass_near_top", "confidence", "answer_rows"}), path
     assert sorted(set(deciders)) == ["predict.py:answer", "predict.py:refined"]  # refined: GeoModel.answer's own
+
+
+def test_a_place_never_holds_more_probability_than_its_region_or_country(model: GeoModel) -> None:
+    """Refined guesses are named where they point, and their probability counts in the region they point into
+    (croatia-1's answer lies in another region than the label it came from)."""
+    examples = sorted((PACKAGE.parents[1] / "examples" / "images").glob("*.jpg"))
+    for prediction in model.predict(examples, top_k=5):
+        steps = [s["probability"] for s in prediction.answer.hierarchy if s["probability"] is not None]
+        assert steps == sorted(steps, reverse=True), (prediction.image, prediction.answer.hierarchy)
+        regions = {entry["name"]: entry["probability"] for entry in prediction.levels["region"]}
+        for guess in prediction.guesses:
+            key = f"{guess.region}, {guess.country}"
+            assert key not in regions or guess.probability <= regions[key] + 1e-6, (prediction.image, guess)

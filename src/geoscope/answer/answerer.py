@@ -311,13 +311,15 @@ class Answerer:
         best = self.best(q) if len(rows) else np.zeros(0, dtype=np.int64)
         calibrated = self.confidence(q, best) if len(rows) else None
         sums = {name: q @ membership for name, (membership, group_names) in self._membership.items() if group_names}
-        ranked = {name: self._rank(s, name, max(LEVEL_ROWS, top_k)) for name, s in sums.items()}
         if level == "place":
             labels, masses, counts = self._candidates(q, best, top_k)
             moved = refine(rows, labels) if refine is not None and len(rows) else None
             named = [self._place_answer(j, labels[j], masses[j], int(counts[j]), moved, top_k)
                      for j in range(len(rows))]
-        else:
+            if moved is not None and moved.names is not None:
+                self._follow_moves(sums, labels, masses, counts, moved.names)
+        ranked = {name: self._rank(s, name, max(LEVEL_ROWS, top_k)) for name, s in sums.items()}
+        if level != "place":
             named = [self._level_answer(q[j], int(best[j]), level, ranked[level][j][:top_k])
                      for j in range(len(rows))]
         expected = self.expected_geoscore(q, np.array([a.lat for a, _ in named]), np.array([a.lon for a, _ in named]))
@@ -344,6 +346,26 @@ class Answerer:
         return Prediction(image, guesses, in_coverage=in_coverage, coverage_score=float(coverage_score)
                           if coverage_score is not None else None, confidence=answer.confidence, levels=levels,
                           answer=answer)
+
+    def _follow_moves(self, sums: dict[str, np.ndarray], labels: np.ndarray, masses: np.ndarray, counts: np.ndarray,
+                      names: np.ndarray) -> None:
+        """The summed probabilities per country and region moved with the refined labels: a label whose point lies
+        in another (known) region or country counts there, as it is named, so that a place's probability never
+        exceeds its region's."""
+        keys = {"country": lambda region, country: country, "region": lambda region, country: f"{region}, {country}"}
+        for j, count in enumerate(counts.tolist()):
+            for c in range(count):
+                where = names[j, c]
+                if where is None:
+                    continue
+                label = int(labels[j, c])
+                for level, key in keys.items():
+                    columns = self._group_column.get(level, {})
+                    old = columns.get(key(self.region[label], self.country[label]))
+                    new = columns.get(key(str(where[1]), str(where[2])))
+                    if level in sums and old is not None and new is not None and old != new:
+                        sums[level][j, old] -= masses[j, c]
+                        sums[level][j, new] += masses[j, c]
 
     def _rank(self, sums: np.ndarray, level: str, limit: int) -> list[list[Share]]:
         """For each row of summed probabilities per country (or region), the ``limit`` most probable (unnamed
