@@ -156,3 +156,68 @@ def test_serve_with_workers_refuses_a_broken_bundle_before_any_worker_starts(tmp
     result = run("serve", "--model", bundle, "--workers", "2", "--port", "0", timeout=120)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and str(bundle) in result.stderr
+
+
+def _photos(folder: Path, n: int) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    examples = sorted((REPO / "examples" / "images").glob("*.jpg"))
+    paths = []
+    for i in range(n):
+        paths.append(folder / f"p{i:03d}.jpg")
+        shutil.copy(examples[i % len(examples)], paths[-1])
+    return paths
+
+
+def test_a_second_writer_of_one_output_is_refused_and_rows_stay_one_per_image(tmp_path):
+    from geoscope.fileio import sole_writer
+
+    _photos(tmp_path / "photos", 60)
+    out = tmp_path / "out.jsonl"
+    with sole_writer(out):  # a first writer at work
+        refused = run("predict", tmp_path / "photos", "-o", out)
+    assert refused.returncode == 2 and "another geoscope is writing it" in refused.stderr
+    assert not out.exists()
+    both = [subprocess.Popen([*GEOSCOPE, "predict", str(tmp_path / "photos"), "-o", str(out), "--chunk-size", "8"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    codes = sorted(p.wait(timeout=300) for p in both)
+    assert codes[0] == 0
+    rows = [json.loads(line)["image"] for line in out.read_text().splitlines()]
+    assert len(rows) == len(set(rows)) == 60
+    assert run("predict", tmp_path / "photos", "-o", out).returncode == 0  # the lock is let go
+    assert len(out.read_text().splitlines()) == 60
+
+
+def test_a_full_disk_while_writing_answers_leaves_whole_chunks_only(tmp_path, small_disk):
+    _photos(tmp_path / "photos", 60)  # about 2 kB of JSON each: 120 kB in all, 8 to a chunk
+    out = small_disk / "out.jsonl"
+    (small_disk / "ballast").write_bytes(b"\0" * 240_000)  # leaves room for some chunks, not all
+    argv = ("predict", tmp_path / "photos", "-o", out, "--chunk-size", "8", "--top-k", "3")
+    full = run(*argv)
+    assert full.returncode == 2 and "Traceback" not in full.stderr and "the chunk was not added" in full.stderr
+    lines = out.read_bytes().split(b"\n")
+    assert lines[-1] == b"" and all(json.loads(line)["guesses"] for line in lines[:-1])
+    assert 0 < len(lines) - 1 < 60 and (len(lines) - 1) % 8 == 0
+    (small_disk / "ballast").unlink()
+    rerun = run(*argv)
+    assert rerun.returncode == 0, rerun.stderr
+    images = [json.loads(line)["image"] for line in out.read_text().splitlines()]
+    assert len(images) == len(set(images)) == 60
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".geojson", ".csv"])
+def test_file_names_that_are_not_utf8_are_written_and_resumed(tmp_path, suffix):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    name = os.fsdecode(b"caf\xe9-\xff.jpg")  # Latin-1 bytes: not UTF-8
+    shutil.copy(EXAMPLE, folder / name)
+    shutil.copy(EXAMPLE, folder / "plain.jpg")
+    out = tmp_path / f"out{suffix}"
+    first = run("predict", folder, "-o", out)
+    assert first.returncode == 0 and "Traceback" not in first.stderr, first.stderr
+    again = run("predict", folder, "-o", out)
+    assert again.returncode == 0 and "2 already in" in again.stderr and "0 added" in again.stderr
+    if suffix != ".csv":
+        text = out.read_text(encoding="utf-8")
+        records = [json.loads(line) for line in text.splitlines()] if suffix == ".jsonl" else \
+            [f["properties"] for f in json.loads(text)["features"]]
+        assert {os.fsencode(Path(r["image"]).name) for r in records} == {b"caf\xe9-\xff.jpg", b"plain.jpg"}

@@ -38,6 +38,36 @@ def atomic_open(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
         raise
 
 
+@contextlib.contextmanager
+def sole_writer(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Hold an exclusive lock beside ``path`` (``.<name>.lock``) while the block writes it; a second writer of the
+    same file is refused in one line instead of interleaving its rows with the first's."""
+    import fcntl  # POSIX; geoscope's outputs are written on Linux and macOS
+
+    target = Path(path)
+    lock = target.with_name(f".{target.name}.lock")
+    while True:
+        fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o666 & ~current_umask())
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise GeoscopeError(f"{quote_name(target)}: another geoscope is writing it; wait for it to finish, "
+                                "or write to another file") from None
+        try:  # the lock file may have been removed by the writer before us between our open and our lock
+            if os.stat(lock).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(lock)  # before the lock is let go: whoever opens the name next makes a new file
+        os.close(fd)
+
+
 def check_writable(path: str | os.PathLike[str], *, folder: bool = False) -> Path:
     """Refuse, before any work is done, an output that cannot be written; returns ``path``.
 

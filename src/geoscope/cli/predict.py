@@ -49,6 +49,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..fileio import check_writable, sole_writer
+
+    if not args.output:
+        return _run(args)
+    check_writable(args.output)
+    with sole_writer(args.output):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ..loading import load_any_model

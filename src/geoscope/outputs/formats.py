@@ -29,6 +29,7 @@ line, which the next run drops (and answers again) before appending.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -311,16 +312,32 @@ def open_predictions_file(path: str | os.PathLike[str], *, top_k: int) -> Predic
     return JsonlFile(path)
 
 
-def append_whole(path: Path, data: bytes) -> None:
-    """Append ``data`` with one write, then flush it to disk."""
+def utf8_safe(text: str) -> str:
+    """``text`` with what UTF-8 cannot hold escaped: a file name that is not UTF-8 reaches Python with its bytes
+    as lone surrogates, written ``\\udcff``; inside a JSON string that escape reads back as the same name."""
+    return text.encode("utf-8", errors="backslashreplace").decode("utf-8")
+
+
+def append_whole(path: Path, text: str) -> None:
+    """Append ``text`` (UTF-8, :func:`utf8_safe`) whole, then flush it to disk; on a write error (a full disk) the
+    file is cut back to where it was, so a chunk is whole or absent."""
+    data = utf8_safe(text).encode("utf-8")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "ab") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-    except OSError as exc:
-        raise GeoscopeError(f"{quote_name(path)}: cannot write ({exc.strerror or exc})") from None
+        before = os.fstat(fd).st_size
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, before)
+            raise GeoscopeError(f"{quote_name(path)}: cannot write ({exc.strerror or exc}); the chunk was not "
+                                "added, rerun to continue") from None
+    finally:
+        os.close(fd)
 
 
 def read_complete_lines(path: Path) -> list[str]:
@@ -369,7 +386,7 @@ class JsonlFile:
         return image in self.images
 
     def write(self, records: list[dict]) -> None:
-        append_whole(self.path, "".join(strict_json(r) + "\n" for r in records).encode("utf-8"))
+        append_whole(self.path, "".join(strict_json(r) + "\n" for r in records))
         self.images.update(r["image"] for r in records)
 
     def close(self, *, complete: bool) -> None:
@@ -406,7 +423,7 @@ class CsvFile:
         return len(self.images)
 
     def holds(self, image: str) -> bool:
-        return one_line(image) in self.images
+        return utf8_safe(one_line(image)) in self.images
 
     def write(self, records: list[dict]) -> None:
         text = ""
@@ -417,12 +434,12 @@ class CsvFile:
         for record in records:
             values = csv_values(record)
             rows.append([csv_cell(values.get(column)) for column in self.header])
-        append_whole(self.path, (text + csv_text(rows)).encode("utf-8"))
-        self.images.update(one_line(r["image"]) for r in records)
+        append_whole(self.path, text + csv_text(rows))
+        self.images.update(utf8_safe(one_line(r["image"])) for r in records)
 
     def close(self, *, complete: bool) -> None:
         if self.header is None and not self.path.exists():  # nothing was answered: still leave a valid file
-            append_whole(self.path, ("\ufeff" + csv_text([csv_header(self.top_k)])).encode("utf-8"))
+            append_whole(self.path, "\ufeff" + csv_text([csv_header(self.top_k)]))
 
 
 class GeoJsonFile:
@@ -467,9 +484,9 @@ class GeoJsonFile:
 
     def write(self, records: list[dict]) -> None:
         if not self.journal.is_file() and self.features:  # the records of the finished document start it
-            atomic_write_text(self.journal, "".join(
-                strict_json(feature_to_record(json.loads(f))) + "\n" for f in self.features))
-        append_whole(self.journal, "".join(strict_json(r) + "\n" for r in records).encode("utf-8"))
+            atomic_write_text(self.journal, utf8_safe("".join(
+                strict_json(feature_to_record(json.loads(f))) + "\n" for f in self.features)))
+        append_whole(self.journal, "".join(strict_json(r) + "\n" for r in records))
         for record in records:
             self._add(record)
         self._dirty = True
@@ -480,7 +497,7 @@ class GeoJsonFile:
         """Write the whole FeatureCollection atomically."""
         start = time.perf_counter()
         try:
-            atomic_write_text(self.path, feature_collection(self.features))
+            atomic_write_text(self.path, utf8_safe(feature_collection(self.features)))
         except OSError as exc:
             raise GeoscopeError(f"{quote_name(self.path)}: cannot write ({exc.strerror or exc})") from None
         self._rendered_at = time.perf_counter()
