@@ -311,16 +311,16 @@ class Answerer:
         best = self.best(q) if len(rows) else np.zeros(0, dtype=np.int64)
         calibrated = self.confidence(q, best) if len(rows) else None
         sums = {name: q @ membership for name, (membership, group_names) in self._membership.items() if group_names}
+        labels, masses, counts = self._candidates(q, best, top_k)
+        moved = refine(rows, labels) if refine is not None and len(rows) else None
+        if moved is not None and moved.names is not None:  # at every level, so that its sums are the same
+            self._follow_moves(sums, labels, masses, counts, moved.names)
+        ranked = {name: self._rank(s, name, max(LEVEL_ROWS, top_k)) for name, s in sums.items()}
         if level == "place":
-            labels, masses, counts = self._candidates(q, best, top_k)
-            moved = refine(rows, labels) if refine is not None and len(rows) else None
             named = [self._place_answer(j, labels[j], masses[j], int(counts[j]), moved, top_k)
                      for j in range(len(rows))]
-            if moved is not None and moved.names is not None:
-                self._follow_moves(sums, labels, masses, counts, moved.names)
-        ranked = {name: self._rank(s, name, max(LEVEL_ROWS, top_k)) for name, s in sums.items()}
-        if level != "place":
-            named = [self._level_answer(q[j], int(best[j]), level, ranked[level][j][:top_k])
+        else:
+            named = [self._level_answer(q[j], int(best[j]), level, ranked[level][j][:top_k], sums[level][j])
                      for j in range(len(rows))]
         expected = self.expected_geoscore(q, np.array([a.lat for a, _ in named]), np.array([a.lon for a, _ in named]))
         scores = [None] * len(p) if coverage_scores is None else list(coverage_scores)
@@ -471,7 +471,8 @@ class Answerer:
         return answer, [Guess(lat, lon, label, mass, place, region, country, name)
                         for lat, lon, label, place, region, country, name, mass in ranked]
 
-    def _level_answer(self, p: np.ndarray, best: int, level: str, ranked: list[Share]) -> tuple[Answer, list[Guess]]:
+    def _level_answer(self, p: np.ndarray, best: int, level: str, ranked: list[Share],
+                      sums: np.ndarray) -> tuple[Answer, list[Guess]]:
         """The answer at ``level``: the country (or region) of the best single answer, at that label; the
         guesses: one per country (or region) ``ranked`` (:meth:`_rank`), at its most probable label (the
         answer's at the answer's)."""
@@ -482,7 +483,7 @@ class Answerer:
             members = np.flatnonzero(values == home)
             best = int(members[np.argmax(p[members])])
         column = self._group_column[level][home]
-        mass = float(p @ self._membership[level][0][:, column])
+        mass = float(sums[column])
         region = str(self.region[best]) if level == "region" else ""
         answer = Answer(float(self.lat[best]), float(self.lon[best]), home, "", region, str(self.country[best]),
                         home, mass)

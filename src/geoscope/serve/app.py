@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gzip
+import logging
 import os
 import re
 from collections.abc import AsyncIterator
@@ -26,6 +27,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import __version__
@@ -36,6 +38,7 @@ from ..predict import GeoModel, Prediction
 from .batching import Busy, MicroBatcher
 from .page import WEB_ASSETS, countries_geojson, model_places, model_summary
 
+LOG = logging.getLogger("geoscope.serve")
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 MAX_FILES = 16
 
@@ -56,6 +59,12 @@ class ServeSettings:
     max_upload_bytes: int = MAX_UPLOAD_BYTES
     body_timeout: float = 5.0
     """Seconds of silence allowed while a request body is arriving."""
+    body_grace: float = 10.0
+    body_min_rate: float = 50_000.0
+    """A body must arrive within ``body_grace`` seconds plus its size over this rate (bytes/s): a client trickling
+    a byte now and then is cut with 408 instead of holding its connection for as long as it likes."""
+    uploads: int = 256
+    """Most request bodies arriving at once; they do not hold places of the encoding ``queue``."""
     decode_workers: int | None = None
     """Threads decoding uploads (default: one per core)."""
 
@@ -110,7 +119,9 @@ def create_app(model: GeoModel | str | os.PathLike[str] | None = None,
     app.state.model = model
     app.state.batcher = batcher
     app.state.settings = settings
-    app.add_middleware(BodyGuard, max_bytes=settings.max_upload_bytes, timeout=settings.body_timeout)
+    app.add_middleware(BodyGuard, max_bytes=settings.max_upload_bytes, timeout=settings.body_timeout,
+                       grace=settings.body_grace, min_rate=settings.body_min_rate)
+    uploading = [0]  # bodies arriving now (changed on the event loop only)
     _add_error_handlers(app, settings)
 
     @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
@@ -158,15 +169,20 @@ def create_app(model: GeoModel | str | os.PathLike[str] | None = None,
         allow_missing_views: Annotated[bool, Query(
             description="with views: answer from the readable views if some cannot be read (with a warning)")] = False,
     ) -> JSONResponse:
+        if uploading[0] >= settings.uploads:
+            await _drain(request)
+            return _busy()
+        uploading[0] += 1
+        try:  # the body is read before the request takes a place in the encoding queue
+            images = await _read_images(request)
+        finally:
+            uploading[0] -= 1
         try:
             with batcher.admit() as ticket:
-                images = await _read_images(request)
                 predictions = await batcher.predict(ticket, images, top_k=top_k, views=views, level=level,
                                                     refine=refine, allow_missing_views=allow_missing_views)
         except Busy:
-            await _drain(request)
-            return JSONResponse({"error": "busy: too many requests in flight, retry in a second"},
-                                status_code=503, headers={"Retry-After": "1"})
+            return _busy()
         answers = [p.to_dict() for p in predictions]
         if all(a.get("error") for a in answers):
             raise HTTPException(400, "; ".join(a["error"] for a in answers))
@@ -206,6 +222,11 @@ def upload_name(filename: str | None, index: int) -> str:
     return base or f"upload-{index + 1}"
 
 
+def _busy() -> JSONResponse:
+    return JSONResponse({"error": "busy: too many requests in flight, retry in a second"}, status_code=503,
+                        headers={"Retry-After": "1"})
+
+
 async def _drain(request: Request) -> None:
     """Read and drop a refused request's body, so that closing the connection does not reset it."""
     with contextlib.suppress(Exception):
@@ -214,6 +235,12 @@ async def _drain(request: Request) -> None:
 
 
 def _add_error_handlers(app: FastAPI, settings: ServeSettings) -> None:
+    @app.exception_handler(ClientDisconnect)
+    async def hung_up(request: Request, exc: ClientDisconnect) -> Response:
+        client = f"{request.client.host}:{request.client.port}" if request.client else "a client"
+        LOG.info("%s hung up before its request %s %s was read", client, request.method, request.url.path)
+        return Response(status_code=400)  # nobody is listening: never sent
+
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         message = str(exc.detail)
@@ -249,15 +276,19 @@ def _add_error_handlers(app: FastAPI, settings: ServeSettings) -> None:
 class BodyGuard:
     """ASGI middleware: a request body must stay under ``max_bytes`` and keep arriving.
 
-    A body announced (``Content-Length``) or grown over the limit gets 413; a client that
-    goes silent for ``timeout`` seconds mid-body (say, one that promised more bytes than it
-    sends) gets 408. Both close the connection instead of holding a worker.
+    A body announced (``Content-Length``) or grown over the limit gets 413; a client that goes silent for
+    ``timeout`` seconds mid-body (say, one that promised more bytes than it sends), or whose body takes longer
+    than ``grace`` seconds plus its size over ``min_rate``, gets 408. Both close the connection instead of
+    holding a worker.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int, timeout: float) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout: float, grace: float = 10.0,
+                 min_rate: float = 50_000.0) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.timeout = timeout
+        self.grace = grace
+        self.min_rate = min_rate
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -266,6 +297,8 @@ class BodyGuard:
         announced = dict(scope["headers"]).get(b"content-length", b"").strip()
         too_large = announced.isdigit() and int(announced) > self.max_bytes
         complete, received = False, 0
+        loop = asyncio.get_running_loop()
+        start = loop.time()
 
         async def guarded_receive() -> Message:
             nonlocal complete, received
@@ -273,11 +306,13 @@ class BodyGuard:
                 return await receive()
             if too_large:
                 raise HTTPException(413, headers={"Connection": "close"})
+            left = start + self.grace + received / self.min_rate - loop.time()
             try:
-                message = await asyncio.wait_for(receive(), self.timeout)
+                message = await asyncio.wait_for(receive(), max(0.0, min(self.timeout, left)))
             except TimeoutError:
-                raise HTTPException(408, f"request body stalled for {self.timeout:g} s",
-                                    headers={"Connection": "close"}) from None
+                said = f"stalled for {self.timeout:g} s" if left > self.timeout else \
+                    f"arrived slower than {self.min_rate / 1000:g} kB/s"
+                raise HTTPException(408, f"request body {said}", headers={"Connection": "close"}) from None
             if message["type"] != "http.request" or not message.get("more_body", False):
                 complete = True
             received += len(message.get("body", b""))

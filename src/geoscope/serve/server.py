@@ -7,6 +7,7 @@ that each load the model (the application is then built from environment setting
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import os
@@ -15,6 +16,7 @@ from collections.abc import Callable
 
 import uvicorn
 from fastapi import FastAPI
+from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.supervisors import Multiprocess
 
 from ..errors import GeoscopeError
@@ -23,6 +25,8 @@ from .app import ServeSettings, create_app
 
 BACKLOG = 2048
 KEEP_ALIVE_SECONDS = 5
+HEADER_SECONDS = 10.0
+"""A client has this long, from connecting or from its last response, to send a whole request line and headers."""
 _ENV = "GEOSCOPE_SERVE_CONFIG"
 
 
@@ -33,8 +37,39 @@ def uvicorn_config(app: FastAPI | str, host: str = "127.0.0.1", port: int = 8000
         app, host=host, port=port, workers=workers if isinstance(app, str) else None,
         factory=isinstance(app, str), backlog=BACKLOG, timeout_keep_alive=KEEP_ALIVE_SECONDS,
         server_header=False, date_header=True, log_level=log_level, access_log=False,
-        http="h11", lifespan="on",
+        http=HeaderDeadline, lifespan="on",
     )
+
+
+class HeaderDeadline(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol with a deadline for each request's headers: a client sending them a byte at a
+    time (slowloris) is cut after :data:`HEADER_SECONDS` instead of holding its connection for as long as it likes
+    (uvicorn's keep-alive timer stops at the first byte)."""
+
+    _deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+        self._deadline = self.loop.call_later(HEADER_SECONDS, self._too_slow)
+
+    def _too_slow(self) -> None:
+        waiting = self.cycle is None or self.cycle.response_complete  # no request being answered
+        if waiting and not self.transport.is_closing():
+            self.transport.close()
 
 
 def serve(model_dir: str | None = None, host: str = "127.0.0.1", port: int = 8000, *, workers: int = 1,
