@@ -16,6 +16,7 @@ from ..evaluate.scoring import evaluate
 from ..fileio import check_writable, finite_json
 from ..geo.sphere import THRESHOLDS_KM
 from ..loading import load_any_model
+from .options import add_runtime_option
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -35,6 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
     parser.add_argument("--report", metavar="DIR", help="also write an HTML report into DIR")
     parser.add_argument("--compare", metavar="CSV", help="report: extra figures to compare with")
+    add_runtime_option(parser)
     parser.set_defaults(func=run)
 
 

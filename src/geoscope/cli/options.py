@@ -21,3 +21,14 @@ def apply_runtime(choice: str | None) -> None:
     if choice is not None:
         resolve_runtime(choice)
         os.environ[ENV_RUNTIME] = choice  # read where encoders are made, in this process and in its workers
+
+
+def at_least_one(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 import textwrap
+from pathlib import Path
 
 from ..answer.refine import REFINE_HELP, REFINERS
 from ..errors import GeoscopeError, one_line, quote_name
 from ..outputs.batch import CHUNK_SIZE, find_inputs, pending_units, predict_chunks
-from .main import at_least_one
+from .options import add_runtime_option, at_least_one
 
 MAX_ERROR_LINES = 20
 
@@ -45,12 +47,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help=f"images answered (and written) together ({CHUNK_SIZE})")
     parser.add_argument("--limit", type=at_least_one,
                         help="answer at most this many images (places with --views) not yet in the output, then stop")
+    parser.add_argument("--explain", metavar="DIR",
+                        help="also draw where in each photo the answer comes from (an occlusion map, 65 encoder runs "
+                             "per photo) as DIR/<name>.explain.png")
+    add_runtime_option(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..fileio import check_writable, sole_writer
 
+    if args.explain is not None:
+        if args.views:
+            raise GeoscopeError("--explain draws single photos: leave out --views")
+        check_writable(args.explain, folder=True)
     if not args.output:
         return _run(args)
     check_writable(args.output)
@@ -81,6 +91,7 @@ def _run(args: argparse.Namespace) -> int:
     _reconfigure_stdout()
 
     failed: list[str] = []
+    explained = 0
     total = pending.images
     bar = tqdm(total=total, unit="img", desc="predicting", file=sys.stderr, leave=False, dynamic_ncols=True,
                disable=None if total > args.chunk_size else True)
@@ -105,6 +116,8 @@ def _run(args: argparse.Namespace) -> int:
                     bar.write(("" if first else "\n") + render_table(record), file=sys.stdout)
                     first = False
             failed += [str(r["error"]) for r in records if r.get("error")]
+            if args.explain is not None:
+                explained += _explain(model, records, Path(args.explain))
             bar.update(sum(len(u.paths) for u in chunk))
         finished = True
     finally:
@@ -122,7 +135,25 @@ def _run(args: argparse.Namespace) -> int:
         print(f"geoscope: {quote_name(sink.path)}: {len(sink)} in the file, {pending.count} added"
               + (f" ({len(failed)} could not be answered)" if failed else "")
               + ("" if complete else "; rerun the same command to continue"), file=sys.stderr)
+    if explained:
+        print(f"geoscope: {explained} occlusion map{'s' * (explained != 1)} in {quote_name(args.explain)}",
+              file=sys.stderr)
     return 2 if failed else 0
+
+
+def _explain(model, records: list[dict], folder: Path) -> int:
+    """The occlusion map of each answered record, drawn into ``folder``; how many were drawn."""
+    import hashlib
+
+    from ..investigate.explain import draw, explain
+
+    answered = [r for r in records if not r.get("error")]
+    for record, found in zip(answered, explain(model, [r["image"] for r in answered]), strict=True):
+        if isinstance(found, Exception):
+            continue
+        tag = hashlib.sha1(os.fsencode(record["image"])).hexdigest()[:6]  # two photos of one name stay apart
+        draw(found, folder / f"{Path(record['image']).stem}-{tag}.explain.png", record["answer"]["name"])
+    return len(answered)
 
 
 def _reconfigure_stdout() -> None:

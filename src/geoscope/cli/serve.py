@@ -6,6 +6,7 @@ import argparse
 import contextlib
 
 from ..errors import GeoscopeError
+from .options import add_runtime_option
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -23,6 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--queue", type=int, default=64,
                         help="most requests in flight; more are answered 503 with Retry-After (64)")
     parser.add_argument("--log-level", default="warning", choices=("critical", "error", "warning", "info", "debug"))
+    add_runtime_option(parser)
     parser.set_defaults(func=run)
 
 

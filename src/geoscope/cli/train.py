@@ -17,7 +17,7 @@ from ..models.image_side import ALL_BLOCKS, ImageSide
 from ..training.fit import FitOptions, fit
 from ..training.loop import TrainConfig
 from .labels import add_scheme_arguments, scheme_from_args
-from .main import at_least_one
+from .options import at_least_one
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

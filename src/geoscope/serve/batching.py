@@ -32,7 +32,6 @@ from ..encoders.preprocess import Views
 from ..errors import BadImageError
 from ..features.cache import FeatureSet
 from ..features.images import read_rgb
-from ..models.image_side import apply_adapter
 from ..predict import GeoModel, Prediction
 from ..threads import math_threads
 
@@ -66,22 +65,6 @@ def decode_upload(data: bytes, name: str, model: GeoModel) -> np.ndarray:
         reason = str(exc).removeprefix("<bytes>: ")
         raise BadImageError(f"{name}: {reason}") from None
     return preprocess.views(image, Views(crops=model.image_side.crops))
-
-
-def features_from_arrays(model: GeoModel, arrays: Sequence[np.ndarray], batch_size: int) -> np.ndarray:
-    """Image features ``(n, dim)`` of preprocessed views (one ``(crops, 3, c, c)`` array per image), uncached."""
-    encoder = model.encoder
-    crops = model.image_side.crops
-    c = encoder.preprocess.crop_size
-    stacked = np.concatenate(arrays) if arrays else np.zeros((0, 3, c, c), dtype=np.float32)
-    step = batch_size * crops
-    encoded = np.concatenate([encoder.encode(stacked[i:i + step]) for i in range(0, len(stacked), step)]
-                             or [np.zeros((0, encoder.dim), dtype=np.float32)])
-    encoded = encoded.reshape(len(arrays), crops, encoder.dim)
-    # As ImageSide.extract combines crops: the fine-tuned top reads them side by side, a frozen head their mean
-    # (the rule should come from ImageSide itself: models/ is another stage's, see the change's notes).
-    rows = encoded.reshape(len(arrays), -1) if model.image_side.finetune_blocks else encoded.mean(axis=1)
-    return apply_adapter(model.adapter, rows)
 
 
 @dataclass
@@ -154,7 +137,7 @@ class MicroBatcher:
         # where two threads each, competing with the encoder's and the decoders', take 20-50 ms.
         self._math_threads.enter_context(math_threads(1))
         c = self.model.encoder.preprocess.crop_size
-        features_from_arrays(self.model, [np.zeros((self.model.image_side.crops, 3, c, c), np.float32)], 1)
+        self.model.view_features([np.zeros((self.model.image_side.crops, 3, c, c), np.float32)], 1)
         self._pool = ThreadPoolExecutor(self._decode_workers, thread_name_prefix="geoscope-serve-decode")
         self._workers = [threading.Thread(target=self._collect, name="geoscope-serve-encode", daemon=True),
                          threading.Thread(target=self._answer_all, name="geoscope-serve-answer", daemon=True)]
@@ -258,7 +241,7 @@ class MicroBatcher:
         for run in encoder_runs(batch, self.encode_batch):
             arrays = [a for job in run for a in job.arrays if a is not None]
             try:
-                features = features_from_arrays(self.model, arrays, self.encode_batch)
+                features = self.model.view_features(arrays, self.encode_batch)
             except Exception as exc:  # the encoder failed: every request of the run fails with it
                 for job in run:
                     _resolve(job, exception=exc)
