@@ -47,32 +47,30 @@ def _epoch_worker(rank: int, world: int, port: int, kind: str, out: str, threads
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                           LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
     from geoscope import distributed
-    from geoscope.training.loop import _measure, train_place_clip
+    from geoscope.models.heads.place_names import PlaceNamesHead
+    from geoscope.training.loop import _measure, train
 
     torch.set_num_threads(threads)
     run = distributed.start("cpu")
-    train, val, texts, coords, adapter, config = _synthetic(kind)
+    train_data, val, texts, coords, adapter, config = _synthetic(kind)
     stamps: list[float] = []
+    image_dim = train_data.features.shape[2] if adapter is None else 1280
     start = time.perf_counter()
-    train_place_clip(train, val, texts, coords, config, image_adapter=adapter, progress=False,
-                     on_epoch=lambda epoch, model: stamps.append(time.perf_counter()))
+    train(PlaceNamesHead.create(config, image_dim, texts), train_data, val, coords, config, image_adapter=adapter,
+          progress=False, on_epoch=lambda epoch, head: stamps.append(time.perf_counter()))
     epochs = np.diff([start, *stamps])[1:]  # the first epoch warms up: the second is timed
     # the parts, timed alone with the same shapes: the measurement of both splits, the all-reduces of one epoch
     model_run = distributed.current("cpu")
     adapter2 = _synthetic(kind)[4]
-    from geoscope.models.place_clip import PlaceCLIP, PlaceCLIPConfig
-
     adapter2 = adapter2 if adapter2 is not None else torch.nn.Identity()
-    dim = train.features.shape[2] if adapter is None else 1280
-    model = PlaceCLIP(PlaceCLIPConfig(dim, texts.shape[1], config.embed_dim, n_places=len(texts)))
+    head = PlaceNamesHead.create(config, image_dim, texts)
     t0 = time.perf_counter()
-    for data in (train, val):
-        _measure(model, adapter2, data, torch.as_tensor(texts), torch.as_tensor(coords, dtype=torch.float64),
-                 config, model_run)
+    for data in (train_data, val):
+        _measure(head, adapter2, data, torch.as_tensor(coords, dtype=torch.float64), config, model_run)
     measure_s = time.perf_counter() - t0
-    trainable = sum(p.numel() for p in model.parameters()) + (
+    trainable = sum(p.numel() for p in head.parameters()) + (
         sum(p.numel() for p in adapter.parameters() if p.requires_grad) if adapter is not None else 0)
-    steps = -(-len(train) // config.batch_size)
+    steps = -(-len(train_data) // config.batch_size)
     allreduce_s = 0.0
     if run.distributed:
         grads = torch.zeros(trainable)
@@ -83,7 +81,7 @@ def _epoch_worker(rank: int, world: int, port: int, kind: str, out: str, threads
         allreduce_s = time.perf_counter() - t0
     if run.main:
         Path(out).write_text(json.dumps({"epoch_s": float(np.mean(epochs)), "measure_s": measure_s,
-                                         "allreduce_s": allreduce_s, "rows": len(train), "steps": steps}))
+                                         "allreduce_s": allreduce_s, "rows": len(train_data), "steps": steps}))
     distributed.finish()
 
 

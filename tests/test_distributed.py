@@ -19,7 +19,8 @@ from conftest import make_images, shared_dataset
 
 from geoscope.cli.main import main
 from geoscope.features.cache import FeatureSet, extract_features
-from geoscope.training.loop import TrainConfig, TrainingData, train_place_clip
+from geoscope.models.heads.place_names import PlaceNamesHead
+from geoscope.training.loop import TrainConfig, TrainingData, train
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "geoscope"]
 
@@ -167,12 +168,12 @@ def _train_small(loss: str):
     x = (rng.standard_normal((4, 16))[labels] + rng.standard_normal((2, 260, 16))).astype(np.float32)
     lat, lon = 50.0 + labels * 0.5, labels * 0.5
     coords = np.array([[50.0 + i * 0.5, i * 0.5] for i in range(4)])
-    train = TrainingData(x[:, :203], labels[:203], lat[:203], lon[:203])  # batches of 50: the last one uneven
+    train_data = TrainingData(x[:, :203], labels[:203], lat[:203], lon[:203])  # batches of 50: the last one uneven
     val = TrainingData(x[:, 203:], labels[203:], lat[203:], lon[203:])
     config = TrainConfig(max_epochs=4, batch_size=50, embed_dim=16, dropout=0.0, feature_noise=0.0, loss=loss,
                          label_smoothing_km=30.0, level_weight=0.3 if loss == "label" else 0.0)
-    return train_place_clip(train, val, rng.standard_normal((4, 6)).astype(np.float32), coords, config,
-                            label_levels=np.array([[0, 0, 1, 1]]), progress=False)
+    head = PlaceNamesHead.create(config, 16, rng.standard_normal((4, 6)).astype(np.float32))
+    return train(head, train_data, val, coords, config, label_levels=np.array([[0, 0, 1, 1]]), progress=False)
 
 
 @pytest.mark.parametrize("loss", ["label", "clip"])

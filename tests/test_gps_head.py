@@ -66,7 +66,7 @@ def test_the_gps_head_trains_on_a_gallery_and_answers_with_distinct_points(
     assert len(model.labels) > 20 and not any(k.startswith("model.place_tower.") for k in model.files.tensors)
     # points close together are read alike by the location encoder: their embeddings are more similar
     lat, lon = model.labels["lat"].to_numpy(), model.labels["lon"].to_numpy()
-    e = model.place_embeddings.numpy()
+    e = model.head.places.numpy()
     d = haversine_km(lat[:, None], lon[:, None], lat[None], lon[None])
     similarity = e @ e.T
     near, far = (d > 0) & (d < 4), d > 15

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 from scipy.special import softmax
 from sklearn.linear_model import LogisticRegression
 
 from geoscope.models.level_expert import LevelExpert
-from geoscope.training.fit import _expert_record
 from geoscope.training.loop import TrainingData
+from geoscope.training.stages import expert_record
 
 
 def _features(rng: np.random.Generator, n: int = 240) -> np.ndarray:
@@ -45,6 +47,12 @@ def test_a_group_no_training_image_has_is_kept_least_likely_a_priori() -> None:
     np.testing.assert_allclose(np.exp(log_p[:, [0, 1, 3]]).sum(axis=1), 1, atol=1e-5)
 
 
+def _record(expert: LevelExpert, head: np.ndarray, with_expert: np.ndarray, val: TrainingData,
+            labels: pd.DataFrame) -> dict:
+    """The expert's section of ``config.json`` with how it measured on ``val``."""
+    return replace(expert, measured=expert_record(expert, head, with_expert, val, labels)).to_dict()
+
+
 def test_the_record_measures_the_validation_answers_with_and_without_the_expert() -> None:
     labels = pd.DataFrame({"lat": [48.86, 52.52, 40.42], "lon": [2.35, 13.40, -3.70]})  # Paris, Berlin, Madrid
     truth = np.array([0, 1, 2, 0, 1, 2])
@@ -56,12 +64,12 @@ def test_the_record_measures_the_validation_answers_with_and_without_the_expert(
     misleads = LevelExpert("country", groups, 20 * np.roll(np.eye(3, dtype=np.float32), 1, axis=0),
                            np.zeros(3, dtype=np.float32))
     unsure = np.zeros((6, 3))  # a head that cannot tell the towns apart
-    record = _expert_record(helps, softmax(unsure, axis=1), softmax(unsure + helps.log_probabilities(x), axis=1), val,
+    record = _record(helps, softmax(unsure, axis=1), softmax(unsure + helps.log_probabilities(x), axis=1), val,
                             labels)
     assert record["val"]["with_expert"] == {"geoscore": 5000.0, "right_group": 1.0}
     assert record["val"]["head"]["geoscore"] < 5000.0 and record["level"] == "country"
     sure = 5 * np.eye(3)[truth]  # a head that can
-    record = _expert_record(misleads, softmax(sure, axis=1), softmax(sure + misleads.log_probabilities(x), axis=1),
+    record = _record(misleads, softmax(sure, axis=1), softmax(sure + misleads.log_probabilities(x), axis=1),
                             val, labels)
     assert record["val"]["head"] == {"geoscore": 5000.0, "right_group": 1.0}
     assert record["val"]["with_expert"]["right_group"] == 0.0 and record["val"]["with_expert"]["geoscore"] < 3000

@@ -21,11 +21,19 @@ from geoscope.evaluate.results import CENTROID, MODEL
 from geoscope.evaluate.scoring import evaluate
 from geoscope.geo.labels import LabelScheme
 from geoscope.geo.sphere import haversine_km
-from geoscope.models.heads import LinearHead, ProjectionHead
+from geoscope.models.heads.place_names import PlaceNamesHead
 from geoscope.models.losses import haversine_smoothed_targets, symmetric_clip_loss
+from geoscope.models.projection import LinearHead, ProjectionHead
 from geoscope.predict import load_model
 from geoscope.training.fit import FitOptions, fit
-from geoscope.training.loop import TrainConfig
+from geoscope.training.loop import TrainConfig, TrainingData, TrainResult, train
+
+
+def _train(train_data: TrainingData, val: TrainingData, texts: np.ndarray, coords: np.ndarray, config: TrainConfig,
+           **options: object) -> TrainResult:
+    """A place-name head over ``texts``, made from the config's seed and trained in the loop."""
+    head = PlaceNamesHead.create(config, train_data.features.shape[2], texts)
+    return train(head, train_data, val, coords, config, **options)
 
 # Three towns, each with its own look: a colour cast and a stripe pattern.
 TOWNS = {"Paris": (48.8566, 2.3522, (200, 60, 60)), "Berlin": (52.52, 13.405, (60, 180, 60)),
@@ -169,8 +177,6 @@ def test_cli_evaluate_json(town_manifest: Path, town_model: Path, capsys: pytest
 
 
 def test_standardised_training_does_not_depend_on_the_scale_of_feature_dimensions() -> None:
-    from geoscope.training.loop import TrainingData, train_place_clip
-
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 3, 300)
     centres = rng.standard_normal((3, 8))
@@ -182,28 +188,29 @@ def test_standardised_training_does_not_depend_on_the_scale_of_feature_dimension
     config = TrainConfig(max_epochs=15, batch_size=64, embed_dim=16)
     results = []
     for features in (x, x * scale):
-        train = TrainingData(features[:200], labels[:200], lat[:200], lon[:200])
+        first = TrainingData(features[:200], labels[:200], lat[:200], lon[:200])
         val = TrainingData(features[200:], labels[200:], lat[200:], lon[200:])
-        result = train_place_clip(train, val, texts, coords, config, standardize_features=True, progress=False)
-        np.testing.assert_allclose(result.model.image_shift.numpy(), features[:200].mean(axis=0), rtol=1e-4)
+        result = _train(first, val, texts, coords, config, standardize_features=True, progress=False)
+        network = result.head.network
+        np.testing.assert_allclose(network.image_shift.numpy(), features[:200].mean(axis=0), rtol=1e-4)
         with torch.no_grad():
-            results.append(result.model.embed_images(torch.from_numpy(features[200:])).numpy())
-            places = result.model.embed_places(torch.from_numpy(texts)).numpy()
+            results.append(network.embed_images(torch.from_numpy(features[200:])).numpy())
+            places = network.embed_places(torch.from_numpy(texts)).numpy()
         assert ((results[-1] @ places.T).argmax(axis=1) == labels[200:]).mean() > 0.8  # it learned
     np.testing.assert_allclose(results[0], results[1], atol=2e-3)
 
 
 def test_a_small_training_set_takes_smaller_batches_for_enough_steps_an_epoch() -> None:
-    from geoscope.training.loop import MIN_BATCH_SIZE, steps_batch_size, train_place_clip
+    from geoscope.training.loop import MIN_BATCH_SIZE, steps_batch_size
 
     assert steps_batch_size(256, 8214, 30) == 256  # the default model's training set: unchanged
     assert steps_batch_size(256, 570, 30) == 19  # western USA's: 30 steps, not 3
     assert steps_batch_size(256, 100, 30) == MIN_BATCH_SIZE and steps_batch_size(8, 100, 30) == 8
     assert steps_batch_size(256, 570, 0) == 256  # 0: the configured batch whatever the size
-    train, val, texts, coords, _, _ = _three_towns(seed=2, n=700, n_train=600)
+    first, val, texts, coords, _, _ = _three_towns(seed=2, n=700, n_train=600)
     for min_steps, batch in ((30, 20), (0, 256)):
         config = TrainConfig(max_epochs=1, embed_dim=16, min_steps_per_epoch=min_steps)
-        assert train_place_clip(train, val, texts, coords, config, progress=False).batch_size == batch
+        assert _train(first, val, texts, coords, config, progress=False).batch_size == batch
     with pytest.raises(GeoscopeError, match="min_steps_per_epoch"):
         TrainConfig(min_steps_per_epoch=-1)
 
@@ -211,8 +218,6 @@ def test_a_small_training_set_takes_smaller_batches_for_enough_steps_an_epoch() 
 def _three_towns(seed: int, n: int, n_train: int) -> tuple:
     """Image features of ``n`` photos of three towns whose features lie 3 σ apart: the training and validation
     splits, the towns' name features and coordinates, and all features and labels."""
-    from geoscope.training.loop import TrainingData
-
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, 3, n)
     x = (3.0 * rng.standard_normal((3, 8))[labels] + rng.standard_normal((n, 8))).astype(np.float32)
@@ -225,19 +230,18 @@ def _three_towns(seed: int, n: int, n_train: int) -> tuple:
 
 
 def test_averaged_weights_are_what_is_measured_and_kept() -> None:
-    from geoscope.training.loop import train_place_clip
-
-    train, val, texts, coords, x, labels = _three_towns(seed=1, n=300, n_train=200)
+    first, val, texts, coords, x, labels = _three_towns(seed=1, n=300, n_train=200)
     accuracy = {}
     for decay in (0.0, 0.5, 0.999999):  # the last barely leaves the weights after the first step
         config = TrainConfig(max_epochs=10, batch_size=32, embed_dim=16, lr_head=1e-2, lr_text=1e-2,
                              average_weights=decay, early_stop=20)
-        result = train_place_clip(train, val, texts, coords, config, progress=False)
+        result = _train(first, val, texts, coords, config, progress=False)
         accuracy[decay] = max(r["accuracy"] for r in result.history if r["split"] == "val")
         last = next(r for r in reversed(result.history) if r["split"] == "val" and r["epoch"] == result.best_epoch)
+        network = result.head.network
         with torch.no_grad():
-            places = result.model.embed_places(torch.from_numpy(texts)).numpy()
-            kept = (result.model.embed_images(torch.from_numpy(x[200:])).numpy() @ places.T).argmax(axis=1)
+            places = network.embed_places(torch.from_numpy(texts)).numpy()
+            kept = (network.embed_images(torch.from_numpy(x[200:])).numpy() @ places.T).argmax(axis=1)
         assert (kept == labels[200:]).mean() == pytest.approx(last["accuracy"], abs=0.02)  # the kept is the measured
     assert accuracy[0.0] > 0.9 and accuracy[0.5] > 0.9 and accuracy[0.999999] < 0.75, accuracy
     with pytest.raises(GeoscopeError, match="average_weights"):
@@ -306,8 +310,8 @@ def test_the_level_expert_multiplies_the_heads_answer_by_its_countrys_probabilit
     probe = LogisticRegression(C=0.01, max_iter=2000).fit((x - mean) / std, expert.groups[country])
     test = manifest.subset(manifest.frame["split"] == "test")
     features = model.image_features(test.image_paths).embeddings
-    head = torch.softmax(model.model.scale() * torch.nn.functional.normalize(torch.as_tensor(model.embed(features)))
-                         @ model.place_embeddings.T, dim=-1).detach().numpy()
+    head = torch.softmax(model.head.network.scale() * torch.nn.functional.normalize(
+        torch.as_tensor(model.embed(features))) @ model.head.places.T, dim=-1).detach().numpy()
     product = head * probe.predict_proba((features - mean) / std)[:, expert.groups]
     np.testing.assert_allclose(model.probabilities(model.embed(features), features),
                                product / product.sum(axis=1, keepdims=True), atol=1e-4)
@@ -346,7 +350,7 @@ def test_a_linear_image_head_trains_from_the_cli_is_saved_and_ranks_the_right_to
     assert {k for k in files.tensors if k.startswith("model.image_head.")} == \
         {"model.image_head.projection.weight", "model.image_head.projection.bias"}
     model = load_model(out)
-    assert isinstance(model.model.image_head, LinearHead)
+    assert isinstance(model.head.network.image_head, LinearHead)
     test = read_manifest(town_manifest).split("test")
     truth = test.frame["image"].str.extract(r"images/(\w+)_")[0]
     hits = [p.guesses[0].place == t for p, t in zip(model.predict(test.image_paths), truth, strict=True)]
@@ -436,7 +440,7 @@ def test_members_answer_with_the_mean_logit_of_the_runs_they_keep(town_manifest:
                               progress=False)[0]) for s in (0, 1)]
     path, result = fit(manifest, replace(base, restarts=2, members=2), tmp_path / "both", progress=False)
     both = load_model(path)
-    assert both.config["model"]["members"] == 2 and len(both.model.members) == 2
+    assert both.config["model"]["members"] == 2 and len(both.head.network.members) == 2
     assert sum(t["kept"] for t in both.config["training"]["search"]) == 2
     assert set(result.metrics) == {"train", "val", "test"}
     images = [str(p) for p in manifest.subset(manifest.frame["split"] == "test").image_paths]

@@ -23,13 +23,15 @@ from conftest import REPO, make_images, save_clip_tokenizer
 
 from geoscope.cli.main import main
 from geoscope.data.manifest import write_manifest
-from geoscope.errors import GeoscopeError
+from geoscope.errors import GeoscopeError, ModelError
 from geoscope.features.images import open_image
 from geoscope.geo.candidates import MAX_CITIES, place_hierarchy
 from geoscope.geo.places import load_places
 from geoscope.geo.sphere import geoscore, haversine_km
-from geoscope.loading import is_zero_shot, load_any_model
-from geoscope.models.zero_shot import ZeroShotModel
+from geoscope.loading import is_zero_shot, load_any_model, zero_shot_model
+from geoscope.models.heads import HEADS, head_from_dict
+from geoscope.models.heads.zero_shot import ZeroShotHead
+from geoscope.predict import GeoModel
 
 EXAMPLES = sorted((REPO / "examples" / "images").glob("*.jpg"))
 BOX = "48,-11,56,5"
@@ -67,8 +69,8 @@ def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def box_model(tiny_clip: Path) -> ZeroShotModel:
-    return ZeroShotModel(tiny_clip, BOX, min_population=BOX_POPULATION, progress=False)
+def box_model(tiny_clip: Path) -> GeoModel:
+    return zero_shot_model(tiny_clip, BOX, min_population=BOX_POPULATION, progress=False)
 
 
 # ---------------------------------------------------------------- candidates and prompts
@@ -115,7 +117,7 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum()
 
 
-def clip_oracle(folder: Path, model: ZeroShotModel, images: list[Path]) -> tuple[np.ndarray, list[dict]]:
+def clip_oracle(folder: Path, model: GeoModel, images: list[Path]) -> tuple[np.ndarray, list[dict]]:
     """P(city) and P(country) per image from transformers' CLIP directly, grouped by the names in the tables."""
     import torch
     import transformers
@@ -132,12 +134,12 @@ def clip_oracle(folder: Path, model: ZeroShotModel, images: list[Path]) -> tuple
     with torch.inference_mode():
         image = unit(clip.visual_projection(clip.vision_model(pixel_values=torch.from_numpy(pixels)).pooler_output))
         text = {}
-        for level, prompts in model.prompts.items():
+        for level, prompts in model.head.prompts.items():
             tokens = tokenizer(prompts, padding=True, truncation=True, max_length=128, return_tensors="pt")
             pooled = clip.text_model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
             text[level] = unit(clip.text_projection(pooled.pooler_output))
         scale = float(clip.logit_scale.exp())
-    countries, regions, cities = (model.hierarchy.tables()[k] for k in ("country", "region", "city"))
+    countries, regions, cities = (model.head.hierarchy.tables()[k] for k in ("country", "region", "city"))
     out, country_probs = [], []
     for e in image:
         p_country = dict(zip(countries["country_code"], _softmax(scale * text["country"] @ e), strict=True))
@@ -153,7 +155,7 @@ def clip_oracle(folder: Path, model: ZeroShotModel, images: list[Path]) -> tuple
     return np.array(out), country_probs
 
 
-def test_probabilities_are_clips_hierarchical_softmax(box_model: ZeroShotModel, tiny_clip: Path) -> None:
+def test_probabilities_are_clips_hierarchical_softmax(box_model: GeoModel, tiny_clip: Path) -> None:
     images = EXAMPLES[:3]
     oracle, countries = clip_oracle(tiny_clip, box_model, images)
     fs = box_model.image_features(images)
@@ -179,12 +181,12 @@ def test_probabilities_are_clips_hierarchical_softmax(box_model: ZeroShotModel, 
         assert {g["place"] for g in record["guesses"]} <= set(box_model.labels["place"])
 
 
-def test_every_level_sums_to_one(box_model: ZeroShotModel) -> None:
+def test_every_level_sums_to_one(box_model: GeoModel) -> None:
     features = box_model.image_features(EXAMPLES[3:6]).embeddings
     embeddings = box_model.embed(features)
-    levels = box_model.level_probabilities(embeddings)
+    levels = box_model.head.level_probabilities(embeddings)
     np.testing.assert_allclose(levels["country"].sum(axis=1), 1, atol=1e-9)
-    regions, cities = box_model.hierarchy.regions, box_model.labels
+    regions, cities = box_model.head.hierarchy.regions, box_model.labels
     for country, rows in regions.groupby("country_code").groups.items():  # P(region | country)
         np.testing.assert_allclose(levels["region"][:, rows].sum(axis=1), 1, atol=1e-9, err_msg=country)
     for key, rows in cities.groupby(["country_code", "region"]).groups.items():  # P(city | region)
@@ -192,11 +194,11 @@ def test_every_level_sums_to_one(box_model: ZeroShotModel) -> None:
     probs = box_model.probabilities(embeddings, features).astype(np.float64)
     np.testing.assert_allclose(probs.sum(axis=1), 1, atol=1e-5)
     by_country = pd.DataFrame(probs.T).groupby(cities["country_code"].to_numpy()).sum()  # = P(country)
-    np.testing.assert_allclose(by_country.loc[box_model.hierarchy.countries["country_code"]].to_numpy().T,
+    np.testing.assert_allclose(by_country.loc[box_model.head.hierarchy.countries["country_code"]].to_numpy().T,
                                levels["country"], atol=1e-5)
     answer = box_model.predict([EXAMPLES[3]], level="country", top_k=10)[0]
     assert sum(g.probability for g in answer.guesses) == pytest.approx(1, abs=1e-4)
-    assert len(answer.guesses) == len(box_model.hierarchy.countries)
+    assert len(answer.guesses) == len(box_model.head.hierarchy.countries)
 
 
 # ---------------------------------------------------------------- the text embeddings are cached
@@ -207,18 +209,19 @@ def test_prompt_embeddings_are_computed_once_then_read_from_the_cache(
 ) -> None:
     monkeypatch.setenv("GEOSCOPE_CACHE", str(tmp_path / "cache"))
     folder = shutil.copytree(tiny_clip, tmp_path / "clip")
-    first = ZeroShotModel(folder, BOX, min_population=BOX_POPULATION, progress=False)
+    first = ZeroShotHead.create(folder, BOX, min_population=BOX_POPULATION, progress=False)
     total = sum(len(p) for p in first.prompts.values())
     assert first.prompts_encoded == total and first.text.path.is_file()
-    before = first.predict(EXAMPLES[:2])
+    first_model = zero_shot_model(folder, BOX, min_population=BOX_POPULATION, progress=False)
+    before = first_model.predict(EXAMPLES[:2])
 
     # Without its tokenizer files the text side would embed every prompt alike (all unknown tokens):
     # answers that stay the same show that the second load read the cached embeddings.
     for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json"):
         (folder / name).unlink(missing_ok=True)
     stamp = first.text.path.stat().st_mtime_ns
-    second = ZeroShotModel(folder, BOX, min_population=BOX_POPULATION, progress=False)
-    assert second.prompts_encoded == 0 and second.text.path == first.text.path
+    second = zero_shot_model(folder, BOX, min_population=BOX_POPULATION, progress=False)
+    assert second.head.prompts_encoded == 0 and second.head.text.path == first.text.path
     assert first.text.path.stat().st_mtime_ns == stamp
     after = second.predict(EXAMPLES[:2])
     assert [p.to_dict() for p in after] == [p.to_dict() for p in before]
@@ -230,13 +233,13 @@ def test_other_regions_and_templates_get_their_own_cache_entry(
     tiny_clip: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("GEOSCOPE_CACHE", str(tmp_path / "cache"))
-    a = ZeroShotModel(tiny_clip, "IE", progress=False)
-    b = ZeroShotModel(tiny_clip, "IE", template="A photo taken in {}.", progress=False)
-    c = ZeroShotModel(tiny_clip, "BE", progress=False)
+    a = ZeroShotHead.create(tiny_clip, "IE", progress=False)
+    b = ZeroShotHead.create(tiny_clip, "IE", template="A photo taken in {}.", progress=False)
+    c = ZeroShotHead.create(tiny_clip, "BE", progress=False)
     assert a.prompts_encoded and b.prompts_encoded and c.prompts_encoded
     assert len({a.text.path, b.text.path, c.text.path}) == 3
     assert b.prompts["country"] == ["A photo taken in Ireland."]
-    assert ZeroShotModel(tiny_clip, "IE", template="A photo taken in {}.", progress=False).prompts_encoded == 0
+    assert ZeroShotHead.create(tiny_clip, "IE", template="A photo taken in {}.", progress=False).prompts_encoded == 0
 
 
 # ---------------------------------------------------------------- predict, evaluate, serve
@@ -321,7 +324,7 @@ def test_a_hub_name_loads_from_the_offline_cache(tiny_clip: Path, tmp_path: Path
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     model = load_any_model("hf:tiny/clip", "IE")
-    assert isinstance(model, ZeroShotModel) and model.config["name"] == "hf:tiny/clip zero-shot (IE)"
+    assert isinstance(model.head, ZeroShotHead) and model.config["name"] == "hf:tiny/clip zero-shot (IE)"
     [answer] = model.predict([EXAMPLES[0]], top_k=2)
     assert answer.error is None and answer.guesses[0].country == "Ireland"
     with pytest.raises(GeoscopeError, match="not in the local cache"):
@@ -345,3 +348,28 @@ def test_serve_answers_with_a_clip_folder(tiny_clip: Path) -> None:
             [g["probability"] for g in expected["guesses"]], abs=1e-5)
         summary = client.get("/model").json()
         assert summary["labels"] == len(model.labels) and summary["image_encoder"] == f"hf:{tiny_clip}"
+
+
+def test_zero_shot_is_a_head_the_geo_model_composes(box_model: GeoModel) -> None:
+    """The same GeoModel, with a zero-shot head: no training images, so no gallery, centroid or refiners, each
+    refused in one line; its section of ``config.json`` names it and builds it again."""
+    head = box_model.head
+    assert type(box_model) is GeoModel and HEADS[head.kind] is ZeroShotHead and not head.trainable
+    assert box_model.training_centroid is None and box_model.refiners == {} and not box_model.has_gallery
+    assert box_model.coverage is None and box_model.level_expert is None and box_model.fusion == "mean"
+    assert box_model.refiner(None) is None and box_model.refiner("none") is None
+    with pytest.raises(ModelError, match="no training images to search"):
+        box_model.knn(np.zeros((1, head.embedding_dim), dtype=np.float32))
+    for name in ("knn", "gps"):
+        with pytest.raises(ModelError, match="no training images to refine with"):
+            box_model.refiner(name)
+    section = box_model.config["model"]
+    assert section["head"] == "zero-shot" and head.tensors() == {}
+    again = head_from_dict(section, {})
+    assert isinstance(again, ZeroShotHead) and again.to_dict() == section and len(again) == len(head)
+    np.testing.assert_allclose(again.text.levels["city"], head.text.levels["city"], atol=1e-6)
+    features = box_model.image_features(EXAMPLES[:2]).embeddings
+    fused = box_model.fused_embeddings(features, np.zeros(2, dtype=np.int64))
+    mean = features / np.linalg.norm(features, axis=1, keepdims=True)
+    mean = mean.mean(axis=0)
+    np.testing.assert_allclose(fused[0], mean / np.linalg.norm(mean), atol=1e-6)

@@ -1,10 +1,11 @@
 """Ranked location guesses for images, from a model bundle.
 
-``GeoModel`` holds a bundle's place embeddings (computed once at training time), its
-image head and the frozen encoder it was trained on. :meth:`GeoModel.answer` is the one answer
-path (fusion → probabilities → the best single answer → refinement → names, hierarchy, coverage
-and confidence; see :mod:`geoscope.answer.answerer`), for each image or for the fused views of a
-place; ``predict``, the server and ``evaluate`` all go through it.
+``GeoModel`` composes a bundle's stages: its image side (the frozen encoder it was trained on, and
+any fine-tuned top), its head (:mod:`geoscope.models.heads`: the candidates already embedded), the
+level expert, the kNN gallery, coverage, calibration and refiners. :meth:`GeoModel.answer` is the one
+answer path (fusion → probabilities → the best single answer → refinement → names, hierarchy, coverage
+and confidence; see :mod:`geoscope.answer.answerer`), for each image or for the fused views of a place;
+``predict``, the server and ``evaluate`` all go through it.
 """
 
 from __future__ import annotations
@@ -13,55 +14,58 @@ import functools
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from .answer.answerer import Answer, Answerer, Calibration, Guess, Prediction, unit_rows
-from .answer.coverage import Coverage, Typicality, scores_by_test
-from .answer.knn import knn_locate
-from .answer.refine import REFINE_RADIUS_KM, GalleryRefiner, PointRefiner, Refined, Refiner, check_refiner
-from .bundle import BundleFiles, read_bundle
+from .answer.answerer import Answer, Answerer, Calibration, Guess, Prediction
+from .answer.coverage import Coverage
+from .answer.refine import Refined, Refiner, check_refiner
+from .bundle import WEIGHTS, BundleFiles, read_bundle
+from .bundle.gallery import Gallery
+from .bundle.refiner import PointsRefiner
 from .distributed import cores_per_process
-from .errors import ModelError
+from .encoders.image import ImageEncoder, get_image_encoder
+from .errors import ModelError, quote_name
 from .features.cache import FeatureSet
-from .models.ensemble import Head, make_head
 from .models.fusion import group_mean, group_views
+from .models.heads import HEADS, REFINING, Head, head_from_dict
 from .models.image_side import ImageSide, apply_adapter
-from .models.level_expert import LevelExpert
-from .models.place_clip import PlaceCLIPConfig, is_stored_embedded
+from .models.level_expert import LevelExpert, answer_probabilities
 from .threads import math_threads
-
-if TYPE_CHECKING:
-    from .encoders.image import ImageEncoder
 
 __all__ = ["Answer", "GeoModel", "Guess", "Prediction", "load_model"]
 
+_INCOMPATIBLE = (KeyError, TypeError, ValueError, RuntimeError)
+"""What building a stage from a section or tensors that do not fit raises."""
+
 
 class GeoModel:
-    """A loaded model bundle, ready to predict."""
+    """A loaded model bundle, ready to predict: its stages, composed."""
 
-    def __init__(self, files: BundleFiles) -> None:
+    def __init__(self, files: BundleFiles, head: Head | None = None) -> None:
+        """``head``: the head to compose when it does not come from the bundle's weights (a zero-shot head,
+        :func:`geoscope.loading.zero_shot_model`); ``None``: the one its ``model`` section names."""
         self.files = files
         self.config = files.config
         self.labels = files.labels
         self.path = files.path
         try:
-            self.model = load_head(self.config["model"], files.tensors, "model.")
-            self.place_embeddings = torch.from_numpy(files.tensors["place_embeddings"].astype(np.float32))
+            self.head: Head = head if head is not None else head_from_dict(self.config["model"], files.tensors)
             self.image_side = ImageSide.from_dict(self.config["image_encoder"])
-        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        except _INCOMPATIBLE as exc:
             raise ModelError(f"{files.path}: incompatible model bundle ({str(exc).splitlines()[0]})") from None
-        if len(self.labels) != self.place_embeddings.shape[0]:
+        if len(self.labels) != len(self.head):
             raise ModelError(f"{files.path}: labels.csv has {len(self.labels)} rows but the weights "
-                             f"hold {self.place_embeddings.shape[0]} places")
+                             f"hold {len(self.head)} places")
         self._adapter: torch.nn.Module | None = None
         self._encoder = None
-        gallery_label = files.tensors.get("gallery.label")
-        if gallery_label is not None and gallery_label.size and not 0 <= gallery_label.min() <= gallery_label.max() \
-                < len(self.labels):
-            raise ModelError(f"{files.path}: gallery.label names labels outside 0…{len(self.labels) - 1}")
+        self._gallery = Gallery.from_tensors(files.tensors)
+        if self._gallery is not None:
+            self._gallery.check_labels(len(self.labels), files.path)
+            if self.head.image_dim is not None and self._gallery.dim != self.head.image_dim:
+                raise ModelError(f"{quote_name(files.path / WEIGHTS)}: gallery.pca_mean has {self._gallery.dim} "
+                                 f"values but the model reads {self.head.image_dim} image features")
         answer = self.config.get("answer") or {}
         self.refine = str(answer.get("refine", "none"))
         """The refiner predict and evaluate use unless told otherwise."""
@@ -69,7 +73,7 @@ class GeoModel:
             raise ModelError(f"{files.path}: answers refine with {self.refine!r}, which this bundle does not hold")
         try:
             self.level_expert = LevelExpert.from_bundle(self.config.get("level_expert"), files.tensors,
-                                                        len(self.labels), self.model.config.image_dim)
+                                                        len(self.labels), self.head.image_dim)
         except ModelError as exc:
             raise ModelError(f"{files.path}: {exc}") from None
         self.coverage = Coverage.from_dict(self.config.get("coverage"))
@@ -77,11 +81,14 @@ class GeoModel:
                                  merge_km=float(answer.get("merge_km", 0.0)))
 
     @property
+    def trained(self) -> bool:
+        """Whether the model was trained on images (a zero-shot one was not: no gallery, centroid, refiners)."""
+        return self.head.trainable
+
+    @property
     def encoder(self) -> ImageEncoder:
         """The image encoder whose outputs the model reads (loaded on first use, then reused)."""
         if self._encoder is None:
-            from .encoders.image import get_image_encoder
-
             self._encoder = get_image_encoder(self.image_side.cached_encoder)
         return self._encoder
 
@@ -89,16 +96,11 @@ class GeoModel:
     def adapter(self) -> torch.nn.Module:
         """Cached encoder outputs → image features (the fine-tuned encoder top, if any; loaded on first use)."""
         if self._adapter is None:
-            adapter = self.image_side.adapter()
-            if self.image_side.finetune_blocks:
-                weights = {k.removeprefix("image_top."): torch.from_numpy(v.copy())
-                           for k, v in self.files.tensors.items() if k.startswith("image_top.")}
-                try:
-                    adapter.load_state_dict(weights)
-                except RuntimeError as exc:
-                    raise ModelError(f"{self.path}: fine-tuned encoder weights do not fit "
-                                     f"({str(exc).splitlines()[0]})") from None
-            self._adapter = adapter.eval()
+            try:
+                self._adapter = self.image_side.stored_adapter(self.files.tensors)
+            except RuntimeError as exc:
+                raise ModelError(f"{self.path}: fine-tuned encoder weights do not fit "
+                                 f"({str(exc).splitlines()[0]})") from None
         return self._adapter
 
     def image_features(self, images: Sequence[str | os.PathLike[str]], *, progress: bool = False) -> FeatureSet:
@@ -129,7 +131,7 @@ class GeoModel:
     @property
     def fusion(self) -> str:
         """How the model fuses the views of a place (:data:`geoscope.models.fusion.FUSIONS`)."""
-        return self.model.config.fusion
+        return self.head.fusion
 
     @torch.no_grad()
     def fused_embeddings(self, features: np.ndarray, places: np.ndarray,
@@ -139,51 +141,46 @@ class GeoModel:
         views, angles = group_views(places, headings)
         mask = views >= 0
         x = torch.as_tensor(np.asarray(features, dtype=np.float32)[views[mask]])
-        return self.model.embed_views(x, torch.as_tensor(mask), torch.as_tensor(angles, dtype=torch.float32)).numpy()
+        return self.head.embed_views(x, torch.as_tensor(mask), torch.as_tensor(angles, dtype=torch.float32)).numpy()
 
-    @torch.no_grad()
     def probabilities(self, embeddings: np.ndarray, features: np.ndarray) -> np.ndarray:
         """Probability of every place for unit image embeddings ``(n, embed_dim)`` and the image features
         ``(n, dim)`` they came from (a place's: the mean of its views'), which the level expert reads."""
-        e = torch.nn.functional.normalize(torch.as_tensor(embeddings, dtype=torch.float32), dim=-1)
-        logits = self.model.scale() * e @ self.place_embeddings.T
-        if self.level_expert is not None:
-            logits += torch.from_numpy(self.level_expert.log_probabilities(features))
-        return torch.softmax(logits, dim=-1).numpy()
+        return answer_probabilities(self.head, self.level_expert, embeddings, features)
 
     @property
-    def training_centroid(self) -> tuple[float, float]:
-        """The spherical centre of the training images (the centroid baseline's answer)."""
-        lat, lon = self.config["training"]["centroid"]
+    def training_centroid(self) -> tuple[float, float] | None:
+        """The spherical centre of the training images (the centroid baseline's answer; None: not trained)."""
+        centroid = (self.config.get("training") or {}).get("centroid")
+        if centroid is None:
+            return None
+        lat, lon = centroid
         return float(lat), float(lon)
 
     def gallery_query(self, features: np.ndarray) -> np.ndarray:
         """Image features projected into the kNN gallery's space (scaled as the head reads them, PCA)."""
-        t = self.files.tensors
-        return (np.asarray(features, dtype=np.float32) - t["gallery.pca_mean"]) @ t["gallery.pca_components"].T
+        return self._stored_gallery().query(features)
 
-    @functools.cached_property
+    @property
     def gallery(self) -> np.ndarray:
         """The kNN gallery's rows as float32 unit vectors (computed once)."""
-        return unit_rows(self._gallery_rows[0])
-
-    @functools.cached_property
-    def _gallery_rows(self) -> tuple[np.ndarray, np.ndarray]:
-        """The kNN gallery's rows as float32 and their squared norms (computed once)."""
-        rows = self.files.tensors["gallery.features"].astype(np.float32)
-        return rows, (rows * rows).sum(axis=1)
+        return self._stored_gallery().unit
 
     def knn(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """kNN baseline: locate image features among the training gallery."""
-        if not self.has_gallery:
+        return self._stored_gallery().knn(features)
+
+    def _stored_gallery(self) -> Gallery:
+        if self._gallery is None:
+            if not self.trained:
+                raise ModelError(f"{self.config.get('name')}: a zero-shot model has no training images to search")
             raise ModelError(f"{self.path}: this bundle has no kNN gallery")
-        t = self.files.tensors
-        return knn_locate(self.gallery_query(features), self.gallery, t["gallery.lat"], t["gallery.lon"])
+        return self._gallery
 
     @property
     def has_gallery(self) -> bool:
         """Whether the bundle holds a kNN gallery (coverage, the kNN baseline and refinement read it)."""
-        return "gallery.features" in self.files.tensors
+        return self._gallery is not None
 
     def coverage_scores(self, features: np.ndarray) -> np.ndarray:
         """How much each image (features, or the mean features of a place's views) is like the training images:
@@ -191,34 +188,25 @@ class GeoModel:
 
         NaN (coverage unknown) for a bundle without a coverage threshold (older bundles) or gallery.
         """
-        if self.coverage is None or not self.has_gallery:
+        if self.coverage is None or self._gallery is None:
             return np.full(len(features), np.nan)
-        rows, squares = self._gallery_rows
-        return self.coverage.combine(scores_by_test(features, self.gallery_query(features), rows, self.coverage.k,
-                                                    self._typicality, squares))
-
-    @functools.cached_property
-    def _typicality(self) -> Typicality | None:
-        return Typicality.from_tensors(self.files.tensors)
+        return self.coverage.combine(self._gallery.scores(features, self.coverage.k))
 
     @functools.cached_property
     def refiners(self) -> dict[str, Refiner]:
-        """The refiners this bundle holds, by name (:data:`geoscope.answer.refine.REFINERS`)."""
-        t = self.files.tensors
+        """The refiners this bundle holds, by name (:data:`geoscope.answer.refine.REFINERS`): ``knn`` over the
+        gallery, and a head over points (``gps``) carried under ``refiner.``."""
         label_lat, label_lon = self.labels["lat"].to_numpy(), self.labels["lon"].to_numpy()
         out: dict[str, Refiner] = {}
-        if self.has_gallery and "gallery.label" in t:
-            out["knn"] = GalleryRefiner(self.gallery_query, self.gallery, t["gallery.lat"], t["gallery.lon"],
-                                        t["gallery.label"], label_lat, label_lon)
+        knn = self._gallery.refiner(label_lat, label_lon) if self._gallery is not None else None
+        if knn is not None:
+            out["knn"] = knn
         if isinstance(self.config.get("refiner"), dict):
             try:
-                head = load_head(self.config["refiner"]["model"], t, "refiner.model.")
-            except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+                points = PointsRefiner.from_dict(self.config["refiner"], self.files.tensors)
+            except _INCOMPATIBLE as exc:
                 raise ModelError(f"{self.path}: incompatible refiner ({str(exc).splitlines()[0]})") from None
-            section = self.config["refiner"]
-            out["gps"] = PointRefiner(head, t["refiner.place_embeddings"], t["refiner.lat"], t["refiner.lon"],
-                                      label_lat, label_lon, float(section.get("radius_km", REFINE_RADIUS_KM)),
-                                      section.get("places"))
+            out[points.name] = points.refiner(label_lat, label_lon)
         return out
 
     def refiner(self, name: str | None) -> Refiner | None:
@@ -226,10 +214,13 @@ class GeoModel:
         name = check_refiner(self.refine if name is None else name)
         if name == "none":
             return None
+        if not self.trained:
+            raise ModelError(f"{self.config.get('name')}: a zero-shot model has no training images to refine with")
         if name not in self.refiners:
-            why = {"knn": "its gallery has no labels to refine with: retrain it",
-                   "gps": "it holds no GPS head: train one (--head gps) and attach it (geoscope train --refiner DIR)"}
-            raise ModelError(f"{self.path}: cannot refine with {name}: {why[name]}")
+            why = {"knn": "its gallery has no labels to refine with: retrain it"} | {
+                kind: f"it holds no {HEADS[kind].title} head: train one (--head {kind}) and attach it "
+                      "(geoscope train --refiner DIR)" for kind in REFINING}
+            raise ModelError(f"{self.path}: cannot refine with {name}: {why.get(name, 'it holds no such refiner')}")
         return self.refiners[name]
 
     @functools.cached_property
@@ -366,19 +357,6 @@ class GeoModel:
                 prediction.warnings = [f"answered from {int(valid[rows].sum())} of {len(rows)} views: {unread}"]
             out[place] = prediction
         return [p for p in out if p is not None]
-
-
-def load_head(config: dict, tensors: dict[str, np.ndarray], prefix: str) -> Head:
-    """The head (or ensemble) that ``config`` (a bundle's ``model`` section) describes, with its weights from
-    ``tensors`` under ``prefix``; its places are stored embedded, so it needs no text or location encoder."""
-    head = make_head(PlaceCLIPConfig(**{**config["place_clip"], "places_from": "names"}),
-                     int(config.get("members", 1)))
-    weights = {k.removeprefix(prefix): torch.from_numpy(v.copy()) for k, v in tensors.items() if k.startswith(prefix)}
-    missing = [k for k in head.load_state_dict(weights, strict=False).missing_keys if not is_stored_embedded(k)]
-    if missing:
-        raise ValueError(f"the weights lack {len(missing)} tensor(s) of the model, first {prefix}{missing[0]}; "
-                         "retrain it or restore weights.safetensors")
-    return head.eval()
 
 
 def load_model(directory: str | os.PathLike[str] | None = None) -> GeoModel:

@@ -23,12 +23,12 @@ from .place_clip import PlaceCLIP, PlaceCLIPConfig
 class PlaceEnsemble(nn.Module):
     """``members`` place heads of one configuration (same labels, features and fusion), answering together."""
 
-    def __init__(self, config: PlaceCLIPConfig, members: int) -> None:
+    def __init__(self, config: PlaceCLIPConfig, members: int, *, places_embedded: bool = False) -> None:
         super().__init__()
         if members < 2:
             raise ValueError("an ensemble needs at least two members")
         self.config = config
-        self.members = nn.ModuleList(PlaceCLIP(config) for _ in range(members))
+        self.members = nn.ModuleList(PlaceCLIP(config, places_embedded=places_embedded) for _ in range(members))
 
     @classmethod
     def of(cls, heads: Sequence[PlaceCLIP]) -> PlaceEnsemble:
@@ -71,15 +71,18 @@ class PlaceEnsemble(nn.Module):
         return torch.cat(parts, dim=-1) / math.sqrt(len(parts))
 
 
-Head = PlaceCLIP | PlaceEnsemble
-"""What a bundle's ``model.*`` tensors hold."""
+PlaceNetwork = PlaceCLIP | PlaceEnsemble
+"""What a contrastive head's ``model.*`` tensors hold (:mod:`geoscope.models.heads.contrastive`)."""
+Head = PlaceNetwork
+"""The older name of :data:`PlaceNetwork` (what :class:`geoscope.answer.refine.PointRefiner` is typed with)."""
 
 
-def member_count(head: Head) -> int:
-    """How many heads answer together in ``head`` (1 for a single place head)."""
-    return len(head.members) if isinstance(head, PlaceEnsemble) else 1
+def member_count(network: PlaceNetwork) -> int:
+    """How many networks answer together in ``network`` (1 for a single one)."""
+    return len(network.members) if isinstance(network, PlaceEnsemble) else 1
 
 
-def make_head(config: PlaceCLIPConfig, members: int = 1) -> Head:
-    """The head a bundle describes: one place head, or an ensemble of ``members``."""
-    return PlaceCLIP(config) if members == 1 else PlaceEnsemble(config, members)
+def make_network(config: PlaceCLIPConfig, members: int = 1, *, places_embedded: bool = False) -> PlaceNetwork:
+    """One place network, or an ensemble of ``members``."""
+    return PlaceCLIP(config, places_embedded=places_embedded) if members == 1 \
+        else PlaceEnsemble(config, members, places_embedded=places_embedded)

@@ -12,7 +12,7 @@ are averaged.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -36,6 +36,8 @@ ALL_BLOCKS = "all"
 """``finetune_blocks`` that fine-tunes the whole encoder from pixels."""
 PIXEL_WINDOW = 0.875
 """Fine-tuning from pixels trains on a random square window of this share of the image's side."""
+TOP = "image_top."
+"""Prefix of the fine-tuned encoder top's weights in a bundle."""
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,15 @@ class ImageSide:
             fs.embeddings = fs.embeddings.reshape(len(fs.embeddings), -1)
         return fs
 
+    def stored_adapter(self, tensors: Mapping[str, np.ndarray]) -> nn.Module:
+        """:meth:`adapter` with the fine-tuned weights a bundle stores (under :data:`TOP`), in eval mode; raises
+        ``RuntimeError`` when they do not fit."""
+        adapter = self.adapter()
+        if self.finetune_blocks:
+            adapter.load_state_dict({k.removeprefix(TOP): torch.from_numpy(v.copy())
+                                     for k, v in tensors.items() if k.startswith(TOP)})
+        return adapter.eval()
+
     def adapter(self) -> nn.Module:
         """Cached outputs → image features: the pretrained top when fine-tuning, else identity."""
         if not self.finetune_blocks:
@@ -129,6 +140,23 @@ class ImageSide:
             return TrunkTop(EfficientNetEmbedding(net), (3, c, c), self.crops, train_window=round(c * PIXEL_WINDOW))
         _, top = split_efficientnet(self.name, self.finetune_blocks)
         return TrunkTop(top, image_encoder_spec(self.cached_encoder).output_shape, self.crops)
+
+
+@dataclass
+class TrainedImageSide:
+    """The image side as a bundle stores it: its section (``image_encoder``) and the trained top's weights."""
+
+    side: ImageSide
+    adapter: nn.Module | None = None
+    """The fine-tuned encoder top (None: a frozen encoder)."""
+
+    def to_dict(self) -> dict:
+        return self.side.to_dict()
+
+    def tensors(self) -> dict[str, np.ndarray]:
+        if self.adapter is None:
+            return {}
+        return {f"{TOP}{k}": v.detach().cpu().numpy() for k, v in self.adapter.state_dict().items()}
 
 
 class TrunkTop(nn.Module):

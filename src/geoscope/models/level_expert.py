@@ -12,18 +12,26 @@ through their mean features.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from scipy.special import log_softmax
 
 from ..errors import ModelError
+
+if TYPE_CHECKING:
+    from .heads.base import Head
 
 LEVELS = ("country", "region")
 """The levels an expert may decide."""
 C = 0.01
 """Inverse L2 strength of the logistic regression (the benchmarks' probe)."""
 PREFIX = "level_expert."
+ANSWER_ROWS = 4096
+"""Rows answered together by :func:`answer_probabilities` (bounds memory for many candidates)."""
 
 
 @dataclass(frozen=True)
@@ -37,12 +45,14 @@ class LevelExpert:
     """``(groups, dim)`` float32, over raw image features (their standardisation folded in)."""
     bias: np.ndarray
     """``(groups,)`` float32."""
+    measured: dict | None = field(default=None, compare=False)
+    """How it measured on the validation items (:func:`geoscope.training.stages.expert_record`), for the record."""
 
     @classmethod
     def fit(cls, features: np.ndarray, labels: np.ndarray, groups: np.ndarray, level: str) -> LevelExpert:
         """Fit on image ``features`` ``(n, dim)`` whose labels are ``labels``; ``groups`` gives each label's
         group at ``level`` (``country`` or ``region``), which must split the training labels."""
-        from sklearn.linear_model import LogisticRegression
+        from sklearn.linear_model import LogisticRegression  # heavy, and only training fits an expert
 
         groups = np.unique(groups, return_inverse=True)[1].astype(np.int64)
         x = np.asarray(features, dtype=np.float64)
@@ -68,8 +78,9 @@ class LevelExpert:
                 f"{PREFIX}bias": self.bias}
 
     def to_dict(self) -> dict:
-        """Its part of ``config.json`` (:func:`geoscope.training.fit.fit` adds how it measured on validation)."""
-        return {"level": self.level, "groups": int(self.weight.shape[0]), "C": C}
+        """Its part of ``config.json``, with how it measured on validation when that was recorded."""
+        return {"level": self.level, "groups": int(self.weight.shape[0]), "C": C} | \
+            ({"val": self.measured} if self.measured is not None else {})
 
     @classmethod
     def from_bundle(cls, section: dict | None, tensors: dict[str, np.ndarray], labels: int,
@@ -89,3 +100,22 @@ class LevelExpert:
                 or expert.weight.shape[1] != dim:
             raise ModelError("the level expert does not fit the model's labels or image features: retrain the model")
         return expert
+
+
+def answer_probabilities(head: Head, expert: LevelExpert | None, embeddings: np.ndarray | torch.Tensor,
+                         features: np.ndarray) -> np.ndarray:
+    """Probability of every candidate, ``(n, candidates)`` float32: the head's logits over unit image
+    ``embeddings`` plus, with an ``expert``, its log-probability of each candidate's group from the image
+    ``features`` (a place's: the mean of its views'), through one softmax. The one way an answer is made:
+    :meth:`geoscope.predict.GeoModel.probabilities` and the validation fits of training call this."""
+    n = len(embeddings)
+    out = np.empty((n, len(head)), dtype=np.float32)
+    with torch.no_grad():
+        for start in range(0, n, ANSWER_ROWS):
+            rows = slice(start, start + ANSWER_ROWS)
+            e = F.normalize(torch.as_tensor(embeddings[rows], dtype=torch.float32), dim=-1)
+            logits = head.logits(e)
+            if expert is not None:
+                logits = logits + torch.from_numpy(expert.log_probabilities(features[rows]))
+            out[rows] = torch.softmax(logits, dim=-1).numpy()
+    return out

@@ -1,9 +1,10 @@
-"""The seed's model: CLIP between street-view images and the names of places.
+"""The seed's network: CLIP between street-view images and places.
 
-Image embeddings (from a frozen or partly fine-tuned image encoder) and place-name
-embeddings (from a text encoder over prompts such as "a street view photo in Leeds")
-each pass through a :class:`ProjectionHead` into one space; the cosine similarity
-times a learned temperature gives the logits of an image against every place.
+Image embeddings (from a frozen or partly fine-tuned image encoder) and place embeddings
+(text embeddings of prompts such as "a street view photo in Leeds", or coordinates through a
+location encoder) each pass through a :class:`ProjectionHead` into one space; the cosine
+similarity times a learned temperature gives the logits of an image against every place.
+The heads that train it (:mod:`geoscope.models.heads`) decide what a place is read from.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .fusion import make_fusion
-from .heads import IMAGE_HEADS, ProjectionHead
 from .location import LocationEncoder, load_geoclip
+from .projection import IMAGE_HEADS, ProjectionHead
 
 PLACES_FROM = ("names", "coordinates")
 STORED_EMBEDDED = ("text_head", "place_tower")
@@ -51,8 +52,8 @@ class PlaceCLIPConfig:
     """With ``coordinates``: the location encoder starts from GeoCLIP's weights (``geoclip``), or stays
     GeoCLIP's, frozen (``geoclip-frozen``), or starts from random weights (``scratch``)."""
     image_head: str = "projection"
-    """What reads the image features (:data:`geoscope.models.heads.IMAGE_HEADS`): the seed's projection head,
-    or one linear map."""
+    """What reads the image features (:data:`geoscope.models.projection.IMAGE_HEADS`): the seed's projection
+    head, or one linear map."""
 
     def __post_init__(self) -> None:
         if self.image_head not in IMAGE_HEADS:
@@ -63,15 +64,21 @@ class PlaceCLIPConfig:
 
 
 class PlaceCLIP(nn.Module):
-    """Two projection heads and a learned temperature over image and place-name features."""
+    """Two projection heads and a learned temperature over image and place features.
 
-    def __init__(self, config: PlaceCLIPConfig) -> None:
+    ``places_embedded``: the places come already embedded (a bundle stores them so), so the network has
+    no place tower and no text head (:data:`STORED_EMBEDDED`) and :meth:`embed_places` is not available.
+    """
+
+    def __init__(self, config: PlaceCLIPConfig, *, places_embedded: bool = False) -> None:
         super().__init__()
         self.config = config
         self.image_head = IMAGE_HEADS[config.image_head](config.image_dim, config.embed_dim, config.dropout)
-        self.place_tower = _place_tower(config)
-        tower_dim = self.place_tower.out_dim if isinstance(self.place_tower, LocationEncoder) else config.text_dim
-        self.text_head = ProjectionHead(tower_dim, config.embed_dim, config.dropout)
+        if not places_embedded:
+            self.place_tower = _place_tower(config)
+            tower_dim = self.place_tower.out_dim if isinstance(self.place_tower, LocationEncoder) else config.text_dim
+            self.text_head = ProjectionHead(tower_dim, config.embed_dim, config.dropout)
+        self.places_embedded = places_embedded
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / config.init_temperature)))
         self.place_offsets = nn.Parameter(torch.zeros(config.n_places, config.embed_dim))
         self.register_buffer("image_shift", torch.zeros(config.image_dim))
@@ -118,6 +125,8 @@ class PlaceCLIP(nn.Module):
     def embed_places(self, text_features: torch.Tensor) -> torch.Tensor:
         """Unit-length place embeddings (one row per place, in label order) from each place's text features,
         or its coordinates ``(lat, lon)`` with ``places_from="coordinates"``."""
+        if self.places_embedded:
+            raise ValueError("this network reads its places already embedded: it has no place tower")
         embedded = self.text_head(self._towered(text_features))
         if self.config.n_places:
             embedded = embedded + self.place_offsets

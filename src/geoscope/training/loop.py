@@ -1,9 +1,12 @@
-"""One training loop for the place-name CLIP model and its variants.
+"""One training loop for every trainable head.
 
-Inputs are cached encoder features (optionally several augmented variants of each image),
-label indices and true coordinates; the loop runs AdamW with separate parameter groups,
-ReduceLROnPlateau on the validation loss, early stopping, keeps the best weights and
-records per-epoch loss, label accuracy and mean/median km for every split.
+It receives a head (:class:`~geoscope.models.heads.base.TrainableHead`, built and initialised by its
+``create``) and never builds one. Inputs are cached encoder features (optionally several augmented
+variants of each image), label indices and true coordinates; the loop runs AdamW over the head's
+parameter groups (and the fine-tuned encoder top's), the head's loss on each batch, ReduceLROnPlateau
+on the validation loss, early stopping, keeps the best weights and records per-epoch loss, label
+accuracy and mean/median km for every split, measured through the head's logits; in a process
+group it trains under DistributedDataParallel.
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ import copy
 import inspect
 import itertools
 import math
-import random
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -21,19 +23,21 @@ from typing import TYPE_CHECKING, ClassVar
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from .. import distributed
 from ..errors import GeoscopeError
 from ..geo.sphere import haversine_km
 from ..models.fusion import FUSIONS
-from ..models.heads import IMAGE_HEADS
+from ..models.heads import TRAINABLE, Batch, TrainableHead
 from ..models.losses import haversine_smoothed_targets, soft_cross_entropy
-from ..models.place_clip import LOCATIONS, PlaceCLIP, PlaceCLIPConfig
+from ..models.place_clip import LOCATIONS
+from ..models.projection import IMAGE_HEADS
 
 if TYPE_CHECKING:
     from ..features.pixels import ImagePixels
-    from ..models.ensemble import Head
 
 
 @dataclass(frozen=True)
@@ -76,10 +80,11 @@ class TrainConfig:
     """How a place's views become one embedding (:data:`geoscope.models.fusion.FUSIONS`)."""
     image_head: str = "projection"
     """What reads the image features: the seed's projection head (linear, GELU, linear, residual, LayerNorm) or
-    ``linear``, one linear map (:data:`geoscope.models.heads.IMAGE_HEADS`)."""
-    head: str = "place"
-    """``place``: the labels are read through their names' text embeddings; ``gps``: through a location
-    encoder over their coordinates (GeoCLIP's), so that fine labels (a gallery of points) share what they learn."""
+    ``linear``, one linear map (:data:`geoscope.models.projection.IMAGE_HEADS`)."""
+    head: str = TRAINABLE[0]
+    """Which head (:mod:`geoscope.models.heads`): ``place``, the labels read through their names' text
+    embeddings; ``gps``, through a location encoder over their coordinates (GeoCLIP's), so that fine labels (a
+    gallery of points) share what they learn."""
     location: str = "geoclip"
     """The GPS head's location encoder: from GeoCLIP's weights and trained, ``geoclip-frozen``, or ``scratch``."""
     view_dropout: float = 0.3
@@ -90,8 +95,7 @@ class TrainConfig:
     seed: int = 0
 
     LOSSES = ("clip", "label")
-    HEADS = ("place", "gps")
-    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"loss": LOSSES, "fusion": FUSIONS, "head": HEADS,
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"loss": LOSSES, "fusion": FUSIONS, "head": TRAINABLE,
                                                      "location": LOCATIONS, "image_head": tuple(IMAGE_HEADS)}
     """The fields that take one of a few names."""
 
@@ -159,9 +163,9 @@ class TrainingData:
 
 @dataclass
 class TrainResult:
-    """The best model found, how it was found, and the per-epoch history."""
+    """The best head found, how it was found, and the per-epoch history."""
 
-    model: Head
+    head: TrainableHead
     config: TrainConfig
     best_epoch: int
     best_val_loss: float
@@ -177,35 +181,20 @@ class TrainResult:
 
 
 class _Step(nn.Module):
-    """What one training step runs forward, cached inputs → image side → head (DDP wraps this module).
+    """What one training step runs forward, cached inputs → image side → head (DDP wraps this module)."""
 
-    The label loss needs the logits; the seed's clip loss needs the embeddings (gathered across
-    ranks before they meet). Calls keep the order of random draws (dropout, noise) of one process.
-    """
-
-    def __init__(self, model: PlaceCLIP, adapter: nn.Module) -> None:
+    def __init__(self, head: TrainableHead, adapter: nn.Module) -> None:
         super().__init__()
-        self.model = model
+        self.head = head
         self.adapter = adapter
 
-    def forward(self, inputs: torch.Tensor, mask: torch.Tensor, headings: torch.Tensor, texts: torch.Tensor,
-                noise: float, loss: str) -> torch.Tensor | tuple[torch.Tensor, ...]:
-        x = self.adapter(inputs)
-        if loss == "clip":
-            places = self.model.embed_places(texts)
-            scale = self.model.scale()
-            return self.model.embed_views(x, mask, headings, noise), places, scale
-        return self.model(x, mask, headings, texts, noise)
+    def forward(self, inputs: torch.Tensor, mask: torch.Tensor, headings: torch.Tensor, noise: float,
+                loss: str) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        return self.head(self.adapter(inputs), mask, headings, noise, loss)
 
 
-def _param_groups(model: PlaceCLIP, config: TrainConfig, image_adapter: nn.Module | None) -> list[dict]:
-    groups = [
-        {"name": "head", "params": [*model.image_head.parameters(), *model.fusion.parameters(), model.logit_scale],
-         "lr": config.lr_head, "weight_decay": config.wd_head},
-        {"name": "text", "params": [*model.text_head.parameters(), *model.place_tower.parameters(),
-                                    model.place_offsets],
-         "lr": config.lr_text, "weight_decay": config.wd_text},
-    ]
+def _param_groups(head: TrainableHead, config: TrainConfig, image_adapter: nn.Module | None) -> list[dict]:
+    groups = head.parameter_groups(config)
     if image_adapter is not None:
         trainable = [p for p in image_adapter.parameters() if p.requires_grad]
         if trainable:
@@ -216,13 +205,6 @@ def _param_groups(model: PlaceCLIP, config: TrainConfig, image_adapter: nn.Modul
 
 _CPU = torch.device("cpu")
 _SINGLE = distributed.Run()
-
-
-def seed_everything(seed: int) -> None:
-    """Make a run repeatable: Python, numpy and torch generators."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 MIN_BATCH_SIZE = 16
@@ -241,10 +223,10 @@ def steps_batch_size(batch_size: int, items: int, min_steps: int) -> int:
     return min(batch_size, max(MIN_BATCH_SIZE, items // min_steps))
 
 
-def train_place_clip(
+def train(
+    head: TrainableHead,
     train: TrainingData,
     val: TrainingData,
-    text_features: np.ndarray,
     label_coords: np.ndarray,
     config: TrainConfig,
     *,
@@ -253,20 +235,20 @@ def train_place_clip(
     extra_splits: dict[str, TrainingData] | None = None,
     label_levels: np.ndarray | None = None,
     progress: bool = True,
-    on_epoch: Callable[[int, PlaceCLIP], None] | None = None,
+    on_epoch: Callable[[int, TrainableHead], None] | None = None,
     device: str | torch.device | None = None,
 ) -> TrainResult:
-    """Train a :class:`PlaceCLIP` on cached features; returns the best (lowest val loss) model.
+    """Train ``head`` (fresh from its ``create``, which drew its weights from ``config.seed``) on cached
+    features; returns the best (lowest val loss) weights, loaded into it.
 
-    ``text_features`` holds one row per label (the prompt's text embedding) and
-    ``label_coords`` its ``(lat, lon)``. ``image_adapter`` (optional) maps the cached
-    inputs to image features and may hold trainable encoder layers, trained in the
-    ``image`` parameter group. ``standardize_features`` standardises the image features per
-    dimension (for encoders that mix scales). ``extra_splits`` (e.g. ``test``) are only measured.
+    ``label_coords`` holds each label's ``(lat, lon)``. ``image_adapter`` (optional) maps the cached
+    inputs to image features and may hold trainable encoder layers, trained in the ``image``
+    parameter group. ``standardize_features`` standardises the image features per dimension (for
+    encoders that mix scales). ``extra_splits`` (e.g. ``test``) are only measured.
     ``label_levels`` ``(levels, places)`` gives each place's group at coarser levels (country,
     region); with ``config.level_weight`` > 0 the loss also scores the summed probability of
     the true group at each level, so "which country" is learned as such. ``device`` is a torch
-    device (default CPU); the returned model is on the CPU.
+    device (default CPU); the returned head is on the CPU.
 
     In a process group (``torchrun``, :func:`geoscope.distributed.start`) every rank passes the
     same data: each epoch's permutation is drawn alike on every rank, rank ``r`` trains on
@@ -276,24 +258,19 @@ def train_place_clip(
     are split over the ranks and gathered, so every rank takes the same scheduler and early-stop
     decisions. Only rank 0 shows progress.
     """
+    if not head.trainable:
+        raise GeoscopeError(f"the {head.kind} head is not trained")
     run = distributed.current(str(device or "cpu"))
     device = torch.device(device or "cpu")
-    seed_everything(config.seed)
     adapter = (image_adapter if image_adapter is not None else nn.Identity()).to(device)
     sample = _training_features(train, adapter, device)
-    gps = config.head == "gps"
-    n_places = len(text_features) if config.learn_place_offsets and not gps else 0  # points share a smooth encoder
-    model = PlaceCLIP(PlaceCLIPConfig(sample.shape[1], text_features.shape[1], config.embed_dim, config.dropout,
-                                      n_places=n_places, fusion=config.fusion, image_head=config.image_head,
-                                      places_from="coordinates" if gps else "names", location=config.location)
-                      ).to(device)
+    model = head.to(device)
     optimizer = torch.optim.AdamW(_param_groups(model, config, image_adapter))
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="min", factor=config.factor, patience=config.patience
     )
-    texts = torch.tensor(np.asarray(text_features), dtype=torch.float32).to(device)
     coords = torch.tensor(np.asarray(label_coords), dtype=torch.float64).to(device)
-    groups = [g.to(device) for g in _level_matrices(label_levels, len(text_features))] if config.level_weight > 0 \
+    groups = [g.to(device) for g in _level_matrices(label_levels, len(label_coords))] if config.level_weight > 0 \
         else []
     if standardize_features:
         model.set_image_statistics(sample)
@@ -322,7 +299,7 @@ def train_place_clip(
                 continue
             variant = rng.integers(0, train.features.shape[0], size=len(idx))
             seen = _drop_views(train.views[idx] >= 0, config.view_dropout, rng)
-            loss = _loss(step, train, idx, variant, seen, texts, coords, config, noise, groups, run, device)
+            loss = _loss(step, model, train, idx, variant, seen, coords, config, noise, groups, run, device)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -331,7 +308,7 @@ def train_place_clip(
 
         records = [
             {"epoch": epoch, "split": name,
-             **_measure(measured, measured_adapter, data, texts, coords, config, run, device)}
+             **_measure(measured, measured_adapter, data, coords, config, run, device)}
             for name, data in splits.items()
         ]
         history.extend(records)
@@ -361,15 +338,11 @@ def _averaged(trained: nn.ModuleList, decay: float) -> torch.optim.swa_utils.Ave
     """An exponential moving average of the trained modules' weights (and buffers), or ``None`` (decay 0)."""
     if decay <= 0:
         return None
-    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
     return AveragedModel(trained, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
 def _data_parallel(step: _Step, device: torch.device, seed: int) -> nn.Module:
     """``step`` under DistributedDataParallel; each rank then draws its own dropout and noise."""
-    from torch.nn.parallel import DistributedDataParallel
-
     for parameter in step.parameters():
         if parameter.numel() == 0:  # an empty table of place offsets takes no part in the loss
             parameter.requires_grad_(False)
@@ -433,11 +406,12 @@ def _view_inputs(data: TrainingData, items: np.ndarray, seen: np.ndarray, varian
 
 
 def _loss(
-    step: nn.Module, data: TrainingData, idx: np.ndarray, variant: np.ndarray, seen: np.ndarray,
-    texts: torch.Tensor, coords: torch.Tensor, config: TrainConfig, noise: float = 0.0,
+    step: nn.Module, head: TrainableHead, data: TrainingData, idx: np.ndarray, variant: np.ndarray,
+    seen: np.ndarray, coords: torch.Tensor, config: TrainConfig, noise: float = 0.0,
     groups: Sequence[torch.Tensor] = (), run: distributed.Run = _SINGLE, device: torch.device = _CPU,
 ) -> torch.Tensor:
-    """Loss of one batch ``idx`` (with its augmented variants and the views ``seen``) on this rank's share of it.
+    """The head's loss on one batch ``idx`` (with its augmented variants and the views ``seen``), on this
+    rank's share of it.
 
     Whatever the world size, the gradient (after DDP averages it) is that of the whole batch.
     """
@@ -445,74 +419,56 @@ def _loss(
     weight = len(mine) * run.world_size / len(idx)
     if not len(mine) and config.loss == "label":  # fewer rows than ranks: one row weighted 0 keeps this rank in
         mine, weight = np.zeros(1, dtype=np.int64), 0.0  # the all-reduce (the clip loss gathers empty shares)
-    inputs = _view_inputs(data, idx[mine], seen[mine], variant[mine], device)
-    if config.loss == "clip":
-        # The seed's loss: each image against the place texts of its batch, and back (the whole batch,
-        # gathered from every rank: the in-batch negatives are those of one process).
-        embedded, all_places, scale = step(*inputs, texts, noise, "clip")
-        shares = [np.arange(r, len(idx), run.world_size) for r in range(run.world_size)]
-        if run.distributed:
-            embedded = distributed.gather_rows(embedded, [len(s) for s in shares])
-        rows = idx[np.concatenate(shares)] if run.distributed else idx
-        labels = torch.as_tensor(data.label[rows], dtype=torch.long).to(device)
-        logits = scale * embedded @ all_places[labels].T
-        same = (labels[:, None] == labels[None, :]).float()
-        targets = same / same.sum(dim=1, keepdim=True)
-        return 0.5 * (soft_cross_entropy(logits, targets) + soft_cross_entropy(logits.T, targets))
+    inputs, mask, headings = _view_inputs(data, idx[mine], seen[mine], variant[mine], device)
     rows = idx[mine]
-    labels = torch.as_tensor(data.label[rows], dtype=torch.long).to(device)
-    logits = step(*inputs, texts, noise, "label")
-    targets = haversine_smoothed_targets(
-        labels, torch.as_tensor(data.lat[rows]).to(device), torch.as_tensor(data.lon[rows]).to(device),
-        coords[:, 0], coords[:, 1], config.label_smoothing_km,
-    ).float()
-    loss = soft_cross_entropy(logits, targets)
-    if groups:
-        probabilities = torch.softmax(logits, dim=-1)
-        for members in groups:
-            group_p = (probabilities @ members).clamp(min=1e-8)
-            loss = loss + config.level_weight * -(targets @ members * group_p.log()).sum(dim=-1).mean()
-    return loss * weight if run.distributed else loss
+    batch = Batch(inputs, mask, headings, torch.as_tensor(data.label[rows], dtype=torch.long).to(device),
+                  torch.as_tensor(data.lat[rows]).to(device), torch.as_tensor(data.lon[rows]).to(device), coords,
+                  groups)
+    if run.distributed:  # the in-batch negatives of the clip loss are the whole batch's, gathered from every rank
+        shares = [np.arange(r, len(idx), run.world_size) for r in range(run.world_size)]
+        batch.weight = weight
+        batch.all_labels = torch.as_tensor(data.label[idx[np.concatenate(shares)]], dtype=torch.long).to(device)
+        batch.gather = lambda local: distributed.gather_rows(local, [len(s) for s in shares])
+    return head.loss(step, batch, config, noise)
 
 
 @torch.no_grad()
-def embed_items(model: Head, adapter: nn.Module, data: TrainingData, items: np.ndarray | None = None,
+def embed_items(head: TrainableHead, adapter: nn.Module, data: TrainingData, items: np.ndarray | None = None,
                 device: torch.device = _CPU, chunk: int = 2048) -> torch.Tensor:
     """Unit embeddings of ``items`` (default all) of ``data``, every view they have fused."""
-    model.eval()
+    head.eval()
     adapter.eval()
     items = np.arange(len(data)) if items is None else items
     out = []
     for start in range(0, len(items), chunk):
         idx = items[start : start + chunk]
         inputs, mask, headings = _view_inputs(data, idx, data.views[idx] >= 0, 0, device)
-        out.append(model.embed_views(adapter(inputs), mask, headings))
-    return torch.cat(out) if out else torch.zeros((0, model.embedding_dim), device=device)
+        out.append(head.embed_views(adapter(inputs), mask, headings))
+    return torch.cat(out) if out else torch.zeros((0, head.embedding_dim), device=device)
 
 
-def measure(model: Head, splits: dict[str, TrainingData], text_features: np.ndarray,
-            label_coords: np.ndarray, config: TrainConfig) -> dict[str, dict]:
+def measure(head: TrainableHead, splits: dict[str, TrainingData], label_coords: np.ndarray,
+            config: TrainConfig) -> dict[str, dict]:
     """A trained head's (or ensemble's) loss, label accuracy and mean/median km on each split, as the loop
     measures them, on cached features that need no adapter."""
-    texts = torch.tensor(np.asarray(text_features), dtype=torch.float32)
     coords = torch.tensor(np.asarray(label_coords), dtype=torch.float64)
-    return {name: _measure(model, nn.Identity(), data, texts, coords, config) for name, data in splits.items()}
+    return {name: _measure(head, nn.Identity(), data, coords, config) for name, data in splits.items()}
 
 
 @torch.no_grad()
 def _measure(
-    model: Head, adapter: nn.Module, data: TrainingData, texts: torch.Tensor,
-    coords: torch.Tensor, config: TrainConfig, run: distributed.Run = _SINGLE, device: torch.device = _CPU,
+    head: TrainableHead, adapter: nn.Module, data: TrainingData, coords: torch.Tensor, config: TrainConfig,
+    run: distributed.Run = _SINGLE, device: torch.device = _CPU,
 ) -> dict:
-    """Loss, label accuracy and mean/median km of one split; in a process group each rank
-    measures a slice and every rank combines all slices alike."""
-    model.eval()  # the places too are measured without dropout
-    places = model.embed_places(texts)
+    """Loss, label accuracy and mean/median km of one split, through the head's logits; in a process group
+    each rank measures a slice and every rank combines all slices alike."""
+    head.eval()  # the candidates too are measured without dropout
+    places = head.candidates()
     losses, predictions = [], []
     rows = np.array_split(np.arange(len(data)), run.world_size)[run.rank]
     for start in range(0, len(rows), 2048):
         idx = rows[start : start + 2048]
-        logits = model.scale() * embed_items(model, adapter, data, idx, device) @ places.T
+        logits = head.logits(embed_items(head, adapter, data, idx, device), places)
         labels = torch.as_tensor(data.label[idx], dtype=torch.long).to(device)
         targets = haversine_smoothed_targets(
             labels, torch.as_tensor(data.lat[idx]).to(device), torch.as_tensor(data.lon[idx]).to(device),

@@ -1,5 +1,6 @@
 """What maps an encoder's features into the shared image–place space: the seed's projection head, or a
-linear map (a linear probe's capacity)."""
+linear map (a linear probe's capacity). (Not to be confused with :mod:`geoscope.models.heads`, the stages
+that score image embeddings against their candidates; these are layers inside them.)"""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ from torch import nn
 
 class ProjectionHead(nn.Module):
     """Project an encoder's embedding into the shared image–place space."""
+
+    said = "through a projection head"
+    """How the model card says what reads the image features."""
 
     def __init__(self, in_dim: int, out_dim: int, dropout: float = 0.1) -> None:
         super().__init__()
@@ -26,6 +30,8 @@ class ProjectionHead(nn.Module):
 
 class LinearHead(nn.Module):
     """Dropout on the input, then one linear map into the shared space: as much as a linear probe can learn."""
+
+    said = "through one linear map"
 
     def __init__(self, in_dim: int, out_dim: int, dropout: float = 0.1) -> None:
         super().__init__()

@@ -1,0 +1,118 @@
+"""The model card: a bundle's ``README.md``, rendered from its ``config.json`` (and label table) alone."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from ..models.heads import head_class, head_kind
+from ..models.image_side import ImageSide
+
+_FUSION_SAID = {
+    "mean": "averaging their embeddings",
+    "lstm": "an LSTM over them in heading order (GeoguessrLSTM's way), correcting their average",
+    "attention": "attention between them, each told its heading, correcting their average",
+}
+
+_TYPICALITY_SAID = {
+    level: f"how much farther it lies from the nearest {level}'s training images than from all of them "
+           "(a relative Mahalanobis distance; tells a street from these regions from a street elsewhere)"
+    for level in ("country", "region", "label")
+} | {None: "no second test (too few training images to fit the typicality test)"}
+
+
+def model_card(config: dict, labels: pd.DataFrame) -> str:
+    """The ``README.md`` of a bundle whose ``config.json`` is ``config`` and label table ``labels``."""
+    training = config["training"]
+    data = training["data"]
+    box = data["bbox"]
+    metrics = config["metrics"]
+    rows = "\n".join(
+        f"| {split} | {m['accuracy']:.1%} | {m['mean_km']:.1f} | {m['median_km']:.1f} |"
+        for split, m in metrics.items()
+    )
+    side = ImageSide.from_dict(config["image_encoder"])
+    image = (f"`{side.name}` image features (the whole encoder fine-tuned from pixels)" if side.end_to_end else
+             f"`{side.name}` image features (its last {side.finetune_blocks} block(s) fine-tuned)"
+             if side.finetune_blocks else f"frozen `{side.name}` image features")
+    if side.crops > 1:
+        image += f" averaged over {side.crops} square crops per image"
+    countries = ", ".join(f"{c} ({n})" for c, n in labels.groupby("country")["count"].sum()
+                          .sort_values(ascending=False).items())
+    coverage = config["coverage"]
+    skipped = data["skipped"]
+    skipped_line = (f"{skipped['count']} unreadable image(s) were skipped, first: "
+                    + "; ".join(f"`{line}`" for line in skipped["first"])) if skipped["count"] else \
+        "No image was skipped."
+    sources = (data.get("provenance") or {}).get("sources") or []
+    provenance = "\n".join(f"- {src.get('kind')}: {src.get('location')} — terms: {src.get('terms')}"
+                            for src in sources) or "- not recorded (the manifest has no dataset card)"
+    leak = data["leakage"]
+    head = head_class(head_kind(config["model"]))
+    members = int(config["model"].get("members", 1))
+    return f"""# {config["name"]}
+
+A geoscope {head.title} CLIP model: {image} and
+{head.said(config, labels)}; the views of one place are fused by
+{_FUSION_SAID[config["fusion"]]}; it answers with one of {len(labels)}
+places ({config["labels"]["kind"]} labels: {config["labels"]}), each named after a
+gazetteer place where its training images are, with its region and country, and each
+answer also sums the probabilities per country and region.
+
+## Where it works
+Trained on {data['splits']['train']:,} of the manifest's {data['images']:,} images
+({data['places']:,} places) within
+lat {box['min_lat']:.2f}…{box['max_lat']:.2f}, lon {box['min_lon']:.2f}…{box['max_lon']:.2f};
+training images per country: {countries}.
+A photo from anywhere else can only get the most similar of these places: each answer says
+`in_coverage: false` when the photo is unlike the training images. Two tests, each ranked among
+held-out validation images of the training regions: its mean distance to its {coverage['k']} nearest
+training images (tells a street photo from a blank, noisy, rotated or blurred frame) and
+{_TYPICALITY_SAID[coverage['groups']]}.
+The coverage score is the lower rank; below {coverage['threshold']:.3f} the photo is out of coverage,
+which keeps {coverage['kept']:.0%} of the validation images in.
+The confidence shown beside the guesses (probability that the top guess is within 25, 200
+and 750 km) is calibrated on the validation images.
+
+## Training data
+{provenance}
+
+Split: nearest validation image {leak['nearest_train_val_km']:.3f} km and nearest test image
+{leak['nearest_train_test_km']:.3f} km from a training image. {skipped_line}
+
+## Measured ({"the ensemble; its first head's best epoch " if members > 1 else "best epoch "}{training['best_epoch']})
+| split | label accuracy | mean km | median km |
+|---|---|---|---|
+{rows}
+
+{_refiner_said(config.get("refiner"))}
+{_level_expert_said(config.get("level_expert"))}
+## Limits
+Street-level imagery of the training regions only; one ImageNet backbone.
+"""
+
+
+def _level_expert_said(section: dict | None) -> str:
+    """The model card's section on the level expert."""
+    if section is None:
+        return ("## Level expert\nNone: the head alone decides (trained with `--no-level-expert`, or no level of "
+                "the hierarchy above the labels splits them).\n")
+    head, both = section["val"]["head"], section["val"]["with_expert"]
+    measured = (f"On the validation items the first guesses score a mean GeoScore of {head['geoscore']:.0f} from the "
+                f"head alone ({head['right_group']:.1%} in the right {section['level']}) and {both['geoscore']:.0f} "
+                f"with the expert ({both['right_group']:.1%})")
+    return (f"## Level expert\nA logistic regression over the {section['groups']} {section['level']} groups of the "
+            f"labels (standardised image features, C = {section['C']:g}), fitted on the training images, is "
+            f"multiplied into every answer: p(label) ∝ p(label | head) · p({section['level']} of the label | probe). "
+            f"{measured}.\n")
+
+
+def _refiner_said(refiner: dict | None) -> str:
+    """The model card's section on refinement."""
+    if refiner is None:
+        return ("## Refinement\nEach guess is its label's medoid, so an error inside a label's area is at least the "
+                "distance to it; `--refine knn` moves it to the training images most like the photo.\n")
+    return (f"## Refinement\nEach guess is moved to the likeliest point of a GPS head (`{refiner['name']}`, "
+            f"{refiner['points']:,} points, trained on the same images) within {refiner['radius_km']:g} km of "
+            "its label, and named as the GPS head names that point (PIGEON's hybrid; `--refine gps`, the default; "
+            "`--refine none` answers with the label's medoid, `--refine knn` with the most similar training "
+            "images).\n")
