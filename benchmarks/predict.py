@@ -79,7 +79,7 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
     from geoscope.distributed import cpu_count
     from geoscope.encoders.image import get_image_encoder
     from geoscope.features.cache import BATCH_SIZE
-    from geoscope.features.images import open_image, read_rgb
+    from geoscope.images import open_image, read_rgb
     from geoscope.outputs.batch import CHUNK_SIZE, find_inputs, predict_chunks
     from geoscope.outputs.formats import checked_record, open_predictions_file
     from geoscope.paths import cache_dir

@@ -15,7 +15,7 @@ from PIL import Image
 from geoscope.encoders.image import available_image_encoders, get_image_encoder
 from geoscope.encoders.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess, Views
 from geoscope.errors import GeoscopeError
-from geoscope.features.images import open_image
+from geoscope.images import open_image
 
 # ---------------------------------------------------------------- preprocessing
 

@@ -27,7 +27,7 @@ from geoscope.data.manifest import read_manifest, summarize
 from geoscope.data.sources import make_source
 from geoscope.data.sources.http import AuthError, Budget, HttpClient, NetworkError, scrub
 from geoscope.data.sources.streetview import StreetView
-from geoscope.features.images import open_image
+from geoscope.images import open_image
 
 SECRET_FORMS = (SV_KEY, urllib.parse.quote(SV_KEY, safe=""), urllib.parse.quote_plus(SV_KEY), MLY_TOKEN,
                 urllib.parse.quote(MLY_TOKEN, safe=""))

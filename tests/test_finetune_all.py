@@ -17,8 +17,8 @@ from geoscope.data.manifest import read_manifest, write_manifest
 from geoscope.encoders.efficientnet import load_efficientnet
 from geoscope.encoders.image import image_encoder_spec
 from geoscope.encoders.preprocess import Views
-from geoscope.features.images import open_image
 from geoscope.features.pixels import ImagePixels, readable
+from geoscope.images import open_image
 from geoscope.predict import load_model
 
 

@@ -15,7 +15,7 @@ from PIL import Image, ImageCms
 from geoscope.encoders.efficientnet import lite_preprocess
 from geoscope.encoders.preprocess import Views
 from geoscope.errors import BadImageError
-from geoscope.features.images import open_image, read_rgb
+from geoscope.images import open_image, read_rgb
 
 EXAMPLES = sorted((REPO / "examples" / "images").glob("*.jpg"))
 

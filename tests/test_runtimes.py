@@ -64,3 +64,13 @@ def test_an_unknown_runtime_is_one_line_before_any_work(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "geoscope: error: unknown runtime 'tensorrt': use auto, onnxruntime, openvino, optionally with :fp32 or :bf16"]
+
+
+@needs_openvino
+def test_the_python_api_takes_a_runtime():
+    import geoscope
+
+    model = geoscope.load(runtime="openvino:fp32")
+    assert model.encoder.runtime == Runtime("openvino", "fp32")
+    with pytest.raises(GeoscopeError, match="unknown runtime"):
+        geoscope.load(runtime="tensorflow")

@@ -137,3 +137,31 @@ def test_the_models_import_nothing_that_builds_on_them():
     found = {module: sorted(d for d in deps if d.split(".")[1] in above)
              for module, deps in graph.items() if module.startswith("geoscope.models")}
     assert {m: d for m, d in found.items() if d} == {}
+
+
+STAGES = (("errors", "fileio", "paths", "threads", "distributed", "images"), ("geo",), ("data",), ("encoders",),
+          ("features",), ("models",), ("answer",), ("bundle",), ("training",), ("predict", "loading"),
+          ("investigate", "evaluate", "outputs", "report", "serve"), ("cli", "__main__"))
+"""The pipeline's order: a module imports only from its own stage or earlier ones (the package's
+``__init__``, which holds the version and the lazy ``load``, is read by every stage)."""
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """Imports from a later stage of the pipeline than the importer's."""
+    rank = {name: i for i, names in enumerate(STAGES) for name in names}
+
+    def stage(module: str) -> int:
+        return rank[module.split(".")[1]] if "." in module else -1
+
+    return sorted(f"{m} -> {d}" for m, deps in graph.items() if "." in m for d in deps if stage(d) > stage(m))
+
+
+def test_every_module_has_its_place_in_the_pipeline():
+    top = {p.stem for p in PACKAGE.glob("*.py")} | {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
+    placed = {name for names in STAGES for name in names}
+    assert top - placed == {"__init__"}
+
+
+def test_no_module_imports_a_later_stage_of_the_pipeline():
+    assert upward_imports({"geoscope.geo.x": {"geoscope.serve.y"}}) == ["geoscope.geo.x -> geoscope.serve.y"]
+    assert upward_imports(import_graph()) == []

@@ -24,10 +24,10 @@ from conftest import REPO, make_images, save_clip_tokenizer
 from geoscope.cli.main import main
 from geoscope.data.manifest import write_manifest
 from geoscope.errors import GeoscopeError, ModelError
-from geoscope.features.images import open_image
 from geoscope.geo.candidates import MAX_CITIES, place_hierarchy
 from geoscope.geo.places import load_places
 from geoscope.geo.sphere import geoscore, haversine_km
+from geoscope.images import open_image
 from geoscope.loading import is_zero_shot, load_any_model, zero_shot_model
 from geoscope.models.heads import HEADS, head_from_dict
 from geoscope.models.heads.zero_shot import ZeroShotHead

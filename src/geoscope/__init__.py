@@ -13,12 +13,18 @@ __version__ = "0.1.0"
 __all__ = ["__version__", "load"]
 
 
-def load(model: str | os.PathLike[str] | None = None, *, region: str | None = None) -> GeoModel:
+def load(model: str | os.PathLike[str] | None = None, *, region: str | None = None,
+         runtime: str | None = None) -> GeoModel:
     """Load a model for prediction: a bundle folder (the bundled default when None), or a hub CLIP
     (``"hf:geolocal/StreetCLIP"``, or a local CLIP folder) used zero-shot over the places of ``region``.
+    ``runtime`` runs its image encoder (``"openvino:bf16"``, ``"onnxruntime"``, …; ``None``: ``$GEOSCOPE_RUNTIME``,
+    else ``auto``: see :mod:`geoscope.encoders.runtime`).
 
     Returns a :class:`geoscope.predict.GeoModel`: ``model.predict(["photo.jpg"], top_k=3)``.
     """
+    from .encoders.runtime import resolve_runtime
     from .loading import load_any_model
 
-    return load_any_model(model, region=region)
+    loaded = load_any_model(model, region=region)
+    loaded.runtime = resolve_runtime(runtime)
+    return loaded

@@ -26,6 +26,7 @@ from .bundle.gallery import Gallery
 from .bundle.refiner import PointsRefiner
 from .distributed import cores_per_process
 from .encoders.image import ImageEncoder, get_image_encoder
+from .encoders.runtime import Runtime
 from .errors import ModelError, quote_name
 from .features.cache import FeatureSet
 from .models.fusion import group_mean, group_views
@@ -60,6 +61,8 @@ class GeoModel:
                              f"hold {len(self.head)} places")
         self._adapter: torch.nn.Module | None = None
         self._encoder = None
+        self.runtime: Runtime | None = None
+        """What runs the image encoder (``None``: ``$GEOSCOPE_RUNTIME``, else ``auto``); set before first use."""
         self._gallery = Gallery.from_tensors(files.tensors)
         if self._gallery is not None:
             self._gallery.check_labels(len(self.labels), files.path)
@@ -89,7 +92,7 @@ class GeoModel:
     def encoder(self) -> ImageEncoder:
         """The image encoder whose outputs the model reads (loaded on first use, then reused)."""
         if self._encoder is None:
-            self._encoder = get_image_encoder(self.image_side.cached_encoder)
+            self._encoder = get_image_encoder(self.image_side.cached_encoder, runtime=self.runtime)
         return self._encoder
 
     @property

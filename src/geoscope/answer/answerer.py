@@ -446,11 +446,13 @@ class Answerer:
     def _place_answer(self, row: int, labels: np.ndarray, masses: np.ndarray, count: int, moved: Refined | None,
                       top_k: int) -> tuple[Answer, list[Guess]]:
         """One row's answer and guesses from the labels it names (its best answer first): each named after where
-        it points (a refined point's name, else its label's); labels whose names coincide are one guess, at the
-        point of the first (the more probable), their probabilities summed; the guesses by probability."""
+        it points (a refined point's name, else its label's); labels whose names or points coincide are one
+        guess, at the point of the first (the more probable), their probabilities summed; the guesses by
+        probability."""
         from ..geo.naming import display_name  # here: the gazetteer's modules load only when answering
 
         groups: dict[str, list] = {}
+        at: dict[tuple[float, float], str] = {}  # a point already named: a guess moved there joins that guess
         for j in range(count):
             label = int(labels[j])
             lat, lon, label_name, place, region, country = self._label_fields[label]
@@ -461,6 +463,7 @@ class Answerer:
                 if where is not None:  # a named point: the guess is read under its name
                     place, region, country = (str(v) for v in where)
                     name = display_name(place, region, country)
+            name = at.setdefault((round(lat, 6), round(lon, 6)), name)
             if name in groups:
                 groups[name][7] += float(masses[j])
                 continue

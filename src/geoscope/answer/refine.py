@@ -82,9 +82,9 @@ class GalleryRefiner:
 
 class PointRefiner:
     """``gps``: a GPS head's likeliest gallery point within ``radius_km`` of the guessed label, named as the
-    GPS head names it (``point_names``: ``(place, region, country)`` per point, when known). A guess whose
-    point an earlier guess of the same place already took keeps its label's own coordinates and name, so
-    that no two guesses of one answer are the same point."""
+    GPS head names it (``point_names``: ``(place, region, country)`` per point, when known). Labels whose
+    likeliest point is the same point are one guess of the answer (:mod:`geoscope.answer.answerer` merges
+    guesses at one point), their probabilities summed."""
 
     def __init__(self, head: Head, points: np.ndarray, point_lat: np.ndarray, point_lon: np.ndarray,
                  label_lat: np.ndarray, label_lon: np.ndarray, radius_km: float = REFINE_RADIUS_KM,
@@ -117,19 +117,11 @@ class PointRefiner:
         candidates = self.candidates[labels]  # (places, m, width)
         near = np.where(candidates >= 0, scores[np.arange(len(labels))[:, None, None], candidates.clip(0)], -np.inf)
         point = np.take_along_axis(candidates, near.argmax(axis=2)[..., None], axis=2)[..., 0]
-        inside = (point >= 0) & ~_taken_earlier(point)
+        inside = point >= 0
         lat = np.where(inside, self.point_lat[point], self.label_lat[labels]).astype(np.float64)
         lon = np.where(inside, self.point_lon[point], self.label_lon[labels]).astype(np.float64)
         names = None if self.point_names is None else np.where(inside, self.point_names[point.clip(0)], None)
         return Refined(lat, lon, names)
-
-
-def _taken_earlier(point: np.ndarray) -> np.ndarray:
-    """Whether each entry of ``point`` ``(rows, m)`` repeats one to its left in its row."""
-    taken = np.zeros(point.shape, dtype=bool)
-    for j in range(1, point.shape[1]):
-        taken[:, j] = (point[:, :j] == point[:, j:j + 1]).any(axis=1)
-    return taken
 
 
 def refine_in_labels(query: np.ndarray, labels: np.ndarray, unit_gallery: np.ndarray, gallery_lat: np.ndarray,

@@ -24,8 +24,8 @@ import numpy as np
 import pandas as pd
 
 from ..errors import BadImageError
-from ..features.images import open_image
 from ..fileio import atomic_write_bytes
+from ..images import open_image
 from .manifest import write_manifest
 from .plan import PLAN_FILE, plan_points_path, read_plan
 from .provenance import read_dataset_card, write_dataset_card

@@ -16,7 +16,7 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import GeoscopeError, ManifestError
-from ..features.images import is_image_path
+from ..images import is_image_path
 from .manifest import STRING_COLUMNS, Manifest, normalise, validate_frame
 
 GPS_IFD = 0x8825

@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import GeoscopeError
-from ..features.images import to_rgb
+from ..images import to_rgb
 
 RESAMPLE = {
     "nearest": Image.Resampling.NEAREST,
@@ -76,7 +76,7 @@ class Preprocess:
     def decode_size(self) -> tuple[int, int]:
         """The fewest pixels ``(width, height)`` an image must keep when decoded: both sides ≥ ``size``.
 
-        Pass it to :func:`geoscope.features.images.open_image` as ``min_size``: a large JPEG is then
+        Pass it to :func:`geoscope.images.open_image` as ``min_size``: a large JPEG is then
         decoded at a reduced scale (libjpeg's DCT scaling) before :meth:`resize` shrinks it.
         """
         return self.size, self.size
@@ -135,7 +135,7 @@ class Preprocess:
 
     def views(self, image: Image.Image | np.ndarray, views: Views, out: np.ndarray | None = None) -> np.ndarray:
         """Every view of one image (any mode, read as 8-bit RGB; or its ``(h, w, 3)`` uint8 RGB pixels, as
-        :func:`geoscope.features.images.read_rgb` gives them): float32 ``(views.count, 3, crop_size, crop_size)``.
+        :func:`geoscope.images.read_rgb` gives them): float32 ``(views.count, 3, crop_size, crop_size)``.
 
         ``out``, when given, receives them (a slice of a batch: no copy to assemble it). Pixels of the
         size the encoder wants are flipped and cropped as array views, never copied into a PIL image.

@@ -36,9 +36,9 @@ from ..distributed import cores_per_process
 from ..encoders.preprocess import Preprocess, Views
 from ..errors import BadImageError, GeoscopeError, quote_name
 from ..fileio import atomic_open, atomic_write_bytes, atomic_write_json
+from ..images import open_regular, read_rgb
 from ..paths import cache_dir, writable_cache_folder
 from .claims import HASH_BYTES, WorkClaims
-from .images import open_regular, read_rgb
 
 if TYPE_CHECKING:
     from ..encoders.image import ImageEncoder

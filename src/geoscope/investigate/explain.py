@@ -21,8 +21,8 @@ import numpy as np
 
 from ..encoders.preprocess import Views
 from ..errors import BadImageError
-from ..features.images import read_rgb
 from ..fileio import atomic_open
+from ..images import read_rgb
 
 if TYPE_CHECKING:
     from ..predict import GeoModel

@@ -176,7 +176,7 @@ def _walk(top: str, unreadable: list[str]) -> tuple[list[list[str]], int]:
     """Images under ``top`` grouped by the folder holding them, in name order, and the count of other files;
     a folder that cannot be listed adds a line to ``unreadable``."""
     from ..errors import quote_name
-    from ..features.images import is_image_path  # here: the CLI imports this module at start-up, PIL is not needed then
+    from ..images import is_image_path  # here: the CLI imports this module at start-up, PIL is not needed then
 
     def refused(exc: OSError) -> None:
         unreadable.append(f"{quote_name(exc.filename or top)}: cannot list folder ({exc.strerror or exc})")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import BadImageError
-from ..features.images import open_image
+from ..images import open_image
 
 THUMBNAIL_PX = 256
 GRIDS = ("best", "worst", "random")

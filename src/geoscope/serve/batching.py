@@ -31,7 +31,7 @@ from ..distributed import cpu_count
 from ..encoders.preprocess import Views
 from ..errors import BadImageError
 from ..features.cache import FeatureSet
-from ..features.images import read_rgb
+from ..images import read_rgb
 from ..predict import GeoModel, Prediction
 from ..threads import math_threads
 

@@ -37,7 +37,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..errors import BadImageError, quote_name
+from .errors import BadImageError, quote_name
 
 MAX_PIXELS = 80_000_000
 """Largest image accepted (80 MP); beyond it decoding is refused as a likely decompression bomb."""
