@@ -221,3 +221,22 @@ def test_file_names_that_are_not_utf8_are_written_and_resumed(tmp_path, suffix):
         records = [json.loads(line) for line in text.splitlines()] if suffix == ".jsonl" else \
             [f["properties"] for f in json.loads(text)["features"]]
         assert {os.fsencode(Path(r["image"]).name) for r in records} == {b"caf\xe9-\xff.jpg", b"plain.jpg"}
+
+
+@pytest.mark.parametrize(("section", "key", "value", "said"), [
+    ("coverage", "threshold", float("nan"), "coverage.threshold must be a number in [0, 1], not nan"),
+    ("answer", "merge_km", "far", "answer.merge_km must be a number in [0, inf], not 'far'"),
+    ("refiner", "radius_km", float("nan"), "refiner.radius_km must be a number"),
+    ("calibration", "25", ["a", 1], "calibration.25 must be two finite numbers"),
+])
+def test_a_bundle_config_with_impossible_numbers_is_refused_in_one_line(tmp_path, section, key, value, said):
+    from geoscope.bundle import DEFAULT_BUNDLE
+
+    bundle = tmp_path / "model"
+    shutil.copytree(DEFAULT_BUNDLE, bundle)
+    config = json.loads((bundle / "config.json").read_text())
+    config[section][key] = value
+    (bundle / "config.json").write_text(json.dumps(config))
+    result = run("predict", EXAMPLE, "--model", bundle)
+    assert result.returncode == 2 and said in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

@@ -114,13 +114,41 @@ def validate(files: BundleFiles) -> None:
             raise ModelError(problem)
 
 
+NUMBERS = {
+    ("answer", "merge_km"): (0.0, math.inf),
+    ("coverage", "threshold"): (0.0, 1.0),
+    ("coverage", "kept"): (0.0, 1.0),
+    ("coverage", "k"): (1.0, math.inf),
+    ("refiner", "radius_km"): (1e-9, math.inf),
+}
+"""Numbers of ``config.json`` that change answers, and their ranges: anything else there is refused at load."""
+
+
 def _check_config(config: dict, path: Path) -> None:
     for section in ("model", "image_encoder", "labels"):
         if not isinstance(config.get(section), dict):
             raise ModelError(f"{quote_name(path)}: no {section!r} section (incomplete or foreign bundle)")
+    for (section, key), (low, high) in NUMBERS.items():
+        part = config.get(section)
+        if isinstance(part, dict) and key in part and not _is_number(part[key], low, high):
+            raise ModelError(f"{quote_name(path)}: {section}.{key} must be a number in [{low:g}, {high:g}], "
+                             f"not {part[key]!r}")
+    for quantile in ("gallery", "typicality"):
+        values = ((config.get("coverage") or {}).get("quantiles") or {}).get(quantile, [])
+        if not isinstance(values, list) or not all(_is_number(v, -math.inf, math.inf) for v in values):
+            raise ModelError(f"{quote_name(path)}: coverage.quantiles.{quantile} must be a list of finite numbers")
+    for distance, pair in (config.get("calibration") or {}).items():
+        if not (isinstance(pair, list) and len(pair) == 2 and all(_is_number(v, -math.inf, math.inf) for v in pair)):
+            raise ModelError(f"{quote_name(path)}: calibration.{distance} must be two finite numbers, not {pair!r}")
     centroid = config.get("training", {}).get("centroid") if isinstance(config.get("training"), dict) else None
     if centroid is not None and not _is_coordinate(centroid):
         raise ModelError(f"{quote_name(path)}: training centroid must be [lat, lon] in range, not {centroid!r}")
+
+
+def _is_number(value: object, low: float, high: float) -> bool:
+    """A finite int or float (not a bool) within ``[low, high]``."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) \
+        and low <= value <= high
 
 
 def _is_coordinate(value: object) -> bool:
