@@ -455,7 +455,7 @@ BAD_BUNDLES: dict[str, tuple[Callable[[Path], None], tuple[str, ...]]] = {
     "weights-missing": (_remove("weights.safetensors"), ("weights.safetensors",)),
     "weights-truncated": (_truncate("weights.safetensors"), ("weights.safetensors", "truncated")),
     "weights-text": (_text("weights.safetensors", "hello"), ("weights.safetensors",)),
-    "weights-nan": (_edit_weights(_set("model.members.0.image_head.projection.weight", (0, 0), math.nan)),
+    "weights-nan": (_edit_weights(_set("model.members.0.image_head.projection.weight.scale", (0, 0), math.nan)),
                     ("model.members.0.image_head.projection.weight", "NaN")),
     "weights-inf": (_edit_weights(_set("model.members.1.logit_scale", (0,), math.inf)),
                     ("model.members.1.logit_scale", "inf")),
