@@ -124,7 +124,7 @@ def test_the_example_photos_are_test_images_far_from_every_training_image() -> N
         assert np.isclose(row["lat"], example.lat) and np.isclose(row["lon"], example.lon)
         nearest = haversine_km(example.lat, example.lon, train["lat"].to_numpy(), train["lon"].to_numpy()).min()
         assert nearest > 1.0, f"{example.image} lies {nearest:.2f} km from a training image"
-        original = Path(row["image"]).relative_to(SHARED_DATA / example.dataset).as_posix()
+        original = Path(row["image"]).resolve().relative_to((SHARED_DATA / example.dataset).resolve()).as_posix()
         assert f"| {Path(example.image).name} | {example.dataset} |" in sources and original in sources
         if example.dataset == "us-west":
             assert original.endswith("_000.jpg")  # heading 0

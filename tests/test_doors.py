@@ -240,3 +240,31 @@ def test_a_bundle_config_with_impossible_numbers_is_refused_in_one_line(tmp_path
     result = run("predict", EXAMPLE, "--model", bundle)
     assert result.returncode == 2 and said in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_model_too_small_to_test_coverage_says_so_and_is_never_near_certain(tmp_path):
+    """60 Croatian photos (6 of them validation places): asked about western-USA photos 9,000 km away, it must
+    not call them in coverage, nor be sure of its answer."""
+    from conftest import shared_dataset
+
+    from geoscope.data.manifest import read_manifest, write_manifest
+    from geoscope.geo.labels import LabelScheme
+    from geoscope.predict import load_model
+    from geoscope.training.fit import FitOptions, fit
+    from geoscope.training.loop import TrainConfig
+
+    croatia = read_manifest(shared_dataset("croatia") / "manifest.csv")
+    frame = croatia.frame.iloc[:60].assign(image=[str(p) for p in croatia.image_paths[:60]])
+    places = frame["location_id"].drop_duplicates().tolist()
+    frame["split"] = frame["location_id"].map(lambda p: "val" if places.index(p) % 5 == 0 else "train")
+    write_manifest(frame, tmp_path / "small.csv")
+    options = FitOptions(scheme=LabelScheme("grid", {"cell_km": 100.0}), augment=False, level_expert=False,
+                         train=TrainConfig(max_epochs=3))
+    fit(read_manifest(tmp_path / "small.csv"), options, tmp_path / "model", progress=False)
+    model = load_model(tmp_path / "model")
+    assert model.coverage.too_few
+    usa = read_manifest(shared_dataset("us-west") / "manifest.csv").image_paths[:10]
+    bound = 1 - 1 / (model.coverage.items + 2)
+    for answer in model.predict(usa):
+        assert answer.in_coverage is None and "too few to tell" in " ".join(answer.warnings)
+        assert max(answer.confidence.values()) <= bound < 0.9

@@ -55,11 +55,11 @@ def town_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
     rng = np.random.default_rng(0)
     rows = []
     for t, (name, (lat, lon, colour)) in enumerate(TOWNS.items()):
-        for i in range(24):
+        for i in range(24):  # 7 validation images a town: 21 in all, enough to place a coverage threshold
             path = root / "images" / f"{name}_{i:02d}.jpg"
             _town_image(path, colour, 2 + 3 * t, rng)
             jitter = rng.normal(0, 0.02, 2)
-            split = "test" if i < 5 else "val" if i < 9 else "train"
+            split = "test" if i < 5 else "val" if i < 12 else "train"
             rows.append({"image": f"images/{path.name}", "lat": lat + jitter[0], "lon": lon + jitter[1],
                          "location_id": f"{name}-{i}", "split": split})
     write_manifest(pd.DataFrame(rows), root / "manifest.csv")

@@ -357,7 +357,7 @@ class GeoModel:
             prediction.views = [paths[i] for i in rows if valid[i]]
             if prediction.error is None and not valid[rows].all():
                 unread = "; ".join(errors[i] for i in rows if not valid[i])
-                prediction.warnings = [f"answered from {int(valid[rows].sum())} of {len(rows)} views: {unread}"]
+                prediction.warnings.append(f"answered from {int(valid[rows].sum())} of {len(rows)} views: {unread}")
             out[place] = prediction
         return [p for p in out if p is not None]
 

@@ -293,7 +293,7 @@ class Answerer:
                                       coverage_scores=[coverage_score])[0]
         prediction.views = views
         if prediction.error is None:
-            prediction.warnings = list(warnings or [])
+            prediction.warnings += list(warnings or [])
         return prediction
 
     def answer_rows(self, images: Sequence[str], probabilities: np.ndarray, *, top_k: int = 5, level: str = "place",
@@ -341,11 +341,16 @@ class Answerer:
         if coverage_score is not None and not math.isfinite(coverage_score):
             coverage_score = None  # unknown: a model without training images to compare with
         in_coverage = None
+        warnings = []
         if self.coverage is not None and coverage_score is not None:
-            in_coverage = bool(coverage_score >= self.coverage.threshold)
+            if self.coverage.too_few:
+                warnings.append(f"this model saw {self.coverage.items} validation images: too few to tell whether "
+                                "a photo is like its training images")
+            else:
+                in_coverage = bool(coverage_score >= self.coverage.threshold)
         return Prediction(image, guesses, in_coverage=in_coverage, coverage_score=float(coverage_score)
                           if coverage_score is not None else None, confidence=answer.confidence, levels=levels,
-                          answer=answer)
+                          answer=answer, warnings=warnings)
 
     def _follow_moves(self, sums: dict[str, np.ndarray], labels: np.ndarray, masses: np.ndarray, counts: np.ndarray,
                       names: np.ndarray) -> None:
@@ -381,7 +386,12 @@ class Answerer:
         750 km; ``None`` for a model without calibration."""
         if self.calibration is None:
             return None
-        return self.calibration(mass_near_top(probabilities, self.lat, self.lon, top=best))
+        calibrated = self.calibration(mass_near_top(probabilities, self.lat, self.lon, top=best))
+        items = None if self.coverage is None else self.coverage.items
+        if items is None:
+            return calibrated
+        bound = 1.0 / (items + 2)  # fitted on ``items`` validation images: no surer than they can show
+        return {d: np.clip(v, bound, 1.0 - bound) for d, v in calibrated.items()}
 
     def best(self, probabilities: np.ndarray) -> np.ndarray:
         """The label each probability row answers with (:func:`best_guesses`)."""

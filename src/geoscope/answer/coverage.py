@@ -18,6 +18,7 @@ validation items in coverage.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -135,6 +136,15 @@ class Coverage:
     kept: float = 0.95
     groups: str | None = None
     """The level of the label hierarchy whose groups the typicality test compares with."""
+    items: int | None = None
+    """Validation items the threshold was fitted on (``None``: not recorded, older bundles)."""
+
+    @property
+    def too_few(self) -> bool:
+        """Whether too few validation items were seen to place the threshold among them (fewer than
+        ``1 / (1 − kept)``: 20 to keep 95 %): such a model says it cannot tell (``in_coverage`` null) instead
+        of answering from a threshold beyond every item it saw."""
+        return self.items is not None and self.items < math.ceil(1 / (1 - self.kept) - 1e-9)
 
     @classmethod
     def fit(cls, scores: dict[str, np.ndarray], kept: float, k: int, groups: str | None) -> Coverage:
@@ -142,7 +152,8 @@ class Coverage:
         grid = np.linspace(0.0, 1.0, QUANTILES)
         quantiles = {name: np.quantile(s, grid).tolist() for name, s in scores.items()}
         unfitted = cls(0.0, quantiles)
-        return cls(float(np.quantile(unfitted.combine(scores), 1 - kept)), quantiles, k, kept, groups)
+        items = min(len(s) for s in scores.values())
+        return cls(float(np.quantile(unfitted.combine(scores), 1 - kept)), quantiles, k, kept, groups, items)
 
     def combine(self, scores: dict[str, np.ndarray]) -> np.ndarray:
         """The coverage score: the smallest p-value of the tests (the share of validation items lower)."""
@@ -151,15 +162,17 @@ class Coverage:
 
     def to_dict(self) -> dict:
         return {"score": SCORE, "k": self.k, "threshold": self.threshold, "kept": self.kept,
-                "groups": self.groups, "quantiles": self.quantiles}
+                "groups": self.groups, "items": self.items, "quantiles": self.quantiles}
 
     @classmethod
     def from_dict(cls, data: dict | None) -> Coverage | None:
         """The coverage a bundle's config describes; ``None`` when it has none (or another kind of score)."""
         if not data or data.get("score") != SCORE:
             return None
+        items = data.get("items")
         return cls(float(data["threshold"]), {str(n): [float(v) for v in q] for n, q in data["quantiles"].items()},
-                   int(data.get("k", 10)), float(data.get("kept", 0.95)), data.get("groups"))
+                   int(data.get("k", 10)), float(data.get("kept", 0.95)), data.get("groups"),
+                   None if items is None else int(items))
 
 
 def _p_value(scores: np.ndarray, quantiles: np.ndarray) -> np.ndarray:
