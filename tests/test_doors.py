@@ -268,3 +268,26 @@ def test_a_model_too_small_to_test_coverage_says_so_and_is_never_near_certain(tm
     for answer in model.predict(usa):
         assert answer.in_coverage is None and "too few to tell" in " ".join(answer.warnings)
         assert max(answer.confidence.values()) <= bound < 0.9
+
+
+def test_a_full_disk_while_writing_a_bundle_leaves_the_previous_one_and_no_temporary_folder(tmp_path, small_disk):
+    from conftest import shared_dataset
+
+    from geoscope.data.manifest import read_manifest, write_manifest
+
+    croatia = read_manifest(shared_dataset("croatia") / "manifest.csv")
+    frame = croatia.frame.iloc[:40].assign(image=[str(p) for p in croatia.image_paths[:40]])
+    places = frame["location_id"].drop_duplicates().tolist()
+    frame["split"] = frame["location_id"].map(lambda p: "val" if places.index(p) % 5 == 0 else "train")
+    write_manifest(frame, tmp_path / "small.csv")
+    previous = small_disk / "model"
+    previous.mkdir()
+    (previous / "config.json").write_text("the previous bundle")
+    abandoned = small_disk / ".model.999999999.x1y2"  # what a killed run leaves (no such process)
+    abandoned.mkdir()
+    result = run("train", tmp_path / "small.csv", "--labels", "grid", "--cell-km", "100", "--max-epochs", "1",
+                 "--no-augment", "--no-level-expert", "-o", previous, timeout=600)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(f"geoscope: error: {previous}: cannot write the bundle")
+    assert (previous / "config.json").read_text() == "the previous bundle"
+    assert sorted(p.name for p in small_disk.iterdir()) == ["model"]

@@ -29,10 +29,15 @@ def save_bundle(
     history: list[dict],
     card: str,
 ) -> Path:
-    """Write a bundle: built in a temporary sibling folder, then swapped in whole."""
+    """Write a bundle: built in a temporary sibling folder, then swapped in whole.
+
+    A write that fails (a full disk) leaves the previous bundle as it was and no temporary folder, and is
+    one :class:`ModelError`; temporary folders that a killed run left beside the bundle are removed.
+    """
     target = Path(directory)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    _remove_abandoned(target)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", dir=target.parent))
     try:
         atomic_write_json(staging / CONFIG, {"format": FORMAT, "format_version": FORMAT_VERSION, **config})
         save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(staging / WEIGHTS))
@@ -50,10 +55,34 @@ def save_bundle(
             shutil.rmtree(old, ignore_errors=True)
         else:
             staging.rename(target)
+    except (SafetensorError, OSError) as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else one_line(str(exc))
+        raise ModelError(f"{quote_name(target)}: cannot write the bundle ({why}); the previous one is "
+                         "untouched") from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return target
+
+
+def _remove_abandoned(target: Path) -> None:
+    """Remove the temporary folders that runs killed while writing ``target`` left beside it (``.<name>.<pid>.*``
+    of a process that no longer runs)."""
+    for folder in target.parent.glob(f".{target.name}.*.*"):
+        pid = folder.name.removeprefix(f".{target.name}.").partition(".")[0]
+        if folder.is_dir() and pid.isdigit() and not _running(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def read_bundle(directory: str | os.PathLike[str] | None = None) -> BundleFiles:
