@@ -268,6 +268,12 @@ def test_a_model_too_small_to_test_coverage_says_so_and_is_never_near_certain(tm
     for answer in model.predict(usa):
         assert answer.in_coverage is None and "too few to tell" in " ".join(answer.warnings)
         assert max(answer.confidence.values()) <= bound < 0.9
+    far = read_manifest(shared_dataset("us-west") / "manifest.csv").frame.iloc[:9]
+    write_manifest(far.assign(image=[str(p) for p in usa[:9]]).drop(columns="grid_cell"), tmp_path / "usa.csv")
+    said = run("evaluate", tmp_path / "usa.csv", "--model", tmp_path / "model")
+    assert said.returncode == 0, said.stderr
+    assert "coverage not tested: this model saw" in said.stdout and "flagged outside" not in said.stdout
+    assert "labels not comparable: none of the 3 rows lies in one of this model's labels" in said.stdout
 
 
 def test_a_full_disk_while_writing_a_bundle_leaves_the_previous_one_and_no_temporary_folder(tmp_path, small_disk):

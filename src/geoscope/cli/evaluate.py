@@ -65,6 +65,12 @@ def run(args: argparse.Namespace) -> int:
     p = result.predictions
     if "in_coverage" in p and not args.json:
         print(f"{int((~p['in_coverage']).sum()):,} of {len(p):,} flagged outside what the model knows")
+    elif model.coverage is not None and model.coverage.too_few:
+        print(f"coverage not tested: this model saw {model.coverage.items} validation images, too few to tell "
+              "whether a photo is like its training images")
+    if result.metrics[MODEL].get("n_labelled") == 0 and not args.json:
+        print(f"labels not comparable: none of the {len(p):,} rows lies in one of this model's labels "
+              "(distances still are)")
     if args.json:
         coverage = float(result.predictions["in_coverage"].mean()) if "in_coverage" in result.predictions else None
         print(json.dumps(finite_json({"n": len(result.predictions), "metrics": result.metrics,

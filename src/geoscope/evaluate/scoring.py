@@ -95,7 +95,7 @@ def evaluate(
     predictions["error_km"] = haversine_km(lat, lon, predictions["pred_lat"], predictions["pred_lon"])
     predictions["coverage_score"] = np.array([np.nan if a.coverage_score is None else a.coverage_score
                                               for a in answers], dtype=np.float64)
-    if model.coverage is not None:
+    if model.coverage is not None and not model.coverage.too_few:  # a model too small to test it says so instead
         predictions["in_coverage"] = np.array([bool(a.in_coverage) for a in answers], dtype=bool)
     if answers[0].answer.confidence is not None:  # as each answer states it
         for km in answers[0].answer.confidence:
