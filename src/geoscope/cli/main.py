@@ -25,6 +25,7 @@ TOP_LEVEL = (
     "geoscope.cli.labels",
     "geoscope.cli.train",
     "geoscope.cli.predict",
+    "geoscope.cli.verify",
     "geoscope.cli.evaluate",
     "geoscope.cli.serve",
 )
@@ -44,6 +45,24 @@ def at_least_one(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
     return value
+
+
+SIGNED_OPTIONS = ("--at",)
+"""Options whose value may start with a minus (a southern latitude: ``--at -33.87,151.21``)."""
+
+
+def signed_values(argv: list[str]) -> list[str]:
+    """``argv`` with each value of :data:`SIGNED_OPTIONS` that starts with a minus and a digit glued to its option
+    (``--at=-33.87,151.21``), which argparse would otherwise read as an option of its own."""
+    out: list[str] = []
+    glue = False
+    for token in argv:
+        if glue and len(token) > 1 and token[0] == "-" and (token[1].isdigit() or token[1] == "."):
+            out[-1] = f"{out[-1]}={token}"
+        else:
+            out.append(token)
+        glue = token in SIGNED_OPTIONS
+    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,7 +93,7 @@ def _register(module_name: str, subparsers: argparse._SubParsersAction) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the process exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(signed_values(argv))
     args.argv = argv  # the command as given, for records such as a model's training command
     try:
         apply_runtime(getattr(args, "runtime", None))
