@@ -5,14 +5,17 @@ any fine-tuned top), its head (:mod:`geoscope.models.heads`: the candidates alre
 level expert, the kNN gallery, coverage, calibration and refiners. :meth:`GeoModel.answer` is the one
 answer path (fusion → probabilities → the best single answer → refinement → names, hierarchy, coverage
 and confidence; see :mod:`geoscope.answer.answerer`), for each image or for the fused views of a place;
-``predict``, the server and ``evaluate`` all go through it.
+``predict``, the server and ``evaluate`` all go through it. :meth:`GeoModel.verify`
+checks a claim of where a photo was taken from the same first steps (:meth:`GeoModel.place_evidence`) and
+the bundle's claim check (:mod:`geoscope.answer.verify`).
 """
 
 from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +24,7 @@ import torch
 from .answer.answerer import Answer, Answerer, Calibration, Guess, Prediction
 from .answer.coverage import Coverage
 from .answer.refine import Refined, Refiner, check_refiner
+from .answer.verify import DEFAULT_KM, ClaimCheck, Verdict, check_claim
 from .bundle import WEIGHTS, BundleFiles, read_bundle
 from .bundle.gallery import Gallery
 from .bundle.refiner import PointsRefiner
@@ -35,7 +39,7 @@ from .models.image_side import ImageSide, apply_adapter
 from .models.level_expert import LevelExpert, answer_probabilities
 from .threads import math_threads
 
-__all__ = ["Answer", "GeoModel", "Guess", "Prediction", "load_model"]
+__all__ = ["Answer", "GeoModel", "Guess", "Prediction", "Verdict", "load_model"]
 
 _INCOMPATIBLE = (KeyError, TypeError, ValueError, RuntimeError)
 """What building a stage from a section or tensors that do not fit raises."""
@@ -231,6 +235,17 @@ class GeoModel:
         """Row of each label name in the label table."""
         return {name: i for i, name in reversed(list(enumerate(self.labels["name"].astype(str))))}
 
+    def place_evidence(self, features: np.ndarray, places: np.ndarray,
+                       headings: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The first steps of :meth:`answer`: each place's probability of every label and its coverage score, from
+        the image features ``(n, dim)`` of its views (``places``: each row's place, codes 0…P−1), fused as the model
+        was trained to; the level expert and coverage read the mean of the place's features."""
+        count = int(places.max()) + 1 if len(places) else 0
+        embeddings = self.fused_embeddings(features, places, headings)  # fusion
+        single = len(places) == count and bool((places == np.arange(count)).all())
+        mean = features if single else group_mean(features, places)
+        return self.probabilities(embeddings, mean), self.coverage_scores(mean)
+
     def answer(self, features: np.ndarray, places: np.ndarray | None = None, headings: np.ndarray | None = None, *,
                images: Sequence[str] | None = None, top_k: int = 5, level: str = "place",
                refine: str | None = None) -> list[Prediction]:
@@ -255,11 +270,7 @@ class GeoModel:
             raise ValueError(f"{count} places but {len(names)} image names")
         if count == 0:
             return []
-        embeddings = self.fused_embeddings(features, places, headings)  # fusion
-        single = len(places) == count and bool((places == np.arange(count)).all())
-        mean = features if single else group_mean(features, places)  # what the level expert and coverage read
-        probabilities = self.probabilities(embeddings, mean)
-        coverage = self.coverage_scores(mean)
+        probabilities, coverage = self.place_evidence(features, places, headings)
 
         def refined(rows: np.ndarray, labels: np.ndarray) -> Refined:
             """Where ``refiner`` moves the ``labels`` named for the places ``rows``, from their views."""
@@ -322,44 +333,139 @@ class GeoModel:
         place (codes 0…P−1, in order of first appearance) and one prediction comes back per place."""
         self.refiner(refine)
         self.answerer.check(top_k, level)
-        paths = list(paths)
+        units = Units.of(fs, paths, views=views, places=places, headings=headings,
+                         allow_missing_views=allow_missing_views)
+        answers = self.answer(units.features, units.codes, units.headings, images=units.names, top_k=top_k,
+                              level=level, refine=refine)
+        return units.fill(answers, lambda image, views, error: Prediction(image, [], error, views=views))
+
+    # --- claims ---
+
+    @functools.cached_property
+    def claim_check(self) -> ClaimCheck:
+        """The bundle's claim check (its ``verify`` section), or one clear error naming what to do."""
+        try:
+            check = ClaimCheck.from_dict(self.config.get("verify"), self.labels)
+        except ModelError as exc:
+            raise ModelError(f"{self.path}: {exc}") from None
+        if check is None:
+            raise ModelError(f"{self.path}: this model cannot check claims: its config.json has no \"verify\" "
+                             "section; fit one on the model's validation images with scripts/fit_verify.py "
+                             "(see docs/verify.md)")
+        return check
+
+    def in_coverage(self, scores: np.ndarray) -> list[bool | None]:
+        """Whether each coverage score (:meth:`coverage_scores`) lies within the model's coverage (``None``: unknown,
+        as :class:`Prediction` says it)."""
+        return [None if self.coverage is None else self.coverage.says(float(s)) for s in scores]
+
+    def verify(
+        self, images: Sequence[str | os.PathLike[str]], lat: float, lon: float, km: float = DEFAULT_KM, *,
+        views: bool = False, headings: Sequence[float] | None = None, allow_missing_views: bool = False,
+        progress: bool = False,
+    ) -> list[Verdict]:
+        """How each image (with ``views=True``: the images as views of one place, fused) bears on the claim that
+        it was taken within ``km`` of ``lat``, ``lon``: a :class:`~geoscope.answer.verify.Verdict` each."""
+        check_claim(lat, lon, km)
+        self.claim_check  # noqa: B018 (refused before any image is read)
+        paths = [str(p) for p in images]
+        features = self.image_features(paths, progress=progress)
+        angles = None if headings is None or not views else np.asarray(headings, dtype=np.float64)
+        with math_threads(cores_per_process()):
+            return self.verify_features(features, paths, lat, lon, km, views=views,
+                                        places=np.zeros(len(paths), dtype=np.int64) if views else None,
+                                        headings=angles, allow_missing_views=allow_missing_views)
+
+    def verify_features(
+        self, fs: FeatureSet, paths: Sequence[str], lat: float, lon: float, km: float = DEFAULT_KM, *,
+        views: bool = False, places: np.ndarray | None = None, headings: np.ndarray | None = None,
+        allow_missing_views: bool = False,
+    ) -> list[Verdict]:
+        """:meth:`verify` from image features already extracted, grouped as :meth:`predict_features` groups them;
+        the probabilities and coverage come from :meth:`place_evidence`, as the answer's do."""
+        claim = check_claim(lat, lon, km)
+        check = self.claim_check
+        units = Units.of(fs, paths, views=views, places=places, headings=headings,
+                         allow_missing_views=allow_missing_views)
+        if units.names:
+            probabilities, coverage = self.place_evidence(units.features, units.codes, units.headings)
+        else:
+            probabilities, coverage = np.zeros((0, len(self.labels))), np.zeros(0)
+        verdicts = check.check(probabilities, claim, in_coverage=self.in_coverage(coverage),
+                               coverage_scores=coverage.tolist(), images=units.names)
+        return units.fill(verdicts, lambda image, views, error: Verdict(image, claim, error=error, views=views))
+
+
+@dataclass
+class Units:
+    """Rows of image features grouped into what is answered, an image or a place seen in several views: the rows
+    each answerable unit reads, and why the others cannot be answered (an unreadable image, a missing view)."""
+
+    features: np.ndarray
+    """The rows read: the readable views of the answerable units."""
+    codes: np.ndarray
+    """Each of those rows' unit among the answerable ones (0…A−1)."""
+    headings: np.ndarray | None
+    names: list[str]
+    """Each answerable unit's name (its first view)."""
+    slots: list[tuple[str, list[str] | None, list[str] | None, str | None, str | None]]
+    """Every unit in order: its name, its views (``None``: a single image), the views read, why it cannot be
+    answered (``None``: it can) and a warning."""
+
+    @classmethod
+    def of(cls, fs: FeatureSet, paths: Sequence[str], *, views: bool = False, places: np.ndarray | None = None,
+           headings: np.ndarray | None = None, allow_missing_views: bool = False) -> Units:
+        """Each row an image of its own, or (``views``) the rows of each place in ``places`` (``None``: one place);
+        a place with an unreadable view is answered only with ``allow_missing_views`` (with a warning)."""
+        paths = [str(p) for p in paths]
         features = np.nan_to_num(np.asarray(fs.embeddings, dtype=np.float32))
         valid = np.asarray(fs.valid, dtype=bool)
         errors = dict(zip(np.flatnonzero(~valid).tolist(), fs.errors, strict=True))  # in row order
         if not views:
-            answers = iter(self.answer(features[valid], images=[p for p, ok in zip(paths, valid, strict=True) if ok],
-                                       top_k=top_k, level=level, refine=refine))
-            return [next(answers) if valid[i] else Prediction(p, [], errors[i]) for i, p in enumerate(paths)]
+            slots = [(p, None, None, None if valid[i] else errors[i], None) for i, p in enumerate(paths)]
+            names = [p for p, ok in zip(paths, valid, strict=True) if ok]
+            return cls(features[valid], np.arange(len(names)), None, names, slots)
         codes = np.zeros(len(paths), dtype=np.int64) if places is None else np.asarray(places, dtype=np.int64)
-        out: list[Prediction | None] = []
-        answerable: list[int] = []  # places answered, by their position in ``out``
+        slots = []
+        answerable: list[int] = []
         for place in range(int(codes.max()) + 1 if len(codes) else 0):
             rows = np.flatnonzero(codes == place)
             views_of = [paths[i] for i in rows]
             unread = "; ".join(errors[i] for i in rows if not valid[i])
             ok = valid[rows]
+            read = [paths[i] for i in rows if valid[i]]
             if not ok.any():
-                out.append(Prediction(views_of[0], [], f"no view could be read: {unread}", views=views_of))
+                slots.append((views_of[0], views_of, None, f"no view could be read: {unread}", None))
             elif not ok.all() and not allow_missing_views:
-                out.append(Prediction(views_of[0], [], f"{int((~ok).sum())} of {len(rows)} views could not be read "
-                                      f"({unread}); allow fewer views to answer from the others", views=views_of))
+                slots.append((views_of[0], views_of, None, f"{int((~ok).sum())} of {len(rows)} views could not be "
+                              f"read ({unread}); allow fewer views to answer from the others", None))
             else:
-                out.append(None)
+                warning = None if ok.all() else f"answered from {int(ok.sum())} of {len(rows)} views: {unread}"
+                slots.append((views_of[0], views_of, read, None, warning))
                 answerable.append(place)
         keep = valid & np.isin(codes, answerable)
-        code = np.full(len(out), -1, dtype=np.int64)
+        code = np.full(len(slots), -1, dtype=np.int64)
         code[answerable] = np.arange(len(answerable))
-        firsts = [paths[int(np.flatnonzero(codes == place)[0])] for place in answerable]
-        answers = self.answer(features[keep], code[codes[keep]], None if headings is None else headings[keep],
-                              images=firsts, top_k=top_k, level=level, refine=refine)
-        for place, prediction in zip(answerable, answers, strict=True):
-            rows = np.flatnonzero(codes == place)
-            prediction.views = [paths[i] for i in rows if valid[i]]
-            if prediction.error is None and not valid[rows].all():
-                unread = "; ".join(errors[i] for i in rows if not valid[i])
-                prediction.warnings.append(f"answered from {int(valid[rows].sum())} of {len(rows)} views: {unread}")
-            out[place] = prediction
-        return [p for p in out if p is not None]
+        names = [slots[place][0] for place in answerable]
+        return cls(features[keep], code[codes[keep]], None if headings is None else np.asarray(headings)[keep],
+                   names, slots)
+
+    def fill(self, answered: Sequence, refused: Callable[[str, list[str] | None, str], object]) -> list:
+        """Every unit's result in order: the answerable ones' from ``answered`` (in order; given the views read and
+        any warning), the others' from ``refused(name, views, why)``."""
+        results = iter(answered)
+        out = []
+        for name, views, read, error, warning in self.slots:
+            if error is not None:
+                out.append(refused(name, views, error))
+                continue
+            result = next(results)
+            if views is not None:
+                result.views = read
+                if warning is not None and result.error is None:
+                    result.warnings.append(warning)
+            out.append(result)
+        return out
 
 
 def load_model(directory: str | os.PathLike[str] | None = None) -> GeoModel:

@@ -340,14 +340,11 @@ class Answerer:
                     coverage_score: float | None) -> Prediction:
         if coverage_score is not None and not math.isfinite(coverage_score):
             coverage_score = None  # unknown: a model without training images to compare with
-        in_coverage = None
+        in_coverage = None if self.coverage is None else self.coverage.says(coverage_score)
         warnings = []
-        if self.coverage is not None and coverage_score is not None:
-            if self.coverage.too_few:
-                warnings.append(f"this model saw {self.coverage.items} validation images: too few to tell whether "
-                                "a photo is like its training images")
-            else:
-                in_coverage = bool(coverage_score >= self.coverage.threshold)
+        if self.coverage is not None and coverage_score is not None and self.coverage.too_few:
+            warnings.append(f"this model saw {self.coverage.items} validation images: too few to tell whether "
+                            "a photo is like its training images")
         return Prediction(image, guesses, in_coverage=in_coverage, coverage_score=float(coverage_score)
                           if coverage_score is not None else None, confidence=answer.confidence, levels=levels,
                           answer=answer, warnings=warnings)

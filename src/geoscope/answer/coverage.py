@@ -146,6 +146,13 @@ class Coverage:
         of answering from a threshold beyond every item it saw."""
         return self.items is not None and self.items < math.ceil(1 / (1 - self.kept) - 1e-9)
 
+    def says(self, score: float | None) -> bool | None:
+        """Whether a photo of coverage ``score`` is within what the model knows (``None``: its score is unknown,
+        or the model saw too few validation items to tell)."""
+        if score is None or not math.isfinite(score) or self.too_few:
+            return None
+        return bool(score >= self.threshold)
+
     @classmethod
     def fit(cls, scores: dict[str, np.ndarray], kept: float, k: int, groups: str | None) -> Coverage:
         """Quantiles of each test's validation ``scores``, and the threshold that keeps ``kept`` of them."""

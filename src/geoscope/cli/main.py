@@ -25,6 +25,7 @@ TOP_LEVEL = (
     "geoscope.cli.labels",
     "geoscope.cli.train",
     "geoscope.cli.predict",
+    "geoscope.cli.verify",
     "geoscope.cli.evaluate",
     "geoscope.cli.serve",
 )
@@ -33,6 +34,24 @@ TOP_LEVEL = (
 DISK_ERRORS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
                errno.EFBIG: "a file grew over the size limit", errno.EROFS: "the file system is read-only"}
 """Errors of the disk, not of geoscope: one line, like any problem a user can fix."""
+
+
+SIGNED_OPTIONS = ("--at",)
+"""Options whose value may start with a minus (a southern latitude: ``--at -33.87,151.21``)."""
+
+
+def signed_values(argv: list[str]) -> list[str]:
+    """``argv`` with each value of :data:`SIGNED_OPTIONS` that starts with a minus and a digit glued to its option
+    (``--at=-33.87,151.21``), which argparse would otherwise read as an option of its own."""
+    out: list[str] = []
+    glue = False
+    for token in argv:
+        if glue and len(token) > 1 and token[0] == "-" and (token[1].isdigit() or token[1] == "."):
+            out[-1] = f"{out[-1]}={token}"
+        else:
+            out.append(token)
+        glue = token in SIGNED_OPTIONS
+    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,7 +82,7 @@ def _register(module_name: str, subparsers: argparse._SubParsersAction) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the process exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(signed_values(argv))
     args.argv = argv  # the command as given, for records such as a model's training command
     try:
         apply_runtime(getattr(args, "runtime", None))

@@ -179,6 +179,40 @@ def render_table(record: dict) -> str:
     return "\n".join(lines)
 
 
+def render_verdict(record: dict) -> str:
+    """The readable block for one claim check (``Verdict.to_dict()``): the photo, the claim, the verdict and why,
+    then the likelihood ratio and the calibrated probability."""
+    from ..answer.verify import format_ratio
+
+    views = record.get("views")
+    lines = [f"{len(views)} views of one place: {', '.join(quote_name(v) for v in views)}" if views
+             else quote_name(record.get("image", "?"))]
+    claim = record.get("claim") or {}
+    country = f" ({one_line(str(record['country']))})" if record.get("country") else ""
+    lines.append(f"  claim: within {claim.get('km', math.nan):g} km of {claim.get('lat', math.nan):.4f}, "
+                 f"{claim.get('lon', math.nan):.4f}{country}")
+    lines += [f"  warning: {one_line(str(w))}" for w in record.get("warnings") or []]
+    if record.get("error"):
+        return "\n".join([*lines, f"  not checked: {one_line(str(record['error']))}"])
+    lines.append(f"  verdict: {record.get('verdict')}")
+    lines.append(f"  why: {one_line(str(record.get('reason', '')))}")
+    if record.get("likelihood_ratio") is not None:
+        within = f"P(within {claim.get('km', math.nan):g} km)"
+        lines.append(f"  likelihood ratio {format_ratio(record['likelihood_ratio'])} · {within} "
+                     f"{_small_percent(record.get('probability'))}, "
+                     f"before the photo {_small_percent(record.get('prior_probability'))}")
+    return "\n".join(lines)
+
+
+def _small_percent(p: float | None) -> str:
+    """A probability that may be tiny: ``41 %``, ``0.3 %``, ``0.004 %``."""
+    if p is None:
+        return "n/a"
+    if 0 < p < 0.001:
+        return f"{100 * p:.2g} %"
+    return percent(p)
+
+
 # --- GeoJSON features ----------------------------------------------------------------------------
 
 def record_to_feature(record: dict) -> dict:

@@ -1,9 +1,11 @@
 """The HTTP API and page: a FastAPI application around one loaded model.
 
 ``POST /predict`` takes the image bytes as the body, or a multipart form with one or more
-files (``views=true`` fuses them as views of one place); ``GET /health``, ``GET /model``,
-``GET /model/places``, ``GET /countries.geojson`` and the page at ``/``. The reply's schema is
-derived from :class:`~geoscope.predict.Prediction` and the dataclasses it holds. Every error is
+files (``views=true`` fuses them as views of one place); ``POST /verify?lat=&lon=&km=`` takes
+the same and checks the claim that each photo (or place) was taken within ``km`` of the point;
+``GET /health``, ``GET /model``, ``GET /model/places``, ``GET /countries.geojson`` and the page
+at ``/``. The replies' schemas are derived from :class:`~geoscope.predict.Prediction`,
+:class:`~geoscope.answer.verify.Verdict` and the dataclasses they hold. Every error is
 JSON ``{"error": "..."}``. Bodies are limited in size and must arrive within
 ``body_timeout`` seconds of silence; when ``queue`` requests are in flight the next one
 gets 503 with ``Retry-After``.
@@ -17,7 +19,7 @@ import gzip
 import logging
 import os
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
@@ -32,10 +34,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import __version__
 from ..answer.refine import REFINERS
+from ..answer.verify import DEFAULT_KM, MAX_KM, Verdict
 from ..errors import GeoscopeError
 from ..loading import load_any_model
 from ..predict import GeoModel, Prediction
-from .batching import Busy, MicroBatcher
+from .batching import Busy, MicroBatcher, Ticket
 from .page import WEB_ASSETS, countries_geojson, model_places, model_summary
 
 LOG = logging.getLogger("geoscope.serve")
@@ -74,6 +77,13 @@ class PredictionsReply:
     """Several files sent without ``views=true``: one answer each."""
 
     predictions: list[Prediction]
+
+
+@dataclass(frozen=True)
+class VerdictsReply:
+    """Several files sent to ``/verify`` without ``views=true``: one verdict each."""
+
+    verdicts: list[Verdict]
 
 
 @dataclass(frozen=True)
@@ -124,6 +134,30 @@ def create_app(model: GeoModel | str | os.PathLike[str] | None = None,
     uploading = [0]  # bodies arriving now (changed on the event loop only)
     _add_error_handlers(app, settings)
 
+    async def answered(request: Request, plural: str,
+                       answer: Callable[[Ticket, list[tuple[str, bytes]]], Awaitable[list]]) -> JSONResponse:
+        """The reply to an upload: its body read (before the request takes a place in the encoding queue), then
+        ``answer`` for an admitted ticket; one result as itself, several as ``{plural: [...]}``."""
+        if uploading[0] >= settings.uploads:
+            await _drain(request)
+            return _busy()
+        uploading[0] += 1
+        try:
+            images = await _read_images(request)
+        finally:
+            uploading[0] -= 1
+        try:
+            with batcher.admit() as ticket:
+                results = await answer(ticket, images)
+        except Busy:
+            return _busy()
+        answers = [r.to_dict() for r in results]
+        if all(a.get("error") for a in answers):
+            raise HTTPException(400, "; ".join(a["error"] for a in answers))
+        if len(answers) == 1:
+            return JSONResponse(answers[0])
+        return JSONResponse({plural: answers})
+
     @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     async def page() -> FileResponse:
         return FileResponse(WEB_ASSETS / "index.html", media_type="text/html; charset=utf-8")
@@ -169,26 +203,35 @@ def create_app(model: GeoModel | str | os.PathLike[str] | None = None,
         allow_missing_views: Annotated[bool, Query(
             description="with views: answer from the readable views if some cannot be read (with a warning)")] = False,
     ) -> JSONResponse:
-        if uploading[0] >= settings.uploads:
-            await _drain(request)
-            return _busy()
-        uploading[0] += 1
-        try:  # the body is read before the request takes a place in the encoding queue
-            images = await _read_images(request)
-        finally:
-            uploading[0] -= 1
+        return await answered(request, "predictions", lambda ticket, images: batcher.predict(
+            ticket, images, top_k=top_k, views=views, level=level, refine=refine,
+            allow_missing_views=allow_missing_views))
+
+    @app.post(
+        "/verify", summary="Check the claim that a photo (or several views of one place) was taken near a point",
+        openapi_extra={"requestBody": _UPLOAD_BODY},
+        responses={200: {"model": Verdict | VerdictsReply}, 400: {"model": ErrorReply}, 413: {"model": ErrorReply},
+                   422: {"model": ErrorReply}, 501: {"model": ErrorReply}, 503: {"model": ErrorReply}},
+    )
+    async def verify(
+        request: Request,
+        lat: Annotated[float, Query(ge=-90, le=90, allow_inf_nan=False, description="the claimed point's latitude")],
+        lon: Annotated[float, Query(ge=-180, le=180, allow_inf_nan=False,
+                                    description="the claimed point's longitude")],
+        km: Annotated[float, Query(gt=0, le=MAX_KM, allow_inf_nan=False,
+                                   description="the claim: within this many km of the point")] = DEFAULT_KM,
+        views: Annotated[bool, Query(description="the files are views of one place: one verdict")] = False,
+        allow_missing_views: Annotated[bool, Query(
+            description="with views: judge from the readable views if some cannot be read (with a warning)")] = False,
+    ) -> JSONResponse:
         try:
-            with batcher.admit() as ticket:
-                predictions = await batcher.predict(ticket, images, top_k=top_k, views=views, level=level,
-                                                    refine=refine, allow_missing_views=allow_missing_views)
-        except Busy:
-            return _busy()
-        answers = [p.to_dict() for p in predictions]
-        if all(a.get("error") for a in answers):
-            raise HTTPException(400, "; ".join(a["error"] for a in answers))
-        if len(answers) == 1:
-            return JSONResponse(answers[0])
-        return JSONResponse({"predictions": answers})
+            model.claim_check  # noqa: B018 (refused before the body is read)
+        except GeoscopeError as exc:
+            await _drain(request)
+            message = " ".join(str(exc).replace(str(model.path), f"model {model.config.get('name', '')!r}").split())
+            return JSONResponse({"error": message}, status_code=501)
+        return await answered(request, "verdicts", lambda ticket, images: batcher.verify(
+            ticket, images, lat=lat, lon=lon, km=km, views=views, allow_missing_views=allow_missing_views))
 
     app.mount("/static", StaticFiles(directory=WEB_ASSETS), name="static")
     return app

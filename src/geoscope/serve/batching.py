@@ -6,9 +6,9 @@ One thread takes what is queued, waits up to ``max_wait_ms`` for requests still 
 decoded (never when none is), and encodes up to ``max_batch`` images in runs of
 ``encode_batch`` (larger runs cost more CPU per image on small CPUs); a second thread
 answers each encoded run (requests with the same options share one call of the model's
-answer path, :meth:`GeoModel.predict_features`, views of one place fused per request) while the
-first encodes the next. Uploads never touch the
-feature cache: :meth:`GeoModel.predict_features` answers from features computed here.
+answer path, :meth:`GeoModel.predict_features`, or of :meth:`GeoModel.verify_features` for claim
+checks; views of one place fused per request) while the first encodes the next. Uploads never
+touch the feature cache: the model answers from features computed here.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from ..encoders.preprocess import Views
 from ..errors import BadImageError
 from ..features.cache import FeatureSet
 from ..images import read_rgb
-from ..predict import GeoModel, Prediction
+from ..predict import GeoModel, Prediction, Verdict
 from ..threads import math_threads
 
 
@@ -176,8 +176,9 @@ class MicroBatcher:
                       **options: object) -> list[Prediction]:
         """Predictions for uploaded ``(name, bytes)`` images of a request admitted with ``ticket``.
 
-        ``options`` go to the model's ``predict`` (``top_k``, ``views``, and any others it
-        accepts). Images that cannot be decoded come back as predictions with ``error``.
+        ``options`` go to the model's ``predict_features`` (``top_k``, ``views``, and any others it
+        accepts; ``answer`` names another method of the model that answers from features, such as
+        ``verify_features``). Images that cannot be decoded come back as predictions with ``error``.
         """
         if self._pool is None:
             raise RuntimeError("MicroBatcher.start() was not called")
@@ -193,6 +194,11 @@ class MicroBatcher:
                    dict(options), loop, future)
         self._queue.put(job)
         return await future
+
+    async def verify(self, ticket: Ticket, images: Sequence[tuple[str, bytes]], **options: object) -> list[Verdict]:
+        """Claim checks for uploaded images, batched with the predictions: ``options`` go to the model's
+        :meth:`~geoscope.predict.GeoModel.verify_features` (``lat``, ``lon``, ``km``, ``views``, …)."""
+        return await self.predict(ticket, images, answer="verify_features", **options)
 
     def _decode(self, data: bytes, name: str) -> tuple[np.ndarray | None, str | None]:
         try:
@@ -273,10 +279,12 @@ class MicroBatcher:
             embeddings=np.concatenate([f.embeddings for f in features]),
             valid=np.concatenate([f.valid for f in features]), errors=[e for f in features for e in f.errors],
             encoder_name=features[0].encoder_name, paths=[p for f in features for p in f.paths])
-        views = bool(jobs[0].options.get("views"))
+        options = dict(jobs[0].options)
+        answer = getattr(self.model, options.pop("answer", "predict_features"))  # or verify_features
+        views = bool(options.get("views"))
         places = np.repeat(np.arange(len(features)), [len(f.paths) for f in features]) if views else None
         try:
-            predictions = self.model.predict_features(merged, merged.paths, places=places, **jobs[0].options)
+            predictions = answer(merged, merged.paths, places=places, **options)
         except Exception as exc:
             for job in jobs:
                 _resolve(job, exception=exc)
