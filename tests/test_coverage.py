@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from geoscope.answer.answerer import Answerer
+from geoscope.answer.answerer import Answerer, Calibration
 from geoscope.answer.coverage import Coverage, Typicality, gallery_scores
 
 
@@ -79,6 +79,16 @@ def test_the_answer_says_whether_the_photo_is_in_coverage() -> None:
     assert [answer("x", np.array([0.2, 0.3, 0.5]), coverage_score=s).in_coverage for s in (0.5, 0.01)] == \
         [True, False]
     assert Answerer(_labels()).answer("x", np.array([0.2, 0.3, 0.5]), coverage_score=0.1).in_coverage is None
+
+
+def test_a_photo_the_coverage_test_barely_keeps_is_never_near_certain() -> None:
+    calibration = Calibration({d: (0.0, 12.0) for d in ("25", "200", "750")})  # says 99.9994 % whatever it sees
+    coverage = Coverage(threshold=0.04, quantiles={"gallery": [0.0, 1.0]}, items=1000)
+    answer = Answerer(_labels(), coverage, calibration).answer
+    typical, barely = (answer("x", np.array([0.2, 0.3, 0.5]), coverage_score=s).confidence["25"] for s in (0.8, 0.05))
+    assert typical == pytest.approx(1 - 1 / 802, abs=1e-4) and barely == pytest.approx(1 - 1 / 52, abs=1e-4)
+    unrecorded = Answerer(_labels(), Coverage(threshold=0.04, quantiles={"gallery": [0.0, 1.0]}), calibration)
+    assert unrecorded.answer("x", np.array([0.2, 0.3, 0.5]), coverage_score=0.05).confidence["25"] > 0.9999
 
 
 @pytest.mark.parametrize("shape", [(300, 40), (40, 300)])  # more images than features, and fewer

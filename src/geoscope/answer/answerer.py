@@ -309,7 +309,9 @@ class Answerer:
         rows = np.flatnonzero(finite)
         q = p[rows]
         best = self.best(q) if len(rows) else np.zeros(0, dtype=np.int64)
-        calibrated = self.confidence(q, best) if len(rows) else None
+        given = np.full(len(p), np.nan) if coverage_scores is None else \
+            np.array([np.nan if s is None else float(s) for s in coverage_scores], dtype=np.float64)
+        calibrated = self.confidence(q, best, given[rows]) if len(rows) else None
         sums = {name: q @ membership for name, (membership, group_names) in self._membership.items() if group_names}
         labels, masses, counts = self._candidates(q, best, top_k)
         moved = refine(rows, labels) if refine is not None and len(rows) else None
@@ -378,16 +380,23 @@ class Answerer:
         return [[Share(name=names[g], probability=s) for g, s in zip(groups, row, strict=True)]
                 for groups, row in zip(order.tolist(), top, strict=True)]
 
-    def confidence(self, probabilities: np.ndarray, best: np.ndarray) -> dict[str, np.ndarray] | None:
+    def confidence(self, probabilities: np.ndarray, best: np.ndarray,
+                   coverage_scores: np.ndarray | None = None) -> dict[str, np.ndarray] | None:
         """Calibrated probability, per row, that its best single answer (``best``) is within 25, 200 and
-        750 km; ``None`` for a model without calibration."""
+        750 km; ``None`` for a model without calibration.
+
+        No surer than the validation images can show: a model whose coverage records how many validation items
+        it saw (``n``) bounds each row by ``1 / (m + 2)`` from either end, ``m`` the items as unusual as the
+        photo (``n`` times its coverage score, which is that share), so a photo the coverage test barely keeps
+        is never near-certain."""
         if self.calibration is None:
             return None
         calibrated = self.calibration(mass_near_top(probabilities, self.lat, self.lon, top=best))
         items = None if self.coverage is None else self.coverage.items
         if items is None:
             return calibrated
-        bound = 1.0 / (items + 2)  # fitted on ``items`` validation images: no surer than they can show
+        share = np.ones(len(best)) if coverage_scores is None else np.nan_to_num(coverage_scores, nan=1.0)
+        bound = 1.0 / (items * np.clip(share, 1.0 / items, 1.0) + 2.0)
         return {d: np.clip(v, bound, 1.0 - bound) for d, v in calibrated.items()}
 
     def best(self, probabilities: np.ndarray) -> np.ndarray:
