@@ -22,13 +22,14 @@ from ..predict import GeoModel
 from .results import CENTROID, KNN, MODEL, VIEWS_AVERAGED, EvaluationResult
 
 
-def training_rows(model: GeoModel, manifest: Manifest) -> np.ndarray:
-    """Which rows of ``manifest`` hold an image the model was trained on (by content hash)."""
+def training_rows(model: GeoModel, manifest: Manifest, *, progress: bool = False) -> np.ndarray:
+    """Which rows of ``manifest`` hold an image the model was trained on (by content hash; with ``progress``, a
+    bar while the images are read)."""
     known = model.files.tensors.get("split.train_sha1")
     if known is None or len(known) == 0:
         return np.zeros(len(manifest), dtype=bool)
     seen = {bytes(row) for row in np.asarray(known, dtype=np.uint8)}
-    digests = hash_files(manifest.image_paths)[0]
+    digests = hash_files(manifest.image_paths, progress=progress)[0]
     return np.array([d is not None and d in seen for d in digests], dtype=bool)
 
 
@@ -47,7 +48,7 @@ def evaluate(
     label accuracy, with its coverage and confidence. The baselines are computed here.
     """
     model.refiner(refine)  # an unknown refiner is refused before any image is read
-    seen = training_rows(model, manifest)
+    seen = training_rows(model, manifest, progress=progress)
     if seen.any() and not include_training_rows:
         if seen.all():
             raise GeoscopeError(f"all {len(seen):,} rows hold images the model was trained on: nothing honest "

@@ -22,6 +22,7 @@ import collections
 import hashlib
 import json
 import os
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
@@ -300,8 +301,10 @@ def image_paths(images: Manifest | str | os.PathLike[str] | Sequence[str | os.Pa
     return [Path(p).absolute() for p in images]
 
 
-def hash_files(paths: Sequence[Path], workers: int = 2) -> tuple[list[bytes | None], dict[int, str]]:
-    """SHA-1 of each file's bytes (``None`` where unreadable) and an error line for each of those.
+def hash_files(paths: Sequence[Path], workers: int = 2, *, progress: bool = False,
+               ) -> tuple[list[bytes | None], dict[int, str]]:
+    """SHA-1 of each file's bytes (``None`` where unreadable) and an error line for each of those (with
+    ``progress``, a bar on stderr).
 
     A file reached again under another name (a link) is read once.
     """
@@ -320,8 +323,11 @@ def hash_files(paths: Sequence[Path], workers: int = 2) -> tuple[list[bytes | No
         except OSError as exc:
             return f"{quote_name(path)}: cannot read ({exc.strerror or exc})"
 
+    from tqdm import tqdm
+
     with ThreadPoolExecutor(max(1, workers)) as executor:
-        results = list(executor.map(digest, paths))
+        results = list(tqdm(executor.map(digest, paths), total=len(paths), desc="reading images", unit="img",
+                            disable=not progress or None, leave=False, file=sys.stderr, dynamic_ncols=True))
     errors = {i: r for i, r in enumerate(results) if isinstance(r, str)}
     return [None if isinstance(r, str) else r for r in results], errors
 
