@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .answer.answerer import Answer, Answerer, Calibration, Guess, Prediction
+from .answer.answerer import Answer, Answerer, Calibration, Evidence, Guess, Prediction
 from .answer.coverage import Coverage
 from .answer.refine import Refined, Refiner, check_refiner
 from .answer.verify import DEFAULT_KM, ClaimCheck, Verdict, check_claim
@@ -33,6 +33,7 @@ from .encoders.image import ImageEncoder, get_image_encoder
 from .encoders.runtime import Runtime
 from .errors import ModelError, quote_name
 from .features.cache import FeatureSet
+from .geo.sphere import haversine_km
 from .models.fusion import group_mean, group_views
 from .models.heads import HEADS, REFINING, Head, head_from_dict
 from .models.image_side import ImageSide, apply_adapter
@@ -248,9 +249,10 @@ class GeoModel:
 
     def answer(self, features: np.ndarray, places: np.ndarray | None = None, headings: np.ndarray | None = None, *,
                images: Sequence[str] | None = None, top_k: int = 5, level: str = "place",
-               refine: str | None = None) -> list[Prediction]:
+               refine: str | None = None, evidence: int = 0) -> list[Prediction]:
         """The one answer path: one :class:`Prediction` per place from the image features ``(n, dim)`` of its
-        views (readable images only), for many places at once.
+        views (readable images only), for many places at once; with ``evidence`` > 0, each also lists that many
+        training places most like it (:meth:`evidence`).
 
         ``places`` gives each row's place (codes 0…P−1; ``None``: every row a place of one view), ``headings``
         the rows' headings in degrees (``None``: unknown), ``images`` each place's name (its first view). The
@@ -281,13 +283,32 @@ class GeoModel:
             keep = code[places] >= 0
             return refiner.coordinates(features[keep], code[places[keep]], labels)
 
-        return self.answerer.answer_rows(names, probabilities, top_k=top_k, level=level, coverage_scores=coverage,
-                                         refine=refined if refiner is not None else None)
+        answers = self.answerer.answer_rows(names, probabilities, top_k=top_k, level=level, coverage_scores=coverage,
+                                            refine=refined if refiner is not None else None)
+        if evidence > 0:
+            single = len(places) == count and bool((places == np.arange(count)).all())
+            self.evidence(features if single else group_mean(features, places), answers, evidence)
+        return answers
+
+    def evidence(self, features: np.ndarray, answers: Sequence[Prediction], k: int) -> None:
+        """Give each answer the ``k`` training places whose images are most like its features (a place's: the mean
+        of its views'), from the kNN gallery, with their distance to the answer."""
+        rows, similarity = self._stored_gallery().nearest(features, k)
+        gallery, names = self._stored_gallery(), self.labels["name"].astype(str).to_numpy()
+        for prediction, found, alike in zip(answers, rows, similarity, strict=True):
+            if prediction.answer is None:
+                continue
+            found = found[found >= 0]
+            km = haversine_km(prediction.answer.lat, prediction.answer.lon, gallery.lat[found], gallery.lon[found])
+            labels = gallery.label[found] if gallery.label is not None else None
+            prediction.evidence = [Evidence(float(gallery.lat[r]), float(gallery.lon[r]),
+                                            "" if labels is None else str(names[labels[i]]), float(alike[i]),
+                                            float(km[i])) for i, r in enumerate(found)]
 
     def predict(
         self, images: Sequence[str | os.PathLike[str]], top_k: int = 5, *, views: bool = False,
         headings: Sequence[float] | None = None, level: str = "place", refine: str | None = None,
-        allow_missing_views: bool = False, progress: bool = False,
+        allow_missing_views: bool = False, progress: bool = False, evidence: int = 0,
     ) -> list[Prediction]:
         """Guesses for each image; with ``views=True`` the images are views of one place, fused.
 
@@ -295,20 +316,21 @@ class GeoModel:
         A place with an unreadable view is answered only with ``allow_missing_views`` (and says so).
         ``refine`` names the refiner that moves each place guess to a point inside it (:mod:`geoscope.answer.refine`;
         ``None``: the bundle's default, :attr:`refine`). ``headings``: each view's compass heading, where known.
+        ``evidence``: also list that many training places most like each photo.
         """
         if views:
             return self.predict_places([images], top_k, headings=None if headings is None else [headings],
                                        level=level, refine=refine, allow_missing_views=allow_missing_views,
-                                       progress=progress)
+                                       progress=progress, evidence=evidence)
         paths = [str(p) for p in images]
         features = self.image_features(paths, progress=progress)
         with math_threads(cores_per_process()):  # the images are encoded: the heads have every core
-            return self.predict_features(features, paths, top_k, level=level, refine=refine)
+            return self.predict_features(features, paths, top_k, level=level, refine=refine, evidence=evidence)
 
     def predict_places(
         self, places: Sequence[Sequence[str | os.PathLike[str]]], top_k: int = 5, *,
         headings: Sequence[Sequence[float] | None] | None = None, level: str = "place", refine: str | None = None,
-        allow_missing_views: bool = False, progress: bool = False,
+        allow_missing_views: bool = False, progress: bool = False, evidence: int = 0,
     ) -> list[Prediction]:
         """One answer per place, each seen in several views (its images), all answered together."""
         paths = [str(p) for views in places for p in views]
@@ -320,12 +342,13 @@ class GeoModel:
         features = self.image_features(paths, progress=progress)
         with math_threads(cores_per_process()):
             return self.predict_features(features, paths, top_k, views=True, places=codes, headings=angles,
-                                         level=level, refine=refine, allow_missing_views=allow_missing_views)
+                                         level=level, refine=refine, allow_missing_views=allow_missing_views,
+                                         evidence=evidence)
 
     def predict_features(
         self, fs: FeatureSet, paths: Sequence[str], top_k: int = 5, *, views: bool = False,
         places: np.ndarray | None = None, headings: np.ndarray | None = None, level: str = "place",
-        refine: str | None = None, allow_missing_views: bool = False,
+        refine: str | None = None, allow_missing_views: bool = False, evidence: int = 0,
     ) -> list[Prediction]:
         """:meth:`predict` from image features already extracted (:meth:`image_features`), one row per path.
 
@@ -336,7 +359,7 @@ class GeoModel:
         units = Units.of(fs, paths, views=views, places=places, headings=headings,
                          allow_missing_views=allow_missing_views)
         answers = self.answer(units.features, units.codes, units.headings, images=units.names, top_k=top_k,
-                              level=level, refine=refine)
+                              level=level, refine=refine, evidence=evidence)
         return units.fill(answers, lambda image, views, error: Prediction(image, [], error, views=views))
 
     # --- claims ---

@@ -115,6 +115,22 @@ class Answer:
                                else round(step["probability"], 6)} for step in self.hierarchy]}
 
 
+@dataclass(frozen=True)
+class Evidence:
+    """A training place the photo looks like: where it is, the label it belongs to, how alike (cosine similarity of
+    their features in the kNN gallery's space, 1 the same) and how far it lies from the answer."""
+
+    lat: float
+    lon: float
+    label: str
+    similarity: float
+    km_from_answer: float
+
+    def to_dict(self) -> dict:
+        return {"lat": round(self.lat, 6), "lon": round(self.lon, 6), "label": self.label,
+                "similarity": round(self.similarity, 4), "km_from_answer": round(self.km_from_answer, 1)}
+
+
 @dataclass
 class Prediction:
     """The answer for one image (or one place seen from several views), or why there is none."""
@@ -130,6 +146,8 @@ class Prediction:
     levels: dict[str, list[Share]] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     answer: Answer | None = None
+    evidence: list[Evidence] | None = None
+    """With ``evidence=K``: the K training places most like the photo, most alike first."""
 
     def to_dict(self) -> dict:
         out: dict = {"image": self.image}
@@ -144,6 +162,8 @@ class Prediction:
                 "coverage_score": None if self.coverage_score is None else round(self.coverage_score, 6),
                 "confidence": self.confidence,
             })
+            if self.evidence is not None:
+                out["evidence"] = [e.to_dict() for e in self.evidence]
             if self.warnings:
                 out["warnings"] = self.warnings
         if self.views is not None:

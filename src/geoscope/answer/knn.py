@@ -36,3 +36,24 @@ def knn_locate(
         rows = np.arange(len(top))
         out_lat[start : start + 1024], out_lon[start : start + 1024] = la[rows, best], lo[rows, best]
     return out_lat, out_lon
+
+
+def nearest_places(query: np.ndarray, unit_gallery: np.ndarray, gallery_lat: np.ndarray, gallery_lon: np.ndarray,
+                   k: int) -> tuple[np.ndarray, np.ndarray]:
+    """For each query, its ``k`` most cosine-similar gallery items at distinct places (the best of the images
+    taken at one spot stands for it): their rows ``(n, k)`` (−1 where fewer exist) and similarities."""
+    q = query / np.linalg.norm(query, axis=1, keepdims=True).clip(1e-12)
+    spot = np.unique(np.round(np.stack([gallery_lat, gallery_lon], axis=1), 3), axis=0, return_inverse=True)[1]
+    wide = min(len(unit_gallery), 8 * k)  # enough images to find k places among them
+    rows = np.full((len(q), k), -1, dtype=np.int64)
+    similarity = np.full((len(q), k), np.nan)
+    for start in range(0, len(q), 1024):
+        sims = q[start : start + 1024] @ unit_gallery.T
+        top = np.argpartition(-sims, wide - 1, axis=1)[:, :wide]
+        top = np.take_along_axis(top, np.argsort(-np.take_along_axis(sims, top, axis=1), axis=1), axis=1)
+        for i, candidates in enumerate(top):
+            firsts = candidates[np.unique(spot.ravel()[candidates], return_index=True)[1]]
+            firsts = firsts[np.argsort(-sims[i, firsts])][:k]
+            rows[start + i, : len(firsts)] = firsts
+            similarity[start + i, : len(firsts)] = sims[i, firsts]
+    return rows, similarity

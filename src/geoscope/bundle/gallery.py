@@ -17,7 +17,7 @@ import numpy as np
 
 from ..answer.answerer import unit_rows
 from ..answer.coverage import SCORE, TESTS, TYPICALITY_KEYS, Typicality, scores_by_test
-from ..answer.knn import knn_locate
+from ..answer.knn import knn_locate, nearest_places
 from ..answer.pca import principal_axes
 from ..answer.refine import GalleryRefiner
 from ..errors import ModelError, quote_name
@@ -103,6 +103,11 @@ class Gallery:
     def knn(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The kNN baseline: where the training images most like each image were taken."""
         return knn_locate(self.query(features), self.unit, self.lat, self.lon)
+
+    def nearest(self, features: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` training images most like each row of ``features``, at distinct places: rows and similarities
+        (:func:`geoscope.answer.knn.nearest_places`)."""
+        return nearest_places(self.query(features), self.unit, self.lat, self.lon, k)
 
     def scores(self, features: np.ndarray, k: int) -> dict[str, np.ndarray]:
         """Each coverage test's score for image features (each test's own scale; the coverage ranks them)."""

@@ -47,6 +47,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help=f"images answered (and written) together ({CHUNK_SIZE})")
     parser.add_argument("--limit", type=at_least_one,
                         help="answer at most this many images (places with --views) not yet in the output, then stop")
+    parser.add_argument("--evidence", type=at_least_one, metavar="K",
+                        help="also list the K training places whose photos are most like each photo")
     parser.add_argument("--explain", metavar="DIR",
                         help="also draw where in each photo the answer comes from (an occlusion map, 65 encoder runs "
                              "per photo) as DIR/<name>.explain.png")
@@ -100,7 +102,7 @@ def _run(args: argparse.Namespace) -> int:
         print("[", end="")
     try:
         chunks = predict_chunks(model, units, top_k=args.top_k, views=args.views, chunk_size=args.chunk_size,
-                                level=args.level, refine=args.refine,
+                                level=args.level, refine=args.refine, evidence=args.evidence,
                                 allow_missing_views=args.allow_missing_views or None)
         for chunk, records in chunks if pending.count else ():
             records = [checked_record(r) for r in records]

@@ -176,6 +176,12 @@ def render_table(record: dict) -> str:
         mark = "  ← answer" if chosen and g.get("name") == chosen else ""
         lines.append(f"  {rank:>2}  {_ljust(name, width)}  {g.get('lat', math.nan):>9.4f}  "
                      f"{g.get('lon', math.nan):>10.4f}  {100 * g.get('probability', math.nan):>9.1f} %{mark}")
+    evidence = record.get("evidence") or []
+    if evidence:
+        lines.append("  most like training photos at (similarity, km from the answer):")
+        lines += [f"    {e.get('lat', math.nan):.4f}, {e.get('lon', math.nan):.4f}  "
+                  f"{one_line(str(e.get('label', '')))}  ({e.get('similarity', math.nan):.2f}, "
+                  f"{e.get('km_from_answer', math.nan):,.0f} km)" for e in evidence]
     return "\n".join(lines)
 
 

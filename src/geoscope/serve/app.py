@@ -43,6 +43,7 @@ from .page import WEB_ASSETS, countries_geojson, model_places, model_summary
 
 LOG = logging.getLogger("geoscope.serve")
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+MAX_EVIDENCE = 20
 MAX_FILES = 16
 
 
@@ -202,10 +203,12 @@ def create_app(model: GeoModel | str | os.PathLike[str] | None = None,
         views: Annotated[bool, Query(description="the files are views of one place: fuse them")] = False,
         allow_missing_views: Annotated[bool, Query(
             description="with views: answer from the readable views if some cannot be read (with a warning)")] = False,
+        evidence: Annotated[int, Query(ge=0, le=MAX_EVIDENCE, description="also list this many training places "
+                                       "whose photos are most like the photo")] = 0,
     ) -> JSONResponse:
         return await answered(request, "predictions", lambda ticket, images: batcher.predict(
             ticket, images, top_k=top_k, views=views, level=level, refine=refine,
-            allow_missing_views=allow_missing_views))
+            allow_missing_views=allow_missing_views, evidence=evidence))
 
     @app.post(
         "/verify", summary="Check the claim that a photo (or several views of one place) was taken near a point",
