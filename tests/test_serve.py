@@ -394,6 +394,7 @@ window.addEventListener("load", async function () {
     marker.setAttribute("data-state", document.body.dataset.state);
     marker.setAttribute("data-countries", String(document.querySelectorAll("#countries path.country").length));
     marker.setAttribute("data-markers", String(document.querySelectorAll("#markers .marker").length));
+    marker.setAttribute("data-evidence", String(document.querySelectorAll("#markers rect.evidence").length));
     document.body.appendChild(marker);
   })();
 });
@@ -419,6 +420,7 @@ def test_the_page_shows_the_guesses_on_an_offline_map(live: LiveServer, tmp_path
     attrs = dict(re.findall(r'data-(\w+)="([^"]*)"', marker.group(0)))
     assert attrs["state"] == "answered"
     assert int(attrs["countries"]) > 200 and int(attrs["markers"]) == 5 + 1  # five guesses and the answer
+    assert int(attrs["evidence"]) == 5  # and the training places most like the photo
     assert attrs["zoom"] == "2.000" and attrs["restored"] == "true"  # the + and - buttons zoom the map
     expected = load_model().predict([LONDON], top_k=5)[0]
     assert f"{expected.answer.name}<small>" in done.stdout  # the answer is shown under its name…

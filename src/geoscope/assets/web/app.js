@@ -10,6 +10,7 @@
   const MAX_LAT = 85.0511;
   const MAX_ZOOM = 1 << 15;
   const TOP_K = 5;
+  const EVIDENCE = 5; // training places most like the photo, drawn as small squares
 
   function esc(text) {
     return String(text).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
@@ -173,6 +174,7 @@
 
     show(answer) {
       this.guesses = (answer && answer.guesses) || [];
+      this.evidence = (answer && answer.evidence) || []; // training places most like the photo: small squares
       this.answer = (answer && answer.answer) || null;
       this.fitGuesses();
     },
@@ -180,6 +182,20 @@
     drawMarkers() {
       const layer = this.markers;
       layer.textContent = "";
+      for (const e of this.evidence || []) { // under the guesses: what the answer rests on
+        const [wx, wy] = project(e.lon, e.lat);
+        const mark = document.createElementNS(SVG, "rect");
+        mark.setAttribute("class", "evidence");
+        mark.setAttribute("x", (this.tx + wx * this.k - 4).toFixed(1));
+        mark.setAttribute("y", (this.ty + wy * this.k - 4).toFixed(1));
+        mark.setAttribute("width", "8");
+        mark.setAttribute("height", "8");
+        const title = document.createElementNS(SVG, "title");
+        title.textContent = `a training photo like this one: ${e.label} (similarity ${e.similarity.toFixed(2)}, ` +
+          `${Math.round(e.km_from_answer)} km from the answer)`;
+        mark.appendChild(title);
+        layer.appendChild(mark);
+      }
       // Least probable first, so the best guess is drawn on top.
       const order = this.guesses.map((g, i) => i).reverse();
       for (const i of order) {
@@ -408,7 +424,7 @@
     const form = new FormData();
     files.forEach((file) => form.append("files", file, file.name));
     try {
-      const reply = await fetch(`predict?top_k=${TOP_K}${views ? "&views=true&allow_missing_views=true" : ""}`, { method: "POST", body: form });
+      const reply = await fetch(`predict?top_k=${TOP_K}&evidence=${EVIDENCE}${views ? "&views=true&allow_missing_views=true" : ""}`, { method: "POST", body: form });
       const data = await reply.json().catch(() => ({ error: `the server answered ${reply.status}` }));
       if (!reply.ok) {
         document.body.dataset.state = "error";
