@@ -120,17 +120,7 @@ class GeoModel:
     def view_features(self, views: Sequence[np.ndarray], batch_size: int = 16) -> np.ndarray:
         """Image features ``(n, dim)`` of images already decoded and preprocessed, one ``(crops, 3, c, c)`` array
         per image (uploads, occluded frames), never cached."""
-        encoder = self.encoder
-        crops = self.image_side.crops
-        c = encoder.preprocess.crop_size
-        stacked = np.concatenate(views) if len(views) else np.zeros((0, 3, c, c), dtype=np.float32)
-        step = batch_size * crops
-        encoded = np.concatenate([encoder.encode(stacked[i:i + step]) for i in range(0, len(stacked), step)]
-                                 or [np.zeros((0, encoder.dim), dtype=np.float32)])
-        encoded = encoded.reshape(len(views), crops, encoder.dim)
-        # as ImageSide.extract combines crops: the fine-tuned top reads them side by side, a frozen head their mean
-        rows = encoded.reshape(len(views), -1) if self.image_side.finetune_blocks else encoded.mean(axis=1)
-        return apply_adapter(self.adapter, rows)
+        return apply_adapter(self.adapter, self.image_side.encode_views(views, self.encoder, batch_size))
 
     def embed(self, features: np.ndarray) -> np.ndarray:
         """Unit embeddings in the shared space for image features ``(n, dim)``, each image a place of one view."""

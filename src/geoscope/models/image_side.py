@@ -113,12 +113,28 @@ class ImageSide:
         if self.end_to_end:
             return read_pixels(paths, image_encoder_spec(self.name).preprocess, crops=self.crops, hflip=hflip)
         views = Views(hflip=hflip, crops=self.crops)
-        combine = "stack" if self.finetune_blocks else "mean"
-        fs = extract_features(list(paths), encoder or self.cached_encoder, augment=views, combine=combine,
+        fs = extract_features(list(paths), encoder or self.cached_encoder, augment=views, combine=self.combine,
                               progress=progress, device=device)
         if fs.embeddings.ndim == 3:
             fs.embeddings = fs.embeddings.reshape(len(fs.embeddings), -1)
         return fs
+
+    @property
+    def combine(self) -> str:
+        """How an image's crops combine: side by side for a fine-tuned top (it reads each crop's maps), else
+        their mean."""
+        return "stack" if self.finetune_blocks else "mean"
+
+    def encode_views(self, views: Sequence[np.ndarray], encoder: ImageEncoder, batch_size: int = 16) -> np.ndarray:
+        """Encoder outputs of images already decoded and preprocessed (one ``(crops, 3, c, c)`` array each:
+        uploads, occluded frames), never cached, their crops combined as :meth:`extract` combines them."""
+        c = encoder.preprocess.crop_size
+        stacked = np.concatenate(views) if len(views) else np.zeros((0, 3, c, c), dtype=np.float32)
+        step = batch_size * self.crops
+        encoded = np.concatenate([encoder.encode(stacked[i:i + step]) for i in range(0, len(stacked), step)]
+                                 or [np.zeros((0, encoder.dim), dtype=np.float32)])
+        encoded = encoded.reshape(len(views), self.crops, encoder.dim)
+        return encoded.reshape(len(views), -1) if self.combine == "stack" else encoded.mean(axis=1)
 
     def stored_adapter(self, tensors: Mapping[str, np.ndarray]) -> nn.Module:
         """:meth:`adapter` with the fine-tuned weights a bundle stores (under :data:`TOP`), in eval mode; raises
