@@ -185,6 +185,9 @@ def test_a_second_writer_of_one_output_is_refused_and_rows_stay_one_per_image(tm
     assert len(rows) == len(set(rows)) == 60
     assert run("predict", tmp_path / "photos", "-o", out).returncode == 0  # the lock is let go
     assert len(out.read_text().splitlines()) == 60
+    nested = tmp_path / "new" / "folder" / "out.jsonl"  # the lock lives beside an output whose folder is new
+    assert run("predict", tmp_path / "photos" / "p000.jpg", "-o", nested).returncode == 0
+    assert len(nested.read_text().splitlines()) == 1 and not list(nested.parent.glob(".*.lock"))
 
 
 def test_a_full_disk_while_writing_answers_leaves_whole_chunks_only(tmp_path, small_disk):

@@ -46,6 +46,7 @@ def sole_writer(path: str | os.PathLike[str]) -> Iterator[None]:
 
     target = Path(path)
     lock = target.with_name(f".{target.name}.lock")
+    target.parent.mkdir(parents=True, exist_ok=True)  # an output into a new folder is written there
     while True:
         fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o666 & ~current_umask())
         try:
