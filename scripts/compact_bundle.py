@@ -13,7 +13,7 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from safetensors.numpy import load_file
+from safetensors.numpy import load_file, save
 
 from geoscope.bundle import WEIGHTS, read_bundle
 from geoscope.bundle.storage import compact, expand
@@ -37,18 +37,12 @@ def main() -> None:
     small = compact(tensors, int8=int8, keep=args.keep)
     before = path.stat().st_size
     with atomic_open(path) as handle:
-        handle.write(save_bytes(small))
+        handle.write(save({k: np.ascontiguousarray(v) for k, v in small.items()}))
     back = read_bundle(args.bundle).tensors
     assert set(back) == set(tensors), "tensor names changed"
     worst = max((float(np.abs(back[k] - tensors[k]).max() / np.abs(tensors[k]).max()) for k in int8), default=0.0)
     print(f"{path}: {before:,} → {path.stat().st_size:,} bytes; int8 error at most {worst:.2e} of a matrix's "
           f"largest weight ({len(int8)} int8 matrices)")
-
-
-def save_bytes(tensors: dict[str, np.ndarray]) -> bytes:
-    from safetensors.numpy import save
-
-    return save({k: np.ascontiguousarray(v) for k, v in tensors.items()})
 
 
 if __name__ == "__main__":

@@ -231,10 +231,8 @@ class GeoModel:
         """The first steps of :meth:`answer`: each place's probability of every label and its coverage score, from
         the image features ``(n, dim)`` of its views (``places``: each row's place, codes 0…P−1), fused as the model
         was trained to; the level expert and coverage read the mean of the place's features."""
-        count = int(places.max()) + 1 if len(places) else 0
         embeddings = self.fused_embeddings(features, places, headings)  # fusion
-        single = len(places) == count and bool((places == np.arange(count)).all())
-        mean = features if single else group_mean(features, places)
+        mean = place_means(features, places)
         return self.probabilities(embeddings, mean), self.coverage_scores(mean)
 
     def answer(self, features: np.ndarray, places: np.ndarray | None = None, headings: np.ndarray | None = None, *,
@@ -276,15 +274,14 @@ class GeoModel:
         answers = self.answerer.answer_rows(names, probabilities, top_k=top_k, level=level, coverage_scores=coverage,
                                             refine=refined if refiner is not None else None)
         if evidence > 0:
-            single = len(places) == count and bool((places == np.arange(count)).all())
-            self.evidence(features if single else group_mean(features, places), answers, evidence)
+            self.evidence(place_means(features, places), answers, evidence)
         return answers
 
     def evidence(self, features: np.ndarray, answers: Sequence[Prediction], k: int) -> None:
         """Give each answer the ``k`` training places whose images are most like its features (a place's: the mean
         of its views'), from the kNN gallery, with their distance to the answer."""
-        rows, similarity = self._stored_gallery().nearest(features, k)
         gallery, names = self._stored_gallery(), self.labels["name"].astype(str).to_numpy()
+        rows, similarity = gallery.nearest(features, k)
         for prediction, found, alike in zip(answers, rows, similarity, strict=True):
             if prediction.answer is None:
                 continue
@@ -479,6 +476,14 @@ class Units:
                     result.warnings.append(warning)
             out.append(result)
         return out
+
+
+def place_means(features: np.ndarray, places: np.ndarray) -> np.ndarray:
+    """Each place's mean image features (what the level expert, coverage and evidence read); the rows themselves
+    when every place is one row, in order."""
+    count = int(places.max()) + 1 if len(places) else 0
+    single = len(places) == count and bool((places == np.arange(count)).all())
+    return features if single else group_mean(features, places)
 
 
 def load_model(directory: str | os.PathLike[str] | None = None) -> GeoModel:

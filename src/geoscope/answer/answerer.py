@@ -345,7 +345,6 @@ class Answerer:
             named = [self._level_answer(q[j], int(best[j]), level, ranked[level][j][:top_k], sums[level][j])
                      for j in range(len(rows))]
         expected = self.expected_geoscore(q, np.array([a.lat for a, _ in named]), np.array([a.lon for a, _ in named]))
-        scores = [None] * len(p) if coverage_scores is None else list(coverage_scores)
         answered = {}
         for j, i in enumerate(rows.tolist()):
             answer, guesses = named[j]
@@ -354,7 +353,7 @@ class Answerer:
                             answer.label, answer.probability, float(expected[j]), confidence,
                             self._hierarchy(answer, {name: s[j] for name, s in sums.items()}, level))
             levels = {name: entries[j][:LEVEL_ROWS] for name, entries in ranked.items()}
-            answered[i] = self._prediction(images[i], answer, guesses, levels, scores[i])
+            answered[i] = self._prediction(images[i], answer, guesses, levels, float(given[i]))
         return [answered[i] if ok else Prediction(image, [], "the model produced no finite probabilities")
                 for i, (image, ok) in enumerate(zip(images, finite, strict=True))]
 
