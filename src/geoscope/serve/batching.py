@@ -58,15 +58,15 @@ class Busy(Exception):
     """Too many requests in flight: the caller should answer 503 and ask the client to retry."""
 
 
-TRIM_PIXELS = 2_000_000
-"""A decoded upload of more pixels than this gives the heap back afterwards (:func:`release_memory`). Smaller ones
-leave little to give back, and a trim after each of them cost as much CPU as their decode (224 px photos, 8 clients:
-1.0–1.4 ms of the decoding threads' time a request with it, 0.5 ms without)."""
+TRIM_BYTES = 1 << 20
+"""An upload whose body or decoded pixels reached this many bytes gives the heap back after its decode
+(:func:`release_memory`). Smaller ones leave little to give back, and a trim after each of them cost as much CPU as
+their decode (224 px photos, 8 clients: 1.0–1.4 ms of the decoding threads' time a request with it, 0.5 without)."""
 
 
 def decode_upload(data: bytes, name: str, model: GeoModel) -> tuple[np.ndarray, int]:
-    """One uploaded image as the encoder's preprocessed views ``(crops, 3, c, c)`` and the pixels it was decoded to;
-    :class:`BadImageError` naming it."""
+    """One uploaded image as the encoder's preprocessed views ``(crops, 3, c, c)`` and the bytes of the pixels it
+    was decoded to; :class:`BadImageError` naming it."""
     preprocess = model.encoder.preprocess
     try:
         image = read_rgb(data, min_size=preprocess.decode_size)
@@ -74,7 +74,7 @@ def decode_upload(data: bytes, name: str, model: GeoModel) -> tuple[np.ndarray, 
         reason = str(exc).removeprefix("<bytes>: ")
         raise BadImageError(f"{name}: {reason}") from None
     width, height = image.size if isinstance(image, Image.Image) else image.shape[1::-1]
-    return preprocess.views(image, Views(crops=model.image_side.crops)), width * height
+    return preprocess.views(image, Views(crops=model.image_side.crops)), 3 * width * height
 
 
 @dataclass
@@ -215,14 +215,14 @@ class MicroBatcher:
         return await self.predict(ticket, images, answer="verify_features", **options)
 
     def _decode(self, data: bytes, name: str) -> tuple[np.ndarray | None, str | None]:
-        pixels = TRIM_PIXELS + 1  # a failed decode may have held any amount
+        decoded = TRIM_BYTES  # a failed decode may have held any amount
         try:
-            views, pixels = decode_upload(data, name, self.model)
+            views, decoded = decode_upload(data, name, self.model)
             return views, None
         except BadImageError as exc:
             return None, str(exc)
         finally:
-            if pixels > TRIM_PIXELS:
+            if max(len(data), decoded) >= TRIM_BYTES:
                 release_memory()
 
     # --- the worker threads: one encodes batches, the other answers them (the two overlap) ---
