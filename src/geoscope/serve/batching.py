@@ -106,12 +106,13 @@ class BatchStats:
     images: int = 0
     requests: int = 0
     refused: int = 0
+    answer_calls: int = 0
 
     def to_dict(self) -> dict:
         sizes = list(self.recent_sizes.copy())  # copy() is atomic; the worker threads append
         answers = list(self.recent_answers.copy())
-        return {"batches": self.batches, "images": self.images, "requests": self.requests,
-                "refused": self.refused, "largest_recent_batch": max(sizes, default=0),
+        return {"batches": self.batches, "images": self.images, "requests": self.requests, "refused": self.refused,
+                "answer_calls": self.answer_calls, "largest_recent_batch": max(sizes, default=0),
                 "mean_recent_batch": round(float(np.mean(sizes)), 2) if sizes else 0.0,
                 "mean_recent_answer": round(float(np.mean(answers)), 2) if answers else 0.0}
 
@@ -308,6 +309,7 @@ class MicroBatcher:
             embeddings=np.concatenate([f.embeddings for f in features]),
             valid=np.concatenate([f.valid for f in features]), errors=[e for f in features for e in f.errors],
             encoder_name=features[0].encoder_name, paths=[p for f in features for p in f.paths])
+        self.stats.answer_calls += 1
         self.stats.recent_answers.append(len(merged.paths))
         options = dict(jobs[0].options)
         answer = getattr(self.model, options.pop("answer", "predict_features"))  # or verify_features
