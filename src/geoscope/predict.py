@@ -360,8 +360,8 @@ class GeoModel:
             raise ModelError(f"{self.path}: {exc}") from None
         if check is None:
             raise ModelError(f"{self.path}: this model cannot check claims: its config.json has no \"verify\" "
-                             "section; fit one on the model's validation images with scripts/fit_verify.py "
-                             "(see docs/verify.md)")
+                             "section (`geoscope train` fits one on the validation split; for a model trained before, "
+                             "scripts/fit_verify.py in the repository does: see docs/verify.md)")
         return check
 
     def in_coverage(self, scores: np.ndarray) -> list[bool | None]:

@@ -58,17 +58,24 @@ class PreparedData:
         return int(adapt_rows(adapter, train.features, np.arange(1)).shape[1])
 
 
+def with_split(manifest: Manifest, options: FitOptions) -> Manifest:
+    """``manifest`` as training splits it: its own ``split`` column, else 1 km blocks (val 10 %, test 10 %)
+    from the run's seed, the same every time for the same options."""
+    if "split" in manifest.frame:
+        return manifest
+    frame = split_manifest(manifest.frame, by="block", block_km=options.block_km, val=0.1, test=0.1,
+                           seed=options.train.seed, gap_km=options.gap_km)
+    return Manifest(frame, manifest.root)
+
+
 def prepare(manifest: Manifest, options: FitOptions, head: type[TrainableHead], *,
             progress: bool = True) -> PreparedData:
     """Split if needed, label the rows, extract (cached) image features and what ``head`` reads of each label."""
-    frame = manifest.frame
-    if "split" not in frame:
-        frame = split_manifest(frame, by="block", block_km=options.block_km, val=0.1, test=0.1,
-                               seed=options.train.seed, gap_km=options.gap_km)
-        manifest = Manifest(frame, manifest.root)
-        if progress:
-            print(f"split by {options.block_km:g} km blocks (val 10 %, test 10 %, seed {options.train.seed}; "
-                  f"training images within {options.gap_km:g} km of them left out)", file=sys.stderr)
+    split = with_split(manifest, options)
+    if progress and split is not manifest:
+        print(f"split by {options.block_km:g} km blocks (val 10 %, test 10 %, seed {options.train.seed}; "
+              f"training images within {options.gap_km:g} km of them left out)", file=sys.stderr)
+    manifest, frame = split, split.frame
     leakage = leakage_report(frame)
     if progress:
         print(f"nearest train–val image {leakage['nearest_train_val_km']:.3f} km, train–test "
