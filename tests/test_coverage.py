@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from geoscope.answer.answerer import Answerer, Calibration
-from geoscope.answer.coverage import Coverage, Typicality, gallery_scores
+from geoscope.answer.coverage import Coverage, Covered, Typicality, gallery_scores, scores_by_test
 
 
 def _labels() -> pd.DataFrame:
@@ -104,3 +104,52 @@ def test_principal_axes_are_the_svds_first_rows(shape: tuple[int, int]) -> None:
     np.testing.assert_allclose(top, s[:12], rtol=1e-8)
     np.testing.assert_allclose(np.abs((axes * vt[:12]).sum(axis=1)), 1.0, atol=1e-8)  # the same axes, up to sign
     assert principal_axes(z, 10**6)[0].shape == (min(shape),)  # never more than the matrix has
+
+
+def _country(rng: np.random.Generator, n: int, region: int, country: np.ndarray) -> np.ndarray:
+    """Street photos of one region of a country: the country's look, and a little of the region's own (dims 8…11)."""
+    own = np.zeros(4)
+    own[region] = 2.5
+    return np.c_[_regions(rng, n, country)[:, :24], own + rng.normal(0, 0.4, (n, 4))]
+
+
+def test_the_test_one_level_down_flags_a_region_of_a_known_country_it_never_saw() -> None:
+    rng = np.random.default_rng(7)
+    countries = 3.0 * np.eye(2, 8)  # two countries; the first known by three of its four regions only
+    parts = [(_country(rng, 300, r, countries[0]), 0, f"r{r}") for r in range(3)] + \
+        [(_country(rng, 300, r, countries[1]), 1, "") for r in range(4)]  # the second wholly (no test below)
+    train = np.concatenate([x for x, _, _ in parts])
+    groups = np.concatenate([np.full(len(x), g) for x, g, _ in parts])
+    subgroups = np.concatenate([np.full(len(x), s) for x, _, s in parts])
+    typicality = Typicality.fit(train, groups, subgroups=subgroups)
+    assert typicality is not None and set(typicality.within) == {0}
+    back = Typicality.from_tensors(typicality.tensors())
+    assert set(back.within) == {0} and "typicality.0.projection" in typicality.tensors()
+    covered = Covered("Country A", "region", ("r0", "r1", "r2"))
+    val = np.concatenate([_country(rng, 100, r, countries[c]) for c, r in [(0, 0), (0, 1), (0, 2), (1, 0), (1, 3)]])
+    gallery = train[::3]
+    coverage = Coverage.fit(scores_by_test(val, val, gallery, 10, back), 0.95, 10, "country",
+                            {"typicality.0": covered})
+    unseen = _country(rng, 300, 3, countries[0])  # the first country's fourth region
+    tests = scores_by_test(unseen, unseen, gallery, 10, back)
+    assert np.isfinite(tests["typicality.0"]).mean() > 0.9  # it resembles the first country
+    flagged = coverage.combine(tests) < coverage.threshold
+    plain = Coverage.fit({k: v for k, v in scores_by_test(val, val, gallery, 10, back).items() if k != "typicality.0"},
+                         0.95, 10, "country")
+    assert flagged.mean() > 0.6 and (plain.combine(tests) < plain.threshold).mean() < 0.3
+    fresh = np.concatenate([_country(rng, 200, r, countries[0]) for r in range(3)])
+    assert (coverage.combine(scores_by_test(fresh, fresh, gallery, 10, back)) >= coverage.threshold).mean() > 0.9
+    reasons = coverage.reasons(tests)
+    assert reasons[int(np.flatnonzero(flagged)[0])] == ("it resembles Country A, but none of the regions of it the "
+                                                        "model was trained on (r0, r1, r2)")
+    assert all(r is None for r, f in zip(reasons, flagged, strict=True) if not f)
+    assert Coverage.from_dict(coverage.to_dict()) == coverage
+
+
+def test_coverage_written_before_the_test_one_level_down_reads_as_it_did() -> None:
+    old = {"score": "gallery+typicality", "k": 10, "threshold": 0.03, "kept": 0.95, "groups": "country",
+           "quantiles": {"gallery": [0.0, 1.0], "typicality": [0.0, 2.0]}}
+    coverage = Coverage.from_dict(old)
+    assert coverage is not None and coverage.within == {} and "within" not in coverage.to_dict()
+    assert coverage.reasons({"gallery": np.array([-5.0, 0.5]), "typicality": np.array([1.0, -3.0])}) == \
+        ["it is unlike every training photo", "it resembles none of the countries the model was trained on"]
