@@ -99,7 +99,7 @@ def _within_said(coverage: dict) -> str:
     parts = "; ".join(f"{c['group']}: {', '.join(c['covered'])}" for c in within.values())
     return ("; and, where the training images cover only some of a country's first-level regions, the same test "
             "among the regions they cover, for the photos most like that country, so that a street from one of its "
-            f"other regions is flagged (\"it resembles that country, but none of the regions of it the model was "
+            f"other regions can be flagged (\"it resembles that country, but none of the regions of it the model was "
             f"trained on\"): {parts}")
 
 
