@@ -182,13 +182,25 @@ class GeoModel:
 
     def coverage_scores(self, features: np.ndarray) -> np.ndarray:
         """How much each image (features, or the mean features of a place's views) is like the training images:
-        the share of held-out validation images less like them, by the weaker of the coverage's tests.
+        the share of held-out validation images less like them, by the weakest of the coverage's tests.
 
         NaN (coverage unknown) for a bundle without a coverage threshold (older bundles) or gallery.
         """
+        return self.coverage_of(features)[0]
+
+    def coverage_of(self, features: np.ndarray) -> tuple[np.ndarray, list[str | None]]:
+        """:meth:`coverage_scores`, and why each row is out of coverage (``None``: it is not, or unknown)."""
+        tests = self.coverage_tests(features)
+        if self.coverage is None or tests is None:
+            return np.full(len(features), np.nan), [None] * len(features)
+        return self.coverage.combine(tests), self.coverage.reasons(tests)
+
+    def coverage_tests(self, features: np.ndarray) -> dict[str, np.ndarray] | None:
+        """Each coverage test's score of each row (:meth:`geoscope.bundle.gallery.Gallery.scores`; ``None``: the
+        bundle has no coverage threshold or gallery)."""
         if self.coverage is None or self._gallery is None:
-            return np.full(len(features), np.nan)
-        return self.coverage.combine(self._gallery.scores(features, self.coverage.k))
+            return None
+        return self._gallery.scores(features, self.coverage.k)
 
     @functools.cached_property
     def refiners(self) -> dict[str, Refiner]:
@@ -226,14 +238,15 @@ class GeoModel:
         """Row of each label name in the label table."""
         return {name: i for i, name in reversed(list(enumerate(self.labels["name"].astype(str))))}
 
-    def place_evidence(self, features: np.ndarray, places: np.ndarray,
-                       headings: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """The first steps of :meth:`answer`: each place's probability of every label and its coverage score, from
-        the image features ``(n, dim)`` of its views (``places``: each row's place, codes 0…P−1), fused as the model
-        was trained to; the level expert and coverage read the mean of the place's features."""
+    def place_evidence(self, features: np.ndarray, places: np.ndarray, headings: np.ndarray | None = None
+                       ) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
+        """The first steps of :meth:`answer`: each place's probability of every label, its coverage score and why
+        it is out of coverage (:meth:`coverage_of`), from the image features ``(n, dim)`` of its views (``places``:
+        each row's place, codes 0…P−1), fused as the model was trained to; the level expert and coverage read the
+        mean of the place's features."""
         embeddings = self.fused_embeddings(features, places, headings)  # fusion
         mean = place_means(features, places)
-        return self.probabilities(embeddings, mean), self.coverage_scores(mean)
+        return self.probabilities(embeddings, mean), *self.coverage_of(mean)
 
     def answer(self, features: np.ndarray, places: np.ndarray | None = None, headings: np.ndarray | None = None, *,
                images: Sequence[str] | None = None, top_k: int = 5, level: str = "place",
@@ -260,7 +273,7 @@ class GeoModel:
             raise ValueError(f"{count} places but {len(names)} image names")
         if count == 0:
             return []
-        probabilities, coverage = self.place_evidence(features, places, headings)
+        probabilities, coverage, why = self.place_evidence(features, places, headings)
 
         def refined(rows: np.ndarray, labels: np.ndarray) -> Refined:
             """Where ``refiner`` moves the ``labels`` named for the places ``rows``, from their views."""
@@ -272,7 +285,7 @@ class GeoModel:
             return refiner.coordinates(features[keep], code[places[keep]], labels)
 
         answers = self.answerer.answer_rows(names, probabilities, top_k=top_k, level=level, coverage_scores=coverage,
-                                            refine=refined if refiner is not None else None)
+                                            coverage_reasons=why, refine=refined if refiner is not None else None)
         if evidence > 0:
             self.evidence(place_means(features, places), answers, evidence)
         return answers
@@ -398,7 +411,7 @@ class GeoModel:
         units = Units.of(fs, paths, views=views, places=places, headings=headings,
                          allow_missing_views=allow_missing_views)
         if units.names:
-            probabilities, coverage = self.place_evidence(units.features, units.codes, units.headings)
+            probabilities, coverage, _ = self.place_evidence(units.features, units.codes, units.headings)
         else:
             probabilities, coverage = np.zeros((0, len(self.labels))), np.zeros(0)
         verdicts = check.check(probabilities, claim, in_coverage=self.in_coverage(coverage),

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..answer.answerer import unit_rows
-from ..answer.coverage import SCORE, TESTS, TYPICALITY_KEYS, Typicality, scores_by_test
+from ..answer.coverage import PARTS, SCORE, TESTS, TYPICALITY, WITHIN_TEST, Typicality, scores_by_test
 from ..answer.knn import knn_locate, nearest_places
 from ..answer.pca import principal_axes
 from ..answer.refine import GalleryRefiner
@@ -50,14 +50,15 @@ class Gallery:
 
     @classmethod
     def fit(cls, x: np.ndarray, lat: np.ndarray, lon: np.ndarray, label: np.ndarray, scale: np.ndarray,
-            groups: np.ndarray) -> Gallery:
+            groups: np.ndarray, subgroups: np.ndarray | None = None) -> Gallery:
         """From training images' features ``x`` ``(n, dim)`` (float64), scaled by ``scale`` as the head reads them,
-        with each image's coordinates, label and typicality group."""
+        with each image's coordinates, label and typicality group (and its group one level down, where the test
+        goes there: :meth:`~geoscope.answer.coverage.Typicality.fit`)."""
         mean = x.mean(axis=0)
         components = principal_axes((x - mean) / scale, DIM)[1] / scale  # scale, then project: one matrix
         return cls(mean.astype(np.float32), components.astype(np.float32),
                    ((x - mean) @ components.T).astype(np.float16), lat.astype(np.float64), lon.astype(np.float64),
-                   label.astype(np.int32), Typicality.fit(x, groups))
+                   label.astype(np.int32), Typicality.fit(x, groups, subgroups=subgroups))
 
     def to_dict(self) -> dict:
         return {"images": len(self.lat), "dim": int(self.features.shape[1]), "typicality": self.typicality is not None}
@@ -164,28 +165,44 @@ def check_coverage(config: dict, tensors: dict[str, np.ndarray], path: Path) -> 
     problem = None
     if not isinstance(coverage.get("threshold"), int | float) or not isinstance(quantiles, dict) or not quantiles:
         problem = "coverage needs a numeric 'threshold' and the 'quantiles' of its tests"
-    elif unknown := sorted(set(quantiles) - set(TESTS)):
+    elif unknown := sorted(n for n in quantiles if n not in TESTS and not WITHIN_TEST.fullmatch(n)):
         problem = f"unknown coverage test(s) {', '.join(map(repr, unknown))} (known: {', '.join(TESTS)})"
     elif not all(isinstance(q, list) and len(q) > 1 and all(isinstance(v, int | float) for v in q)
                  and np.all(np.diff(q) >= 0) for q in quantiles.values()):
         problem = "each coverage test's 'quantiles' must be a rising list of numbers"
     elif "gallery" in quantiles and KEYS[0] not in tensors:
         problem = "its coverage reads the kNN gallery, which the weights do not hold"
-    elif "typicality" in quantiles:
-        problem = _typicality_problem(tensors)
+    else:
+        problem = next(filter(None, (_typicality_problem(tensors, name) for name in sorted(quantiles)
+                                     if name != "gallery")), None)
+    if problem is None and not isinstance(coverage.get("within", {}), dict):
+        problem = "coverage.within must map each test one level down to what it compares with"
     return f"{quote_name(path / CONFIG)}: {problem}" if problem else None
 
 
-def _typicality_problem(tensors: dict[str, np.ndarray]) -> str | None:
-    missing = [k for k in TYPICALITY_KEYS if k not in tensors]
+def _typicality_problem(tensors: dict[str, np.ndarray], test: str = TYPICALITY) -> str | None:
+    """What is wrong with the tensors of the typicality test ``test`` (or one level down: ``typicality.G``, whose
+    group ``G`` must be a row of the level above and whose features are that level's whitened components)."""
+    keys = [f"{test}.{part}" for part in PARTS]
+    missing = [k for k in keys if k not in tensors]
     if missing:
-        return f"its coverage reads the typicality test, but {WEIGHTS} has no {', '.join(map(repr, missing))}"
-    mean, projection, root, groups = (tensors[k] for k in TYPICALITY_KEYS)
+        return f"its coverage reads the {test} test, but {WEIGHTS} has no {', '.join(map(repr, missing))}"
+    mean, projection, root, groups = (tensors[k] for k in keys)
     if (mean.ndim, projection.ndim, root.ndim, groups.ndim) != (1, 2, 2, 2) or \
             projection.shape[0] != mean.shape[0] or root.shape != (projection.shape[1],) * 2 or \
             groups.shape[1] != projection.shape[1]:
-        return (f"typicality tensors disagree in shape (mean {mean.shape}, projection {projection.shape}, "
+        return (f"{test} tensors disagree in shape (mean {mean.shape}, projection {projection.shape}, "
                 f"precision_root {root.shape}, group_means {groups.shape})")
+    above, _, group = test.rpartition(".")
+    if above:
+        above_problem = _typicality_problem(tensors, above)
+        if above_problem is not None:
+            return above_problem
+        above_groups, above_projection = tensors[f"{above}.group_means"], tensors[f"{above}.projection"]
+        if int(group) >= above_groups.shape[0] or mean.shape[0] != above_projection.shape[1]:
+            return (f"{test} does not fit {above}: group {group} of {above_groups.shape[0]}, reading "
+                    f"{mean.shape[0]} components of {above_projection.shape[1]}")
+        return None
     gallery_mean = tensors.get("gallery.pca_mean")
     if gallery_mean is not None and gallery_mean.shape != mean.shape:
         return f"typicality.mean has {mean.shape[0]} values but gallery.pca_mean {gallery_mean.shape[0]}"

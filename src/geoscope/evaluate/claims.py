@@ -63,7 +63,7 @@ def places_of(model: GeoModel, manifest: Manifest, *, progress: bool = False) ->
     codes, _ = pd.factorize(manifest.place_ids[valid].reset_index(drop=True))
     headings = frame["heading"].to_numpy(dtype=np.float64) if "heading" in frame else None
     x = np.asarray(features.embeddings, dtype=np.float32)[valid]
-    probabilities, coverage = model.place_evidence(x, codes, headings)
+    probabilities, coverage, _ = model.place_evidence(x, codes, headings)
     firsts = ~pd.Series(codes).duplicated().to_numpy()
     places = frame[firsts].reset_index(drop=True)
     covered = np.array([c is not False for c in model.in_coverage(coverage)], dtype=bool)

@@ -97,6 +97,11 @@ def admin1_names() -> dict[tuple[str, str], str]:
     return {(c, a): own_spelling(c, n) for c, a, n in zip(best["cc"], best["code"], best["name"], strict=True)}
 
 
+def country_regions(country_code: str) -> frozenset[str]:
+    """The first-level regions of a country, by name (:func:`admin1_names`; empty for a code it does not know)."""
+    return frozenset(name for (code, _), name in admin1_names().items() if code == country_code)
+
+
 OWN_SPELLING_MATCH = 0.9
 """How alike (difflib's ratio, compared without case, accents or punctuation) GeoNames' ASCII name and an ISO
 3166-2 name must be to be one region ("Virovitick-Podravska" and "Virovitičko-podravska" are 0.98), word by

@@ -66,8 +66,8 @@ A photo from anywhere else can only get the most similar of these places: each a
 `in_coverage: false` when the photo is unlike the training images. Two tests, each ranked among
 held-out validation images of the training regions: its mean distance to its {coverage['k']} nearest
 training images (tells a street photo from a blank, noisy, rotated or blurred frame) and
-{_TYPICALITY_SAID[coverage['groups']]}.
-The coverage score is the lower rank; below {coverage['threshold']:.3f} the photo is out of coverage,
+{_TYPICALITY_SAID[coverage['groups']]}{_within_said(coverage)}.
+The coverage score is the lowest rank; below {coverage['threshold']:.3f} the photo is out of coverage,
 which keeps {coverage['kept']:.0%} of the validation images in.
 The confidence shown beside the guesses (probability that the top guess is within 25, 200
 and 750 km) is calibrated on the validation images.
@@ -89,6 +89,18 @@ Split: nearest validation image {_km(leak['nearest_train_val_km'])} and nearest 
 ## Limits
 Street-level imagery of the training regions only; one ImageNet backbone.
 """
+
+
+def _within_said(coverage: dict) -> str:
+    """The coverage's tests one level down, said in the model card (nothing when it has none)."""
+    within = coverage.get("within") or {}
+    if not within:
+        return ""
+    parts = "; ".join(f"{c['group']}: {', '.join(c['covered'])}" for c in within.values())
+    return ("; and, where the training images cover only some of a country's first-level regions, the same test "
+            "among the regions they cover, for the photos most like that country, so that a street from one of its "
+            f"other regions can be flagged (\"it resembles that country, but none of the regions of it the model was "
+            f"trained on\"): {parts}")
 
 
 def _level_expert_said(section: dict | None) -> str:

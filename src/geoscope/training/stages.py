@@ -12,7 +12,7 @@ makes the bundle of them.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 import numpy as np
@@ -21,11 +21,12 @@ import torch
 
 from .. import __version__
 from ..answer.answerer import Calibration, best_guesses, fit_calibration
-from ..answer.coverage import Coverage
+from ..answer.coverage import TYPICALITY, Coverage, Covered
 from ..bundle import TRAIN_SHA1, Record
 from ..bundle.gallery import MAX_IMAGES, Gallery
 from ..bundle.refiner import PointsRefiner
 from ..data.manifest import Manifest, summarize
+from ..geo.naming import locate, partly_covered
 from ..geo.sphere import geoscore, haversine_km, spherical_mean
 from ..models.fusion import group_mean
 from ..models.heads import TrainableHead
@@ -40,6 +41,8 @@ COVERAGE_KEPT = 0.95
 COVERAGE_K = 10
 """Nearest training images whose mean distance is the coverage's gallery test."""
 COVERAGE_LEVELS = ("country", "region", "label")
+COVERAGE_MIN_PLACES = 5
+"""Training places (distinct points) a first-level region needs to count as covered by the training images."""
 
 
 def stages(manifest: Manifest, data: PreparedData, options: FitOptions, result: TrainResult, trials: list[dict],
@@ -51,11 +54,13 @@ def stages(manifest: Manifest, data: PreparedData, options: FitOptions, result: 
     x, items = training_images(data, adapter, options.train.seed)
     train = data.splits["train"]
     labels = train.label[items]
+    tested, image_groups = coverage_groups(data.label_levels, labels)
+    regions = RegionCover.of(data.labels, tested, image_groups, labels, train.lat[items], train.lon[items])
     gallery = Gallery.fit(x, train.lat[items], train.lon[items], labels, head.feature_scale().double().numpy(),
-                          coverage_groups(data.label_levels, labels)[1])
+                          image_groups, regions.subgroups)
     level, groups = splitting_level(data.label_levels, labels)
     expert = LevelExpert.fit(x, labels, groups, level) if options.level_expert and level != "label" else None
-    coverage, calibration, measured = answer_parts(data, adapter, head, gallery, expert)
+    coverage, calibration, measured = answer_parts(data, adapter, head, gallery, expert, regions)
     summary = summarize(manifest)
     return {
         "name": options.name,
@@ -115,11 +120,64 @@ def coverage_groups(label_levels: np.ndarray, labels: np.ndarray) -> tuple[str, 
     return name, level[labels]
 
 
+@dataclass(frozen=True)
+class RegionCover:
+    """Where the training images cover a country only in part: the typicality test goes one level down there
+    (:meth:`geoscope.answer.coverage.Typicality.fit`), among the first-level regions they cover."""
+
+    subgroups: np.ndarray | None = None
+    """Each training image's region where the test goes one level down, "" elsewhere (``None``: nowhere)."""
+    within: dict[str, Covered] = field(default_factory=dict)
+    """What each such test (``typicality.G``, by the group's row) compares with."""
+    partial: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """The covered regions of each country covered in part (by code)."""
+
+    @classmethod
+    def of(cls, labels: pd.DataFrame, level: str, groups: np.ndarray, image_labels: np.ndarray, lat: np.ndarray,
+           lon: np.ndarray) -> RegionCover:
+        """For training images (their typicality ``groups`` at ``level``, labels and coordinates): where a
+        country (a group, when the test groups by country) has two covered regions or more and lacks others."""
+        if level != "country" or "country_code" not in labels:
+            return cls()
+        where, partial = partly_covered(lat, lon, COVERAGE_MIN_PLACES)
+        code = labels["country_code"].astype(str).to_numpy()[image_labels]
+        region = where["region"].astype(str).to_numpy()
+        tested = np.array([c in partial and len(partial[c]) > 1 and r in partial[c] for c, r in
+                           zip(code, region, strict=True)], dtype=bool) & (where["country_code"].to_numpy() == code)
+        country = labels["country"].astype(str).to_numpy()[image_labels] if "country" in labels else code
+        within = {}
+        for row, group in enumerate(np.unique(groups)):
+            first = int(np.flatnonzero(groups == group)[0])
+            if len(partial.get(code[first], ())) > 1:
+                within[f"{TYPICALITY}.{row}"] = Covered(str(country[first]), "region", partial[code[first]])
+        return cls(np.where(tested, region, ""), within, partial)
+
+    def covers(self, lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
+        """Whether each point lies in a covered region (or in a country not covered in part)."""
+        if not self.partial:
+            return np.ones(len(np.atleast_1d(lat)), dtype=bool)
+        where = locate(lat, lon)
+        return np.array([c not in self.partial or r in self.partial[c] for c, r in
+                         zip(where["country_code"], where["region"], strict=True)], dtype=bool)
+
+
+def fit_coverage(scores: dict[str, np.ndarray], lat: np.ndarray, lon: np.ndarray, groups: str | None,
+                 regions: RegionCover) -> Coverage:
+    """The coverage fitted on validation items' test ``scores`` (:meth:`Gallery.scores`), those of the regions
+    the training images cover (items at ``lat``, ``lon``)."""
+    covered = regions.covers(lat, lon)
+    return Coverage.fit({name: s[covered] for name, s in scores.items()}, COVERAGE_KEPT, COVERAGE_K, groups,
+                        regions.within)
+
+
 def answer_parts(data: PreparedData, adapter: torch.nn.Module, head: TrainableHead, gallery: Gallery,
-                 expert: LevelExpert | None) -> tuple[Coverage, Calibration, dict | None]:
+                 expert: LevelExpert | None, regions: RegionCover | None = None
+                 ) -> tuple[Coverage, Calibration, dict | None]:
     """Coverage threshold and confidence calibration, fitted on the validation items (images, or places
     with their views fused and their mean features scored, as predict answers them) with the level expert, and
-    how the expert measured there (:func:`expert_record`; ``None`` without an expert)."""
+    how the expert measured there (:func:`expert_record`; ``None`` without an expert). The coverage is fitted on
+    the items of the covered regions (``regions``: an item from a region the training images cover too thinly
+    is not one the model should keep)."""
     val = data.splits["val"]
     images = adapt_rows(adapter, val.features, np.arange(val.features.shape[1]))  # once: a fine-tuned top is costly
     adapted = replace(val, features=images[None])
@@ -129,9 +187,8 @@ def answer_parts(data: PreparedData, adapter: torch.nn.Module, head: TrainableHe
     probabilities = answer_probabilities(head, expert, embeddings, x)
     record = expert_record(expert, answer_probabilities(head, None, embeddings, x), probabilities, val,
                            data.labels) if expert is not None else None
-    scores = gallery.scores(x, COVERAGE_K)
     groups = coverage_groups(data.label_levels, gallery.label)[0] if gallery.typicality is not None else None
-    coverage = Coverage.fit(scores, COVERAGE_KEPT, COVERAGE_K, groups)
+    coverage = fit_coverage(gallery.scores(x, COVERAGE_K), val.lat, val.lon, groups, regions or RegionCover())
     calibration = fit_calibration(probabilities, val.lat, val.lon, data.labels["lat"].to_numpy(),
                                   data.labels["lon"].to_numpy())
     return coverage, calibration, record

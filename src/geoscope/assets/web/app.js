@@ -313,7 +313,8 @@
     if (answer.in_coverage === false) {
       const score = typeof answer.coverage_score === "number" ? ` (coverage score ${answer.coverage_score.toFixed(2)})` : "";
       html += `<div class="banner" role="alert"><strong>Don't know: outside what this model knows.</strong>` +
-        `This photo looks unlike the places the model was trained on${score}. ` +
+        (answer.coverage_reason ? `This photo: ${esc(answer.coverage_reason)}${score}. `
+          : `This photo looks unlike the places the model was trained on${score}. `) +
         `The guesses below are only the nearest places it knows.</div>`;
     }
     const best = answer.answer || null;
