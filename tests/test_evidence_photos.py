@@ -6,10 +6,8 @@ The model is trained here on photos the test makes (three towns, each with its o
 
 from __future__ import annotations
 
-import base64
 import io
 import json
-import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from browser import MARKER_ID, _run, require_chromium
+from browser import page_with_photo, read_marker, require_chromium
 from fastapi.responses import HTMLResponse
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -31,7 +29,7 @@ from geoscope.errors import ModelError
 from geoscope.geo.labels import LabelScheme
 from geoscope.predict import GeoModel, load_model
 from geoscope.serve import create_app
-from geoscope.serve.page import THUMBNAIL_PX, WEB_ASSETS
+from geoscope.serve.page import THUMBNAIL_PX
 from geoscope.training.fit import FitOptions, fit
 from geoscope.training.loop import TrainConfig
 
@@ -225,26 +223,20 @@ window.addEventListener("load", async function () {
 
 def test_the_page_shows_evidence_thumbnails_and_where_in_the_photo(manifest: Path, model: GeoModel,
                                                                     tmp_path: Path) -> None:
-    browser = require_chromium()
+    require_chromium()
     photo = manifest.parent / "images" / "Zagreb_02.jpg"
 
     async def page() -> HTMLResponse:
-        url = "data:image/jpeg;base64," + base64.b64encode(photo.read_bytes()).decode("ascii")
-        script = PAGE_SCRIPT.replace("DATA_URL", url).replace("MARKER_ID", MARKER_ID)
-        return HTMLResponse((WEB_ASSETS / "index.html").read_text(encoding="utf-8").replace("</body>", script))
+        return HTMLResponse(page_with_photo(PAGE_SCRIPT, photo))
 
     app = create_app(model)
     app.add_api_route("/evidence-test", page, include_in_schema=False)
     server = LiveServer(app)
     try:
-        local = ["--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1", "--virtual-time-budget=30000"]
-        done = _run(browser, ["--dump-dom", "--window-size=1280,900", *local,
-                              f"http://127.0.0.1:{server.port}/evidence-test"], tmp_path / "profile", 150)
+        attrs, _ = read_marker(f"http://127.0.0.1:{server.port}/evidence-test", tmp_path / "profile",
+                               window="1280,900")
     finally:
         server.stop()
-    marker = re.search(rf'<div id="{MARKER_ID}"[^>]*>', done.stdout)
-    assert marker, f"the page never finished: {done.stderr[-2000:]}"
-    attrs = dict(re.findall(r'data-(\w+)="([^"]*)"', marker.group(0)))
     assert int(attrs["thumbs"]) == 5 and attrs["loaded"] == "5"  # every evidence shows its photo
     assert attrs["layer"] == "label_drop" and int(attrs["red"]) > 100  # the map over the photo, drawn
     assert attrs["off"] == ""  # and the toggle takes it away

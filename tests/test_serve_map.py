@@ -7,15 +7,13 @@ repository's examples.
 
 from __future__ import annotations
 
-import base64
 import json
-import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from browser import MARKER_ID, _run, require_chromium
+from browser import SERVED, _run, page_with_photo, read_marker, require_chromium
 from conftest import REPO, make_images
 from fastapi.responses import HTMLResponse
 from fastapi.testclient import TestClient
@@ -26,7 +24,7 @@ from geoscope.geo.regions import country_of
 from geoscope.investigate.explain import GRID, explain
 from geoscope.predict import GeoModel, load_model
 from geoscope.serve import create_app
-from geoscope.serve.page import WEB_ASSETS, model_countries
+from geoscope.serve.page import model_countries
 
 EXAMPLES = REPO / "examples" / "images"
 CROATIA, LONDON = EXAMPLES / "croatia-1.jpg", EXAMPLES / "london-uk-1.jpg"
@@ -173,9 +171,7 @@ window.addEventListener("load", async function () {
 @pytest.fixture(scope="module")
 def live(model: GeoModel) -> Iterator[LiveServer]:
     async def page() -> HTMLResponse:
-        url = "data:image/jpeg;base64," + base64.b64encode(CROATIA.read_bytes()).decode("ascii")
-        script = MAP_SCRIPT.replace("DATA_URL", url).replace("MARKER_ID", MARKER_ID)
-        return HTMLResponse((WEB_ASSETS / "index.html").read_text(encoding="utf-8").replace("</body>", script))
+        return HTMLResponse(page_with_photo(MAP_SCRIPT, CROATIA))
 
     app = create_app(model)
     app.add_api_route("/map-test", page, include_in_schema=False)
@@ -187,12 +183,8 @@ def live(model: GeoModel) -> Iterator[LiveServer]:
 def test_a_guess_in_croatia_lands_among_county_lines_and_named_towns(live: LiveServer, client: TestClient,
                                                                      tmp_path: Path) -> None:
     browser = require_chromium()
-    local = ["--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1", "--virtual-time-budget=30000"]
     url = f"http://127.0.0.1:{live.port}/map-test"
-    done = _run(browser, ["--dump-dom", "--window-size=1280,800", *local, url], tmp_path / "dom", 150)
-    marker = re.search(rf'<div id="{MARKER_ID}"[^>]*>', done.stdout)
-    assert marker, f"the page never finished: {done.stderr[-2000:]}"
-    attrs = {k: v.replace("&quot;", '"') for k, v in re.findall(r'data-(\w+)="([^"]*)"', marker.group(0))}
+    attrs, dom = read_marker(url, tmp_path / "dom")
     assert int(attrs["borders"]) == 4  # the model's four countries, Croatia's drawn once
     counties = {f["properties"]["name"] for f in _features(client.get("/regions.geojson?countries=HR"))
                 if f["properties"]["kind"] == "region"}
@@ -201,12 +193,12 @@ def test_a_guess_in_croatia_lands_among_county_lines_and_named_towns(live: LiveS
     places = json.loads(attrs["places"])
     assert len(places) >= 10 and len(places) == len(set(places))
     assert attrs["far"] == "0"  # zoomed out to the world: no town names
-    assert "regions (approximate, from towns)" in done.stdout  # the legend says how the lines were drawn
+    assert "regions (approximate, from towns)" in dom  # the legend says how the lines were drawn
 
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "serve-page-croatia.png"
     shot.unlink(missing_ok=True)
-    _run(browser, [f"--screenshot={shot}", "--window-size=1280,800", "--hide-scrollbars", *local, url],
+    _run(browser, [f"--screenshot={shot}", "--window-size=1280,800", "--hide-scrollbars", *SERVED, url],
          tmp_path / "shot", 150)
     pixels = np.asarray(Image.open(shot).convert("RGB"), dtype=np.float64)
     assert pixels.std() > 20  # not a blank page
