@@ -45,6 +45,7 @@ from ..loading import load_any_model
 from ..predict import GeoModel, Prediction
 from .batching import Busy, MicroBatcher, Ticket
 from .page import (
+    MAX_MAP_COUNTRIES,
     WEB_ASSETS,
     countries_geojson,
     gallery_thumbnail,
@@ -60,8 +61,6 @@ MAX_EVIDENCE = 20
 MAX_FILES = 16
 MAX_EXPLAIN = 4
 """Most photos one ``explain=true`` request maps (each costs 65 encoder runs)."""
-MAX_MAP_COUNTRIES = 16
-"""Most countries one ``GET /regions.geojson`` asks for."""
 
 
 @dataclass(frozen=True)

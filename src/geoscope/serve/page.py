@@ -42,9 +42,9 @@ PLACE_MIN_POPULATION = 15_000
 """A country's layer names every place of at least this many people…"""
 PLACES_PER_REGION = 5
 """…and the most populous few of each first-level region, however small (so sparse regions have names too)."""
-MAX_MAP_COUNTRIES = 24
-"""A model with places in more countries (a zero-shot one over the world) gets no layer until the page asks for
-the countries of its guesses."""
+MAX_MAP_COUNTRIES = 16
+"""Most countries one request for layers names; a model with places in more countries (a zero-shot one over the
+world) gets no layer of its own, only those of its guesses' countries."""
 THUMBNAIL_PX = 240
 """Longest side of a training photo's thumbnail."""
 APPROXIMATE = ("first-level borders approximated from GeoNames towns: the Voronoi cells of the towns of 1,000 "
