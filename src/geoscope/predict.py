@@ -68,7 +68,7 @@ class GeoModel:
         self._encoder = None
         self.runtime: Runtime | None = None
         """What runs the image encoder (``None``: ``$GEOSCOPE_RUNTIME``, else ``auto``); set before first use."""
-        self._gallery = Gallery.from_tensors(files.tensors)
+        self._gallery = Gallery.from_tensors(files.tensors, self.config.get("gallery"))
         if self._gallery is not None:
             self._gallery.check_labels(len(self.labels), files.path)
             if self.head.image_dim is not None and self._gallery.dim != self.head.image_dim:
@@ -292,7 +292,8 @@ class GeoModel:
 
     def evidence(self, features: np.ndarray, answers: Sequence[Prediction], k: int) -> None:
         """Give each answer the ``k`` training places whose images are most like its features (a place's: the mean
-        of its views'), from the kNN gallery, with their distance to the answer."""
+        of its views'), from the kNN gallery, with their distance to the answer and, where the bundle recorded it
+        and the photo is on this machine, its path (:meth:`gallery_image`)."""
         gallery, names = self._stored_gallery(), self.labels["name"].astype(str).to_numpy()
         rows, similarity = gallery.nearest(features, k)
         for prediction, found, alike in zip(answers, rows, similarity, strict=True):
@@ -301,9 +302,18 @@ class GeoModel:
             found = found[found >= 0]
             km = haversine_km(prediction.answer.lat, prediction.answer.lon, gallery.lat[found], gallery.lon[found])
             labels = gallery.label[found] if gallery.label is not None else None
+            images = [self.gallery_image(int(r)) for r in found]
             prediction.evidence = [Evidence(float(gallery.lat[r]), float(gallery.lon[r]),
                                             "" if labels is None else str(names[labels[i]]), float(alike[i]),
-                                            float(km[i])) for i, r in enumerate(found)]
+                                            float(km[i]), int(r), None if images[i] is None else str(images[i]))
+                                   for i, r in enumerate(found)]
+
+    def gallery_image(self, row: int) -> Path | None:
+        """The training photo of kNN gallery row ``row``, absolute and resolved, where the bundle recorded its path
+        and it is a file on this machine (None otherwise: bundles written before paths were recorded, a photo
+        not copied here, a row outside the gallery)."""
+        images = self._gallery.images if self._gallery is not None else None
+        return images.resolve(row) if images is not None else None
 
     def predict(
         self, images: Sequence[str | os.PathLike[str]], top_k: int = 5, *, views: bool = False,

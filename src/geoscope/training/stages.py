@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -23,7 +24,7 @@ from .. import __version__
 from ..answer.answerer import Calibration, best_guesses, fit_calibration
 from ..answer.coverage import TYPICALITY, Coverage, Covered
 from ..bundle import TRAIN_SHA1, Record
-from ..bundle.gallery import MAX_IMAGES, Gallery
+from ..bundle.gallery import MAX_IMAGES, Gallery, GalleryImages
 from ..bundle.refiner import PointsRefiner
 from ..data.manifest import Manifest, summarize
 from ..geo.naming import locate, partly_covered
@@ -51,13 +52,15 @@ def stages(manifest: Manifest, data: PreparedData, options: FitOptions, result: 
     (a plain value for the sections that are no more than that)."""
     head = result.head
     adapter = result.image_adapter if result.image_adapter is not None else torch.nn.Identity()
-    x, items = training_images(data, adapter, options.train.seed)
+    x, items, rows = training_images(data, adapter, options.train.seed)
     train = data.splits["train"]
     labels = train.label[items]
     tested, image_groups = coverage_groups(data.label_levels, labels)
     regions = RegionCover.of(data.labels, tested, image_groups, labels, train.lat[items], train.lon[items])
+    images = None if data.train_images is None else GalleryImages(
+        str(Path(manifest.root).resolve()), [data.train_images[r] for r in rows])  # where, never the pixels
     gallery = Gallery.fit(x, train.lat[items], train.lon[items], labels, head.feature_scale().double().numpy(),
-                          image_groups, regions.subgroups)
+                          image_groups, regions.subgroups, images)
     level, groups = splitting_level(data.label_levels, labels)
     expert = LevelExpert.fit(x, labels, groups, level) if options.level_expert and level != "label" else None
     coverage, calibration, measured = answer_parts(data, adapter, head, gallery, expert, regions)
@@ -95,13 +98,14 @@ def stages(manifest: Manifest, data: PreparedData, options: FitOptions, result: 
     }
 
 
-def training_images(data: PreparedData, adapter: torch.nn.Module, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def training_images(data: PreparedData, adapter: torch.nn.Module,
+                    seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(A sample of at most :data:`~geoscope.bundle.gallery.MAX_IMAGES`) training images: their image features
-    ``(n, dim)`` (float64, the plain variant) and the training item each belongs to."""
+    ``(n, dim)`` (float64, the plain variant), the training item each belongs to and its image row."""
     train = data.splits["train"]
     rows, items = train.images()
     keep = np.sort(np.random.default_rng(seed).choice(len(rows), size=min(len(rows), MAX_IMAGES), replace=False))
-    return adapt_rows(adapter, train.features, rows[keep]).astype(np.float64), items[keep]
+    return adapt_rows(adapter, train.features, rows[keep]).astype(np.float64), items[keep], rows[keep]
 
 
 def splitting_level(label_levels: np.ndarray, labels: np.ndarray) -> tuple[str, np.ndarray]:
