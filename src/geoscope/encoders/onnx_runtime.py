@@ -34,6 +34,30 @@ def onnx_cache_path(name: str, fingerprint: str) -> Path:
     return cache_subdir("onnx") / f"{slug(name)}-{fingerprint[:12]}.onnx"
 
 
+def onnx_graph(module: nn.Module, example: np.ndarray, *, keep_weights: bool = False) -> bytes:
+    """``module`` in eval mode (one float32 NCHW input → one output) traced on ``example`` into an ONNX graph with
+    a dynamic batch axis, constants folded.
+
+    ``keep_weights``: every weight stays the module's own tensor under its own name, batch norms unfolded
+    (the runtimes fold them when they load the graph), so a graph shipped without them can take them back
+    from the weights file (:mod:`geoscope.encoders.shipped`).
+    """
+    import torch
+
+    module = module.eval()
+    inputs = torch.from_numpy(np.ascontiguousarray(example, dtype=np.float32))
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module, (inputs,), buffer, input_names=["images"], output_names=["features"],
+            dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}}, opset_version=OPSET,
+            do_constant_folding=not keep_weights, dynamo=False,
+            training=torch.onnx.TrainingMode.PRESERVE if keep_weights else torch.onnx.TrainingMode.EVAL,
+        )
+    return buffer.getvalue()
+
+
 def export_onnx(module: nn.Module, example: np.ndarray, path: str | os.PathLike[str], *,
                 tolerance: float = TOLERANCE) -> float:
     """Export ``module`` (one float32 NCHW input → one output) with a dynamic batch axis.
@@ -45,17 +69,9 @@ def export_onnx(module: nn.Module, example: np.ndarray, path: str | os.PathLike[
     import torch
 
     module = module.eval()
-    inputs = torch.from_numpy(np.ascontiguousarray(example, dtype=np.float32))
-    buffer = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            module, (inputs,), buffer, input_names=["images"], output_names=["features"],
-            dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}},
-            opset_version=OPSET, do_constant_folding=True, dynamo=False,
-        )
-        expected = module(inputs).numpy()
-    model_bytes = buffer.getvalue()
+    model_bytes = onnx_graph(module, example)
+    with torch.no_grad():
+        expected = module(torch.from_numpy(np.ascontiguousarray(example, dtype=np.float32))).numpy()
     got = OnnxRunner(model_bytes)(example)
     error = float(np.max(np.abs(got - expected)) / max(1.0, float(np.max(np.abs(expected)))))
     if not error <= tolerance:

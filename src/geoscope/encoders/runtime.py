@@ -22,9 +22,9 @@ from typing import Protocol
 
 import numpy as np
 
-from ..errors import GeoscopeError
+from ..errors import GeoscopeError, warn
 from .onnx_runtime import OnnxRunner
-from .openvino_runtime import OpenVinoRunner
+from .openvino_runtime import OpenVinoRunner, OpenVinoUnavailable
 
 RUNTIMES = ("auto", "onnxruntime", "openvino")
 PRECISIONS = ("fp32", "bf16")
@@ -103,8 +103,16 @@ def resolve_runtime(choice: str | None = None, *, device: str = "cpu") -> Runtim
 
 
 def make_runner(model: str | os.PathLike[str], runtime: Runtime, *, device: str = "cpu",
-                threads: int | None = None) -> Runner:
-    """The ONNX file ``model`` compiled by ``runtime``."""
+                threads: int | None = None) -> tuple[Runner, Runtime]:
+    """The ONNX file ``model`` compiled by ``runtime``, and the runtime that runs it: where OpenVINO cannot be
+    loaded or cannot compile the graph, ONNX Runtime in float32, said in one warning line. Raises
+    :class:`GeoscopeError` when ONNX Runtime cannot load the file either (the file is at fault)."""
     if runtime.name == "openvino":
-        return OpenVinoRunner(model, precision=runtime.precision, threads=threads)
-    return OnnxRunner(model, threads=threads, device=device)
+        try:
+            return OpenVinoRunner(model, precision=runtime.precision, threads=threads), runtime
+        except OpenVinoUnavailable as exc:
+            fallback = Runtime()
+            runner = OnnxRunner(model, threads=threads, device=device)
+            warn(f"{exc}; running on {fallback} instead")
+            return runner, fallback
+    return OnnxRunner(model, threads=threads, device=device), runtime
