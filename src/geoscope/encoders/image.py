@@ -64,12 +64,15 @@ class ImageEncoder:
     """
 
     def __init__(self, spec: EncoderSpec, backend: str = "onnx", device: str = "cpu",
-                 runtime: Runtime | None = None) -> None:
+                 runtime: Runtime | None = None, streams: int | None = None) -> None:
         if backend not in BACKENDS:
             raise GeoscopeError(f"unknown backend {backend!r} (use {' or '.join(BACKENDS)})")
         self.runtime = runtime if runtime is not None and backend == "onnx" else Runtime()
         """What runs the exported graph (``onnx`` backend; the ``torch`` backend computes in float32): once
         loaded, the runtime that does (ONNX Runtime where OpenVINO failed to load, see :meth:`load`)."""
+        self.streams = streams
+        """Parts a batch runs as at once on the CPU (``None``: :func:`~geoscope.encoders.runtime.default_streams`;
+        1: one request over every thread, the fastest for a single small batch)."""
         self.spec = spec
         self.backend = backend
         self.device = device
@@ -177,7 +180,7 @@ class ImageEncoder:
         return self._compile(path)
 
     def _compile(self, path: Path) -> Runner:
-        runner, self.runtime = make_runner(path, self.runtime, device=self.device)
+        runner, self.runtime = make_runner(path, self.runtime, device=self.device, streams=self.streams)
         return runner
 
 
@@ -276,16 +279,16 @@ def image_encoder_spec(name: str) -> EncoderSpec:
 
 
 def get_image_encoder(name: str, backend: str = "onnx", device: str = "cpu",
-                      runtime: Runtime | str | None = None) -> ImageEncoder:
+                      runtime: Runtime | str | None = None, streams: int | None = None) -> ImageEncoder:
     """A named image encoder on the ``onnx`` (default) or ``torch`` backend, on ``device`` (``cpu``, ``cuda:N``);
     the ``onnx`` backend's graph runs on ``runtime`` (a :class:`Runtime`, or a name for :func:`resolve_runtime`;
-    ``None``: ``$GEOSCOPE_RUNTIME``, else ``auto``)."""
+    ``None``: ``$GEOSCOPE_RUNTIME``, else ``auto``), in ``streams`` (:attr:`ImageEncoder.streams`)."""
     if backend not in BACKENDS:
         raise GeoscopeError(f"unknown backend {backend!r} (use {' or '.join(BACKENDS)})")
     if not isinstance(runtime, Runtime):
         runtime = resolve_runtime(runtime, device="cpu" if device == "cpu" else "cuda") if backend == "onnx" \
             else Runtime()
-    return ImageEncoder(image_encoder_spec(name), backend, device, runtime)
+    return ImageEncoder(image_encoder_spec(name), backend, device, runtime, streams)
 
 
 __all__ = [
