@@ -68,6 +68,8 @@ class GeoModel:
         self._encoder = None
         self.runtime: Runtime | None = None
         """What runs the image encoder (``None``: ``$GEOSCOPE_RUNTIME``, else ``auto``); set before first use."""
+        self.streams: int | None = None
+        """In how many streams the image encoder runs (:attr:`~geoscope.encoders.image.ImageEncoder.streams`)."""
         self._gallery = Gallery.from_tensors(files.tensors, self.config.get("gallery"))
         if self._gallery is not None:
             self._gallery.check_labels(len(self.labels), files.path)
@@ -97,7 +99,8 @@ class GeoModel:
     def encoder(self) -> ImageEncoder:
         """The image encoder whose outputs the model reads (loaded on first use, then reused)."""
         if self._encoder is None:
-            self._encoder = get_image_encoder(self.image_side.cached_encoder, runtime=self.runtime)
+            self._encoder = get_image_encoder(self.image_side.cached_encoder, runtime=self.runtime,
+                                              streams=self.streams)
         return self._encoder
 
     @property

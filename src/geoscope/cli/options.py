@@ -15,12 +15,19 @@ def add_runtime_option(parser: argparse.ArgumentParser) -> None:
 
 
 def apply_runtime(choice: str | None) -> None:
-    """The command's ``--runtime`` checked now (one line before any work) and made the process's choice."""
+    """The command's ``--runtime`` (else ``$GEOSCOPE_RUNTIME``) checked now, one line before any work, and made
+    the process's choice."""
     from ..encoders.runtime import ENV_RUNTIME, resolve_runtime
+    from ..errors import GeoscopeError
 
     if choice is not None:
         resolve_runtime(choice)
         os.environ[ENV_RUNTIME] = choice  # read where encoders are made, in this process and in its workers
+        return
+    try:
+        resolve_runtime()
+    except GeoscopeError as exc:
+        raise GeoscopeError(f"{ENV_RUNTIME}={os.environ.get(ENV_RUNTIME, '')!r}: {exc}") from None
 
 
 def at_least_one(text: str) -> int:

@@ -150,8 +150,9 @@ def extract_features(
     job = _Job.create(images, encoder, augment, backend, device, workers, batch_size, shard_size, cache)
     paths, views, encoder, store = job.paths, job.views, job.encoder, job.store
     digests, read_errors = hash_files(paths, job.workers)
-    todo = _missing(paths, digests, store)
+    todo = job.missing(digests)
     encoded, encode_seconds = job.encode(todo, progress, description)
+    store = job.store
 
     out = np.full((len(paths), views.count, encoder.dim), np.nan, dtype=np.float32)
     valid = np.zeros(len(paths), dtype=bool)
@@ -226,7 +227,7 @@ def cache_features(
     job = _Job.create(images, encoder, augment, backend, device, workers, batch_size, shard_size, cache)
     digests, _ = hash_files(job.paths, job.workers)
     mine = {d for d in digests if d is not None and in_share(d, share)}
-    todo = _missing(job.paths, digests, job.store, share)
+    todo = job.missing(digests, share)
     encoded, encode_seconds = job.encode(todo, progress, description)
     return CacheReport(rows=len(job.paths), share_rows=sum(d in mine for d in digests), encoded=len(encoded),
                        cached=len(mine) - len(encoded), seconds=time.perf_counter() - start,
@@ -278,6 +279,16 @@ class _Job:
         workers = cores_per_process() if workers is None else max(0, workers)
         store = ShardStore(Path(cache) if cache else cache_dir() / "features", encoder, views)
         return cls(paths, encoder, views, store, workers, batch_size, shard_size, cache is None)
+
+    def missing(self, digests: Sequence[bytes | None], share: tuple[int, int] = (0, 1)) -> dict[bytes, Path]:
+        """The distinct readable images (of a share) the store lacks. Where any are, the encoder is loaded first,
+        and where its runtime fell back to another (OpenVINO failing to load), the store is that runtime's: the
+        cache holds each runtime's features under its own key."""
+        todo = _missing(self.paths, digests, self.store, share)
+        if todo and self.encoder.load().cache_key != self.store.key:
+            self.store = ShardStore(self.store.root, self.encoder, self.views)
+            todo = _missing(self.paths, digests, self.store, share)
+        return todo
 
     def encode(self, todo: dict[bytes, Path], progress: bool, description: str | None) -> tuple[set[bytes], float]:
         """Encode ``todo`` into the store, sharing the work with other processes; returns the images
@@ -378,7 +389,8 @@ class ShardStore:
     """The cached outputs of one encoder and view variant: shards indexed by content hash."""
 
     def __init__(self, root: Path, encoder: ImageEncoder, views: Views) -> None:
-        self.folder = root / encoder.cache_key / views.key
+        self.root, self.key = root, encoder.cache_key
+        self.folder = root / self.key / views.key
         self.views, self.dim = views, encoder.dim
         self.dtype = np.dtype(encoder.storage_dtype)
         self._index = DigestIndex()
