@@ -62,7 +62,7 @@ class ImageEncoder:
     """
 
     def __init__(self, spec: EncoderSpec, backend: str = "onnx", device: str = "cpu",
-                 runtime: Runtime | None = None) -> None:
+                 runtime: Runtime | None = None, threads: int | None = None) -> None:
         if backend not in BACKENDS:
             raise GeoscopeError(f"unknown backend {backend!r} (use {' or '.join(BACKENDS)})")
         self.runtime = runtime if runtime is not None and backend == "onnx" else Runtime()
@@ -71,6 +71,8 @@ class ImageEncoder:
         self.backend = backend
         self.device = device
         """``cpu`` or ``cuda:N``: where it runs (torch device, or ONNX Runtime's CUDA provider)."""
+        self.threads = threads
+        """Threads the exported graph runs on (``None``: this process's cores)."""
         self._module = None
         self._runner: Runner | None = None
 
@@ -154,13 +156,13 @@ class ImageEncoder:
         path = onnx_cache_path(self.name, self.fingerprint)
         if path.is_file():
             try:
-                return make_runner(path, self.runtime, device=self.device)
+                return make_runner(path, self.runtime, device=self.device, threads=self.threads)
             except GeoscopeError:
                 path.unlink(missing_ok=True)  # unreadable: export again
         c = self.preprocess.crop_size
         example = np.random.default_rng(0).standard_normal((2, 3, c, c)).astype(np.float32)
         export_onnx(self._torch(), example, path)
-        return make_runner(path, self.runtime, device=self.device)
+        return make_runner(path, self.runtime, device=self.device, threads=self.threads)
 
 
 def _efficientnet_spec(name: str) -> EncoderSpec:
@@ -257,16 +259,16 @@ def image_encoder_spec(name: str) -> EncoderSpec:
 
 
 def get_image_encoder(name: str, backend: str = "onnx", device: str = "cpu",
-                      runtime: Runtime | str | None = None) -> ImageEncoder:
+                      runtime: Runtime | str | None = None, threads: int | None = None) -> ImageEncoder:
     """A named image encoder on the ``onnx`` (default) or ``torch`` backend, on ``device`` (``cpu``, ``cuda:N``);
     the ``onnx`` backend's graph runs on ``runtime`` (a :class:`Runtime`, or a name for :func:`resolve_runtime`;
-    ``None``: ``$GEOSCOPE_RUNTIME``, else ``auto``)."""
+    ``None``: ``$GEOSCOPE_RUNTIME``, else ``auto``) with ``threads`` threads (``None``: this process's cores)."""
     if backend not in BACKENDS:
         raise GeoscopeError(f"unknown backend {backend!r} (use {' or '.join(BACKENDS)})")
     if not isinstance(runtime, Runtime):
         runtime = resolve_runtime(runtime, device="cpu" if device == "cpu" else "cuda") if backend == "onnx" \
             else Runtime()
-    return ImageEncoder(image_encoder_spec(name), backend, device, runtime)
+    return ImageEncoder(image_encoder_spec(name), backend, device, runtime, threads)
 
 
 __all__ = [
