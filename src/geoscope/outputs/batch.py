@@ -211,16 +211,22 @@ def predict_chunks(
     """
     accepted = inspect.signature(model.predict_places if views else model.predict).parameters
     extra = {k: v for k, v in options.items() if v is not None and k in accepted}
-    chunk: list[Unit] = []
+    for chunk in unit_runs(units, chunk_size):
+        yield chunk, _predict(model, chunk, top_k=top_k, views=views, extra=extra, features=features)
+
+
+def unit_runs(units: Iterable[Unit], images: int) -> Iterator[list[Unit]]:
+    """``units`` in runs of about ``images`` images (a run ends with the unit that reaches the count)."""
+    run: list[Unit] = []
     size = 0
     for unit in units:
-        chunk.append(unit)
+        run.append(unit)
         size += len(unit.paths)
-        if size >= chunk_size:
-            yield chunk, _predict(model, chunk, top_k=top_k, views=views, extra=extra, features=features)
-            chunk, size = [], 0
-    if chunk:
-        yield chunk, _predict(model, chunk, top_k=top_k, views=views, extra=extra, features=features)
+        if size >= images:
+            yield run
+            run, size = [], 0
+    if run:
+        yield run
 
 
 def _predict(model: GeoModel, chunk: list[Unit], *, top_k: int, views: bool, extra: dict,

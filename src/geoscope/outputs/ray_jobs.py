@@ -32,7 +32,7 @@ from ..errors import GeoscopeError, quote_name
 from ..features.cache import BATCH_SIZE, WAIT_SECONDS, FeatureSet, ShardStore, load_views
 from ..features.claims import WorkClaims
 from ..models.image_side import TOP, ImageSide, apply_adapter
-from .batch import Unit, predict_chunks
+from .batch import Unit, predict_chunks, unit_runs
 
 if TYPE_CHECKING:
     from ..encoders.image import ImageEncoder
@@ -111,7 +111,7 @@ class RayCluster:
         load = functools.partial(_model_features, side, top, runtime)
         views = Views(crops=side.crops)
         preprocess = model.encoder.preprocess
-        for segment in _segments(units, SEGMENT):
+        for segment in unit_runs(units, SEGMENT):
             paths = [os.path.abspath(p) for unit in segment for p in unit.paths]
             rows = _Rows(self._encoded(paths, preprocess, views, load))
             yield from predict_chunks(model, segment, features=functools.partial(rows.features, model.encoder.name),
@@ -187,20 +187,6 @@ def ray_cluster(address: str | None = None, workers: int | None = None) -> Itera
         cluster.close()
 
 
-def _segments(units: Iterable[Unit], images: int) -> Iterator[list[Unit]]:
-    """``units`` in runs of about ``images`` images."""
-    segment: list[Unit] = []
-    size = 0
-    for unit in units:
-        segment.append(unit)
-        size += len(unit.paths)
-        if size >= images:
-            yield segment
-            segment, size = [], 0
-    if segment:
-        yield segment
-
-
 class _Rows:
     """The rows of a Ray job's batches, in order, taken a few at a time."""
 
@@ -259,7 +245,7 @@ def _decode(batch: dict[str, np.ndarray], preprocess: Preprocess, views: Views) 
     pixels = np.zeros((len(batch["path"]), views.count, 3, c, c), dtype=np.float32)
     reasons = [load_views(Path(path), preprocess, views, out=pixels[k])[1] or ""
                for k, path in enumerate(batch["path"])]
-    return {"row": batch["row"], "pixels": pixels, "reason": np.array(reasons, dtype=object)}
+    return {**batch, "pixels": pixels, "reason": np.array(reasons, dtype=object)}
 
 
 class _Encoder:
