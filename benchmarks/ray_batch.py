@@ -169,6 +169,24 @@ def where_to_answer(paths: list[str], tmp: Path, rounds: int) -> None:
     for (label, _), measured in zip(cases, runs, strict=True):
         whole, rate = (float(np.median(v)) for v in zip(*measured, strict=True))
         print(f"| {label:<58} | {whole:>20.1f} | {rate:>16.1f} |")
+    features = model.image_features(paths)  # from the cache (filled once, untimed): the answers alone
+    seconds = min(timed_answer(model, features, paths) for _ in range(rounds))
+    print(f"\nthe answers alone, here, from features in memory: {len(paths) / seconds:.0f} images/s (best of {rounds}; "
+          "the most one driver answers, whatever the cluster encodes)")
+
+
+def timed_answer(model, features, paths: list[str]) -> float:
+    """Seconds for ``predict``'s answers to ``paths`` from their features, in chunks of 256 as ``predict -o``."""
+    from geoscope.distributed import cores_per_process
+    from geoscope.threads import math_threads
+
+    start = time.perf_counter()
+    with math_threads(cores_per_process()):
+        for i in range(0, len(paths), 256):
+            part = features.embeddings[i:i + 256]
+            chunk = type(features)(part, features.valid[i:i + 256], [], features.encoder_name, paths[i:i + 256])
+            model.predict_features(chunk, paths[i:i + 256], 5)
+    return time.perf_counter() - start
 
 
 def _answered_in_actors(cluster, model, paths: list[str], chunk: int = 256) -> Iterator[list[dict]]:
