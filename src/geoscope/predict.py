@@ -322,6 +322,7 @@ class GeoModel:
         self, images: Sequence[str | os.PathLike[str]], top_k: int = 5, *, views: bool = False,
         headings: Sequence[float] | None = None, level: str = "place", refine: str | None = None,
         allow_missing_views: bool = False, progress: bool = False, evidence: int = 0,
+        features: FeatureSet | None = None,
     ) -> list[Prediction]:
         """Guesses for each image; with ``views=True`` the images are views of one place, fused.
 
@@ -329,14 +330,15 @@ class GeoModel:
         A place with an unreadable view is answered only with ``allow_missing_views`` (and says so).
         ``refine`` names the refiner that moves each place guess to a point inside it (:mod:`geoscope.answer.refine`;
         ``None``: the bundle's default, :attr:`refine`). ``headings``: each view's compass heading, where known.
-        ``evidence``: also list that many training places most like each photo.
+        ``evidence``: also list that many training places most like each photo. ``features``: the images'
+        features when they were extracted elsewhere (a Ray cluster), as :meth:`image_features` gives them.
         """
         if views:
             return self.predict_places([images], top_k, headings=None if headings is None else [headings],
                                        level=level, refine=refine, allow_missing_views=allow_missing_views,
-                                       progress=progress, evidence=evidence)
+                                       progress=progress, evidence=evidence, features=features)
         paths = [str(p) for p in images]
-        features = self.image_features(paths, progress=progress)
+        features = self.image_features(paths, progress=progress) if features is None else features
         with math_threads(cores_per_process()):  # the images are encoded: the heads have every core
             return self.predict_features(features, paths, top_k, level=level, refine=refine, evidence=evidence)
 
@@ -344,15 +346,17 @@ class GeoModel:
         self, places: Sequence[Sequence[str | os.PathLike[str]]], top_k: int = 5, *,
         headings: Sequence[Sequence[float] | None] | None = None, level: str = "place", refine: str | None = None,
         allow_missing_views: bool = False, progress: bool = False, evidence: int = 0,
+        features: FeatureSet | None = None,
     ) -> list[Prediction]:
-        """One answer per place, each seen in several views (its images), all answered together."""
+        """One answer per place, each seen in several views (its images), all answered together (``features``: of
+        every view in order, when extracted elsewhere)."""
         paths = [str(p) for views in places for p in views]
         codes = np.repeat(np.arange(len(places)), [len(views) for views in places])
         angles = None
         if headings is not None and any(h is not None for h in headings):
             angles = np.concatenate([np.full(len(v), np.nan) if h is None else np.asarray(h, dtype=np.float64)
                                      for v, h in zip(places, headings, strict=True)]) if paths else None
-        features = self.image_features(paths, progress=progress)
+        features = self.image_features(paths, progress=progress) if features is None else features
         with math_threads(cores_per_process()):
             return self.predict_features(features, paths, top_k, views=True, places=codes, headings=angles,
                                          level=level, refine=refine, allow_missing_views=allow_missing_views,

@@ -64,7 +64,7 @@ class ImageEncoder:
     """
 
     def __init__(self, spec: EncoderSpec, backend: str = "onnx", device: str = "cpu",
-                 runtime: Runtime | None = None, streams: int | None = None) -> None:
+                 runtime: Runtime | None = None, streams: int | None = None, threads: int | None = None) -> None:
         if backend not in BACKENDS:
             raise GeoscopeError(f"unknown backend {backend!r} (use {' or '.join(BACKENDS)})")
         self.runtime = runtime if runtime is not None and backend == "onnx" else Runtime()
@@ -77,6 +77,8 @@ class ImageEncoder:
         self.backend = backend
         self.device = device
         """``cpu`` or ``cuda:N``: where it runs (torch device, or ONNX Runtime's CUDA provider)."""
+        self.threads = threads
+        """Threads the exported graph runs on (``None``: this process's cores)."""
         self._module = None
         self._runner: Runner | None = None
 
@@ -180,7 +182,8 @@ class ImageEncoder:
         return self._compile(path)
 
     def _compile(self, path: Path) -> Runner:
-        runner, self.runtime = make_runner(path, self.runtime, device=self.device, streams=self.streams)
+        runner, self.runtime = make_runner(path, self.runtime, device=self.device, threads=self.threads,
+                                           streams=self.streams)
         return runner
 
 
@@ -279,16 +282,18 @@ def image_encoder_spec(name: str) -> EncoderSpec:
 
 
 def get_image_encoder(name: str, backend: str = "onnx", device: str = "cpu",
-                      runtime: Runtime | str | None = None, streams: int | None = None) -> ImageEncoder:
+                      runtime: Runtime | str | None = None, streams: int | None = None,
+                      threads: int | None = None) -> ImageEncoder:
     """A named image encoder on the ``onnx`` (default) or ``torch`` backend, on ``device`` (``cpu``, ``cuda:N``);
     the ``onnx`` backend's graph runs on ``runtime`` (a :class:`Runtime`, or a name for :func:`resolve_runtime`;
-    ``None``: ``$GEOSCOPE_RUNTIME``, else ``auto``), in ``streams`` (:attr:`ImageEncoder.streams`)."""
+    ``None``: ``$GEOSCOPE_RUNTIME``, else ``auto``), in ``streams`` (:attr:`ImageEncoder.streams`) with ``threads``
+    threads (``None``: this process's cores)."""
     if backend not in BACKENDS:
         raise GeoscopeError(f"unknown backend {backend!r} (use {' or '.join(BACKENDS)})")
     if not isinstance(runtime, Runtime):
         runtime = resolve_runtime(runtime, device="cpu" if device == "cpu" else "cuda") if backend == "onnx" \
             else Runtime()
-    return ImageEncoder(image_encoder_spec(name), backend, device, runtime, streams)
+    return ImageEncoder(image_encoder_spec(name), backend, device, runtime, streams, threads)
 
 
 __all__ = [
