@@ -3,8 +3,9 @@
 After the loop has trained the head, the stages that read the training images are fitted on one sample
 of them (at most :data:`geoscope.bundle.gallery.MAX_IMAGES`): the kNN gallery and the typicality test
 (:class:`~geoscope.bundle.gallery.Gallery`), the level expert
-(:class:`~geoscope.models.level_expert.LevelExpert`); then coverage and calibration on the validation
-items, answered as predict answers them (:func:`~geoscope.models.level_expert.answer_probabilities`).
+(:class:`~geoscope.models.level_expert.LevelExpert`); then coverage, calibration and the validation record by
+label on the validation items, answered as predict answers them
+(:func:`~geoscope.models.level_expert.answer_probabilities`).
 :func:`stages` lists every stage by its section of ``config.json``; :func:`geoscope.bundle.assemble`
 makes the bundle of them.
 """
@@ -55,7 +56,7 @@ def stages(manifest: Manifest, data: PreparedData, options: FitOptions, result: 
                           coverage_groups(data.label_levels, labels)[1])
     level, groups = splitting_level(data.label_levels, labels)
     expert = LevelExpert.fit(x, labels, groups, level) if options.level_expert and level != "label" else None
-    coverage, calibration, measured = answer_parts(data, adapter, head, gallery, expert)
+    coverage, calibration, measured, by_label = answer_parts(data, adapter, head, gallery, expert)
     summary = summarize(manifest)
     return {
         "name": options.name,
@@ -72,6 +73,7 @@ def stages(manifest: Manifest, data: PreparedData, options: FitOptions, result: 
         "gallery": gallery,
         "coverage": coverage,
         "calibration": calibration,
+        "validation": by_label,
         "training": Record({
             "data": {"images": summary["images"], "places": summary["places"], "bbox": summary["bbox"],
                      "splits": {k: len(v) for k, v in data.splits.items()},
@@ -116,10 +118,11 @@ def coverage_groups(label_levels: np.ndarray, labels: np.ndarray) -> tuple[str, 
 
 
 def answer_parts(data: PreparedData, adapter: torch.nn.Module, head: TrainableHead, gallery: Gallery,
-                 expert: LevelExpert | None) -> tuple[Coverage, Calibration, dict | None]:
+                 expert: LevelExpert | None) -> tuple[Coverage, Calibration, dict | None, dict]:
     """Coverage threshold and confidence calibration, fitted on the validation items (images, or places
-    with their views fused and their mean features scored, as predict answers them) with the level expert, and
-    how the expert measured there (:func:`expert_record`; ``None`` without an expert)."""
+    with their views fused and their mean features scored, as predict answers them) with the level expert,
+    how the expert measured there (:func:`expert_record`; ``None`` without an expert) and how the items of each
+    label fared (:func:`validation_by_label`)."""
     val = data.splits["val"]
     images = adapt_rows(adapter, val.features, np.arange(val.features.shape[1]))  # once: a fine-tuned top is costly
     adapted = replace(val, features=images[None])
@@ -134,7 +137,24 @@ def answer_parts(data: PreparedData, adapter: torch.nn.Module, head: TrainableHe
     coverage = Coverage.fit(scores, COVERAGE_KEPT, COVERAGE_K, groups)
     calibration = fit_calibration(probabilities, val.lat, val.lon, data.labels["lat"].to_numpy(),
                                   data.labels["lon"].to_numpy())
-    return coverage, calibration, record
+    return coverage, calibration, record, validation_by_label(probabilities, val, data.labels)
+
+
+def validation_by_label(probabilities: np.ndarray, val: TrainingData, labels: pd.DataFrame) -> dict:
+    """The ``validation`` section: how the validation items whose true label is each label fared, the first guess
+    of "The answer" (:func:`~geoscope.answer.answerer.best_guesses`, before refinement) scored against where they
+    were taken. Per label (lists in the label table's order): ``items``, ``median_km`` and ``accuracy`` (share
+    whose first guess is their label), ``None`` for a label without validation items. What ``geoscope data plan
+    --from-model`` reads to tell where the model is weak."""
+    lat, lon = labels["lat"].to_numpy(), labels["lon"].to_numpy()
+    first = best_guesses(probabilities, lat, lon)
+    km = haversine_km(val.lat, val.lon, lat[first], lon[first])
+    items = np.bincount(val.label, minlength=len(labels))
+    right = np.bincount(val.label, weights=(first == val.label).astype(np.float64), minlength=len(labels))
+    median = [round(float(np.median(km[val.label == k])), 1) if n else None for k, n in enumerate(items)]
+    accuracy = [round(float(r / n), 3) if n else None for r, n in zip(right, items, strict=True)]
+    return {"split": "val", "items": len(km), "median_km": round(float(np.median(km)), 1),
+            "by_label": {"items": items.tolist(), "median_km": median, "accuracy": accuracy}}
 
 
 def expert_record(expert: LevelExpert, head: np.ndarray, with_expert: np.ndarray, val: TrainingData,
