@@ -59,9 +59,11 @@ def test_training_records_each_labels_validation(croatia_model: Path) -> None:
     names = files.labels["name"].tolist()
     rows = result.predictions[result.predictions["true_label"].isin(names)]  # those in a training label
     assert 0 < len(rows) == record["items"]  # the mean fusion validates single images
+    assert sum(by_label["places"]) == len(rows.drop_duplicates(["lat", "lon"])) < len(rows)  # of four views each
     for name, group in rows.groupby("true_label"):
         k = names.index(name)
         assert by_label["items"][k] == len(group)
+        assert by_label["places"][k] == len(group.drop_duplicates(["lat", "lon"]))
         assert by_label["median_km"][k] == pytest.approx(group["error_km"].median(), abs=0.06)
         assert by_label["accuracy"][k] == pytest.approx((group["pred_label"] == name).mean(), abs=6e-4)
     assert record["median_km"] == pytest.approx(rows["error_km"].median(), abs=0.06)

@@ -7,8 +7,9 @@ labels). Each cell gets
   label's image count at its medoid);
 - ``expected_km``: the error a photo taken there can expect. The validation items of the label nearest the
   cell (``validation`` section of ``config.json``, written at training time) give their median error
-  ``m`` over ``v`` items, shrunk toward the model's overall validation median ``M`` by :data:`PRIOR_ITEMS`
-  pseudo-items, ``(v·m + k·M) / (v + k)``; the answer stands at a label's medoid, so never less than the
+  ``m`` over ``v`` validation places (a place's views are one piece of evidence; bundles that record only
+  items count items), shrunk toward the model's overall validation median ``M`` by :data:`PRIOR_PLACES`
+  pseudo-places, ``(v·m + k·M) / (v + k)``; the answer stands at a label's medoid, so never less than the
   distance ``d`` from the cell to that medoid: ``expected_km = max((v·m + k·M) / (v + k), d)``. A bundle
   without the section (written before it) has ``expected_km = max(M, d)``.
 
@@ -41,8 +42,8 @@ from ..geo.places import nearest_place
 from ..geo.regions import Region, country_of, country_region, region_from_points, resolve_region
 from ..geo.sphere import EARTH_RADIUS_KM, to_unit_vectors
 
-PRIOR_ITEMS = 3.0
-"""Pseudo-items of the overall validation median that a label's own median is shrunk toward."""
+PRIOR_PLACES = 3.0
+"""Pseudo-places of the overall validation median that a label's own median is shrunk toward."""
 WEIGHINGS = {
     "error": "land share × expected km",
     "thin": "land share × the overall validation median (thin data and distance to the labels alone)",
@@ -60,7 +61,7 @@ class Weakness:
     region: Region
     cells: pd.DataFrame
     """Grid cells (:func:`~geoscope.geo.cells.grid_cells`) with ``training_places``, ``label`` (the nearest
-    label's name), ``label_km`` (the distance to its medoid), ``val_items``, ``val_median_km`` and
+    label's name), ``label_km`` (the distance to its medoid), ``val_places``, ``val_median_km`` and
     ``expected_km``."""
     cell_km: float
     overall_km: float
@@ -90,10 +91,10 @@ def model_weakness(files: BundleFiles, *, region: Region | str | None = None,
                                            minlength=len(cells)).round(1)
     owner, label_km = nearest_place(cells["lat"], cells["lon"], labels)
     overall, items, medians = _validation(files)
-    shrunk = (items * np.nan_to_num(medians, nan=0.0) + PRIOR_ITEMS * overall) / (items + PRIOR_ITEMS)
+    shrunk = (items * np.nan_to_num(medians, nan=0.0) + PRIOR_PLACES * overall) / (items + PRIOR_PLACES)
     cells["label"] = labels["name"].to_numpy()[owner]
     cells["label_km"] = label_km.round(1)
-    cells["val_items"] = items[owner].astype(np.int64)
+    cells["val_places"] = items[owner].astype(np.int64)
     cells["val_median_km"] = medians[owner].round(1)
     cells["expected_km"] = np.maximum(shrunk[owner], label_km).round(1)
     by_label = isinstance(files.config.get("validation"), dict)
@@ -151,7 +152,7 @@ def weakness_plan(model: str | os.PathLike[str], budget: int, *, seed: int = 0, 
                      weighing=weighing, formula=WEIGHINGS[weighing], cell_km=round(weakness.cell_km, 3),
                      cells=len(cells), cells_chosen=int((cells["points"] > 0).sum()),
                      validation_median_km=round(weakness.overall_km, 1),
-                     validation_by_label=weakness.by_label, prior_items=PRIOR_ITEMS, chosen=_reasons(cells))
+                     validation_by_label=weakness.by_label, prior_places=PRIOR_PLACES, chosen=_reasons(cells))
     return Plan(points, cells, "cells.csv", meta)
 
 
@@ -167,10 +168,10 @@ def _reasons(cells: pd.DataFrame) -> list[dict]:
     for cell in chosen.head(REASONS_SHOWN).itertuples(index=False):
         if cell.label_km >= cell.expected_km:
             error = f"no label nearer than {cell.label_km:.0f} km"
-        elif cell.val_items:
-            error = f"its label {cell.label!r}: {cell.val_items} validation items, median {cell.val_median_km:.0f} km"
+        elif cell.val_places:
+            error = f"its label {cell.label!r}: {cell.val_places} validation places, median {cell.val_median_km:.0f} km"
         else:
-            error = f"its label {cell.label!r} has no validation item: the overall median"
+            error = f"its label {cell.label!r} has no validation place: the overall median"
         out.append({"cell_id": int(cell.cell_id), "cell": cell.name, "points": int(cell.points),
                     "expected_km": float(cell.expected_km), "training_places": float(cell.training_places),
                     "why": f"expected error {cell.expected_km:.0f} km ({error}); "
@@ -200,7 +201,7 @@ def _validation(files: BundleFiles) -> tuple[float, np.ndarray, np.ndarray]:
     section = files.config.get("validation")
     by_label = section.get("by_label") if isinstance(section, dict) else None
     if isinstance(by_label, dict) and len(by_label.get("items") or []) == n == len(by_label.get("median_km") or []):
-        items = np.asarray(by_label["items"], dtype=np.float64)
+        items = np.asarray(by_label.get("places") or by_label["items"], dtype=np.float64)
         medians = np.array([np.nan if v is None else v for v in by_label["median_km"]], dtype=np.float64)
         return float(section["median_km"]), items, medians
     metrics = ((files.config.get("metrics") or {}).get("val") or {}).get("median_km")

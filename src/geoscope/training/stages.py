@@ -143,18 +143,21 @@ def answer_parts(data: PreparedData, adapter: torch.nn.Module, head: TrainableHe
 def validation_by_label(probabilities: np.ndarray, val: TrainingData, labels: pd.DataFrame) -> dict:
     """The ``validation`` section: how the validation items whose true label is each label fared, the first guess
     of "The answer" (:func:`~geoscope.answer.answerer.best_guesses`, before refinement) scored against where they
-    were taken. Per label (lists in the label table's order): ``items``, ``median_km`` and ``accuracy`` (share
-    whose first guess is their label), ``None`` for a label without validation items. What ``geoscope data plan
-    --from-model`` reads to tell where the model is weak."""
+    were taken. Per label (lists in the label table's order): ``items``, ``places`` (distinct coordinates among
+    them: the views of a place are items of one place, not independent evidence), ``median_km`` and ``accuracy``
+    (share whose first guess is their label), ``None`` for a label without validation items. What ``geoscope data
+    plan --from-model`` reads to tell where the model is weak."""
     lat, lon = labels["lat"].to_numpy(), labels["lon"].to_numpy()
     first = best_guesses(probabilities, lat, lon)
     km = haversine_km(val.lat, val.lon, lat[first], lon[first])
     items = np.bincount(val.label, minlength=len(labels))
+    places = pd.DataFrame({"label": val.label, "lat": val.lat, "lon": val.lon}).drop_duplicates()["label"]
     right = np.bincount(val.label, weights=(first == val.label).astype(np.float64), minlength=len(labels))
     median = [round(float(np.median(km[val.label == k])), 1) if n else None for k, n in enumerate(items)]
     accuracy = [round(float(r / n), 3) if n else None for r, n in zip(right, items, strict=True)]
     return {"split": "val", "items": len(km), "median_km": round(float(np.median(km)), 1),
-            "by_label": {"items": items.tolist(), "median_km": median, "accuracy": accuracy}}
+            "by_label": {"items": items.tolist(), "places": np.bincount(places, minlength=len(labels)).tolist(),
+                         "median_km": median, "accuracy": accuracy}}
 
 
 def expert_record(expert: LevelExpert, head: np.ndarray, with_expert: np.ndarray, val: TrainingData,
