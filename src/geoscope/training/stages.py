@@ -3,8 +3,9 @@
 After the loop has trained the head, the stages that read the training images are fitted on one sample
 of them (at most :data:`geoscope.bundle.gallery.MAX_IMAGES`): the kNN gallery and the typicality test
 (:class:`~geoscope.bundle.gallery.Gallery`), the level expert
-(:class:`~geoscope.models.level_expert.LevelExpert`); then coverage and calibration on the validation
-items, answered as predict answers them (:func:`~geoscope.models.level_expert.answer_probabilities`).
+(:class:`~geoscope.models.level_expert.LevelExpert`); then coverage, calibration and the validation record by
+label on the validation items, answered as predict answers them
+(:func:`~geoscope.models.level_expert.answer_probabilities`).
 :func:`stages` lists every stage by its section of ``config.json``; :func:`geoscope.bundle.assemble`
 makes the bundle of them.
 """
@@ -63,7 +64,7 @@ def stages(manifest: Manifest, data: PreparedData, options: FitOptions, result: 
                           image_groups, regions.subgroups, images)
     level, groups = splitting_level(data.label_levels, labels)
     expert = LevelExpert.fit(x, labels, groups, level) if options.level_expert and level != "label" else None
-    coverage, calibration, measured = answer_parts(data, adapter, head, gallery, expert, regions)
+    coverage, calibration, measured, by_label = answer_parts(data, adapter, head, gallery, expert, regions)
     summary = summarize(manifest)
     return {
         "name": options.name,
@@ -80,6 +81,7 @@ def stages(manifest: Manifest, data: PreparedData, options: FitOptions, result: 
         "gallery": gallery,
         "coverage": coverage,
         "calibration": calibration,
+        "validation": by_label,
         "training": Record({
             "data": {"images": summary["images"], "places": summary["places"], "bbox": summary["bbox"],
                      "splits": {k: len(v) for k, v in data.splits.items()},
@@ -176,12 +178,12 @@ def fit_coverage(scores: dict[str, np.ndarray], lat: np.ndarray, lon: np.ndarray
 
 def answer_parts(data: PreparedData, adapter: torch.nn.Module, head: TrainableHead, gallery: Gallery,
                  expert: LevelExpert | None, regions: RegionCover | None = None
-                 ) -> tuple[Coverage, Calibration, dict | None]:
+                 ) -> tuple[Coverage, Calibration, dict | None, dict]:
     """Coverage threshold and confidence calibration, fitted on the validation items (images, or places
-    with their views fused and their mean features scored, as predict answers them) with the level expert, and
-    how the expert measured there (:func:`expert_record`; ``None`` without an expert). The coverage is fitted on
-    the items of the covered regions (``regions``: an item from a region the training images cover too thinly
-    is not one the model should keep)."""
+    with their views fused and their mean features scored, as predict answers them) with the level expert,
+    how the expert measured there (:func:`expert_record`; ``None`` without an expert) and how the items of each
+    label fared (:func:`validation_by_label`). The coverage is fitted on the items of the covered regions
+    (``regions``: an item from a region the training images cover too thinly is not one the model should keep)."""
     val = data.splits["val"]
     images = adapt_rows(adapter, val.features, np.arange(val.features.shape[1]))  # once: a fine-tuned top is costly
     adapted = replace(val, features=images[None])
@@ -195,7 +197,27 @@ def answer_parts(data: PreparedData, adapter: torch.nn.Module, head: TrainableHe
     coverage = fit_coverage(gallery.scores(x, COVERAGE_K), val.lat, val.lon, groups, regions or RegionCover())
     calibration = fit_calibration(probabilities, val.lat, val.lon, data.labels["lat"].to_numpy(),
                                   data.labels["lon"].to_numpy())
-    return coverage, calibration, record
+    return coverage, calibration, record, validation_by_label(probabilities, val, data.labels)
+
+
+def validation_by_label(probabilities: np.ndarray, val: TrainingData, labels: pd.DataFrame) -> dict:
+    """The ``validation`` section: how the validation items whose true label is each label fared, the first guess
+    of "The answer" (:func:`~geoscope.answer.answerer.best_guesses`, before refinement) scored against where they
+    were taken. Per label (lists in the label table's order): ``items``, ``places`` (distinct coordinates among
+    them: the views of a place are items of one place, not independent evidence), ``median_km`` and ``accuracy``
+    (share whose first guess is their label), ``None`` for a label without validation items. What ``geoscope data
+    plan --from-model`` reads to tell where the model is weak."""
+    lat, lon = labels["lat"].to_numpy(), labels["lon"].to_numpy()
+    first = best_guesses(probabilities, lat, lon)
+    km = haversine_km(val.lat, val.lon, lat[first], lon[first])
+    items = np.bincount(val.label, minlength=len(labels))
+    places = pd.DataFrame({"label": val.label, "lat": val.lat, "lon": val.lon}).drop_duplicates()["label"]
+    right = np.bincount(val.label, weights=(first == val.label).astype(np.float64), minlength=len(labels))
+    median = [round(float(np.median(km[val.label == k])), 1) if n else None for k, n in enumerate(items)]
+    accuracy = [round(float(r / n), 3) if n else None for r, n in zip(right, items, strict=True)]
+    return {"split": "val", "items": len(km), "median_km": round(float(np.median(km)), 1),
+            "by_label": {"items": items.tolist(), "places": np.bincount(places, minlength=len(labels)).tolist(),
+                         "median_km": median, "accuracy": accuracy}}
 
 
 def expert_record(expert: LevelExpert, head: np.ndarray, with_expert: np.ndarray, val: TrainingData,
