@@ -37,11 +37,11 @@ def onnx_cache_path(name: str, fingerprint: str) -> Path:
 
 def onnx_graph(module: nn.Module, example: np.ndarray, *, keep_weights: bool = False) -> bytes:
     """``module`` in eval mode (one float32 NCHW input → one output) traced on ``example`` into an ONNX graph with
-    a dynamic batch axis, constants folded.
+    a dynamic batch axis, constants and batch norms folded into the convolutions.
 
-    ``keep_weights``: every weight stays the module's own tensor under its own name, batch norms unfolded
-    (the runtimes fold them when they load the graph), so a graph shipped without them can take them back
-    from the weights file (:mod:`geoscope.encoders.shipped`).
+    ``keep_weights``: nothing folded; every weight stays the module's own tensor under its own name (the runtimes
+    fold the batch norms when they load the graph), so a graph shipped without them can take them back from the
+    weights file (:mod:`geoscope.encoders.shipped`).
     """
     import torch
 
@@ -150,7 +150,7 @@ class OnnxRunner:
         """Run one batch (in parts side by side, with streams); returns the first output as float32."""
         parts = split_batch(np.ascontiguousarray(batch, dtype=np.float32), self.streams)
         if self._pool is None or len(parts) == 1:
-            return self._run(parts[0]) if len(parts) == 1 else np.concatenate([self._run(p) for p in parts])
+            return self._run(parts[0])
         others = [self._pool.submit(self._run, part) for part in parts[1:]]
         return np.concatenate([self._run(parts[0]), *(f.result() for f in others)])
 
