@@ -140,7 +140,7 @@ def grid_plan(region: Region | str, cell_km: float = SEED_GRID["cell_km"],
                         "lower the minimum land fraction (--min-land) to plan them anyway")
     cells = cells[enough].reset_index(drop=True)
     cells["cell_id"] = np.arange(len(cells))
-    points = _with_ids(sample_cells(region, cells, np.full(len(cells), per_cell), seed))
+    points = with_point_ids(sample_cells(region, cells, np.full(len(cells), per_cell), seed))
     meta = plan_meta("grid", spec, region, seed, points, cell_km=cell_km, per_cell=per_cell,
                  min_land_fraction=min_land_fraction, cells=len(cells))
     return Plan(points, cells, "cells.csv", meta)
@@ -189,7 +189,7 @@ def cities_plan(region: Region | str, top: int = SEED_CITIES["top"],
         parts.append(pd.DataFrame({"lat": pts[:, 0], "lon": pts[:, 1],
                                    "city_id": place.city_id, "city": place.city,
                                    "place_id": place.place_id, "place": place.name}))
-    points = _with_ids(pd.concat(parts, ignore_index=True))
+    points = with_point_ids(pd.concat(parts, ignore_index=True))
     table = cities_table(places)
     meta = plan_meta("cities", spec, region, seed, points, top=top, radius_km=radius_km,
                  per_city=per_city, merge_suburbs=merge, min_population=min_population,
@@ -197,7 +197,8 @@ def cities_plan(region: Region | str, top: int = SEED_CITIES["top"],
     return Plan(points, table, "cities.csv", meta)
 
 
-def _with_ids(points: pd.DataFrame) -> pd.DataFrame:
+def with_point_ids(points: pd.DataFrame) -> pd.DataFrame:
+    """Points numbered 0…n−1 in a first column ``point_id``, their coordinates rounded to 6 decimals (~0.1 m)."""
     points.insert(0, "point_id", np.arange(len(points)))
     points["lat"] = points["lat"].round(6)
     points["lon"] = points["lon"].round(6)

@@ -36,7 +36,7 @@ import shapely
 
 from ..bundle import BundleFiles, read_bundle
 from ..bundle.gallery import Gallery
-from ..data.plan import MIN_LAND_FRACTION, Plan, PlanError, plan_meta, sample_cells
+from ..data.plan import MIN_LAND_FRACTION, Plan, PlanError, plan_meta, sample_cells, with_point_ids
 from ..geo.cells import assign_grid, grid_cells
 from ..geo.places import nearest_place
 from ..geo.regions import Region, country_of, country_region, region_from_points, resolve_region
@@ -145,8 +145,7 @@ def weakness_plan(model: str | os.PathLike[str], budget: int, *, seed: int = 0, 
         raise PlanError(f"could place only {len(points)} of {budget} points on the land of {weakness.region.name}: "
                         "give a larger --cell-km or another --region")
     cells = weakness.cells.assign(points=np.bincount(points["cell_id"], minlength=len(counts)))
-    points.insert(0, "point_id", np.arange(len(points)))
-    points["lat"], points["lon"] = points["lat"].round(6), points["lon"].round(6)
+    points = with_point_ids(points)
     meta = plan_meta("model", region or "the model's training area", weakness.region, seed, points,
                      model=str(Path(model)), model_name=files.config.get("name"), budget=budget,
                      weighing=weighing, formula=WEIGHINGS[weighing], cell_km=round(weakness.cell_km, 3),
