@@ -1,9 +1,11 @@
-"""Encoder speed by runtime: ONNX Runtime fp32, OpenVINO fp32 and OpenVINO bf16 on one exported graph.
+"""Encoder speed by runtime: ONNX Runtime fp32, OpenVINO fp32 and OpenVINO bf16 on one graph, in streams or not.
 
 Images already decoded and preprocessed (random frames at the encoder's input size), a batch of
 ``--batch`` on every core of this process, rounds interleaved so that the machine's load swings hit every
 runtime alike; prints images/s (median of the rounds), the ratio to ONNX Runtime measured in the same run,
-and how far each runtime's features are from ONNX Runtime's (largest relative difference, lowest cosine).
+the process's CPU time per image, and how far each runtime's features are from ONNX Runtime's (largest relative
+difference, lowest cosine). Each runtime runs in streams (the default: a batch in parts side by side) and as one
+request over every thread ("1 stream", as before streams).
 Run: ``python benchmarks/runtimes.py [--encoder efficientnet-lite0/layout] [--batch 32] [--rounds 5]``.
 """
 
@@ -28,28 +30,34 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     runtimes = RUNTIMES if openvino_installed() else RUNTIMES[:1]
-    encoders = {str(r): get_image_encoder(args.encoder, runtime=r) for r in runtimes}
+    encoders = {}
+    for runtime in runtimes:  # in streams (the default), and as one request over every thread
+        encoders[str(runtime)] = get_image_encoder(args.encoder, runtime=runtime)
+        encoders[f"{runtime}, 1 stream"] = get_image_encoder(args.encoder, runtime=runtime, streams=1)
     size = next(iter(encoders.values())).preprocess.crop_size
     batch = np.random.default_rng(0).standard_normal((args.batch, 3, size, size)).astype(np.float32)
     outputs = {name: encoder.encode(batch) for name, encoder in encoders.items()}  # compiled before the clock
     rates: dict[str, list[float]] = {name: [] for name in encoders}
+    cpu: dict[str, list[float]] = {name: [] for name in encoders}
     for _ in range(args.rounds):
         for name, encoder in encoders.items():
-            start = time.perf_counter()
+            start, used = time.perf_counter(), time.process_time()
             encoder.encode(batch)
             rates[name].append(args.batch / (time.perf_counter() - start))
+            cpu[name].append((time.process_time() - used) / args.batch)
     reference = outputs[str(RUNTIMES[0])]
     base = float(np.median(rates[str(RUNTIMES[0])]))
     bf16 = ", ".join(sorted(BF16_FLAGS & cpu_flags())) or "none"
     print(f"{args.encoder}, batch {args.batch}, {size} px, {cpu_count()} cores, native bf16: {bf16}, "
           f"{args.rounds} interleaved rounds")
-    print(f"{'runtime':<18} {'images/s':>9} {'× ORT':>6} {'max rel diff':>13} {'min cosine':>11}")
+    print(f"{'runtime':<28} {'images/s':>9} {'× ORT':>6} {'CPU ms/image':>13} {'max rel diff':>13} {'min cosine':>11}")
     for name, out in outputs.items():
         rate = float(np.median(rates[name]))
         diff = float(np.abs(out - reference).max() / np.abs(reference).max())
         cosine = float(((out * reference).sum(1) / np.linalg.norm(out, axis=1)
                         / np.linalg.norm(reference, axis=1)).min())
-        print(f"{name:<18} {rate:>9.1f} {rate / base:>6.2f} {diff:>13.2e} {cosine:>11.6f}")
+        used = float(np.median(cpu[name])) * 1000
+        print(f"{name:<28} {rate:>9.1f} {rate / base:>6.2f} {used:>13.2f} {diff:>13.2e} {cosine:>11.6f}")
 
 
 if __name__ == "__main__":

@@ -21,20 +21,24 @@ from geoscope.fileio import atomic_open
 
 INT8 = "image_head.projection.weight"
 """Default int8 matrices: every head's first projection (256 × the image features' width)."""
-KEEP = ("typicality.precision_root",)
-"""Default float32 matrices: the typicality test's whitening (in half precision, coverage scores moved 0.013)."""
+KEEP = ".precision_root"
+"""Default float32 matrices: the typicality tests' whitening (``typicality.precision_root`` and those one level down,
+``typicality.G.precision_root``; in half precision, coverage scores moved 0.013)."""
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("bundle", type=Path)
     parser.add_argument("--int8", nargs="*", help=f"tensors to store as int8 (default: every *{INT8})")
-    parser.add_argument("--keep", nargs="*", default=list(KEEP), help="float32 matrices to keep in float32")
+    parser.add_argument("--keep", nargs="*",
+                        help=f"float32 matrices to keep in float32 (default: every typicality*{KEEP})")
     args = parser.parse_args()
     path = args.bundle / WEIGHTS
     tensors = expand(load_file(str(path)))
     int8 = args.int8 if args.int8 is not None else [k for k in tensors if k.endswith(INT8)]
-    small = compact(tensors, int8=int8, keep=args.keep)
+    keep = args.keep if args.keep is not None else [k for k in tensors if k.startswith("typicality.")
+                                                     and k.endswith(KEEP)]
+    small = compact(tensors, int8=int8, keep=keep)
     before = path.stat().st_size
     with atomic_open(path) as handle:
         handle.write(save({k: np.ascontiguousarray(v) for k, v in small.items()}))

@@ -5,28 +5,26 @@
 
 Each place of the validation rows (rows of one ``location_id`` are views of one place, fused as ``evaluate``
 fuses them) is answered through the model's own path (:meth:`GeoModel.place_evidence`); rows holding an image the
-model trained on are left out. :meth:`geoscope.answer.verify.ClaimCheck.fit` fits the check on them, and its
-section ``"verify"`` replaces any earlier one in the bundle's ``config.json`` (written atomically); nothing else in
-the bundle changes. ``--default-model`` fits the bundled default model on the validation split that
-``scripts/train_default_model.py`` trained it with. See docs/verify.md.
+model trained on are left out. :func:`geoscope.evaluate.claims.fit_claim_check` fits the check on them: its
+section ``"verify"`` replaces any earlier one in the bundle's ``config.json`` (written atomically) and the model
+card's "Claim checks" paragraph is rendered anew; nothing else in the bundle changes. ``geoscope train`` does the
+same for the models it writes: this script is for models trained before. ``--default-model`` fits the bundled
+default model on the validation split that ``scripts/train_default_model.py`` trained it with. See docs/verify.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import sys
 from pathlib import Path
 
 import pandas as pd
 
-from geoscope.answer.verify import VERDICTS, ClaimCheck
+from geoscope.answer.verify import VERDICTS
 from geoscope.data.manifest import Manifest, read_manifest
 from geoscope.errors import GeoscopeError, one_line
-from geoscope.evaluate.claims import places_of
-from geoscope.fileio import atomic_write_json
-from geoscope.predict import load_model
+from geoscope.evaluate.claims import fit_claim_check
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = REPO / "src" / "geoscope" / "assets" / "default-model"
@@ -54,22 +52,6 @@ def validation_rows(paths: list[str]) -> Manifest:
     return Manifest(pd.concat(frames, ignore_index=True), Path("/"))
 
 
-def fit_bundle(bundle: Path, manifest: Manifest, source: list[str]) -> ClaimCheck:
-    """Fit the check of the bundle at ``bundle`` on the validation rows of ``manifest`` and write it."""
-    model = load_model(bundle)
-    rows = manifest.subset((manifest.frame["split"] == "val").to_numpy())
-    if not len(rows):
-        raise GeoscopeError("the manifests hold no validation rows (split = val)")
-    places = places_of(model, rows, progress=True)
-    check = ClaimCheck.fit(places.probabilities, places.lat, places.lon, model.labels, in_coverage=places.in_coverage)
-    check.fitted_on["data"] = {"manifests": source, "split": "val", "rows": len(rows), "left_out": places.left_out}
-    config_path = Path(bundle) / "config.json"
-    config = json.loads(config_path.read_text(encoding="utf-8"))
-    config["verify"] = check.to_dict()
-    atomic_write_json(config_path, config)
-    return check
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("bundle", nargs="?", type=Path, help="the model bundle directory")
@@ -89,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.bundle is None or not args.manifests:
                 raise GeoscopeError("name a bundle and at least one manifest, or --default-model")
             bundle, manifest, source = args.bundle, validation_rows(args.manifests), list(args.manifests)
-        check = fit_bundle(bundle, manifest, source)
+        validation = manifest.subset((manifest.frame["split"] == "val").to_numpy())
+        check = fit_claim_check(bundle, validation, {"manifests": source, "split": "val"}, progress=True)
     except GeoscopeError as exc:
         print(f"fit_verify: error: {one_line(str(exc))}", file=sys.stderr)
         return 2

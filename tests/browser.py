@@ -120,3 +120,31 @@ def render(page: Path, screenshot: Path | None = None, *, width: int = 1280,
                 raise AssertionError(f"Chromium wrote no screenshot to {screenshot}")
             shot = screenshot
     return Rendered(done.stdout, int(attr["images"]), broken, failed, height, shot)
+
+
+SERVED = ["--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1", "--virtual-time-budget=30000"]
+"""Flags for a page of a test server on 127.0.0.1 (every other host is cut off)."""
+
+
+def page_with_photo(script: str, photo: Path) -> str:
+    """The web page with ``script`` before ``</body>``, its ``DATA_URL`` the photo's bytes and ``MARKER_ID`` the
+    marker :func:`read_marker` looks for."""
+    import base64
+
+    from geoscope.serve.page import WEB_ASSETS
+
+    url = "data:image/jpeg;base64," + base64.b64encode(photo.read_bytes()).decode("ascii")
+    script = script.replace("DATA_URL", url).replace("MARKER_ID", MARKER_ID)
+    return (WEB_ASSETS / "index.html").read_text(encoding="utf-8").replace("</body>", script + "\n</body>")
+
+
+def read_marker(url: str, profile: Path, *, window: str = "1280,800", timeout: float = 150) -> tuple[dict, str]:
+    """Load ``url`` (a page of a server on 127.0.0.1) headless and read the ``data-`` attributes of the marker its
+    script appends when done (unescaped), and the document."""
+    import html
+
+    done = _run(require_chromium(), ["--dump-dom", f"--window-size={window}", *SERVED, url], profile, timeout)
+    marker = re.search(rf'<div id="{MARKER_ID}"[^>]*>', done.stdout)
+    if marker is None:
+        raise AssertionError(f"the page never finished: {done.stderr[-2000:]}")
+    return {k: html.unescape(v) for k, v in re.findall(r'data-(\w+)="([^"]*)"', marker.group(0))}, done.stdout

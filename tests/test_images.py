@@ -249,19 +249,34 @@ def test_read_rgb_decodes_upright_colour_jpegs_to_the_same_pixels_as_pil(tmp_pat
             assert np.array_equal(pre.views(fast, views), pre.views(open_image(path), views)), (path, views)
 
 
+def test_read_rgb_decodes_big_and_turned_jpegs_at_pils_scale_and_orientation(tmp_path: Path) -> None:
+    photo = Image.fromarray(real_rgb(5)).resize((1800, 1352))
+    for orientation in range(1, 9):
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        path = tmp_path / f"turned-{orientation}.jpg"
+        photo.save(path, exif=exif, quality=90, subsampling=2 if orientation % 2 else 1)
+        for min_size in (None, (900, 600), (400, 400), (224, 224), (100, 224), (4000, 224)):  # 1, 1/2, 1/4, 1/8, 1
+            fast = read_rgb(path, min_size=min_size)
+            assert isinstance(fast, np.ndarray), (orientation, min_size)
+            assert np.array_equal(fast, np.asarray(open_image(path, min_size=min_size))), (orientation, min_size)
+    pre = lite_preprocess("efficientnet-lite0")
+    fast = read_rgb(tmp_path / "turned-6.jpg", min_size=pre.decode_size)  # a strided view: preprocessed alike
+    for views in (Views(), Views(hflip=True), Views(crops=3)):
+        shown = open_image(tmp_path / "turned-6.jpg", min_size=pre.decode_size)
+        assert np.array_equal(pre.views(fast, views), pre.views(shown, views))
+
+
 def test_read_rgb_leaves_every_other_image_to_pil(tmp_path: Path) -> None:
     shown = Image.fromarray(real_rgb(5))
-    exif = Image.Exif()
-    exif[0x0112] = 6
-    shown.transpose(Image.Transpose.ROTATE_90).save(tmp_path / "turned.jpg", exif=exif, quality=95)
     shown.convert("L").save(tmp_path / "gray.jpg")
     shown.save(tmp_path / "photo.png")
-    shown.resize((1792, 1344)).save(tmp_path / "big.jpg", quality=90)  # decoded at reduced scale
-    for name in ("turned.jpg", "gray.jpg", "photo.png", "big.jpg"):
+    shown.convert("CMYK").save(tmp_path / "cmyk.jpg")
+    for name in ("gray.jpg", "photo.png", "cmyk.jpg"):
         got = read_rgb(tmp_path / name, min_size=(224, 224))
         assert isinstance(got, Image.Image) and got.mode == "RGB", name
         assert np.array_equal(np.asarray(got), np.asarray(open_image(tmp_path / name, min_size=(224, 224))))
-    assert read_rgb(tmp_path / "turned.jpg").size == shown.size  # upright
+    shown.resize((1792, 1344)).save(tmp_path / "big.jpg", quality=90)
     data = (REPO / "examples" / "images" / "london-uk-1.jpg").read_bytes()
     (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 3])
     with pytest.raises(BadImageError, match="truncated"):  # PIL names what is wrong

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -74,3 +76,64 @@ def test_the_python_api_takes_a_runtime():
     assert model.encoder.runtime == Runtime("openvino", "fp32")
     with pytest.raises(GeoscopeError, match="unknown runtime"):
         geoscope.load(runtime="tensorflow")
+
+
+def _predict(photo: Path, cache: Path, runtime: str, pythonpath: str | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "GEOSCOPE_CACHE": str(cache)}
+    if pythonpath is not None:
+        env["PYTHONPATH"] = os.pathsep.join([pythonpath, env.get("PYTHONPATH", "")])
+    return subprocess.run([sys.executable, "-m", "geoscope", "predict", str(photo), "--json", "--runtime", runtime],
+                          env=env, capture_output=True, text=True, timeout=300)
+
+
+def _openvino_without_its_cpu_plugin(folder: Path) -> Path:
+    """A copy of the installed openvino package (links to its files) lacking the CPU plugin: a broken install that
+    imports, then cannot compile for the CPU."""
+    import openvino
+
+    real = Path(openvino.__file__).parent
+    (folder / "openvino" / "libs").mkdir(parents=True)
+    for entry in real.iterdir():
+        if entry.name != "libs":
+            (folder / "openvino" / entry.name).symlink_to(entry)
+    for entry in (real / "libs").iterdir():
+        if "intel_cpu_plugin" not in entry.name:
+            (folder / "openvino" / "libs" / entry.name).symlink_to(entry)
+    return folder
+
+
+@needs_openvino
+def test_openvino_failing_to_load_falls_back_to_onnx_runtime_in_one_warning_line(tmp_path):
+    site = _openvino_without_its_cpu_plugin(tmp_path / "site")
+    broken = _predict(EXAMPLES[0], tmp_path / "cache", "openvino:bf16", str(site))
+    assert broken.returncode == 0, broken.stderr
+    assert broken.stderr.splitlines() == [
+        f"geoscope: warning: {next((tmp_path / 'cache' / 'onnx').glob('*.onnx'))}: OpenVINO cannot compile the graph "
+        "(Device with \"CPU\" name is not registered in the OpenVINO Runtime); running on onnxruntime fp32 instead"]
+    # the features are ONNX Runtime's, and cached as its own, not as bf16 ones
+    assert [p.name.endswith("-bf16") for p in (tmp_path / "cache" / "features").iterdir()] == [False]
+    plain = _predict(EXAMPLES[0], tmp_path / "cache", "onnxruntime")
+    assert plain.returncode == 0 and plain.stdout == broken.stdout and plain.stderr == ""
+
+
+@needs_openvino
+def test_an_unusable_openvino_cache_folder_is_one_warning_line_and_openvino_still_runs(tmp_path):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "openvino").write_text("a file where the compiled graphs' folder should be")
+    result = _predict(EXAMPLES[0], cache, "openvino:fp32")
+    assert result.returncode == 0, result.stderr
+    [line] = result.stderr.splitlines()
+    assert line.startswith("geoscope: warning: GEOSCOPE_CACHE=") and "cannot use the cache folder" in line
+    assert line.endswith("OpenVINO compiles without keeping its graph")
+    assert result.stdout == _predict(EXAMPLES[0], tmp_path / "other", "onnxruntime").stdout
+
+
+def test_a_bad_runtime_in_the_environment_is_one_line_naming_the_variable(tmp_path):
+    env = {**os.environ, "GEOSCOPE_RUNTIME": "openvino:fp8", "GEOSCOPE_CACHE": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-m", "geoscope", "predict", str(EXAMPLES[0])], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "geoscope: error: GEOSCOPE_RUNTIME='openvino:fp8': unknown precision 'fp8': use fp32 or bf16"]
+    assert not (tmp_path / "onnx").exists()

@@ -288,3 +288,58 @@ def test_the_check_refuses_what_it_cannot_use() -> None:
         with pytest.raises(GeoscopeError):
             parse_point(bad)
     assert max(RADII_KM) >= 1000 and min(RADII_KM) <= 1
+
+
+@pytest.fixture(scope="module")
+def two_londons_split(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """60 real photos from each London, 35 of each for training and 25 for validation (by row)."""
+    from conftest import shared_rows
+
+    from geoscope.data.manifest import write_manifest
+
+    frames = []
+    for name in ("london-uk", "london-on"):
+        frame = shared_rows(name, 60)
+        frame["split"] = ["train"] * 35 + ["val"] * 25
+        frame["location_id"] = name + "/" + frame["location_id"].astype(str)
+        frames.append(frame)
+    out = tmp_path_factory.mktemp("two-londons") / "manifest.csv"
+    write_manifest(pd.concat(frames, ignore_index=True), out)
+    return out
+
+
+def test_train_fits_the_claim_check_and_the_card_says_what_it_means(two_londons_split: Path, tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "model"
+    assert main(["train", str(two_londons_split), "--labels", "grid", "--cell-km", "10", "-o", str(out),
+                 "--max-epochs", "3", "--no-augment", "--no-level-expert"]) == 0
+    capsys.readouterr()
+    section = json.loads((out / "config.json").read_text())["verify"]
+    assert section["fitted_on"]["photos"] == 50 and section["fitted_on"]["data"]["split"] == "val"
+    assert [r["km"] for r in section["rules"]] == sorted(RADII_KM)
+    card = (out / "README.md").read_text()
+    assert "## Claim checks" in card and "Fitted on 50 validation places" in card
+    frame = pd.read_csv(two_londons_split)
+    photo = frame[(frame["split"] == "val")].iloc[0]  # a London, UK validation photo
+    image = two_londons_split.parent / photo["image"] if not Path(photo["image"]).is_absolute() else photo["image"]
+    code, own, err = run_cli(capsys, "verify", image, "--model", out, "--at", f"{photo['lat']},{photo['lon']}",
+                             "--json")
+    assert code == 0, err
+    code, other, err = run_cli(capsys, "verify", image, "--model", out, "--at", "42.98352,-81.29355", "--json")
+    assert code == 0, err
+    assert json.loads(own)[0]["likelihood_ratio"] > json.loads(other)[0]["likelihood_ratio"]
+
+
+def test_a_model_with_too_few_validation_photos_says_it_has_no_claim_check(two_londons_split: Path, tmp_path: Path,
+                                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    frame = pd.read_csv(two_londons_split)
+    frame = frame[(frame["split"] == "train") | (frame.index % 5 == 0)]  # 10 validation photos
+    manifest = tmp_path / "manifest.csv"
+    frame.assign(image=[str(two_londons_split.parent / p) for p in frame["image"]]).to_csv(manifest, index=False)
+    out = tmp_path / "model"
+    assert main(["train", str(manifest), "--labels", "grid", "--cell-km", "10", "-o", str(out), "--max-epochs", "1",
+                 "--no-augment", "--no-level-expert"]) == 0
+    assert "no claim check fitted (fitting a claim check needs at least 20 validation photos" in capsys.readouterr().err
+    code, _, err = run_cli(capsys, "verify", frame["image"].iloc[0] if Path(frame["image"].iloc[0]).is_absolute()
+                           else two_londons_split.parent / frame["image"].iloc[0], "--model", out, "--at", "51.5,-0.1")
+    assert code == 2 and "cannot check claims" in err and "geoscope train" in err

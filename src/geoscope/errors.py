@@ -32,3 +32,10 @@ def quote_name(name: object) -> str:
 def one_line(message: str) -> str:
     """``message`` with every unprintable character (newline, tab, escape) written as its escape."""
     return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in message)
+
+
+def warn(message: str) -> None:
+    """Say on stderr, in one line, what went wrong and what is done instead (``geoscope: warning: …``)."""
+    import sys
+
+    print(f"geoscope: warning: {one_line(message)}", file=sys.stderr)

@@ -103,7 +103,7 @@ def current_umask() -> int:
     return mask
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes | bytearray) -> None:
     """Write ``data`` to ``path`` atomically."""
     with atomic_open(path) as handle:
         handle.write(data)

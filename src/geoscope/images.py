@@ -18,9 +18,11 @@ caller needs only ``min_size`` pixels: a 12-megapixel photo wanted at 224 px dec
 5× faster and shrinks about 30× faster. The decompression-bomb limit applies to the full
 declared size, checked before any pixel is decoded.
 
-:func:`read_rgb` is :func:`open_image` for the encoders' hot path: a colour JPEG stored upright
-and decoded at full scale (every street-view frame) goes straight to a pixel array through
-libjpeg-turbo (``simplejpeg``), the same pixels in half the time of PIL's decode and copy.
+:func:`read_rgb` is :func:`open_image` for the encoders' hot path: a colour JPEG (every street-view
+frame, every phone photo, at whichever DCT scale and EXIF orientation) goes straight to a pixel array
+through libjpeg-turbo (``simplejpeg``): the same pixels, in half the time of PIL's decode and copy at
+full scale, and at reduced scale without taking Python's lock between chunks of the file, so that the
+decoding threads run beside the encoder. PNG, WebP, HEIC and the other JPEGs (grayscale, CMYK) take PIL's path.
 """
 
 from __future__ import annotations
@@ -125,17 +127,27 @@ def open_image(
 
 def read_rgb(source: str | os.PathLike[str] | bytes, *, max_pixels: int = MAX_PIXELS,
              min_size: tuple[int, int] | None = None) -> np.ndarray | Image.Image:
-    """:func:`open_image`, faster for the common JPEG: an ``(h, w, 3)`` uint8 array for a colour JPEG stored
-    upright and decoded at full scale, else the PIL image :func:`open_image` reads (or its one clear error)."""
-    pixels = _upright_jpeg_pixels(source, max_pixels, min_size)
+    """:func:`open_image`, faster for the common JPEG: an ``(h, w, 3)`` uint8 array (possibly a strided view) for a
+    colour JPEG, decoded by libjpeg-turbo at the scale :func:`open_image` would take and turned upright by its EXIF
+    orientation as :func:`open_image` turns it (the same pixels); else the PIL image :func:`open_image` reads (or its
+    one clear error)."""
+    pixels = _jpeg_pixels(source, max_pixels, min_size)
     return open_image(source, max_pixels=max_pixels, min_size=min_size) if pixels is None else pixels
 
 
-def _upright_jpeg_pixels(source: str | os.PathLike[str] | bytes, max_pixels: int,
-                         min_size: tuple[int, int] | None) -> np.ndarray | None:
-    """The pixels of a YCbCr JPEG without an EXIF turn that ``min_size`` would not decode at reduced scale,
-    decoded by libjpeg-turbo; ``None`` for any other file, and for any file it cannot read (PIL then reads
-    it, or names what is wrong)."""
+_TURNS = {
+    1: lambda a: a, 2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+    5: lambda a: a.transpose(1, 0, 2), 6: lambda a: a.transpose(1, 0, 2)[:, ::-1],
+    7: lambda a: a[::-1, ::-1].transpose(1, 0, 2), 8: lambda a: a.transpose(1, 0, 2)[::-1],
+}
+"""EXIF orientation → the array view that turns the stored pixels upright (what ``ImageOps.exif_transpose`` does)."""
+
+
+def _jpeg_pixels(source: str | os.PathLike[str] | bytes, max_pixels: int,
+                 min_size: tuple[int, int] | None) -> np.ndarray | None:
+    """The upright pixels of a YCbCr (or Adobe RGB) JPEG decoded by libjpeg-turbo, at the DCT scale PIL's draft mode
+    takes for ``min_size`` (1/2, 1/4 or 1/8: the same pixels, and the whole decode without the GIL); ``None`` for any
+    other file, and for any file it cannot read (PIL then reads it, or names what is wrong)."""
     import simplejpeg
 
     try:
@@ -151,10 +163,15 @@ def _upright_jpeg_pixels(source: str | os.PathLike[str] | bytes, max_pixels: int
             warnings.simplefilter("ignore")
             image = Image.open(io.BytesIO(data))  # reads the header and the EXIF block only
         width, height = image.size
-        if (image.format != "JPEG" or image.mode != "RGB" or width * height > max_pixels
-                or image.getexif().get(0x0112, 1) != 1 or (min_size is not None and _dct_scale(image, min_size) > 1)):
+        orientation = image.getexif().get(0x0112, 1)
+        if image.format != "JPEG" or image.mode != "RGB" or width * height > max_pixels or orientation not in _TURNS:
             return None
-        return simplejpeg.decode_jpeg(data, colorspace="RGB")
+        scale = 1 if min_size is None else _draft_scale(image, min_size)
+        wanted = (-(-width // scale), -(-height // scale))  # PIL's draft size: sides rounded up
+        pixels = simplejpeg.decode_jpeg(data, colorspace="RGB", min_width=wanted[0], min_height=wanted[1])
+        if pixels.shape[:2] != wanted[::-1]:
+            return None
+        return _TURNS[orientation](pixels)
     except (OSError, ValueError, SyntaxError, EOFError, IndexError, KeyError, TypeError, struct.error,
             UnidentifiedImageError, Image.DecompressionBombError, BadImageError):
         return None
@@ -172,7 +189,7 @@ def _register_optional_formats() -> None:
 
 def _reduce_on_decode(image: Image.Image, min_size: tuple[int, int]) -> None:
     """Ask a JPEG decoder for the smallest DCT scale that keeps ``min_size`` (no-op below 2×)."""
-    if image.format == "JPEG" and _dct_scale(image, min_size) > 1:  # at scale 1 the decode stays exact
+    if image.format == "JPEG" and _draft_scale(image, min_size) > 1:  # at scale 1 the decode stays exact
         image.draft(image.mode, _stored_size(image, min_size))
 
 
@@ -182,12 +199,13 @@ def _stored_size(image: Image.Image, min_size: tuple[int, int]) -> tuple[int, in
     return (want_h, want_w) if image.getexif().get(0x0112) in _ROTATED else (want_w, want_h)
 
 
-def _dct_scale(image: Image.Image, min_size: tuple[int, int]) -> int:
-    """How many times larger than ``min_size`` the image is on its tighter side (a JPEG at 2× or more can
-    be decoded at reduced scale)."""
+def _draft_scale(image: Image.Image, min_size: tuple[int, int]) -> int:
+    """The DCT scale (1, 2, 4 or 8) a JPEG is decoded at for ``min_size``, as PIL's draft mode takes it: the largest
+    that keeps both sides at least ``min_size``."""
     want_w, want_h = _stored_size(image, min_size)
     width, height = image.size
-    return min(width // want_w, height // want_h)
+    times = min(width // want_w, height // want_h)
+    return next((s for s in (8, 4, 2) if times >= s), 1)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

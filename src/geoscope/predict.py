@@ -68,7 +68,9 @@ class GeoModel:
         self._encoder = None
         self.runtime: Runtime | None = None
         """What runs the image encoder (``None``: ``$GEOSCOPE_RUNTIME``, else ``auto``); set before first use."""
-        self._gallery = Gallery.from_tensors(files.tensors)
+        self.streams: int | None = None
+        """In how many streams the image encoder runs (:attr:`~geoscope.encoders.image.ImageEncoder.streams`)."""
+        self._gallery = Gallery.from_tensors(files.tensors, self.config.get("gallery"))
         if self._gallery is not None:
             self._gallery.check_labels(len(self.labels), files.path)
             if self.head.image_dim is not None and self._gallery.dim != self.head.image_dim:
@@ -97,7 +99,8 @@ class GeoModel:
     def encoder(self) -> ImageEncoder:
         """The image encoder whose outputs the model reads (loaded on first use, then reused)."""
         if self._encoder is None:
-            self._encoder = get_image_encoder(self.image_side.cached_encoder, runtime=self.runtime)
+            self._encoder = get_image_encoder(self.image_side.cached_encoder, runtime=self.runtime,
+                                              streams=self.streams)
         return self._encoder
 
     @property
@@ -182,13 +185,25 @@ class GeoModel:
 
     def coverage_scores(self, features: np.ndarray) -> np.ndarray:
         """How much each image (features, or the mean features of a place's views) is like the training images:
-        the share of held-out validation images less like them, by the weaker of the coverage's tests.
+        the share of held-out validation images less like them, by the weakest of the coverage's tests.
 
         NaN (coverage unknown) for a bundle without a coverage threshold (older bundles) or gallery.
         """
+        return self.coverage_of(features)[0]
+
+    def coverage_of(self, features: np.ndarray) -> tuple[np.ndarray, list[str | None]]:
+        """:meth:`coverage_scores`, and why each row is out of coverage (``None``: it is not, or unknown)."""
+        tests = self.coverage_tests(features)
+        if self.coverage is None or tests is None:
+            return np.full(len(features), np.nan), [None] * len(features)
+        return self.coverage.combine(tests), self.coverage.reasons(tests)
+
+    def coverage_tests(self, features: np.ndarray) -> dict[str, np.ndarray] | None:
+        """Each coverage test's score of each row (:meth:`geoscope.bundle.gallery.Gallery.scores`; ``None``: the
+        bundle has no coverage threshold or gallery)."""
         if self.coverage is None or self._gallery is None:
-            return np.full(len(features), np.nan)
-        return self.coverage.combine(self._gallery.scores(features, self.coverage.k))
+            return None
+        return self._gallery.scores(features, self.coverage.k)
 
     @functools.cached_property
     def refiners(self) -> dict[str, Refiner]:
@@ -226,14 +241,15 @@ class GeoModel:
         """Row of each label name in the label table."""
         return {name: i for i, name in reversed(list(enumerate(self.labels["name"].astype(str))))}
 
-    def place_evidence(self, features: np.ndarray, places: np.ndarray,
-                       headings: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """The first steps of :meth:`answer`: each place's probability of every label and its coverage score, from
-        the image features ``(n, dim)`` of its views (``places``: each row's place, codes 0…P−1), fused as the model
-        was trained to; the level expert and coverage read the mean of the place's features."""
+    def place_evidence(self, features: np.ndarray, places: np.ndarray, headings: np.ndarray | None = None
+                       ) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
+        """The first steps of :meth:`answer`: each place's probability of every label, its coverage score and why
+        it is out of coverage (:meth:`coverage_of`), from the image features ``(n, dim)`` of its views (``places``:
+        each row's place, codes 0…P−1), fused as the model was trained to; the level expert and coverage read the
+        mean of the place's features."""
         embeddings = self.fused_embeddings(features, places, headings)  # fusion
         mean = place_means(features, places)
-        return self.probabilities(embeddings, mean), self.coverage_scores(mean)
+        return self.probabilities(embeddings, mean), *self.coverage_of(mean)
 
     def answer(self, features: np.ndarray, places: np.ndarray | None = None, headings: np.ndarray | None = None, *,
                images: Sequence[str] | None = None, top_k: int = 5, level: str = "place",
@@ -260,7 +276,7 @@ class GeoModel:
             raise ValueError(f"{count} places but {len(names)} image names")
         if count == 0:
             return []
-        probabilities, coverage = self.place_evidence(features, places, headings)
+        probabilities, coverage, why = self.place_evidence(features, places, headings)
 
         def refined(rows: np.ndarray, labels: np.ndarray) -> Refined:
             """Where ``refiner`` moves the ``labels`` named for the places ``rows``, from their views."""
@@ -272,14 +288,15 @@ class GeoModel:
             return refiner.coordinates(features[keep], code[places[keep]], labels)
 
         answers = self.answerer.answer_rows(names, probabilities, top_k=top_k, level=level, coverage_scores=coverage,
-                                            refine=refined if refiner is not None else None)
+                                            coverage_reasons=why, refine=refined if refiner is not None else None)
         if evidence > 0:
             self.evidence(place_means(features, places), answers, evidence)
         return answers
 
     def evidence(self, features: np.ndarray, answers: Sequence[Prediction], k: int) -> None:
         """Give each answer the ``k`` training places whose images are most like its features (a place's: the mean
-        of its views'), from the kNN gallery, with their distance to the answer."""
+        of its views'), from the kNN gallery, with their distance to the answer and, where the bundle recorded it
+        and the photo is on this machine, its path (:meth:`gallery_image`)."""
         gallery, names = self._stored_gallery(), self.labels["name"].astype(str).to_numpy()
         rows, similarity = gallery.nearest(features, k)
         for prediction, found, alike in zip(answers, rows, similarity, strict=True):
@@ -288,14 +305,24 @@ class GeoModel:
             found = found[found >= 0]
             km = haversine_km(prediction.answer.lat, prediction.answer.lon, gallery.lat[found], gallery.lon[found])
             labels = gallery.label[found] if gallery.label is not None else None
+            images = [self.gallery_image(int(r)) for r in found]
             prediction.evidence = [Evidence(float(gallery.lat[r]), float(gallery.lon[r]),
                                             "" if labels is None else str(names[labels[i]]), float(alike[i]),
-                                            float(km[i])) for i, r in enumerate(found)]
+                                            float(km[i]), int(r), None if images[i] is None else str(images[i]))
+                                   for i, r in enumerate(found)]
+
+    def gallery_image(self, row: int) -> Path | None:
+        """The training photo of kNN gallery row ``row``, absolute and resolved, where the bundle recorded its path
+        and it is a file on this machine (None otherwise: bundles written before paths were recorded, a photo
+        not copied here, a row outside the gallery)."""
+        images = self._gallery.images if self._gallery is not None else None
+        return images.resolve(row) if images is not None else None
 
     def predict(
         self, images: Sequence[str | os.PathLike[str]], top_k: int = 5, *, views: bool = False,
         headings: Sequence[float] | None = None, level: str = "place", refine: str | None = None,
         allow_missing_views: bool = False, progress: bool = False, evidence: int = 0,
+        features: FeatureSet | None = None,
     ) -> list[Prediction]:
         """Guesses for each image; with ``views=True`` the images are views of one place, fused.
 
@@ -303,14 +330,15 @@ class GeoModel:
         A place with an unreadable view is answered only with ``allow_missing_views`` (and says so).
         ``refine`` names the refiner that moves each place guess to a point inside it (:mod:`geoscope.answer.refine`;
         ``None``: the bundle's default, :attr:`refine`). ``headings``: each view's compass heading, where known.
-        ``evidence``: also list that many training places most like each photo.
+        ``evidence``: also list that many training places most like each photo. ``features``: the images'
+        features when they were extracted elsewhere (a Ray cluster), as :meth:`image_features` gives them.
         """
         if views:
             return self.predict_places([images], top_k, headings=None if headings is None else [headings],
                                        level=level, refine=refine, allow_missing_views=allow_missing_views,
-                                       progress=progress, evidence=evidence)
+                                       progress=progress, evidence=evidence, features=features)
         paths = [str(p) for p in images]
-        features = self.image_features(paths, progress=progress)
+        features = self.image_features(paths, progress=progress) if features is None else features
         with math_threads(cores_per_process()):  # the images are encoded: the heads have every core
             return self.predict_features(features, paths, top_k, level=level, refine=refine, evidence=evidence)
 
@@ -318,15 +346,17 @@ class GeoModel:
         self, places: Sequence[Sequence[str | os.PathLike[str]]], top_k: int = 5, *,
         headings: Sequence[Sequence[float] | None] | None = None, level: str = "place", refine: str | None = None,
         allow_missing_views: bool = False, progress: bool = False, evidence: int = 0,
+        features: FeatureSet | None = None,
     ) -> list[Prediction]:
-        """One answer per place, each seen in several views (its images), all answered together."""
+        """One answer per place, each seen in several views (its images), all answered together (``features``: of
+        every view in order, when extracted elsewhere)."""
         paths = [str(p) for views in places for p in views]
         codes = np.repeat(np.arange(len(places)), [len(views) for views in places])
         angles = None
         if headings is not None and any(h is not None for h in headings):
             angles = np.concatenate([np.full(len(v), np.nan) if h is None else np.asarray(h, dtype=np.float64)
                                      for v, h in zip(places, headings, strict=True)]) if paths else None
-        features = self.image_features(paths, progress=progress)
+        features = self.image_features(paths, progress=progress) if features is None else features
         with math_threads(cores_per_process()):
             return self.predict_features(features, paths, top_k, views=True, places=codes, headings=angles,
                                          level=level, refine=refine, allow_missing_views=allow_missing_views,
@@ -360,8 +390,8 @@ class GeoModel:
             raise ModelError(f"{self.path}: {exc}") from None
         if check is None:
             raise ModelError(f"{self.path}: this model cannot check claims: its config.json has no \"verify\" "
-                             "section; fit one on the model's validation images with scripts/fit_verify.py "
-                             "(see docs/verify.md)")
+                             "section (`geoscope train` fits one on the validation split; for a model trained before, "
+                             "scripts/fit_verify.py in the repository does: see docs/verify.md)")
         return check
 
     def in_coverage(self, scores: np.ndarray) -> list[bool | None]:
@@ -398,7 +428,7 @@ class GeoModel:
         units = Units.of(fs, paths, views=views, places=places, headings=headings,
                          allow_missing_views=allow_missing_views)
         if units.names:
-            probabilities, coverage = self.place_evidence(units.features, units.codes, units.headings)
+            probabilities, coverage, _ = self.place_evidence(units.features, units.codes, units.headings)
         else:
             probabilities, coverage = np.zeros((0, len(self.labels))), np.zeros(0)
         verdicts = check.check(probabilities, claim, in_coverage=self.in_coverage(coverage),

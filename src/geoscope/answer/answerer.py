@@ -118,17 +118,24 @@ class Answer:
 @dataclass(frozen=True)
 class Evidence:
     """A training place the photo looks like: where it is, the label it belongs to, how alike (cosine similarity of
-    their features in the kNN gallery's space, 1 the same) and how far it lies from the answer."""
+    their features in the kNN gallery's space, 1 the same), how far it lies from the answer, which row of the
+    gallery its photo is and where that photo is."""
 
     lat: float
     lon: float
     label: str
     similarity: float
     km_from_answer: float
+    gallery_row: int = -1
+    """The photo's row in the model's kNN gallery (−1: unknown)."""
+    image: str | None = None
+    """The photo's absolute path on this machine, where the bundle recorded it and the file is here (None
+    otherwise); the API gives the address of its thumbnail instead (``gallery/<row>.jpg``)."""
 
     def to_dict(self) -> dict:
         return {"lat": round(self.lat, 6), "lon": round(self.lon, 6), "label": self.label,
-                "similarity": round(self.similarity, 4), "km_from_answer": round(self.km_from_answer, 1)}
+                "similarity": round(self.similarity, 4), "km_from_answer": round(self.km_from_answer, 1),
+                "gallery_row": self.gallery_row, "image": self.image}
 
 
 @dataclass
@@ -148,6 +155,8 @@ class Prediction:
     answer: Answer | None = None
     evidence: list[Evidence] | None = None
     """With ``evidence=K``: the K training places most like the photo, most alike first."""
+    coverage_reason: str | None = None
+    """Why the photo is out of coverage (``in_coverage`` false): which test flagged it, said for a person."""
 
     def to_dict(self) -> dict:
         out: dict = {"image": self.image}
@@ -162,6 +171,8 @@ class Prediction:
                 "coverage_score": None if self.coverage_score is None else round(self.coverage_score, 6),
                 "confidence": self.confidence,
             })
+            if self.coverage_reason is not None:
+                out["coverage_reason"] = self.coverage_reason
             if self.evidence is not None:
                 out["evidence"] = [e.to_dict() for e in self.evidence]
             if self.warnings:
@@ -318,6 +329,7 @@ class Answerer:
 
     def answer_rows(self, images: Sequence[str], probabilities: np.ndarray, *, top_k: int = 5, level: str = "place",
                     coverage_scores: Sequence[float | None] | np.ndarray | None = None,
+                    coverage_reasons: Sequence[str | None] | None = None,
                     refine: Refine | None = None) -> list[Prediction]:
         """The predictions for a matrix of probability rows, one per image or place, all rows at once: the best
         single answer, the labels to name (it first, then by probability) moved by ``refine`` (at the place
@@ -353,12 +365,13 @@ class Answerer:
                             answer.label, answer.probability, float(expected[j]), confidence,
                             self._hierarchy(answer, {name: s[j] for name, s in sums.items()}, level))
             levels = {name: entries[j][:LEVEL_ROWS] for name, entries in ranked.items()}
-            answered[i] = self._prediction(images[i], answer, guesses, levels, float(given[i]))
+            answered[i] = self._prediction(images[i], answer, guesses, levels, float(given[i]),
+                                           None if coverage_reasons is None else coverage_reasons[i])
         return [answered[i] if ok else Prediction(image, [], "the model produced no finite probabilities")
                 for i, (image, ok) in enumerate(zip(images, finite, strict=True))]
 
     def _prediction(self, image: str, answer: Answer, guesses: list[Guess], levels: dict[str, list[Share]],
-                    coverage_score: float | None) -> Prediction:
+                    coverage_score: float | None, reason: str | None = None) -> Prediction:
         if coverage_score is not None and not math.isfinite(coverage_score):
             coverage_score = None  # unknown: a model without training images to compare with
         in_coverage = None if self.coverage is None else self.coverage.says(coverage_score)
@@ -367,8 +380,9 @@ class Answerer:
             warnings.append(f"this model saw {self.coverage.items} validation images: too few to tell whether "
                             "a photo is like its training images")
         return Prediction(image, guesses, in_coverage=in_coverage, coverage_score=float(coverage_score)
-                          if coverage_score is not None else None, confidence=answer.confidence, levels=levels,
-                          answer=answer, warnings=warnings)
+                          if coverage_score is not None else None,
+                          confidence=answer.confidence, levels=levels, answer=answer, warnings=warnings,
+                          coverage_reason=reason if in_coverage is False else None)
 
     def _follow_moves(self, sums: dict[str, np.ndarray], labels: np.ndarray, masses: np.ndarray, counts: np.ndarray,
                       names: np.ndarray) -> None:

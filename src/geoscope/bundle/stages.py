@@ -11,7 +11,8 @@ assembles them into one bundle and validates a bundle by asking each stage's che
 | ``refiner`` | :class:`~geoscope.bundle.refiner.PointsRefiner` | ``refiner.*`` |
 | ``training`` | the training record | ``split.train_sha1`` |
 
-The other sections (``name``, ``labels``, ``fusion``, ``answer``, ``metrics``, …) are plain values.
+The other sections (``name``, ``labels``, ``fusion``, ``answer``, ``metrics``, ``validation``: how the validation
+items of each label fared, …) are plain values.
 """
 
 from __future__ import annotations

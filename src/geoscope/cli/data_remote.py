@@ -15,8 +15,24 @@ DEFAULT_REGION = "GB"
 def register(subparsers: argparse._SubParsersAction) -> None:
     from ..data.plan import MIN_LAND_FRACTION, SEED_CITIES, SEED_GRID
 
-    plan = subparsers.add_parser("plan", help="sample the points of a dataset to fetch (offline)")
-    kinds = plan.add_subparsers(dest="plan_kind", metavar="KIND", required=True)
+    plan = subparsers.add_parser("plan", help="sample the points of a dataset to fetch (offline): on a grid, "
+                                 "around cities, or where a model is weakest (--from-model)")
+    plan.add_argument("--from-model", metavar="DIR",
+                      help="plan where this model bundle is weakest: validation error by label, thin training "
+                           "data, no label near (docs/data.md, 'Where to collect next')")
+    plan.add_argument("--budget", type=int, metavar="N", help="with --from-model: how many points to plan")
+    plan.add_argument("--weighing", default="error", metavar="HOW",
+                      help="with --from-model: error (default: land share × expected km), thin (thin data and "
+                           "distance to the labels alone) or places (where training photos were taken × expected km)")
+    plan.add_argument("--cell-km", type=float, default=None,
+                      help="with --from-model: cell size in km (default: the median spacing of the model's labels)")
+    plan.add_argument("--region", default=None,
+                      help="with --from-model: plan inside this region instead of the model's training area "
+                           "(ISO code, box or .geojson)")
+    plan.add_argument("--seed", type=int, default=0, help="random seed (default %(default)d)")
+    plan.add_argument("-o", "--out", help="output folder")
+    plan.set_defaults(func=run_plan_model)
+    kinds = plan.add_subparsers(dest="plan_kind", metavar="KIND")
 
     grid = kinds.add_parser("grid", help="random land points in every cell of a regular grid")
     _region_args(grid)
@@ -109,6 +125,26 @@ def run_plan_cities(args: argparse.Namespace) -> int:
     merged = f", {len(plan.table):,} after merging suburbs" if args.merge_suburbs else ""
     print(f"{len(plan.points):,} points around {plan.meta['places']:,} places{merged} "
           f"in {plan.meta['region_name']} → {path}")
+    return 0
+
+
+def run_plan_model(args: argparse.Namespace) -> int:
+    from ..data.plan import write_plan
+    from ..evaluate.weakness import weakness_plan
+
+    if args.from_model is None:
+        raise GeoscopeError("choose a plan: grid, cities, or --from-model DIR --budget N")
+    if args.budget is None or args.out is None:
+        raise GeoscopeError("--from-model needs --budget N (how many points) and -o OUT")
+    check_writable(args.out, folder=True)
+    plan = weakness_plan(args.from_model, args.budget, seed=args.seed, region=args.region, cell_km=args.cell_km,
+                         weighing=args.weighing)
+    path = write_plan(plan, args.out)
+    top = plan.meta["chosen"][0]
+    print(f"{len(plan.points):,} points in {plan.meta['cells_chosen']:,} of {len(plan.table):,} cells of "
+          f"{plan.meta['cell_km']:.0f} km over {plan.meta['region_name']}, where "
+          f"{plan.meta['model_name'] or 'the model'} is weakest → {path}")
+    print(f"most points: {top['cell']} ({top['points']}): {top['why']}")
     return 0
 
 

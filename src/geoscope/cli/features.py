@@ -2,7 +2,8 @@
 
 Under torchrun (``torchrun --nproc_per_node N -m geoscope features …``) each process encodes
 its share and rank 0 writes the output; ``--shard K/N`` encodes share K of N on its own (other
-machines sharing the cache folder take the other shares).
+machines sharing the cache folder take the other shares); ``--ray [ADDRESS]`` encodes on a Ray
+cluster and stores the features here (:mod:`geoscope.outputs.ray_jobs`).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .options import add_runtime_option
+from .options import add_ray_options, add_runtime_option, ray_session
 
 MAX_ERRORS_SHOWN = 10
 
@@ -58,6 +59,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("-o", "--output", metavar="OUT.npz",
                         help="also write embeddings, valid flags and image paths to this file")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_ray_options(parser)
     parser.set_defaults(func=run_features)
 
 
@@ -73,15 +75,17 @@ def run_features(args: argparse.Namespace) -> int:
     if args.output:
         check_writable(args.output)  # before hours of encoding, not after
     share = args.shard or (0, 1)
-    with distributed.session("cpu") as run:  # the group only meets; encoders pick their own device
+    with distributed.session("cpu") as run, ray_session(args) as cluster:  # the group only meets
         if share[1] > 1 and run.distributed:
             raise GeoscopeError("--shard is for separate machines: under torchrun the ranks share the work")
+        if cluster is not None and run.distributed:
+            raise GeoscopeError("--ray runs its own workers: start it once, not under torchrun")
         device = (onnx_device(args.device, run.local_rank) if args.backend == "onnx"
                   else distributed.resolve_device(args.device, run.local_rank))
         result = manifest_features(
             args.manifest, args.encoder, output=args.output, share=share, batch_size=args.batch_size,
             workers=args.workers, progress=not args.quiet, augment=args.views, combine=args.combine,
-            backend=args.backend, device=device,
+            backend=args.backend, device=device, encoding=cluster.encode_missing if cluster is not None else None,
         )
     if not run.main:
         return 0

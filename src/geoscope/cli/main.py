@@ -85,7 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(signed_values(argv))
     args.argv = argv  # the command as given, for records such as a model's training command
     try:
-        apply_runtime(getattr(args, "runtime", None))
+        if hasattr(args, "runtime"):  # a command that runs an image encoder
+            apply_runtime(args.runtime)
         code = args.func(args)
     except GeoscopeError as exc:
         print(f"geoscope: error: {one_line(str(exc))}", file=sys.stderr)  # a newline never splits it

@@ -12,11 +12,15 @@ import os
 import sys
 import textwrap
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..answer.refine import REFINE_HELP, REFINERS
 from ..errors import GeoscopeError, one_line, quote_name
 from ..outputs.batch import CHUNK_SIZE, find_inputs, pending_units, predict_chunks
-from .options import add_runtime_option, at_least_one
+from .options import add_ray_options, add_runtime_option, at_least_one, ray_session
+
+if TYPE_CHECKING:
+    from ..outputs.ray_jobs import RayCluster
 
 MAX_ERROR_LINES = 20
 
@@ -53,6 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="also draw where in each photo the answer comes from (an occlusion map, 65 encoder runs "
                              "per photo) as DIR/<name>.explain.png")
     add_runtime_option(parser)
+    add_ray_options(parser)
     parser.set_defaults(func=run)
 
 
@@ -63,14 +68,15 @@ def run(args: argparse.Namespace) -> int:
         if args.views:
             raise GeoscopeError("--explain draws single photos: leave out --views")
         check_writable(args.explain, folder=True)
-    if not args.output:
-        return _run(args)
-    check_writable(args.output)
-    with sole_writer(args.output):
-        return _run(args)
+    with ray_session(args) as cluster:  # Ray (--ray) joined by the first chunk that needs it
+        if not args.output:
+            return _run(args, cluster)
+        check_writable(args.output)
+        with sole_writer(args.output):
+            return _run(args, cluster)
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace, cluster: RayCluster | None) -> int:
     from tqdm import tqdm
 
     from ..loading import load_any_model
@@ -101,9 +107,11 @@ def _run(args: argparse.Namespace) -> int:
     if args.json:
         print("[", end="")
     try:
-        chunks = predict_chunks(model, units, top_k=args.top_k, views=args.views, chunk_size=args.chunk_size,
-                                level=args.level, refine=args.refine, evidence=args.evidence,
-                                allow_missing_views=args.allow_missing_views or None)
+        options = {"top_k": args.top_k, "views": args.views, "chunk_size": args.chunk_size, "level": args.level,
+                   "refine": args.refine, "evidence": args.evidence,
+                   "allow_missing_views": args.allow_missing_views or None}
+        chunks = (cluster.predict_chunks(model, units, **options) if cluster is not None
+                  else predict_chunks(model, units, **options))
         for chunk, records in chunks if pending.count else ():
             records = [checked_record(r) for r in records]
             if sink is not None:

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import fields
 
 from .. import distributed
-from ..data.manifest import read_manifest
+from ..data.manifest import Manifest, read_manifest
 from ..data.provenance import read_dataset_card
 from ..distributed import DEVICES
 from ..encoders.image import image_encoder_spec
 from ..encoders.text import check_text_encoder
+from ..errors import GeoscopeError, one_line
+from ..evaluate.claims import fit_claim_check
 from ..fileio import check_writable
 from ..geo.labels import KINDS
 from ..models.image_side import ALL_BLOCKS, ImageSide
+from ..training.data import with_split
 from ..training.fit import FitOptions, fit
 from ..training.loop import TrainConfig
 from .labels import add_scheme_arguments, scheme_from_args
@@ -107,5 +111,18 @@ def run(args: argparse.Namespace) -> int:
     for split, record in result.metrics.items():
         print(f"  {split:5s}  accuracy {record['accuracy']:6.1%}  mean {record['mean_km']:8.1f} km"
               f"  median {record['median_km']:8.1f} km")
+    _fit_claim_check(path, manifest, options, args.manifest)
     print(f"wrote {path}")
     return 0
+
+
+def _fit_claim_check(path: str, manifest: Manifest, options: FitOptions, source: str) -> None:
+    """``geoscope verify`` for the new model: its claim check fitted on the validation rows it was trained with
+    (a model too small to fit one says so and answers ``verify`` with an error naming the reason)."""
+    split = with_split(manifest, options)
+    validation = split.subset((split.frame["split"] == "val").to_numpy())
+    try:
+        fit_claim_check(path, validation, {"manifests": [source], "split": "val"})
+    except GeoscopeError as exc:
+        print(f"geoscope: no claim check fitted ({one_line(str(exc))}): `geoscope verify` will say so",
+              file=sys.stderr)

@@ -140,17 +140,30 @@ def grid_plan(region: Region | str, cell_km: float = SEED_GRID["cell_km"],
                         "lower the minimum land fraction (--min-land) to plan them anyway")
     cells = cells[enough].reset_index(drop=True)
     cells["cell_id"] = np.arange(len(cells))
-    land = region.land
-    parts = []
-    for i, cell in enumerate(cells.itertuples(index=False)):
-        piece = shapely.clip_by_rect(land, cell.min_lon, cell.min_lat, cell.max_lon, cell.max_lat)
-        pts = sample_in(piece, per_cell, _rng(seed, i))
-        parts.append(pd.DataFrame({"lat": pts[:, 0], "lon": pts[:, 1],
-                                   "cell_id": cell.cell_id, "cell": cell.name}))
-    points = _with_ids(pd.concat(parts, ignore_index=True))
-    meta = _meta("grid", spec, region, seed, points, cell_km=cell_km, per_cell=per_cell,
+    points = with_point_ids(sample_cells(region, cells, np.full(len(cells), per_cell), seed))
+    meta = plan_meta("grid", spec, region, seed, points, cell_km=cell_km, per_cell=per_cell,
                  min_land_fraction=min_land_fraction, cells=len(cells))
     return Plan(points, cells, "cells.csv", meta)
+
+
+def sample_cells(region: Region, cells: pd.DataFrame, counts: np.ndarray, seed: int) -> pd.DataFrame:
+    """``counts[i]`` random points on the region's land in the ``i``-th cell of a grid table (its bounds
+    ``min_lat``…``max_lon``, ``cell_id``, ``name``): rows of ``lat``, ``lon``, ``cell_id``, ``cell``.
+
+    Cell ``i`` draws from its own stream of ``seed``, so a cell's points do not depend on the others' counts;
+    a cell whose land is too thin to hit gives fewer (:func:`sample_in`).
+    """
+    land = region.land
+    parts = []
+    for i, (cell, n) in enumerate(zip(cells.itertuples(index=False), counts, strict=True)):
+        if n <= 0:
+            continue
+        piece = shapely.clip_by_rect(land, cell.min_lon, cell.min_lat, cell.max_lon, cell.max_lat)
+        pts = sample_in(piece, int(n), _rng(seed, i))
+        parts.append(pd.DataFrame({"lat": pts[:, 0], "lon": pts[:, 1], "cell_id": cell.cell_id, "cell": cell.name}))
+    if not parts:
+        return pd.DataFrame({"lat": [], "lon": [], "cell_id": np.array([], dtype=np.int64), "cell": []})
+    return pd.concat(parts, ignore_index=True)
 
 
 def cities_plan(region: Region | str, top: int = SEED_CITIES["top"],
@@ -176,22 +189,24 @@ def cities_plan(region: Region | str, top: int = SEED_CITIES["top"],
         parts.append(pd.DataFrame({"lat": pts[:, 0], "lon": pts[:, 1],
                                    "city_id": place.city_id, "city": place.city,
                                    "place_id": place.place_id, "place": place.name}))
-    points = _with_ids(pd.concat(parts, ignore_index=True))
+    points = with_point_ids(pd.concat(parts, ignore_index=True))
     table = cities_table(places)
-    meta = _meta("cities", spec, region, seed, points, top=top, radius_km=radius_km,
+    meta = plan_meta("cities", spec, region, seed, points, top=top, radius_km=radius_km,
                  per_city=per_city, merge_suburbs=merge, min_population=min_population,
                  places=len(places), cities=len(table))
     return Plan(points, table, "cities.csv", meta)
 
 
-def _with_ids(points: pd.DataFrame) -> pd.DataFrame:
+def with_point_ids(points: pd.DataFrame) -> pd.DataFrame:
+    """Points numbered 0…n−1 in a first column ``point_id``, their coordinates rounded to 6 decimals (~0.1 m)."""
     points.insert(0, "point_id", np.arange(len(points)))
     points["lat"] = points["lat"].round(6)
     points["lon"] = points["lon"].round(6)
     return points
 
 
-def _meta(kind: str, spec: str, region: Region, seed: int, points: pd.DataFrame, **params) -> dict:
+def plan_meta(kind: str, spec: str, region: Region, seed: int, points: pd.DataFrame, **params) -> dict:
+    """``plan.json``: the kind of plan, its region, seed and point count, its own ``params``, the sources."""
     return {
         "kind": kind,
         "region": spec,

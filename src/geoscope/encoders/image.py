@@ -18,6 +18,7 @@ import re
 from collections.abc import Callable
 from dataclasses import replace
 from functools import cache
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -39,6 +40,7 @@ from .joint import SEPARATOR, joint_spec
 from .onnx_runtime import export_onnx, onnx_cache_path, slug
 from .preprocess import Preprocess
 from .runtime import Runner, Runtime, make_runner, resolve_runtime
+from .shipped import install_shipped
 from .spec import EncoderSpec, fingerprint
 
 if TYPE_CHECKING:
@@ -62,15 +64,21 @@ class ImageEncoder:
     """
 
     def __init__(self, spec: EncoderSpec, backend: str = "onnx", device: str = "cpu",
-                 runtime: Runtime | None = None) -> None:
+                 runtime: Runtime | None = None, streams: int | None = None, threads: int | None = None) -> None:
         if backend not in BACKENDS:
             raise GeoscopeError(f"unknown backend {backend!r} (use {' or '.join(BACKENDS)})")
         self.runtime = runtime if runtime is not None and backend == "onnx" else Runtime()
-        """What runs the exported graph (``onnx`` backend; the ``torch`` backend computes in float32)."""
+        """What runs the exported graph (``onnx`` backend; the ``torch`` backend computes in float32): once
+        loaded, the runtime that does (ONNX Runtime where OpenVINO failed to load, see :meth:`load`)."""
+        self.streams = streams
+        """Parts a batch runs as at once on the CPU (``None``: :func:`~geoscope.encoders.runtime.default_streams`;
+        1: one request over every thread, the fastest for a single small batch)."""
         self.spec = spec
         self.backend = backend
         self.device = device
         """``cpu`` or ``cuda:N``: where it runs (torch device, or ONNX Runtime's CUDA provider)."""
+        self.threads = threads
+        """Threads the exported graph runs on (``None``: this process's cores)."""
         self._module = None
         self._runner: Runner | None = None
 
@@ -117,6 +125,22 @@ class ImageEncoder:
         """A fresh torch module (images → outputs) in eval mode, for fine-tuning."""
         return self.spec.build().eval()
 
+    def load(self) -> ImageEncoder:
+        """Load the weights or the compiled graph now rather than on the first :meth:`encode` (returns itself).
+
+        Where the chosen runtime cannot run the graph and ONNX Runtime runs it instead, :attr:`runtime` and so
+        :attr:`cache_key` change: ask for the key after loading when features are to be written under it.
+        """
+        if self.backend == "onnx":
+            if self._runner is None:
+                self._runner = self._load_onnx()
+        elif self._module is None:
+            import torch
+
+            # channels-last: ~1.5× faster convolutions on CPU
+            self._module = self.torch_module().to(self.device, memory_format=torch.channels_last)
+        return self
+
     def encode(self, batch: np.ndarray) -> np.ndarray:
         """Encode preprocessed images ``(n, 3, crop, crop)`` into float32 ``(n, dim)``."""
         batch = np.asarray(batch, dtype=np.float32)
@@ -131,36 +155,36 @@ class ImageEncoder:
             raise GeoscopeError(f"{self.name}: model gives {out.shape[1]} values per image, expected {self.dim}")
         return out
 
-    def _torch(self) -> nn.Module:
-        if self._module is None:
-            self._module = self.torch_module()
-        return self._module
-
     def _run_torch(self, batch: np.ndarray) -> np.ndarray:
         import torch
 
-        if self._module is None:  # channels-last: ~1.5× faster convolutions on CPU
-            self._module = self.torch_module().to(self.device, memory_format=torch.channels_last)
+        module = self.load()._module
         images = torch.from_numpy(batch).to(self.device).contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
-            return self._module(images).float().cpu().numpy()
+            return module(images).float().cpu().numpy()
 
     def _run_onnx(self, batch: np.ndarray) -> np.ndarray:
-        if self._runner is None:
-            self._runner = self._load_onnx()
-        return self._runner(batch)
+        return self.load()._runner(batch)
 
     def _load_onnx(self) -> Runner:
+        """The cached graph compiled; made first when missing or unreadable: the shipped graph with the installed
+        weights (:mod:`.shipped`), else exported from torch (seconds)."""
         path = onnx_cache_path(self.name, self.fingerprint)
         if path.is_file():
             try:
-                return make_runner(path, self.runtime, device=self.device)
+                return self._compile(path)
             except GeoscopeError:
-                path.unlink(missing_ok=True)  # unreadable: export again
-        c = self.preprocess.crop_size
-        example = np.random.default_rng(0).standard_normal((2, 3, c, c)).astype(np.float32)
-        export_onnx(self._torch(), example, path)
-        return make_runner(path, self.runtime, device=self.device)
+                path.unlink(missing_ok=True)  # unreadable: made again
+        if not install_shipped(self.spec, path):
+            c = self.preprocess.crop_size
+            example = np.random.default_rng(0).standard_normal((2, 3, c, c)).astype(np.float32)
+            export_onnx(self.torch_module(), example, path)
+        return self._compile(path)
+
+    def _compile(self, path: Path) -> Runner:
+        runner, self.runtime = make_runner(path, self.runtime, device=self.device, threads=self.threads,
+                                           streams=self.streams)
+        return runner
 
 
 def _efficientnet_spec(name: str) -> EncoderSpec:
@@ -177,7 +201,7 @@ def _efficientnet_spec(name: str) -> EncoderSpec:
     if not variant:
         return EncoderSpec(
             name, preprocess, (EMBED_DIM,), fingerprint("efficientnet-embedding/1", *identity),
-            build=lambda: EfficientNetEmbedding(load_efficientnet(base)),
+            build=lambda: EfficientNetEmbedding(load_efficientnet(base)), weights=weights,
         )
     if variant in STATS_VARIANTS:
         bands, head = STATS_VARIANTS[variant]  # the defaults add nothing to the fingerprint: caches stay valid
@@ -186,6 +210,7 @@ def _efficientnet_spec(name: str) -> EncoderSpec:
             name, preprocess, (_stats_dim(base, bands, head),),
             fingerprint("efficientnet-stage-stats/1", *identity, *extra),
             build=lambda: EfficientNetStageStats(load_efficientnet(base), bands=bands, head=head), mixed_scales=True,
+            weights=weights,
         )
     if variant == "pixels":  # the input itself, for a model that fine-tunes the whole encoder
         c = preprocess.crop_size
@@ -199,7 +224,7 @@ def _efficientnet_spec(name: str) -> EncoderSpec:
     return EncoderSpec(
         name, preprocess, _trunk_shape(base, n_top, preprocess.crop_size),
         fingerprint("efficientnet-trunk/1", n_top, *identity),
-        build=lambda: split_efficientnet(base, n_top)[0], storage_dtype="float16",
+        build=lambda: split_efficientnet(base, n_top)[0], storage_dtype="float16", weights=weights,
     )
 
 
@@ -257,16 +282,18 @@ def image_encoder_spec(name: str) -> EncoderSpec:
 
 
 def get_image_encoder(name: str, backend: str = "onnx", device: str = "cpu",
-                      runtime: Runtime | str | None = None) -> ImageEncoder:
+                      runtime: Runtime | str | None = None, streams: int | None = None,
+                      threads: int | None = None) -> ImageEncoder:
     """A named image encoder on the ``onnx`` (default) or ``torch`` backend, on ``device`` (``cpu``, ``cuda:N``);
     the ``onnx`` backend's graph runs on ``runtime`` (a :class:`Runtime`, or a name for :func:`resolve_runtime`;
-    ``None``: ``$GEOSCOPE_RUNTIME``, else ``auto``)."""
+    ``None``: ``$GEOSCOPE_RUNTIME``, else ``auto``), in ``streams`` (:attr:`ImageEncoder.streams`) with ``threads``
+    threads (``None``: this process's cores)."""
     if backend not in BACKENDS:
         raise GeoscopeError(f"unknown backend {backend!r} (use {' or '.join(BACKENDS)})")
     if not isinstance(runtime, Runtime):
         runtime = resolve_runtime(runtime, device="cpu" if device == "cpu" else "cuda") if backend == "onnx" \
             else Runtime()
-    return ImageEncoder(image_encoder_spec(name), backend, device, runtime)
+    return ImageEncoder(image_encoder_spec(name), backend, device, runtime, streams, threads)
 
 
 __all__ = [

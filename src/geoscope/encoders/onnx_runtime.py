@@ -6,6 +6,7 @@ import io
 import os
 import re
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -34,6 +35,30 @@ def onnx_cache_path(name: str, fingerprint: str) -> Path:
     return cache_subdir("onnx") / f"{slug(name)}-{fingerprint[:12]}.onnx"
 
 
+def onnx_graph(module: nn.Module, example: np.ndarray, *, keep_weights: bool = False) -> bytes:
+    """``module`` in eval mode (one float32 NCHW input → one output) traced on ``example`` into an ONNX graph with
+    a dynamic batch axis, constants and batch norms folded into the convolutions.
+
+    ``keep_weights``: nothing folded; every weight stays the module's own tensor under its own name (the runtimes
+    fold the batch norms when they load the graph), so a graph shipped without them can take them back from the
+    weights file (:mod:`geoscope.encoders.shipped`).
+    """
+    import torch
+
+    module = module.eval()
+    inputs = torch.from_numpy(np.ascontiguousarray(example, dtype=np.float32))
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module, (inputs,), buffer, input_names=["images"], output_names=["features"],
+            dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}}, opset_version=OPSET,
+            do_constant_folding=not keep_weights, dynamo=False,
+            training=torch.onnx.TrainingMode.PRESERVE if keep_weights else torch.onnx.TrainingMode.EVAL,
+        )
+    return buffer.getvalue()
+
+
 def export_onnx(module: nn.Module, example: np.ndarray, path: str | os.PathLike[str], *,
                 tolerance: float = TOLERANCE) -> float:
     """Export ``module`` (one float32 NCHW input → one output) with a dynamic batch axis.
@@ -45,17 +70,9 @@ def export_onnx(module: nn.Module, example: np.ndarray, path: str | os.PathLike[
     import torch
 
     module = module.eval()
-    inputs = torch.from_numpy(np.ascontiguousarray(example, dtype=np.float32))
-    buffer = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            module, (inputs,), buffer, input_names=["images"], output_names=["features"],
-            dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}},
-            opset_version=OPSET, do_constant_folding=True, dynamo=False,
-        )
-        expected = module(inputs).numpy()
-    model_bytes = buffer.getvalue()
+    model_bytes = onnx_graph(module, example)
+    with torch.no_grad():
+        expected = module(torch.from_numpy(np.ascontiguousarray(example, dtype=np.float32))).numpy()
     got = OnnxRunner(model_bytes)(example)
     error = float(np.max(np.abs(got - expected)) / max(1.0, float(np.max(np.abs(expected)))))
     if not error <= tolerance:
@@ -92,14 +109,20 @@ def onnx_device(device: str = "cpu", local_rank: int = 0) -> str:
 
 
 class OnnxRunner:
-    """An ONNX Runtime session with one input and one output, using every core (or a GPU: ``device="cuda:N"``)."""
+    """An ONNX Runtime session with one input and one output, using every core (or a GPU: ``device="cuda:N"``).
+
+    ``streams`` > 1 (CPU): a batch runs as that many parts at once, each on its own share of the threads (see
+    :func:`geoscope.encoders.runtime.default_streams`); the session runs them side by side (it is thread-safe).
+    """
 
     def __init__(self, model: str | os.PathLike[str] | bytes, *, threads: int | None = None,
-                 device: str = "cpu") -> None:
+                 device: str = "cpu", streams: int = 1) -> None:
         import onnxruntime as ort
 
+        threads = threads or cores_per_process()  # torchrun: the cores shared out
+        self.streams = max(1, min(streams, threads)) if device == "cpu" else 1
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or cores_per_process()  # torchrun: the cores shared out
+        options.intra_op_num_threads = max(1, threads // self.streams)
         options.inter_op_num_threads = 1
         # no busy-waiting between operators: the decode threads need those cycles (predict on 2 cores: less CPU
         # per image, measured, and the same encoder-alone speed)
@@ -120,8 +143,21 @@ class OnnxRunner:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise GeoscopeError(f"{where}: cannot load ONNX model ({first}); delete it to re-export") from None
         self.input_name = self.session.get_inputs()[0].name
+        self._pool = ThreadPoolExecutor(self.streams - 1, thread_name_prefix="geoscope-stream") \
+            if self.streams > 1 else None
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        """Run one batch; returns the first output as float32."""
-        feed = {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)}
-        return np.asarray(self.session.run(None, feed)[0], dtype=np.float32)
+        """Run one batch (in parts side by side, with streams); returns the first output as float32."""
+        parts = split_batch(np.ascontiguousarray(batch, dtype=np.float32), self.streams)
+        if self._pool is None or len(parts) == 1:
+            return self._run(parts[0])
+        others = [self._pool.submit(self._run, part) for part in parts[1:]]
+        return np.concatenate([self._run(parts[0]), *(f.result() for f in others)])
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        return np.asarray(self.session.run(None, {self.input_name: batch})[0], dtype=np.float32)
+
+
+def split_batch(batch: np.ndarray, parts: int) -> list[np.ndarray]:
+    """``batch`` cut along its first axis into at most ``parts`` runs of nearly equal length (views, no copies)."""
+    return np.array_split(batch, max(1, min(parts, len(batch)))) if len(batch) else [batch]

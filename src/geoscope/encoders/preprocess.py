@@ -106,6 +106,12 @@ class Preprocess:
         left = (width - c) // 2
         return [(left, int(y), left + c, int(y) + c) for y in along]
 
+    def crop_fractions(self, width: int, height: int, n: int = 1) -> list[tuple[float, float, float, float]]:
+        """Where the ``n`` square crops of an image of ``width``×``height`` lie in it: ``(left, top, right, bottom)``
+        as fractions of its width and height (after :meth:`resize`, which keeps them)."""
+        w, h = self.resized(width, height)
+        return [(left / w, top / h, right / w, bottom / h) for left, top, right, bottom in self.crop_boxes(w, h, n)]
+
     @functools.cached_property
     def _shift_scale(self) -> tuple[np.ndarray, np.ndarray]:
         """float32 ``(3, 1, 1)`` each: ``255·mean`` and ``1 / (255·std)`` per channel."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .preprocess import Preprocess
@@ -29,6 +30,9 @@ class EncoderSpec:
     storage_dtype: str = "float32"
     mixed_scales: bool = False
     """Outputs concatenate blocks on different scales (``<name>/stats``): heads standardise them per dimension."""
+    weights: Path | None = None
+    """The file its pretrained weights come from (an installed package's), where one file holds them all: a graph
+    shipped without its weights (:mod:`geoscope.encoders.shipped`) takes them from there."""
 
 
 def fingerprint(*parts: object) -> str:

@@ -15,16 +15,21 @@ probabilities and coverage through :meth:`GeoModel.place_evidence`, the answer p
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from ..answer.verify import VERDICTS, ClaimCheck, claim_weights, country_of_points, far_km, verdict_shares
+from ..bundle.layout import CARD, CONFIG
 from ..data.manifest import Manifest
 from ..errors import GeoscopeError
+from ..fileio import atomic_write_json, atomic_write_text
 from ..geo.sphere import pairwise_haversine_km
-from ..predict import GeoModel
+from ..predict import GeoModel, load_model
+from ..training.model_card import model_card
 from .scoring import training_rows
 
 
@@ -58,13 +63,31 @@ def places_of(model: GeoModel, manifest: Manifest, *, progress: bool = False) ->
     codes, _ = pd.factorize(manifest.place_ids[valid].reset_index(drop=True))
     headings = frame["heading"].to_numpy(dtype=np.float64) if "heading" in frame else None
     x = np.asarray(features.embeddings, dtype=np.float32)[valid]
-    probabilities, coverage = model.place_evidence(x, codes, headings)
+    probabilities, coverage, _ = model.place_evidence(x, codes, headings)
     firsts = ~pd.Series(codes).duplicated().to_numpy()
     places = frame[firsts].reset_index(drop=True)
     covered = np.array([c is not False for c in model.in_coverage(coverage)], dtype=bool)
     paths = [str(p) for p, first in zip(Manifest(frame, manifest.root).image_paths, firsts, strict=True) if first]
     return Places(probabilities, coverage, covered, places["lat"].to_numpy(dtype=np.float64),
                   places["lon"].to_numpy(dtype=np.float64), paths, int(seen.sum() + (~valid).sum()))
+
+
+def fit_claim_check(bundle: str | Path, validation: Manifest, source: dict, *, progress: bool = False) -> ClaimCheck:
+    """Fit the claim check of the bundle at ``bundle`` on ``validation`` (its places, views fused, rows the model
+    trained on left out) and store it: the section ``verify`` of its ``config.json`` and the model card's
+    paragraph. ``source`` says where the validation rows came from (kept in ``fitted_on``)."""
+    model = load_model(bundle)
+    if not len(validation):
+        raise GeoscopeError("no validation rows to fit a claim check on")
+    places = places_of(model, validation, progress=progress)
+    check = ClaimCheck.fit(places.probabilities, places.lat, places.lon, model.labels, in_coverage=places.in_coverage)
+    check.fitted_on["data"] = {**source, "rows": len(validation), "left_out": places.left_out}
+    path = Path(bundle)
+    config = json.loads((path / CONFIG).read_text(encoding="utf-8"))
+    config["verify"] = check.to_dict()
+    atomic_write_json(path / CONFIG, config)
+    atomic_write_text(path / CARD, model_card(config, model.labels))
+    return check
 
 
 def measure_claims(check: ClaimCheck, places: Places, km: float) -> pd.DataFrame:

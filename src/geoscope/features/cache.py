@@ -108,6 +108,10 @@ class FeatureSet:
             raise GeoscopeError(f"{path}: not a geoscope features file ({exc})") from None
 
 
+Encoding = Callable[..., set[bytes]]
+"""What encodes the images a cache lacks into it: called as ``_encode_missing`` is (the images to encode by
+content hash, the encoder, views, store and keywords), it returns the hashes it encoded."""
+
 BATCH_SIZE = 16
 """Images per encoder call: small batches stay in cache (Lite0 on 2 cores: 4.2 ms/image at 16, 4.4 at 64)."""
 DECODE_CHUNK = 4
@@ -128,6 +132,7 @@ def extract_features(
     cache: str | os.PathLike[str] | None = None,
     description: str | None = None,
     device: str = "cpu",
+    encoding: Encoding | None = None,
 ) -> FeatureSet:
     """Features of every image, from the cache where possible, encoding only what is missing.
 
@@ -142,16 +147,18 @@ def extract_features(
     characters) and skipped. ``cache`` overrides the cache root's ``features`` folder.
     ``description`` labels the progress bar (default: what is encoded, e.g. "encoding
     efficientnet-lite0, flipped copies"). ``device`` (``cpu``, ``cuda:N``) is where an encoder
-    given by name runs. Other processes filling the same cache at the same time share the work.
+    given by name runs. Other processes filling the same cache at the same time share the work. ``encoding``
+    encodes what the cache lacks (default: this process, decoding on threads).
     """
     start = time.perf_counter()
     if combine not in ("mean", "stack"):
         raise GeoscopeError(f"combine must be 'mean' or 'stack', not {combine!r}")
-    job = _Job.create(images, encoder, augment, backend, device, workers, batch_size, shard_size, cache)
+    job = _Job.create(images, encoder, augment, backend, device, workers, batch_size, shard_size, cache, encoding)
     paths, views, encoder, store = job.paths, job.views, job.encoder, job.store
     digests, read_errors = hash_files(paths, job.workers)
-    todo = _missing(paths, digests, store)
+    todo = job.missing(digests)
     encoded, encode_seconds = job.encode(todo, progress, description)
+    store = job.store
 
     out = np.full((len(paths), views.count, encoder.dim), np.nan, dtype=np.float32)
     valid = np.zeros(len(paths), dtype=bool)
@@ -211,6 +218,7 @@ def cache_features(
     cache: str | os.PathLike[str] | None = None,
     description: str | None = None,
     device: str = "cpu",
+    encoding: Encoding | None = None,
 ) -> CacheReport:
     """Encode into the cache the images of share ``k`` of ``n`` that it lacks; assemble nothing.
 
@@ -223,10 +231,10 @@ def cache_features(
     k, n = share
     if not (n >= 1 and 0 <= k < n):
         raise GeoscopeError(f"share must be K/N with 0 <= K < N, not {k}/{n}")
-    job = _Job.create(images, encoder, augment, backend, device, workers, batch_size, shard_size, cache)
+    job = _Job.create(images, encoder, augment, backend, device, workers, batch_size, shard_size, cache, encoding)
     digests, _ = hash_files(job.paths, job.workers)
     mine = {d for d in digests if d is not None and in_share(d, share)}
-    todo = _missing(job.paths, digests, job.store, share)
+    todo = job.missing(digests, share)
     encoded, encode_seconds = job.encode(todo, progress, description)
     return CacheReport(rows=len(job.paths), share_rows=sum(d in mine for d in digests), encoded=len(encoded),
                        cached=len(mine) - len(encoded), seconds=time.perf_counter() - start,
@@ -261,12 +269,13 @@ class _Job:
     batch_size: int
     shard_size: int
     under_cache_root: bool
+    encoding: Encoding
 
     @classmethod
     def create(cls, images: Manifest | str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
                encoder: ImageEncoder | str, augment: str | Views | None, backend: str, device: str,
                workers: int | None, batch_size: int, shard_size: int,
-               cache: str | os.PathLike[str] | None) -> _Job:
+               cache: str | os.PathLike[str] | None, encoding: Encoding | None = None) -> _Job:
         from ..encoders.image import get_image_encoder
 
         if batch_size < 1 or shard_size < 1:
@@ -277,7 +286,18 @@ class _Job:
             encoder = get_image_encoder(encoder, backend, device)  # cheap: weights load only if needed
         workers = cores_per_process() if workers is None else max(0, workers)
         store = ShardStore(Path(cache) if cache else cache_dir() / "features", encoder, views)
-        return cls(paths, encoder, views, store, workers, batch_size, shard_size, cache is None)
+        return cls(paths, encoder, views, store, workers, batch_size, shard_size, cache is None,
+                   encoding or _encode_missing)
+
+    def missing(self, digests: Sequence[bytes | None], share: tuple[int, int] = (0, 1)) -> dict[bytes, Path]:
+        """The distinct readable images (of a share) the store lacks. Where any are, the encoder is loaded first,
+        and where its runtime fell back to another (OpenVINO failing to load), the store is that runtime's: the
+        cache holds each runtime's features under its own key."""
+        todo = _missing(self.paths, digests, self.store, share)
+        if todo and self.encoder.load().cache_key != self.store.key:
+            self.store = ShardStore(self.store.root, self.encoder, self.views)
+            todo = _missing(self.paths, digests, self.store, share)
+        return todo
 
     def encode(self, todo: dict[bytes, Path], progress: bool, description: str | None) -> tuple[set[bytes], float]:
         """Encode ``todo`` into the store, sharing the work with other processes; returns the images
@@ -286,9 +306,9 @@ class _Job:
             return set(), 0.0
         start = time.perf_counter()
         writable_cache_folder(self.store.folder, under_cache_root=self.under_cache_root)  # one line, before any work
-        encoded = _encode_missing(todo, self.encoder, self.views, self.store, batch_size=self.batch_size,
-                                  workers=self.workers, shard_size=self.shard_size, progress=progress,
-                                  description=description or progress_description(self.encoder.name, self.views))
+        encoded = self.encoding(todo, self.encoder, self.views, self.store, batch_size=self.batch_size,
+                                workers=self.workers, shard_size=self.shard_size, progress=progress,
+                                description=description or progress_description(self.encoder.name, self.views))
         return encoded, time.perf_counter() - start
 
 
@@ -378,7 +398,8 @@ class ShardStore:
     """The cached outputs of one encoder and view variant: shards indexed by content hash."""
 
     def __init__(self, root: Path, encoder: ImageEncoder, views: Views) -> None:
-        self.folder = root / encoder.cache_key / views.key
+        self.root, self.key = root, encoder.cache_key
+        self.folder = root / self.key / views.key
         self.views, self.dim = views, encoder.dim
         self.dtype = np.dtype(encoder.storage_dtype)
         self._index = DigestIndex()

@@ -33,7 +33,7 @@ from .. import distributed
 from ..data.manifest import CHUNK_ROWS, iter_manifest, manifest_rows
 from ..encoders.preprocess import Views
 from ..errors import GeoscopeError, quote_name
-from .cache import FeatureSet, cache_features, extract_features, progress_description
+from .cache import Encoding, FeatureSet, cache_features, extract_features, progress_description
 
 CHUNK_BYTES = 64 << 20
 """About how much memory one chunk's features take (float32): chunks of big outputs have fewer rows."""
@@ -83,13 +83,15 @@ def manifest_features(
     cache: str | os.PathLike[str] | None = None,
     progress: bool = True,
     errors_kept: int = 10,
+    encoding: Encoding | None = None,
 ) -> ManifestFeatures:
     """Fill the cache with the features of every image of ``manifest`` and, on rank 0, write ``output``.
 
     ``share`` ``(k, n)`` encodes only share ``k`` of ``n`` and assembles nothing (no ``output``).
     In a torchrun process group every rank calls this alike. ``chunk_rows`` defaults to what keeps
     a chunk's features near :data:`CHUNK_BYTES`. Other arguments are those of
-    :func:`geoscope.features.cache.extract_features`; ``device`` is ``cpu`` or ``cuda:N``.
+    :func:`geoscope.features.cache.extract_features`; ``device`` is ``cpu`` or ``cuda:N``; ``encoding`` encodes what
+    the cache lacks (default: this process; :mod:`geoscope.outputs.ray_jobs`: a Ray cluster).
     """
     from ..encoders.image import image_encoder_spec
 
@@ -105,7 +107,7 @@ def manifest_features(
     summary = ManifestFeatures(processes=run.world_size)
     writer = FeatureFileWriter(output, combine) if output and run.main else None
     common = {"augment": augment, "backend": backend, "device": device, "batch_size": batch_size,
-              "workers": workers, "cache": cache}
+              "workers": workers, "cache": cache, "encoding": encoding}
     progress = progress and run.main
     try:
         for manifest_chunk in iter_manifest(manifest, chunk_rows=chunk_rows):

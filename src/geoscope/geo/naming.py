@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike, NDArray
 
-from .places import load_places, nearest_place, post_towns
+from .places import country_regions, load_places, nearest_place, post_towns
 from .regions import country_names, country_of
 from .sphere import haversine_km
 
@@ -70,6 +70,23 @@ def locate(lat: ArrayLike, lon: ArrayLike) -> pd.DataFrame:
     names = country_names()
     return pd.DataFrame({"country_code": codes.astype(str), "country": [names.get(c, c) for c in codes],
                          "region": regions})
+
+
+def partly_covered(lat: ArrayLike, lon: ArrayLike, min_places: int) -> tuple[pd.DataFrame, dict[str, tuple[str, ...]]]:
+    """Where points are (:func:`locate`), and the countries they cover only in part: for each, its first-level
+    regions holding at least ``min_places`` distinct points (by code; a country is covered in part when some of its
+    regions hold fewer, or none)."""
+    where = locate(lat, lon)
+    points = pd.DataFrame({"code": where["country_code"], "region": where["region"],
+                           "lat": np.atleast_1d(np.asarray(lat, dtype=np.float64)),
+                           "lon": np.atleast_1d(np.asarray(lon, dtype=np.float64))}).drop_duplicates()
+    counts = points[points["region"] != ""].groupby(["code", "region"]).size()
+    covered: dict[str, tuple[str, ...]] = {}
+    for (code, region), n in counts.items():
+        if n >= min_places:
+            covered[str(code)] = (*covered.get(str(code), ()), str(region))
+    return where, {code: tuple(sorted(regions)) for code, regions in covered.items()
+                   if set(regions) < country_regions(code)}
 
 
 def majority(values: ArrayLike) -> str:

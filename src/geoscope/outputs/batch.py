@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from ..features.cache import FeatureSet
     from ..predict import GeoModel
 
 CHUNK_SIZE = 256
@@ -199,28 +200,39 @@ def _walk(top: str, unreadable: list[str]) -> tuple[list[list[str]], int]:
 
 def predict_chunks(
     model: GeoModel, units: Iterable[Unit], *, top_k: int = 5, views: bool = False, chunk_size: int = CHUNK_SIZE,
-    **options: object,
+    features: Callable[[list[Unit]], FeatureSet] | None = None, **options: object,
 ) -> Iterator[tuple[list[Unit], list[dict]]]:
     """Records (``Prediction.to_dict()``) for ``units``, yielded a chunk of about ``chunk_size`` images at a time.
 
     ``options`` (``level``, ``allow_missing_views``, …) are passed on when set (not ``None``) and
     the model's ``predict`` (with ``views``: ``predict_places``, every place of a chunk at once) takes them.
+    ``features`` gives a chunk's image features (every path of its units, in order) when they come from
+    elsewhere (:mod:`geoscope.outputs.ray_jobs`); by default the model extracts them.
     """
     accepted = inspect.signature(model.predict_places if views else model.predict).parameters
     extra = {k: v for k, v in options.items() if v is not None and k in accepted}
-    chunk: list[Unit] = []
+    for chunk in unit_runs(units, chunk_size):
+        yield chunk, _predict(model, chunk, top_k=top_k, views=views, extra=extra, features=features)
+
+
+def unit_runs(units: Iterable[Unit], images: int) -> Iterator[list[Unit]]:
+    """``units`` in runs of about ``images`` images (a run ends with the unit that reaches the count)."""
+    run: list[Unit] = []
     size = 0
     for unit in units:
-        chunk.append(unit)
+        run.append(unit)
         size += len(unit.paths)
-        if size >= chunk_size:
-            yield chunk, _predict(model, chunk, top_k=top_k, views=views, extra=extra)
-            chunk, size = [], 0
-    if chunk:
-        yield chunk, _predict(model, chunk, top_k=top_k, views=views, extra=extra)
+        if size >= images:
+            yield run
+            run, size = [], 0
+    if run:
+        yield run
 
 
-def _predict(model: GeoModel, chunk: list[Unit], *, top_k: int, views: bool, extra: dict) -> list[dict]:
+def _predict(model: GeoModel, chunk: list[Unit], *, top_k: int, views: bool, extra: dict,
+             features: Callable[[list[Unit]], FeatureSet] | None) -> list[dict]:
+    if features is not None:
+        extra = {**extra, "features": features(chunk)}
     if views:  # every place of the chunk answered together
         headings = [u.headings for u in chunk] if any(u.headings is not None for u in chunk) else None
         predictions = model.predict_places([list(u.paths) for u in chunk], top_k=top_k, headings=headings, **extra)

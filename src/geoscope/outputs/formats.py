@@ -133,6 +133,16 @@ def _as_number(text: object) -> float:
 OUTSIDE = "outside what this model knows: the answer and guesses below are the most similar of the places it knows"
 
 
+def outside_line(record: dict) -> str:
+    """The warning for a photo out of coverage, saying why where the record does ("… knows (it resembles United
+    States, but none of the regions of it the model was trained on (…)): the answer …")."""
+    reason = record.get("coverage_reason")
+    if not reason:
+        return OUTSIDE
+    head, _, tail = OUTSIDE.partition(":")
+    return f"{head} ({one_line(str(reason))}):{tail}"
+
+
 def answer_line(record: dict) -> str | None:
     """``answer: Croydon, England, United Kingdom (51.3700, -0.1000) · expected GeoScore 4,210``."""
     answer = record.get("answer")
@@ -163,7 +173,7 @@ def render_table(record: dict) -> str:
     if (hierarchy := hierarchy_line(record)) is not None:
         lines.append(f"  {hierarchy}")
     if record.get("in_coverage") is False:
-        lines.append(f"  warning: {OUTSIDE}")
+        lines.append(f"  warning: {outside_line(record)}")
     lines += warnings
     if (confidence := confidence_line(record)) is not None:
         lines.append(f"  {confidence}")
@@ -181,7 +191,8 @@ def render_table(record: dict) -> str:
         lines.append("  most like training photos at (similarity, km from the answer):")
         lines += [f"    {e.get('lat', math.nan):.4f}, {e.get('lon', math.nan):.4f}  "
                   f"{one_line(str(e.get('label', '')))}  ({e.get('similarity', math.nan):.2f}, "
-                  f"{e.get('km_from_answer', math.nan):,.0f} km)" for e in evidence]
+                  f"{e.get('km_from_answer', math.nan):,.0f} km)"
+                  + (f"  {quote_name(e['image'])}" if e.get("image") else "") for e in evidence]
     return "\n".join(lines)
 
 
@@ -258,7 +269,7 @@ CSV_LEAD = ("image", "views", "name", "lat", "lon", "probability", "place", "reg
 CSV_LEVELS = ("country", "region")
 CSV_RADII = ("25", "200", "750")
 CSV_GUESS = ("name", "lat", "lon", "probability", "label")
-CSV_TAIL = ("warnings", "error")
+CSV_TAIL = ("coverage_reason", "warnings", "error")
 
 
 def csv_header(top_k: int, records: Iterable[dict] = ()) -> list[str]:
@@ -293,6 +304,7 @@ def csv_values(record: dict) -> dict[str, Any]:
     values: dict[str, Any] = {"image": record.get("image"), "views": ";".join(map(str, record.get("views") or [])),
                               "in_coverage": record.get("in_coverage"),
                               "coverage_score": record.get("coverage_score"),
+                              "coverage_reason": record.get("coverage_reason"),
                               "warnings": " | ".join(map(str, record.get("warnings") or [])),
                               "error": record.get("error")}
     answer = record.get("answer") or {}

@@ -1,14 +1,18 @@
 """The HTTP API and page: a FastAPI application around one loaded model.
 
 ``POST /predict`` takes the image bytes as the body, or a multipart form with one or more
-files (``views=true`` fuses them as views of one place); ``POST /verify?lat=&lon=&km=`` takes
-the same and checks the claim that each photo (or place) was taken within ``km`` of the point;
-``GET /health``, ``GET /model``, ``GET /model/places``, ``GET /countries.geojson`` and the page
-at ``/``. The replies' schemas are derived from :class:`~geoscope.predict.Prediction`,
-:class:`~geoscope.answer.verify.Verdict` and the dataclasses they hold. Every error is
-JSON ``{"error": "..."}``. Bodies are limited in size and must arrive within
+files (``views=true`` fuses them as views of one place; ``explain=true`` adds each photo's occlusion map,
+:mod:`geoscope.investigate.explain`; ``evidence=K`` the K training places most like it, each with the
+address of its photo's thumbnail, ``GET /gallery/<row>.jpg``, where the bundle recorded the photo and this
+machine has it); ``POST /verify?lat=&lon=&km=`` takes the same and checks the claim that each photo (or
+place) was taken within ``km`` of the point; ``GET /health``, ``GET /model``, ``GET /model/places``,
+``GET /countries.geojson``, ``GET /regions.geojson`` (approximate first-level borders and larger places,
+:mod:`geoscope.serve.page`) and the page at ``/``. The replies' schemas are derived from
+:class:`~geoscope.predict.Prediction`, :class:`~geoscope.answer.verify.Verdict` and the dataclasses they hold.
+Every error is JSON ``{"error": "..."}``. Bodies are limited in size and must arrive within
 ``body_timeout`` seconds of silence; when ``queue`` requests are in flight the next one
-gets 503 with ``Retry-After``.
+gets 503 with ``Retry-After``; occlusion maps take their places in the same queue and run on the
+encoder's thread between the other requests' batches.
 """
 
 from __future__ import annotations
@@ -36,15 +40,27 @@ from .. import __version__
 from ..answer.refine import REFINERS
 from ..answer.verify import DEFAULT_KM, MAX_KM, Verdict
 from ..errors import GeoscopeError
+from ..investigate.explain import GRID
 from ..loading import load_any_model
 from ..predict import GeoModel, Prediction
 from .batching import Busy, MicroBatcher, Ticket
-from .page import WEB_ASSETS, countries_geojson, model_places, model_summary
+from .page import (
+    MAX_MAP_COUNTRIES,
+    WEB_ASSETS,
+    countries_geojson,
+    gallery_thumbnail,
+    model_countries,
+    model_places,
+    model_summary,
+    regions_geojson,
+)
 
 LOG = logging.getLogger("geoscope.serve")
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 MAX_EVIDENCE = 20
 MAX_FILES = 16
+MAX_EXPLAIN = 4
+"""Most photos one ``explain=true`` request maps (each costs 65 encoder runs)."""
 
 
 @dataclass(frozen=True)
@@ -113,6 +129,31 @@ class ErrorReply:
     error: str
 
 
+@dataclass(frozen=True)
+class WhereInThePhoto:
+    """``explain=true``: how much hiding each cell of a grid over the frame the model reads lowers the log-odds of
+    the answer's label and of its country (:class:`geoscope.investigate.explain.Explanation`)."""
+
+    image: str
+    label: str
+    country: str
+    probability: float
+    country_probability: float
+    label_drop: list[list[float]]
+    """Rows top to bottom, each a row of cells left to right: positive where the cell points to the answer."""
+    country_drop: list[list[float]]
+    boxes: list[list[float]]
+    """Where the frame lies in the photo: ``[left, top, right, bottom]`` as fractions of its width and height,
+    one box per crop the model reads (each had the same cell hidden)."""
+
+
+@dataclass
+class ExplainedPrediction(Prediction):
+    """A photo's answer with ``explain=true``: its occlusion map too (``None`` where it could not be read)."""
+
+    explanation: WhereInThePhoto | None = None
+
+
 _UPLOAD_BODY = {
     "required": True,
     "content": {
@@ -157,20 +198,23 @@ def create_app(model: GeoModel | str | os.PathLike[str] | None = None,
     _add_error_handlers(app, settings)
 
     async def answered(request: Request, plural: str,
-                       answer: Callable[[Ticket, list[tuple[str, bytes]]], Awaitable[list]]) -> JSONResponse:
+                       answer: Callable[[Ticket, list[tuple[str, bytes]]], Awaitable[list[dict]]],
+                       most: int = MAX_FILES, why: str = "") -> JSONResponse:
         """The reply to an upload: its body read (before the request takes a place in the encoding queue), then
-        ``answer`` for an admitted ticket; one result as itself, several as ``{plural: [...]}``."""
+        ``answer`` for an admitted ticket; one result as itself, several as ``{plural: [...]}``. A request of more
+        than ``most`` files is refused, saying ``why``."""
         if uploads.full:
             await _drain(request)
             return _busy()
         with uploads.held():
             images = await _read_images(request)
+        if len(images) > most:
+            raise HTTPException(400, f"{len(images)} files: {why}")
         try:
             with batcher.admit() as ticket:
-                results = await answer(ticket, images)
+                answers = await answer(ticket, images)
         except Busy:
             return _busy()
-        answers = [r.to_dict() for r in results]
         if all(a.get("error") for a in answers):
             raise HTTPException(400, "; ".join(a["error"] for a in answers))
         if len(answers) == 1:
@@ -199,16 +243,32 @@ def create_app(model: GeoModel | str | os.PathLike[str] | None = None,
 
     @app.get("/countries.geojson", summary="Country outlines for the page's map (Natural Earth, simplified)")
     async def countries(request: Request) -> Response:
-        body = await asyncio.to_thread(countries_geojson)
-        headers = {"Cache-Control": "public, max-age=86400", "Vary": "Accept-Encoding"}
-        if "gzip" in request.headers.get("accept-encoding", ""):
-            return Response(body, media_type="application/geo+json", headers={**headers, "Content-Encoding": "gzip"})
-        return Response(gzip.decompress(body), media_type="application/geo+json", headers=headers)
+        return _geojson(request, await asyncio.to_thread(countries_geojson))
+
+    @app.get("/regions.geojson", summary="Approximate first-level borders (drawn from GeoNames towns), region names "
+             "and larger places of some countries, for the page's map",
+             responses={400: {"model": ErrorReply}, 422: {"model": ErrorReply}})
+    async def regions(request: Request, countries: Annotated[str | None, Query(
+            pattern=r"^\s*[A-Za-z]{2}\s*(,\s*[A-Za-z]{2}\s*)*$",
+            description=f"ISO 3166-1 alpha-2 codes, comma-separated, at most {MAX_MAP_COUNTRIES} "
+                        "(default: the model's countries)")] = None) -> Response:
+        codes = [c.strip().upper() for c in countries.split(",")] if countries else model_countries(model)
+        if len(set(codes)) > MAX_MAP_COUNTRIES:
+            raise HTTPException(422, f"countries: at most {MAX_MAP_COUNTRIES} at once, not {len(set(codes))}")
+        return _geojson(request, await asyncio.to_thread(regions_geojson, codes))  # made on first request
+
+    @app.get("/gallery/{row}.jpg", summary="A thumbnail of a training photo that evidence names, by its gallery row",
+             response_class=Response, responses={200: {"content": {"image/jpeg": {}}}, 404: {"model": ErrorReply}})
+    async def gallery_photo(row: int) -> Response:
+        thumbnail = await asyncio.to_thread(gallery_thumbnail, model, row)
+        if thumbnail is None:
+            return JSONResponse({"error": f"no training photo of gallery row {row} on this server"}, status_code=404)
+        return Response(thumbnail, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
 
     @app.post(
         "/predict", summary="Guess where a photo (or several views of one place) was taken",
         openapi_extra={"requestBody": _UPLOAD_BODY},
-        responses={200: {"model": Prediction | PredictionsReply}, 400: {"model": ErrorReply},
+        responses={200: {"model": Prediction | ExplainedPrediction | PredictionsReply}, 400: {"model": ErrorReply},
                    413: {"model": ErrorReply}, 422: {"model": ErrorReply}, 503: {"model": ErrorReply}},
     )
     async def predict(
@@ -223,10 +283,25 @@ def create_app(model: GeoModel | str | os.PathLike[str] | None = None,
             description="with views: answer from the readable views if some cannot be read (with a warning)")] = False,
         evidence: Annotated[int, Query(ge=0, le=MAX_EVIDENCE, description="also list this many training places "
                                        "whose photos are most like the photo")] = 0,
+        explain: Annotated[bool, Query(description=f"also map where in each photo the answer comes from (hiding "
+                                       f"each of {GRID * GRID} cells in turn: {GRID * GRID + 1} encoder runs per "
+                                       f"photo; single photos, at most {MAX_EXPLAIN})")] = False,
     ) -> JSONResponse:
-        return await answered(request, "predictions", lambda ticket, images: batcher.predict(
-            ticket, images, top_k=top_k, views=views, level=level, refine=refine,
-            allow_missing_views=allow_missing_views, evidence=evidence))
+        if explain and views:
+            await _drain(request)
+            return JSONResponse({"error": "explain maps single photos: leave out views"}, status_code=422)
+        options = {"top_k": top_k, "views": views, "level": level, "refine": refine,
+                   "allow_missing_views": allow_missing_views, "evidence": evidence}
+
+        async def answer(ticket: Ticket, images: list[tuple[str, bytes]]) -> list[dict]:
+            if not explain:
+                return [_with_thumbnails(p.to_dict()) for p in await batcher.predict(ticket, images, **options)]
+            explained = await batcher.explain(ticket, images, **options)
+            return [_with_thumbnails(p.to_dict()) | ({} if e is None else {"explanation": e.to_dict()})
+                    for p, e in explained]
+
+        return await answered(request, "predictions", answer, MAX_EXPLAIN if explain else MAX_FILES,
+                              f"explain maps at most {MAX_EXPLAIN} photos a request")
 
     @app.post(
         "/verify", summary="Check the claim that a photo (or several views of one place) was taken near a point",
@@ -251,11 +326,30 @@ def create_app(model: GeoModel | str | os.PathLike[str] | None = None,
             await _drain(request)
             message = " ".join(str(exc).replace(str(model.path), f"model {model.config.get('name', '')!r}").split())
             return JSONResponse({"error": message}, status_code=501)
-        return await answered(request, "verdicts", lambda ticket, images: batcher.verify(
-            ticket, images, lat=lat, lon=lon, km=km, views=views, allow_missing_views=allow_missing_views))
+        async def answer(ticket: Ticket, images: list[tuple[str, bytes]]) -> list[dict]:
+            return [v.to_dict() for v in await batcher.verify(ticket, images, lat=lat, lon=lon, km=km, views=views,
+                                                             allow_missing_views=allow_missing_views)]
+
+        return await answered(request, "verdicts", answer)
 
     app.mount("/static", StaticFiles(directory=WEB_ASSETS), name="static")
     return app
+
+
+def _geojson(request: Request, body: bytes) -> Response:
+    """Gzipped GeoJSON as it is for a client that takes gzip, unzipped for one that does not."""
+    headers = {"Cache-Control": "public, max-age=86400", "Vary": "Accept-Encoding"}
+    if "gzip" in request.headers.get("accept-encoding", ""):
+        return Response(body, media_type="application/geo+json", headers={**headers, "Content-Encoding": "gzip"})
+    return Response(gzip.decompress(body), media_type="application/geo+json", headers=headers)
+
+
+def _with_thumbnails(answer: dict) -> dict:
+    """An answer as the API sends it: each evidence's photo as the address of its thumbnail (never a path on the
+    server), where the server has the photo."""
+    for item in answer.get("evidence") or []:
+        item["image"] = f"gallery/{item['gallery_row']}.jpg" if item.get("image") else None
+    return answer
 
 
 async def _read_images(request: Request) -> list[tuple[str, bytes]]:

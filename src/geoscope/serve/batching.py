@@ -5,11 +5,13 @@ its images are decoded and preprocessed on a thread pool, and the result joins a
 One thread takes what is queued, waits up to ``max_wait_ms`` for requests still being
 decoded (never when none is), and encodes up to ``max_batch`` images in runs of
 ``encode_batch`` (larger runs cost more CPU per image on small CPUs); a second thread
-answers each encoded run, with any others encoded meanwhile (requests with the same options
-share one call of the model's answer path, :meth:`GeoModel.predict_features`, or of
-:meth:`GeoModel.verify_features` for claim checks; views of one place fused per request) while
-the first encodes the next. Uploads never touch the feature cache: the model answers from
-features computed here.
+answers each encoded run, with any others encoded meanwhile (requests with the same options share one call
+of the model's answer path, :meth:`GeoModel.predict_features`, or of :meth:`GeoModel.verify_features` for
+claim checks; views of one place fused per request) while the first encodes the next. A request that asks
+where in each photo its answer comes from (:meth:`MicroBatcher.explain`) is encoded and answered the same
+way; its occlusion maps (:func:`~geoscope.investigate.explain.explain_views`, 65 encoder runs a photo) are
+made by the encoding thread right after its run, so they never compete with other batches for the CPU.
+Uploads never touch the feature cache: the model answers from features computed here.
 """
 
 from __future__ import annotations
@@ -27,13 +29,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
-from PIL import Image
 
 from ..distributed import cpu_count
-from ..encoders.preprocess import Views
 from ..errors import BadImageError
 from ..features.cache import FeatureSet
-from ..images import read_rgb
+from ..investigate.explain import Box, Explanation, Frame, explain_views, read_frame
 from ..predict import GeoModel, Prediction, Verdict
 from ..threads import math_threads
 
@@ -64,17 +64,14 @@ TRIM_BYTES = 1 << 20
 their decode (224 px photos, 8 clients: 1.0–1.4 ms of the decoding threads' time a request with it, 0.5 without)."""
 
 
-def decode_upload(data: bytes, name: str, model: GeoModel) -> tuple[np.ndarray, int]:
-    """One uploaded image as the encoder's preprocessed views ``(crops, 3, c, c)`` and the bytes of the pixels it
-    was decoded to; :class:`BadImageError` naming it."""
-    preprocess = model.encoder.preprocess
+def decode_upload(data: bytes, name: str, model: GeoModel) -> Frame:
+    """One uploaded image as the model reads it (:func:`~geoscope.investigate.explain.read_frame`);
+    :class:`BadImageError` naming it."""
     try:
-        image = read_rgb(data, min_size=preprocess.decode_size)
+        return read_frame(model, data)
     except BadImageError as exc:
         reason = str(exc).removeprefix("<bytes>: ")
         raise BadImageError(f"{name}: {reason}") from None
-    width, height = image.size if isinstance(image, Image.Image) else image.shape[1::-1]
-    return preprocess.views(image, Views(crops=model.image_side.crops)), 3 * width * height
 
 
 @dataclass
@@ -93,6 +90,10 @@ class _Job:
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future
     features: FeatureSet | None = None
+    boxes: list[list[Box] | None] = field(default_factory=list)
+    explain: bool = False
+    """Also map where in each photo its answer comes from (:func:`~geoscope.investigate.explain.explain_views`)."""
+    explanations: list[Explanation | None] = field(default_factory=list)
 
 
 @dataclass
@@ -195,6 +196,16 @@ class MicroBatcher:
         accepts; ``answer`` names another method of the model that answers from features, such as
         ``verify_features``). Images that cannot be decoded come back as predictions with ``error``.
         """
+        return await self._submit(ticket, images, options, explain=False)
+
+    async def explain(self, ticket: Ticket, images: Sequence[tuple[str, bytes]],
+                      **options: object) -> list[tuple[Prediction, Explanation | None]]:
+        """:meth:`predict` for single photos, each with its occlusion map (``None`` where it cannot be read):
+        ``grid``² + 1 more encoder runs per photo, run by the encoding thread between the other requests' batches."""
+        return await self._submit(ticket, images, options, explain=True)
+
+    async def _submit(self, ticket: Ticket, images: Sequence[tuple[str, bytes]], options: dict,
+                      explain: bool) -> list:
         if self._pool is None:
             raise RuntimeError("MicroBatcher.start() was not called")
         loop = asyncio.get_running_loop()
@@ -205,8 +216,9 @@ class MicroBatcher:
             ticket.decoded = True
             self._arriving -= 1
         future = loop.create_future()
-        job = _Job([name for name, _ in images], [a for a, _ in decoded], [e for _, e in decoded],
-                   dict(options), loop, future)
+        job = _Job([name for name, _ in images], [d.views if d else None for d, _ in decoded],
+                   [e for _, e in decoded], dict(options), loop, future,
+                   boxes=[d.boxes if d else None for d, _ in decoded], explain=explain)
         self._queue.put(job)
         return await future
 
@@ -215,11 +227,12 @@ class MicroBatcher:
         :meth:`~geoscope.predict.GeoModel.verify_features` (``lat``, ``lon``, ``km``, ``views``, …)."""
         return await self.predict(ticket, images, answer="verify_features", **options)
 
-    def _decode(self, data: bytes, name: str) -> tuple[np.ndarray | None, str | None]:
+    def _decode(self, data: bytes, name: str) -> tuple[Frame | None, str | None]:
         decoded = TRIM_BYTES  # a failed decode may have held any amount
         try:
-            views, decoded = decode_upload(data, name, self.model)
-            return views, None
+            frame = decode_upload(data, name, self.model)
+            decoded = frame.pixel_bytes
+            return frame, None
         except BadImageError as exc:
             return None, str(exc)
         finally:
@@ -279,6 +292,14 @@ class MicroBatcher:
                 job.features = FeatureSet(embeddings=rows, valid=valid,
                                           errors=[e for e in job.errors if e is not None],
                                           encoder_name=self.model.encoder.name, paths=job.names)
+                if job.explain:  # here, on the encoder's thread: no other batch encodes meanwhile
+                    try:
+                        job.explanations = [None if a is None else explain_views(self.model, a, name, boxes,
+                                                                                 batch_size=self.encode_batch)
+                                            for a, name, boxes in zip(job.arrays, job.names, job.boxes, strict=True)]
+                    except Exception as exc:  # this request fails (as when the encoder fails), the others go on
+                        job.explanations = [None] * len(job.arrays)
+                        _resolve(job, exception=exc)
                 job.arrays = []  # the pixels are no longer needed
             self._answers.put(run)
 
@@ -297,7 +318,7 @@ class MicroBatcher:
             # Requests with the same options share one call of the answer path (with views: one place each).
             groups: dict[str, list[_Job]] = collections.defaultdict(list)
             for job in batch:
-                groups[repr(sorted(job.options.items()))].append(job)
+                groups[repr(sorted(job.options.items()))].append(job)  # explained or not, one answer path
             for jobs in groups.values():
                 self._answer(jobs)
             if stop:
@@ -324,7 +345,8 @@ class MicroBatcher:
         start = 0
         for job in jobs:
             count = 1 if job.options.get("views") else len(job.names)
-            _resolve(job, result=predictions[start:start + count])
+            result = predictions[start:start + count]
+            _resolve(job, result=list(zip(result, job.explanations, strict=True)) if job.explain else result)
             start += count
 
 

@@ -37,6 +37,9 @@ class PreparedData:
     leakage: dict
     train_hashes: np.ndarray
     """SHA-1 of every training image's bytes, ``(n, 20)`` uint8: evaluate flags these rows."""
+    train_images: list[str] | None = None
+    """The manifest's ``image`` of each image row of the training split (its features' rows), as the manifest gives
+    it: relative to the manifest's folder, or absolute."""
 
     @property
     def label_levels(self) -> np.ndarray:
@@ -58,17 +61,24 @@ class PreparedData:
         return int(adapt_rows(adapter, train.features, np.arange(1)).shape[1])
 
 
+def with_split(manifest: Manifest, options: FitOptions) -> Manifest:
+    """``manifest`` as training splits it: its own ``split`` column, else 1 km blocks (val 10 %, test 10 %)
+    from the run's seed, the same every time for the same options."""
+    if "split" in manifest.frame:
+        return manifest
+    frame = split_manifest(manifest.frame, by="block", block_km=options.block_km, val=0.1, test=0.1,
+                           seed=options.train.seed, gap_km=options.gap_km)
+    return Manifest(frame, manifest.root)
+
+
 def prepare(manifest: Manifest, options: FitOptions, head: type[TrainableHead], *,
             progress: bool = True) -> PreparedData:
     """Split if needed, label the rows, extract (cached) image features and what ``head`` reads of each label."""
-    frame = manifest.frame
-    if "split" not in frame:
-        frame = split_manifest(frame, by="block", block_km=options.block_km, val=0.1, test=0.1,
-                               seed=options.train.seed, gap_km=options.gap_km)
-        manifest = Manifest(frame, manifest.root)
-        if progress:
-            print(f"split by {options.block_km:g} km blocks (val 10 %, test 10 %, seed {options.train.seed}; "
-                  f"training images within {options.gap_km:g} km of them left out)", file=sys.stderr)
+    split = with_split(manifest, options)
+    if progress and split is not manifest:
+        print(f"split by {options.block_km:g} km blocks (val 10 %, test 10 %, seed {options.train.seed}; "
+              f"training images within {options.gap_km:g} km of them left out)", file=sys.stderr)
+    manifest, frame = split, split.frame
     leakage = leakage_report(frame)
     if progress:
         print(f"nearest train–val image {leakage['nearest_train_val_km']:.3f} km, train–test "
@@ -102,17 +112,20 @@ def prepare(manifest: Manifest, options: FitOptions, head: type[TrainableHead], 
                                 options.scheme, values)
     splits: dict[str, TrainingData] = {}
     by_place = options.train.fusion != "mean"  # a learned fusion trains on places, the mean on single images
+    train_images = None
     for name in ("train", "val", "test"):
         rows = (frame["split"] == name).to_numpy() & valid & (ids >= 0)
         if rows.any():
             splits[name] = _training_data(frame[rows], inputs[:, rows], ids[rows], by_place,
                                           with_images=name == "train")
+        if name == "train":
+            train_images = [str(p) for p in frame["image"][rows]]
     if "val" not in splits:
         raise GeoscopeError("the validation split has no labelled image: use a larger --val fraction")
     train_paths = [p for p, ok in zip(manifest.image_paths, train_mask, strict=True) if ok]
     digests = [d for d in hash_files(train_paths)[0] if d is not None]
     hashes = np.frombuffer(b"".join(digests), dtype=np.uint8).reshape(len(digests), -1)
-    return PreparedData(splits, labels, candidate_inputs, errors, leakage, hashes)
+    return PreparedData(splits, labels, candidate_inputs, errors, leakage, hashes, train_images)
 
 
 def _training_data(frame: pd.DataFrame, features: np.ndarray, ids: np.ndarray, by_place: bool,

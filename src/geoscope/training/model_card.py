@@ -44,8 +44,7 @@ def model_card(config: dict, labels: pd.DataFrame) -> str:
                     + "; ".join(f"`{line}`" for line in skipped["first"])) if skipped["count"] else \
         "No image was skipped."
     sources = (data.get("provenance") or {}).get("sources") or []
-    provenance = "\n".join(f"- {src.get('kind')}: {src.get('location')} — terms: {src.get('terms')}"
-                            for src in sources) or "- not recorded (the manifest has no dataset card)"
+    provenance = "\n".join(map(_source_said, sources)) or "- not recorded (the manifest has no dataset card)"
     leak = data["leakage"]
     head = head_class(head_kind(config["model"]))
     members = int(config["model"].get("members", 1))
@@ -67,8 +66,8 @@ A photo from anywhere else can only get the most similar of these places: each a
 `in_coverage: false` when the photo is unlike the training images. Two tests, each ranked among
 held-out validation images of the training regions: its mean distance to its {coverage['k']} nearest
 training images (tells a street photo from a blank, noisy, rotated or blurred frame) and
-{_TYPICALITY_SAID[coverage['groups']]}.
-The coverage score is the lower rank; below {coverage['threshold']:.3f} the photo is out of coverage,
+{_TYPICALITY_SAID[coverage['groups']]}{_within_said(coverage)}.
+The coverage score is the lowest rank; below {coverage['threshold']:.3f} the photo is out of coverage,
 which keeps {coverage['kept']:.0%} of the validation images in.
 The confidence shown beside the guesses (probability that the top guess is within 25, 200
 and 750 km) is calibrated on the validation images.
@@ -76,8 +75,8 @@ and 750 km) is calibrated on the validation images.
 ## Training data
 {provenance}
 
-Split: nearest validation image {leak['nearest_train_val_km']:.3f} km and nearest test image
-{leak['nearest_train_test_km']:.3f} km from a training image. {skipped_line}
+Split: nearest validation image {_km(leak['nearest_train_val_km'])} and nearest test image
+{_km(leak['nearest_train_test_km'])} from a training image. {skipped_line}
 
 ## Measured ({"the ensemble; its first head's best epoch " if members > 1 else "best epoch "}{training['best_epoch']})
 | split | label accuracy | mean km | median km |
@@ -86,9 +85,22 @@ Split: nearest validation image {leak['nearest_train_val_km']:.3f} km and neares
 
 {_refiner_said(config.get("refiner"))}
 {_level_expert_said(config.get("level_expert"))}
+{_claim_check_said(config.get("verify"))}
 ## Limits
 Street-level imagery of the training regions only; one ImageNet backbone.
 """
+
+
+def _within_said(coverage: dict) -> str:
+    """The coverage's tests one level down, said in the model card (nothing when it has none)."""
+    within = coverage.get("within") or {}
+    if not within:
+        return ""
+    parts = "; ".join(f"{c['group']}: {', '.join(c['covered'])}" for c in within.values())
+    return ("; and, where the training images cover only some of a country's first-level regions, the same test "
+            "among the regions they cover, for the photos most like that country, so that a street from one of its "
+            f"other regions can be flagged (\"it resembles that country, but none of the regions of it the model was "
+            f"trained on\"): {parts}")
 
 
 def _level_expert_said(section: dict | None) -> str:
@@ -116,3 +128,64 @@ def _refiner_said(refiner: dict | None) -> str:
             "its label, and named as the GPS head names that point (PIGEON's hybrid; `--refine gps`, the default; "
             "`--refine none` answers with the label's medoid, `--refine knn` with the most similar training "
             "images).\n")
+
+
+def _km(value: float | None) -> str:
+    """A distance of the split's leakage report (``None`` or NaN: that split is empty)."""
+    return "none (no such split)" if value is None or value != value else f"{value:.3f} km"
+
+
+def _source_said(source: dict) -> str:
+    """One source of the training data (an entry of the dataset card): where, on what terms, and how it was split."""
+    line = f"- {source.get('kind')}: {source.get('location')} — terms: {source.get('terms')}"
+    if source.get("dataset"):
+        taken = f" ({source['taken']})" if source.get("taken") else ""
+        line += f" — `{source['dataset']}`{taken}: {source['images']:,} images at {source['places']:,} places"
+        splits = source.get("splits") or {}
+        counts = [f"{splits[name]:,} {name}" for name in ("train", "val", "test") if name in splits]
+        if splits.get("left_out_by_gap"):
+            counts.append(f"{splits['left_out_by_gap']:,} left out (too close to a val or test image)")
+        line += "; " + ", ".join(counts) if counts else ""
+    return line
+
+
+CLAIM_KM = 25.0
+"""The radius the model card describes the claim check at (``geoscope verify``'s default)."""
+
+
+def _claim_check_said(section: dict | None) -> str:
+    """The model card's section on claim checks (``geoscope verify``): what the thresholds at 25 km mean."""
+    if not section:
+        return ""
+    rule = min(section["rules"], key=lambda r: abs(r["km"] - CLAIM_KM))
+    fitted = section["fitted_on"]
+    shown = rule["validation"]
+
+    def ratio(log10: float) -> str:
+        value = 10.0 ** abs(log10)
+        shown = f"{value:,.0f}" if value >= 10 else f"{value:.2g}"
+        return f"1/{shown}" if log10 < 0 else shown
+
+    def shares(kind: str) -> str:
+        v = shown.get(kind)
+        return f"{v['consistent']:.1%} consistent, {v['inconsistent']:.1%} inconsistent" if v else "not measured"
+
+    country, place = rule["country"], rule["place"]
+    against = [f"the {level} ratio is at most {ratio(value)}" for level, value in
+               (("country", country["inconsistent"]), ("place", place["inconsistent"])) if value is not None]
+    support = (f"the country ratio is at least {ratio(country['consistent'])} and " if country["consistent"] is not None
+               else "")
+    return f"""## Claim checks
+`geoscope verify PHOTO --at LAT,LON --km K` weighs the claim that the photo was taken within K km of the point:
+the likelihood ratio is the posterior odds over the prior odds (the labels' share of the training images) of the
+claim's circle, each label's images spread over a Gaussian of its `spread_km`, at two levels: the countries the
+circle reaches, and the circle within them. Fitted on {fitted['photos']:,} validation places at
+{", ".join(f"{r['km']:g}" for r in section['rules'])} km (interpolated between); at {rule['km']:g} km:
+**inconsistent** when {" or ".join(against) or "never"};
+**consistent** when {support}nothing is inconsistent;
+**cannot tell** otherwise, for any photo out of coverage, and for a circle that reaches no label's area.
+On the validation places: true claims {shares('true')};
+claims in another country {shares('other_country')};
+claims at least 200 km away in the same country {shares('same_country_far')}.
+Read consistent as "nothing in the photo contradicts it", not proof.
+"""

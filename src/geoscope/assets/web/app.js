@@ -1,6 +1,8 @@
 // geoscope's page: drop photos, send them to POST /predict, show the answer and an offline map.
 // No library: the map is an SVG of the country outlines served by /countries.geojson in Web Mercator,
-// panned by dragging and zoomed with the wheel or the buttons.
+// panned by dragging and zoomed with the wheel or the buttons. Over them, from /regions.geojson, the
+// first-level borders (approximate: drawn from GeoNames towns), region names and larger places of the
+// model's countries and of the guesses' countries, named as the zoom leaves room for them.
 "use strict";
 
 (function () {
@@ -11,6 +13,17 @@
   const MAX_ZOOM = 1 << 15;
   const TOP_K = 5;
   const EVIDENCE = 5; // training places most like the photo, drawn as small squares
+  const PLACES_FROM_ZOOM = 3; // places are named from this zoom on (the world 3,072 px wide: a country's scale)
+  const MAX_PLACES = 60; // names of places on screen at once, at most
+  const REGION_NAME_PX = 90; // a region is named once it is this wide on screen
+  const measure = document.createElement("canvas").getContext("2d");
+  const widths = new Map();
+
+  function textWidth(text, font) { // pixels, measured once per name and font
+    const key = font + "|" + text;
+    if (!widths.has(key)) { measure.font = font; widths.set(key, measure.measureText(text).width); }
+    return widths.get(key);
+  }
 
   function esc(text) {
     return String(text).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
@@ -43,6 +56,11 @@
     guesses: [],
     answer: null, // the best single answer: its own marker, apart from the guesses' ranking
     home: null, // [x0, y0, x1, y1] the view when nothing is answered: the model's places
+    outlines: [], // each country's iso2, box and rings (lon/lat), to tell which country a point is in
+    loaded: new Set(), // countries whose borders and places are asked for
+    drawn: new Set(), // …and drawn
+    places: [], // larger places, most populous first: {name, population, x, y} in world units
+    regionNames: [], // {name, x, y, w, h}: where each region's name goes, and its largest part's size
 
     init() {
       this.measure();
@@ -148,6 +166,12 @@
           }
         }
         if (!d) continue;
+        const iso2 = feature.properties && feature.properties.iso2;
+        if (iso2) {
+          const rings = polygons.flat();
+          const lons = rings.flat().map((p) => p[0]), lats = rings.flat().map((p) => p[1]);
+          this.outlines.push({ iso2, rings, box: [Math.min(...lons), Math.min(...lats), Math.max(...lons), Math.max(...lats)] });
+        }
         const path = document.createElementNS(SVG, "path");
         path.setAttribute("d", d);
         path.setAttribute("class", "country");
@@ -158,6 +182,61 @@
       }
       group.appendChild(frag);
       this.svg.dataset.countries = String(group.childElementCount);
+    },
+
+    // The country holding a point (its ISO code), by the even-odd rule over the outlines' rings; "" at sea.
+    countryAt(lon, lat) {
+      for (const { iso2, rings, box } of this.outlines) {
+        if (lon < box[0] || lon > box[2] || lat < box[1] || lat > box[3]) continue;
+        let inside = false;
+        for (const ring of rings) {
+          for (let i = 0, j = ring.length - 1; i < ring.length; j = i++) {
+            const [xi, yi] = ring[i], [xj, yj] = ring[j];
+            if ((yi > lat) !== (yj > lat) && lon < ((xj - xi) * (lat - yi)) / (yj - yi) + xi) inside = !inside;
+          }
+        }
+        if (inside) return iso2;
+      }
+      return "";
+    },
+
+    // A /regions.geojson reply: borders as thin lines under the coverage, region names and places kept to be
+    // named by drawLabels as the zoom allows.
+    addRegions(geojson) {
+      const group = $("borders");
+      const fresh = new Set((geojson.countries || []).filter((code) => !this.drawn.has(code)));
+      fresh.forEach((code) => { this.loaded.add(code); this.drawn.add(code); });
+      for (const feature of geojson.features || []) {
+        if (!fresh.has(feature.properties.country)) continue; // drawn from an earlier reply
+        const kind = feature.properties.kind, geometry = feature.geometry;
+        if (kind === "borders") {
+          const lines = geometry.type === "LineString" ? [geometry.coordinates]
+            : geometry.type === "MultiLineString" ? geometry.coordinates : [];
+          let d = "";
+          for (const line of lines) {
+            line.forEach(([lon, lat], i) => {
+              const [x, y] = project(lon, lat);
+              d += (i ? "L" : "M") + x.toFixed(2) + " " + y.toFixed(2);
+            });
+          }
+          const path = document.createElementNS(SVG, "path");
+          path.setAttribute("d", d);
+          path.setAttribute("class", "border");
+          path.dataset.country = feature.properties.country;
+          group.appendChild(path);
+        } else if (kind === "region") {
+          const [x, y] = project(...geometry.coordinates);
+          const [west, south, east, north] = feature.properties.bbox;
+          const [x0, y0] = project(west, north), [x1, y1] = project(east, south);
+          this.regionNames.push({ name: feature.properties.name, x, y, w: x1 - x0, h: y1 - y0 });
+        } else if (kind === "place") {
+          const [x, y] = project(...geometry.coordinates);
+          this.places.push({ name: feature.properties.name, population: feature.properties.population, x, y });
+        }
+      }
+      this.places.sort((a, b) => b.population - a.population);
+      this.svg.dataset.borders = String(group.childElementCount);
+      this.drawMarkers();
     },
 
     drawCoverage(places) {
@@ -177,6 +256,11 @@
       this.evidence = (answer && answer.evidence) || []; // training places most like the photo: small squares
       this.answer = (answer && answer.answer) || null;
       this.fitGuesses();
+      loadRegions(this.guessCountries());
+    },
+
+    guessCountries() {
+      return [...this.guesses, ...(this.answer ? [this.answer] : [])].map((g) => this.countryAt(g.lon, g.lat));
     },
 
     drawMarkers() {
@@ -237,7 +321,62 @@
         marker.append(core, label, title);
         layer.appendChild(marker);
       }
-      this.drawNames();
+      this.drawLabels(this.drawNames());
+    },
+
+    // Region names and places under the markers, where they overlap nothing already named: region names once a
+    // region is wide enough on screen, then places, most populous first, from PLACES_FROM_ZOOM on.
+    drawLabels(placed) {
+      const layer = $("labels");
+      layer.textContent = "";
+      const overlaps = (a, b) => a.x < b.x + b.w && b.x < a.x + a.w && a.y < b.y + b.h && b.y < a.y + a.h;
+      const free = (box) => box.x >= 0 && box.y >= 0 && box.x + box.w <= this.width && box.y + box.h <= this.height &&
+        !placed.some((other) => overlaps(box, other));
+      const frame = this.svg.getBoundingClientRect();
+      for (const panel of document.querySelectorAll(".map-wrap .legend, .map-wrap .zoom")) { // names stay clear
+        const r = panel.getBoundingClientRect();
+        placed.push({ x: r.left - frame.left, y: r.top - frame.top, w: r.width, h: r.height });
+      }
+      let regions = 0, places = 0;
+      for (const r of this.regionNames) {
+        if (r.w * this.k < REGION_NAME_PX) continue;
+        const w = textWidth(r.name, "italic 11px system-ui") + 4, x = this.tx + r.x * this.k, y = this.ty + r.y * this.k;
+        const box = { x: x - w / 2, y: y - 8, w, h: 16 };
+        if (!free(box)) continue;
+        const text = document.createElementNS(SVG, "text");
+        text.setAttribute("class", "region-name");
+        text.setAttribute("x", x.toFixed(1));
+        text.setAttribute("y", (y + 4).toFixed(1));
+        text.textContent = r.name;
+        layer.appendChild(text);
+        placed.push(box);
+        regions++;
+      }
+      if (this.k >= PLACES_FROM_ZOOM) {
+        for (const p of this.places) {
+          if (places >= MAX_PLACES) break;
+          const x = this.tx + p.x * this.k, y = this.ty + p.y * this.k;
+          if (x < 0 || y < 0 || x > this.width || y > this.height) continue;
+          const w = textWidth(p.name, "11px system-ui") + 10;
+          const box = { x: x - 3, y: y - 8, w, h: 15 };
+          if (!free(box)) continue;
+          const dot = document.createElementNS(SVG, "circle");
+          dot.setAttribute("class", "place");
+          dot.setAttribute("cx", x.toFixed(1));
+          dot.setAttribute("cy", y.toFixed(1));
+          dot.setAttribute("r", "2.5");
+          const text = document.createElementNS(SVG, "text");
+          text.setAttribute("class", "place-name");
+          text.setAttribute("x", (x + 5).toFixed(1));
+          text.setAttribute("y", (y + 4).toFixed(1));
+          text.textContent = p.name;
+          layer.append(dot, text);
+          placed.push(box);
+          places++;
+        }
+      }
+      this.svg.dataset.regionNames = String(regions);
+      this.svg.dataset.places = String(places);
     },
 
     // Names beside the markers, each where it overlaps no other name or marker: the answer's first, then the
@@ -273,6 +412,7 @@
         }
         text.remove(); // no free spot: the number on the marker and the list say it
       });
+      return placed; // what is named or marked: the places' names keep clear of it
     },
   };
 
@@ -285,7 +425,96 @@
 
   // --- answers ---------------------------------------------------------------------------------
 
-  const state = { answers: [], selected: 0, previews: [] };
+  const state = { answers: [], selected: 0, previews: [], files: [] };
+
+  // The borders, region names and places of some countries (none given: the model's), each country asked once.
+  function loadRegions(codes) {
+    const urls = [];
+    if (!codes) urls.push("regions.geojson");
+    for (const code of new Set(codes || [])) {
+      if (!code || map.loaded.has(code)) continue;
+      map.loaded.add(code);
+      urls.push(`regions.geojson?countries=${encodeURIComponent(code)}`);
+    }
+    for (const url of urls) {
+      fetch(url).then((r) => (r.ok ? r.json() : null)).then((geojson) => { if (geojson) map.addRegions(geojson); })
+        .catch(() => {});
+    }
+  }
+
+  // Where in the photo: the occlusion map of one answered photo, asked for on demand (65 runs of the model).
+  async function explainPhoto(index, card) {
+    const button = card.querySelector("button.explain");
+    const file = state.files[index];
+    button.disabled = true;
+    button.textContent = "Hiding each part of the photo in turn…";
+    const form = new FormData();
+    form.append("files", file, file.name);
+    try {
+      const reply = await fetch(`predict?top_k=${TOP_K}&explain=true`, { method: "POST", body: form });
+      const data = await reply.json().catch(() => ({ error: `the server answered ${reply.status}` }));
+      if (!reply.ok || !data.explanation) throw new Error(data.error || "no map came back");
+      state.answers[index].explanation = data.explanation;
+      drawWhere(card, index, data.explanation);
+    } catch (err) {
+      button.disabled = false;
+      button.textContent = "Where in the photo?";
+      setStatus(`where in the photo: ${err.message}`, true);
+    }
+  }
+
+  // The map over the photo: each crop the model reads framed, its grid of cells red where hiding the cell lowers
+  // the log-odds of the answer (or of its country), blue where it raises them; a toggle picks which, or none.
+  function drawWhere(card, index, ex) {
+    const box = card.querySelector(".where-photo");
+    box.innerHTML = "<div class=\"photo\"><img alt=\"the photo\"><canvas></canvas></div>" +
+      "<div class=\"layers\" role=\"group\" aria-label=\"what the map over the photo shows\">" +
+      `<button type="button" data-layer="label_drop" class="on">the answer: ${esc(ex.label)} <b>${pct(ex.probability)}</b></button>` +
+      `<button type="button" data-layer="country_drop">its country: ${esc(ex.country)} <b>${pct(ex.country_probability)}</b></button>` +
+      "<button type=\"button\" data-layer=\"\">the photo only</button></div>" +
+      "<p class=\"note\">Red: hiding that part lowers the model's belief in the answer (it points there); blue: " +
+      "hiding it raises it. The frame is the square the model reads.</p>";
+    const img = box.querySelector("img"), canvas = box.querySelector("canvas");
+    const paint = (layer) => {
+      const scale = Math.min(1, 640 / Math.max(img.naturalWidth, img.naturalHeight, 1));
+      const w = Math.max(1, Math.round(img.naturalWidth * scale)), h = Math.max(1, Math.round(img.naturalHeight * scale));
+      canvas.width = w;
+      canvas.height = h;
+      const ctx = canvas.getContext("2d");
+      ctx.clearRect(0, 0, w, h);
+      canvas.dataset.layer = layer;
+      box.querySelectorAll(".layers button").forEach((b) => b.classList.toggle("on", b.dataset.layer === layer));
+      const grid = layer ? ex[layer] : null;
+      const cells = document.createElement("canvas");
+      if (grid) {
+        const n = grid.length, limit = Math.max(1e-6, ...grid.flat().map(Math.abs));
+        cells.width = cells.height = n;
+        const pixels = cells.getContext("2d").createImageData(n, n);
+        grid.flat().forEach((v, i) => {
+          const colour = v > 0 ? [210, 69, 47] : [47, 111, 159];
+          pixels.data.set([...colour, Math.round(190 * Math.sqrt(Math.abs(v) / limit))], 4 * i);
+        });
+        cells.getContext("2d").putImageData(pixels, 0, 0);
+      }
+      ctx.imageSmoothingEnabled = true;
+      ctx.imageSmoothingQuality = "high";
+      for (const [left, top, right, bottom] of ex.boxes || []) {
+        const x = left * w, y = top * h, bw = (right - left) * w, bh = (bottom - top) * h;
+        if (grid) ctx.drawImage(cells, x, y, bw, bh);
+        ctx.setLineDash([6, 4]);
+        ctx.strokeStyle = "rgba(255, 255, 255, 0.9)";
+        ctx.lineWidth = 2;
+        ctx.strokeRect(x + 1, y + 1, bw - 2, bh - 2);
+      }
+      canvas.dataset.painted = "1";
+    };
+    box.querySelectorAll(".layers button").forEach((b) => b.addEventListener("click", (ev) => {
+      ev.stopPropagation();
+      paint(b.dataset.layer);
+    }));
+    img.addEventListener("load", () => paint("label_drop"), { once: true });
+    img.src = state.previews[index];
+  }
 
   function setStatus(text, isError) {
     const status = $("status");
@@ -313,7 +542,8 @@
     if (answer.in_coverage === false) {
       const score = typeof answer.coverage_score === "number" ? ` (coverage score ${answer.coverage_score.toFixed(2)})` : "";
       html += `<div class="banner" role="alert"><strong>Don't know: outside what this model knows.</strong>` +
-        `This photo looks unlike the places the model was trained on${score}. ` +
+        (answer.coverage_reason ? `This photo: ${esc(answer.coverage_reason)}${score}. `
+          : `This photo looks unlike the places the model was trained on${score}. `) +
         `The guesses below are only the nearest places it knows.</div>`;
     }
     const best = answer.answer || null;
@@ -354,10 +584,38 @@
           `<span class="bar"><i style="width:${(100 * g.probability).toFixed(1)}%"></i></span></li>`;
       }).join("") + "</ol>";
     }
+    const evidence = Array.isArray(answer.evidence) ? answer.evidence : [];
+    if (evidence.length) {
+      html += "<h3>Training photos most like it</h3><ul class=\"evidence\">" + evidence.map((e, i) =>
+        `<li data-evidence="${i}">` + (e.image
+          ? `<img src="${esc(e.image)}" alt="training photo at ${e.lat.toFixed(3)}, ${e.lon.toFixed(3)}" loading="lazy">`
+          : "<span class=\"no-photo\" title=\"the photo is not on the server (or the model records none)\"></span>") +
+        `<span class="where">${esc(e.label || "a training place")}<small>${e.lat.toFixed(3)}, ${e.lon.toFixed(3)} · ` +
+        `similarity ${e.similarity.toFixed(2)} · ${Math.round(e.km_from_answer).toLocaleString("en")} km from the answer` +
+        "</small></span></li>").join("") + "</ul>";
+    }
+    if (!answer.views && state.files[index]) {
+      html += "<div class=\"where-photo\"><button type=\"button\" class=\"explain\">Where in the photo?</button>" +
+        "<span class=\"note\">hides each of 64 parts of the photo in turn: 65 runs of the model</span></div>";
+    }
     if (Array.isArray(answer.warnings) && answer.warnings.length) {
       html += "<ul class=\"warnings\">" + answer.warnings.map((w) => `<li>${esc(w)}</li>`).join("") + "</ul>";
     }
     card.innerHTML = html;
+    card.querySelectorAll(".evidence li").forEach((row) => {
+      const e = evidence[Number(row.dataset.evidence)];
+      row.addEventListener("click", (ev) => {
+        ev.stopPropagation();
+        select(index);
+        const [x, y] = project(e.lon, e.lat);
+        map.fit([x - 2, y - 2, x + 2, y + 2], 70);
+      });
+    });
+    const explain = card.querySelector("button.explain");
+    if (explain) {
+      explain.addEventListener("click", (ev) => { ev.stopPropagation(); explainPhoto(index, card); });
+      if (answer.explanation) drawWhere(card, index, answer.explanation);
+    }
     card.querySelectorAll(".guesses li").forEach((row) => {
       const i = Number(row.dataset.rank) - 1;
       row.addEventListener("mouseenter", () => highlight(i, true));
@@ -414,6 +672,7 @@
     if (!files.length) return;
     const views = $("views").checked && files.length > 1;
     showPreviews(files);
+    state.files = files;
     state.answers = [];
     state.selected = 0;
     renderAnswers();
@@ -475,7 +734,9 @@
   fetch("countries.geojson").then((r) => r.json()).then((geojson) => {
     map.drawCountries(geojson);
     map.svg.dataset.ready = "1";
+    if (map.guesses.length) loadRegions(map.guessCountries()); // answered before the outlines came
   }).catch((err) => setStatus(`map outlines unavailable (${err.message})`, true));
+  loadRegions(); // the model's countries: made by the server on its first request, a few seconds
   fetch("model/places").then((r) => r.json()).then((data) => map.drawCoverage(data.places || [])).catch(() => {});
   fetch("model").then((r) => r.json()).then((info) => {
     $("model-name").textContent = `model ${info.name || "?"} · ${info.labels} places`;
