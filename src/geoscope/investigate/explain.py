@@ -15,7 +15,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
@@ -88,19 +88,31 @@ def _log_odds(p: np.ndarray, inside: np.ndarray) -> np.ndarray:
     return np.log(p[:, inside].sum(axis=1).clip(1e-30)) - np.log(p[:, ~inside].sum(axis=1).clip(1e-30))
 
 
-def read_frame(model: GeoModel, source: str | os.PathLike[str] | bytes) -> tuple[np.ndarray, list[Box]]:
-    """An image (a file, or its bytes) as the model reads it: preprocessed views ``(crops, 3, c, c)``, and where
-    each lies in the image (:attr:`Explanation.boxes`); :class:`BadImageError` naming it when it cannot be read."""
+class Frame(NamedTuple):
+    """An image as the model reads it (:func:`read_frame`)."""
+
+    views: np.ndarray
+    """Preprocessed views ``(crops, 3, c, c)``."""
+    boxes: list[Box]
+    """Where each view lies in the image (:attr:`Explanation.boxes`)."""
+    pixel_bytes: int
+    """The bytes of the RGB pixels it was decoded to (JPEGs are decoded at a reduced scale where they can be)."""
+
+
+def read_frame(model: GeoModel, source: str | os.PathLike[str] | bytes) -> Frame:
+    """An image (a file, or its bytes) as the model reads it; :class:`BadImageError` naming it when it cannot be
+    read."""
     preprocess = model.encoder.preprocess
     image = read_rgb(source, min_size=preprocess.decode_size)
     width, height = (image.shape[1], image.shape[0]) if isinstance(image, np.ndarray) else image.size
     crops = model.image_side.crops
-    return preprocess.views(image, Views(crops=crops)), preprocess.crop_fractions(width, height, crops)
+    return Frame(preprocess.views(image, Views(crops=crops)), preprocess.crop_fractions(width, height, crops),
+                 3 * width * height)
 
 
 def frame_views(model: GeoModel, path: str | os.PathLike[str]) -> np.ndarray:
     """The image as the model reads it: preprocessed views ``(crops, 3, c, c)`` (:func:`read_frame`)."""
-    return read_frame(model, path)[0]
+    return read_frame(model, path).views
 
 
 def explain(model: GeoModel, paths: Sequence[str | os.PathLike[str]], *, grid: int = GRID,
@@ -109,7 +121,7 @@ def explain(model: GeoModel, paths: Sequence[str | os.PathLike[str]], *, grid: i
     out: list[Explanation | BadImageError] = []
     for path in paths:
         try:
-            views, boxes = read_frame(model, path)
+            views, boxes, _ = read_frame(model, path)
         except BadImageError as exc:
             out.append(exc)
             continue

@@ -23,7 +23,7 @@ import gzip
 import logging
 import os
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
@@ -87,6 +87,27 @@ class ServeSettings:
     """Most request bodies arriving at once; they do not hold places of the encoding ``queue``."""
     decode_workers: int | None = None
     """Threads decoding uploads (default: one per core)."""
+
+
+@dataclass
+class Gauge:
+    """How many of something are in progress, against a limit (changed on the event loop only)."""
+
+    limit: int
+    count: int = 0
+
+    @property
+    def full(self) -> bool:
+        return self.count >= self.limit
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """Count one in progress for the block."""
+        self.count += 1
+        try:
+            yield
+        finally:
+            self.count -= 1
 
 
 @dataclass(frozen=True)
@@ -173,7 +194,7 @@ def create_app(model: GeoModel | str | os.PathLike[str] | None = None,
     app.state.settings = settings
     app.add_middleware(BodyGuard, max_bytes=settings.max_upload_bytes, timeout=settings.body_timeout,
                        grace=settings.body_grace, min_rate=settings.body_min_rate)
-    uploading = [0]  # bodies arriving now (changed on the event loop only)
+    app.state.uploads = uploads = Gauge(settings.uploads)  # bodies arriving now
     _add_error_handlers(app, settings)
 
     async def answered(request: Request, plural: str,
@@ -182,14 +203,11 @@ def create_app(model: GeoModel | str | os.PathLike[str] | None = None,
         """The reply to an upload: its body read (before the request takes a place in the encoding queue), then
         ``answer`` for an admitted ticket; one result as itself, several as ``{plural: [...]}``. A request of more
         than ``most`` files is refused, saying ``why``."""
-        if uploading[0] >= settings.uploads:
+        if uploads.full:
             await _drain(request)
             return _busy()
-        uploading[0] += 1
-        try:
+        with uploads.held():
             images = await _read_images(request)
-        finally:
-            uploading[0] -= 1
         if len(images) > most:
             raise HTTPException(400, f"{len(images)} files: {why}")
         try:
@@ -210,7 +228,7 @@ def create_app(model: GeoModel | str | os.PathLike[str] | None = None,
     @app.get("/health", summary="Is the service up, and how busy")
     async def health() -> dict:
         return {"status": "ok", "model": model.config.get("name"), "labels": len(model.labels),
-                "in_flight": batcher.in_flight, "queue_limit": batcher.capacity,
+                "in_flight": batcher.in_flight, "queue_limit": batcher.capacity, "uploading": uploads.count,
                 "max_batch": batcher.max_batch, "batching": batcher.stats.to_dict()}
 
     app.add_api_route("/health", health, methods=["HEAD"], include_in_schema=False)

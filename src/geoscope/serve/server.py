@@ -1,8 +1,10 @@
 """Running the application under uvicorn, with the settings a public-facing service needs.
 
 A large listen backlog (so a burst of connections waits instead of being reset), no
-``Server`` header, a keep-alive timeout for idle connections, and ``workers`` processes
-that each load the model (the application is then built from environment settings).
+``Server`` header, a keep-alive timeout for idle connections, a deadline for each request's
+headers, and ``workers`` processes that each load the model (the application is then built
+from environment settings). HTTP is parsed by ``httptools`` (llhttp, in C) rather than h11
+(pure Python), and the event loop is ``uvloop`` where it is installed (not on Windows).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from collections.abc import Callable
 
 import uvicorn
 from fastapi import FastAPI
-from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.supervisors import Multiprocess
 
 from ..errors import GeoscopeError
@@ -37,11 +39,11 @@ def uvicorn_config(app: FastAPI | str, host: str = "127.0.0.1", port: int = 8000
         app, host=host, port=port, workers=workers if isinstance(app, str) else None,
         factory=isinstance(app, str), backlog=BACKLOG, timeout_keep_alive=KEEP_ALIVE_SECONDS,
         server_header=False, date_header=True, log_level=log_level, access_log=False,
-        http=HeaderDeadline, lifespan="on",
+        http=HeaderDeadline, loop="auto", lifespan="on",  # auto: uvloop where installed
     )
 
 
-class HeaderDeadline(H11Protocol):
+class HeaderDeadline(HttpToolsProtocol):
     """uvicorn's HTTP/1.1 protocol with a deadline for each request's headers: a client sending them a byte at a
     time (slowloris) is cut after :data:`HEADER_SECONDS` instead of holding its connection for as long as it likes
     (uvicorn's keep-alive timer stops at the first byte)."""
