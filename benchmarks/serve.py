@@ -14,7 +14,8 @@ median). Then, for the first runtime only, the overload phases: 64 clients, and 
 The clients send prebuilt requests over plain sockets and read the replies by their ``Content-Length``: on a
 small machine they share the cores with the server, so they are kept light (their CPU is printed).
 ``--baseline-src DIR`` also starts servers from another checkout's ``src`` (e.g. ``../main/src``) and
-measures them in the same rounds, for a before/after in one run.
+measures them in the same rounds, for a before/after in one run; ``--variant='--encode-batch 8'`` (repeatable)
+does the same for servers started with other options.
 
     .venv/bin/python benchmarks/serve.py [--rounds 3] [--seconds 5] [--runtime onnxruntime ...]
 """
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shlex
 import shutil
 import socket
 import subprocess
@@ -31,6 +33,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -80,10 +83,12 @@ def photos(count: int) -> list[Path]:
     return paths
 
 
-def start_server(runtime: str, args: argparse.Namespace, src: Path | None = None) -> tuple[subprocess.Popen, int]:
-    """A server on a free port, started without waiting for its model (see :func:`wait_ready`)."""
+def start_server(runtime: str, args: argparse.Namespace, src: Path | None = None,
+                 extra: Sequence[str] = ()) -> tuple[subprocess.Popen, int]:
+    """A server on a free port, started without waiting for its model (see :func:`wait_ready`); ``extra``: serve
+    options of a variant, after the common ones."""
     command = [sys.executable, "-c", "import sys; from geoscope.cli.main import main; sys.exit(main())", "serve",
-               "--port", "0", "--runtime", runtime, *args.serve_args]
+               "--port", "0", "--runtime", runtime, *args.serve_args, *extra]
     env = dict(os.environ)
     if src is not None:
         env["PYTHONPATH"] = str(src)
@@ -259,6 +264,9 @@ def main() -> int:
                         help="runtimes to measure (repeatable; default: every installed one)")
     parser.add_argument("--baseline-src", type=Path, metavar="DIR",
                         help="also measure servers importing geoscope from DIR (another checkout's src), same rounds")
+    parser.add_argument("--variant", action="append", default=[], metavar="'OPTIONS'",
+                        help="also measure servers started with these serve options, same rounds (repeatable; "
+                             "e.g. --variant='--encode-batch 8')")
     parser.add_argument("--no-overload", action="store_true", help="skip the 64-client and 200-at-once phases")
     args, args.serve_args = parser.parse_known_args()  # the rest goes to `geoscope serve` (--max-batch 8 ...)
     from geoscope.encoders.runtime import openvino_installed, resolve_runtime
@@ -282,6 +290,9 @@ def main() -> int:
                 if args.baseline_src:
                     servers.append(Server(f"{runtime} (baseline)", runtime,
                                           *start_server(runtime, args, args.baseline_src.resolve())))
+                for variant in args.variant:
+                    servers.append(Server(f"{runtime} ({variant})", runtime,
+                                          *start_server(runtime, args, extra=shlex.split(variant))))
             for server in servers:
                 wait_ready(server.port, server.process.pid)
             measure(servers, runtimes, paths, requests, args, cache)
