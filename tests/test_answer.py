@@ -240,3 +240,22 @@ def test_region_names_keep_their_own_spelling() -> None:
     regions = set(model.labels["region"]) | {p[1] for p in model.config["refiner"]["places"]}
     assert {"Virovitičko-podravska", "Sisačko-moslavačka", "Šibensko-kninska"} <= regions
     assert not regions & {"Virovitick-Podravska", "Sisacko-Moslavacka", "Sibensko-Kniniska"}
+
+
+def test_guesses_moved_to_one_point_are_one_guess_under_the_first_name() -> None:
+    """A refiner without names (``knn``) moves two labels onto one point: one guess, named after the more probable
+    label, at that point, their probabilities summed; the labels of other rows are not touched."""
+    labels = _four_labels()
+    p = np.array([[0.40, 0.35, 0.20, 0.05], [0.05, 0.20, 0.35, 0.40]])
+
+    def refine(rows: np.ndarray, chosen: np.ndarray) -> Refined:
+        onto = (rows[:, None] == 0) & np.isin(chosen, [0, 1])  # in the first row only
+        lat = np.where(onto, 45.5, labels["lat"].to_numpy()[chosen])
+        lon = np.where(onto, 16.5, labels["lon"].to_numpy()[chosen])
+        return Refined(lat, lon)
+
+    first, second = Answerer(labels).answer_rows(["a.jpg", "b.jpg"], p, top_k=4, refine=refine)
+    assert [(g.name, g.lat, g.lon) for g in first.guesses[:1]] == [("Kutina, Sisačko-moslavačka, Croatia", 45.5, 16.5)]
+    assert first.guesses[0].probability == pytest.approx(0.75) and len(first.guesses) == 3
+    assert sorted(g.name for g in second.guesses) == sorted(labels["name"])  # four guesses, each where its label is
+    assert {(g.lat, g.lon) for g in second.guesses} == set(zip(labels["lat"], labels["lon"], strict=True))

@@ -126,3 +126,38 @@ def test_a_place_never_holds_more_probability_than_its_region_or_country(model: 
         for guess in prediction.guesses:
             key = f"{guess.region}, {guess.country}"
             assert key not in regions or guess.probability <= regions[key] + 1e-6, (prediction.image, guess)
+
+
+@pytest.mark.parametrize("merge_km", [0.0, 30.0], ids=["labels", "merged"])
+def test_answering_many_rows_at_once_answers_each_as_alone(model: GeoModel, merge_km: float) -> None:
+    """``answer_rows`` answers all rows in one go (numpy over the batch): each row's answer, guesses, levels and
+    hierarchy are those it gets alone, at every level, with the bundle's GPS refiner moving and naming its guesses,
+    and with guesses merged within ``merge_km``. Rows: the example photos' features and blends of them."""
+    examples = sorted((PACKAGE.parents[1] / "examples" / "images").glob("*.jpg"))
+    photos = np.asarray(model.image_features(examples).embeddings, dtype=np.float32)
+    rng = np.random.default_rng(0)
+    mix = rng.dirichlet(np.full(len(photos), 0.3), size=24).astype(np.float32)
+    features = np.concatenate([photos, mix @ photos])
+    probabilities, coverage, why = model.place_evidence(features, np.arange(len(features)))
+    everywhere = np.tile(np.arange(len(model.labels)), (len(features), 1))
+    moved = model.refiner("gps").coordinates(features, np.arange(len(features)), everywhere)  # each label's point
+
+    def refine(rows: np.ndarray, labels: np.ndarray):
+        take = rows[:, None], labels
+        return type(moved)(moved.lat[take], moved.lon[take], moved.names[take])
+
+    answerer = type(model.answerer)(model.labels, model.coverage, model.answerer.calibration, merge_km=merge_km)
+    names = [f"row {i}" for i in range(len(features))]
+    for level in ("place", "region", "country"):
+        together = answerer.answer_rows(names, probabilities, top_k=4, level=level, coverage_scores=coverage,
+                                        coverage_reasons=why, refine=refine)
+        for i, answer in enumerate(together):
+            (alone,) = answerer.answer_rows(names[i:i + 1], probabilities[i:i + 1], top_k=4, level=level,
+                                            coverage_scores=coverage[i:i + 1], coverage_reasons=why[i:i + 1],
+                                            refine=lambda rows, labels, i=i: refine(rows + i, labels))
+            together_said, alone_said = answer.to_dict(), alone.to_dict()
+            # the expected GeoScore reads float32 dot products of unit vectors, whose arccos near 0 km moves by a
+            # point or two of 5,000 between a matrix product over many rows and one over a single row (as before)
+            expected = (together_said["answer"].pop("expected_geoscore"), alone_said["answer"].pop("expected_geoscore"))
+            assert expected[0] == pytest.approx(expected[1], abs=5.0), (level, i)
+            assert same_metrics(together_said, alone_said), (level, i)

@@ -298,12 +298,19 @@ class Answerer:
         region_names = np.where(known_region, self.region + ", " + self.country, "")
         self.groups = {"country": self.country, "region": region_names}
         self.names = names.to_numpy()
-        self._membership = {level: _membership(*pd.factorize(values)) for level, values in self.groups.items()}
+        factorized = {level: pd.factorize(values) for level, values in self.groups.items()}
+        self._membership = {level: _membership(*codes) for level, codes in factorized.items()}
         self._group_column = {level: {name: j for j, name in enumerate(names)}
                               for level, (_, names) in self._membership.items()}
-        texts = (map(str, column) for column in (self.names, self.place, self.region, self.country))
-        self._label_fields = list(zip(self.lat.tolist(), self.lon.tolist(), *texts, strict=True))
-        """Each label's coordinates, name, place, region and country as plain Python values (built once)."""
+        self._group_of = {level: _named_columns(*codes) for level, codes in factorized.items()}
+        """Each label's column among its level's named groups (−1: unnamed at that level)."""
+        keys = {"country": self.country, "region": self.region + ", " + self.country}
+        self._moved_from = {level: np.array([self._group_column[level].get(k, -1) for k in key], dtype=np.int64)
+                            for level, key in keys.items()}
+        """The column a label's probability counts under at each level when its refined point lies elsewhere."""
+        self._texts = np.stack([np.asarray(c, dtype=object) for c in (self.place, self.region, self.country,
+                                                                      self.names)], axis=1)
+        """Each label's place, region, country and name (a ``(labels, 4)`` object array of ``str``)."""
         self._unit = to_unit_vectors(self.lat, self.lon).astype(np.float32)
 
     def check(self, top_k: int, level: str) -> None:
@@ -351,19 +358,18 @@ class Answerer:
             self._follow_moves(sums, labels, masses, counts, moved.names)
         ranked = {name: self._rank(s, name, max(LEVEL_ROWS, top_k)) for name, s in sums.items()}
         if level == "place":
-            named = [self._place_answer(j, labels[j], masses[j], int(counts[j]), moved, top_k)
-                     for j in range(len(rows))]
+            named = self._place_answers(labels, masses, counts, moved, top_k)
         else:
-            named = [self._level_answer(q[j], int(best[j]), level, ranked[level][j][:top_k], sums[level][j])
-                     for j in range(len(rows))]
-        expected = self.expected_geoscore(q, np.array([a.lat for a, _ in named]), np.array([a.lon for a, _ in named]))
+            named = self._level_answers(q, best, level, ranked[level], sums[level], top_k)
+        expected = self.expected_geoscore(q, np.array([a[0] for a, _ in named]), np.array([a[1] for a, _ in named]))
+        confidences = [None] * len(rows) if calibrated is None else \
+            [dict(zip(calibrated, values, strict=True)) for values in
+             zip(*([round(v, 4) for v in c.tolist()] for c in calibrated.values()), strict=True)]
         answered = {}
         for j, i in enumerate(rows.tolist()):
-            answer, guesses = named[j]
-            confidence = None if calibrated is None else {d: round(float(v[j]), 4) for d, v in calibrated.items()}
-            answer = Answer(answer.lat, answer.lon, answer.name, answer.place, answer.region, answer.country,
-                            answer.label, answer.probability, float(expected[j]), confidence,
-                            self._hierarchy(answer, {name: s[j] for name, s in sums.items()}, level))
+            fields, guesses = named[j]
+            answer = Answer(*fields, float(expected[j]), confidences[j],
+                            self._hierarchy(fields, {name: s[j] for name, s in sums.items()}, level))
             levels = {name: entries[j][:LEVEL_ROWS] for name, entries in ranked.items()}
             answered[i] = self._prediction(images[i], answer, guesses, levels, float(given[i]),
                                            None if coverage_reasons is None else coverage_reasons[i])
@@ -388,21 +394,25 @@ class Answerer:
                       names: np.ndarray) -> None:
         """The summed probabilities per country and region moved with the refined labels: a label whose point lies
         in another (known) region or country counts there, as it is named, so that a place's probability never
-        exceeds its region's."""
+        exceeds its region's (all rows at once; each move applied in the order the labels are named)."""
+        named = (np.arange(labels.shape[1])[None] < counts[:, None]).ravel()
+        where, points = pd.factorize(names.ravel()[named])  # each distinct named point once (−1: none)
+        rows = np.repeat(np.arange(len(labels)), labels.shape[1])[named]
+        moves = where >= 0
         keys = {"country": lambda region, country: country, "region": lambda region, country: f"{region}, {country}"}
-        for j, count in enumerate(counts.tolist()):
-            for c in range(count):
-                where = names[j, c]
-                if where is None:
-                    continue
-                label = int(labels[j, c])
-                for level, key in keys.items():
-                    columns = self._group_column.get(level, {})
-                    old = columns.get(key(self.region[label], self.country[label]))
-                    new = columns.get(key(str(where[1]), str(where[2])))
-                    if level in sums and old is not None and new is not None and old != new:
-                        sums[level][j, old] -= masses[j, c]
-                        sums[level][j, new] += masses[j, c]
+        for level, key in keys.items():
+            if level not in sums:
+                continue
+            columns = self._group_column[level]
+            to = np.array([columns.get(key(str(p[1]), str(p[2])), -1) for p in points], dtype=np.int64)
+            old = self._moved_from[level][labels.ravel()[named]]
+            new = np.full(len(where), -1, dtype=np.int64)
+            new[moves] = to[where[moves]]
+            step = moves & (old >= 0) & (new >= 0) & (old != new)
+            r, mass = rows[step], masses.ravel()[named][step]
+            # each move as the pair (−mass at its old column, +mass at its new), in order: the same sums as one by one
+            np.add.at(sums[level], (np.stack([r, r], axis=1).ravel(), np.stack([old[step], new[step]], axis=1).ravel()),
+                      np.stack([-mass, mass], axis=1).ravel())
 
     def _rank(self, sums: np.ndarray, level: str, limit: int) -> list[list[Share]]:
         """For each row of summed probabilities per country (or region), the ``limit`` most probable (unnamed
@@ -410,7 +420,7 @@ class Answerer:
         names = self._membership[level][1]
         order = np.argsort(-sums, axis=1, kind="stable")[:, :limit]
         top = np.take_along_axis(sums, order, axis=1).round(6).tolist()
-        return [[Share(name=names[g], probability=s) for g, s in zip(groups, row, strict=True)]
+        return [[{"name": names[g], "probability": s} for g, s in zip(groups, row, strict=True)]
                 for groups, row in zip(order.tolist(), top, strict=True)]
 
     def confidence(self, probabilities: np.ndarray, best: np.ndarray,
@@ -454,9 +464,6 @@ class Answerer:
         :attr:`merge_km`, only the first label of each cluster, its probability holding the cluster's); their
         probabilities; and how many each row has (the rest repeat the best answer, with no probability)."""
         width = min(p.shape[1], max(NAMED_CANDIDATES, 3 * top_k))
-        labels = np.repeat(best[:, None], width, axis=1)
-        masses = np.zeros(labels.shape)
-        counts = np.full(len(p), width, dtype=np.int64)
         if self.merge_km <= 0:
             if width < p.shape[1]:
                 top = np.argpartition(-p, width, axis=1)[:, :width + 1]
@@ -464,104 +471,126 @@ class Answerer:
                                            axis=1)
             else:
                 order = np.argsort(-p, axis=1, kind="stable")
-            for j, (b, row) in enumerate(zip(best.tolist(), order.tolist(), strict=True)):
-                labels[j] = [b, *(i for i in row if i != b)][:width]
-            masses = np.take_along_axis(p, labels, axis=1)
-            return labels, masses, counts
+            others = np.argsort(order == best[:, None], axis=1, kind="stable")[:, :width - 1]  # the best left out
+            labels = np.concatenate([best[:, None], np.take_along_axis(order, others, axis=1)], axis=1)
+            return labels, np.take_along_axis(p, labels, axis=1), np.full(len(p), width, dtype=np.int64)
         order = np.argsort(-p, axis=1, kind="stable")
-        for j, (b, row) in enumerate(zip(best.tolist(), order.tolist(), strict=True)):
-            kept, mass = self._merged([b, *(i for i in row if i != b)], p[j], width)
-            labels[j, : len(kept)], masses[j, : len(kept)], counts[j] = kept, mass, len(kept)
+        others = np.argsort(order == best[:, None], axis=1, kind="stable")[:, :-1]
+        return self._merged(np.concatenate([best[:, None], np.take_along_axis(order, others, axis=1)], axis=1), p,
+                            width)
+
+    def _merged(self, order: np.ndarray, p: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """For each row, the first ``limit`` labels of ``order`` at least :attr:`merge_km` apart, each with the
+        probability of the labels met on the way that lie within that distance of it (all rows together, a label
+        of each at a time; the rest of a row repeat its first label, with no probability); and how many each has."""
+        n = len(order)
+        labels = np.repeat(order[:, :1], limit, axis=1)
+        masses = np.zeros(labels.shape)
+        counts = np.zeros(n, dtype=np.int64)
+        done = np.zeros(n, dtype=bool)
+        every = np.arange(n)
+        for i in order.T:
+            if done.all():
+                break
+            d = haversine_km(self.lat[i][:, None], self.lon[i][:, None], self.lat[labels], self.lon[labels])
+            d[np.arange(limit)[None] >= counts[:, None]] = np.inf
+            near = d.argmin(axis=1)
+            merge = ~done & (d[every, near] <= self.merge_km)
+            masses[merge, near[merge]] += p[merge, i[merge]]
+            done |= ~merge & (counts == limit)
+            add = ~done & ~merge
+            labels[add, counts[add]] = i[add]
+            masses[add, counts[add]] = p[add, i[add]]
+            counts += add
         return labels, masses, counts
 
-    def _merged(self, order: list[int], p: np.ndarray, limit: int) -> tuple[list[int], list[float]]:
-        """The first ``limit`` labels of ``order`` at least :attr:`merge_km` apart, each with the probability
-        of the labels met on the way that lie within that distance of it."""
-        kept: list[int] = []
-        mass: list[float] = []
-        for i in order:
-            if kept:
-                d = haversine_km(self.lat[i], self.lon[i], self.lat[kept], self.lon[kept])
-                near = int(np.argmin(d))
-                if d[near] <= self.merge_km:
-                    mass[near] += float(p[i])
-                    continue
-            if len(kept) == limit:
-                break
-            kept.append(int(i))
-            mass.append(float(p[i]))
-        return kept, mass
-
-    def _place_answer(self, row: int, labels: np.ndarray, masses: np.ndarray, count: int, moved: Refined | None,
-                      top_k: int) -> tuple[Answer, list[Guess]]:
-        """One row's answer and guesses from the labels it names (its best answer first): each named after where
-        it points (a refined point's name, else its label's); labels whose names or points coincide are one
-        guess, at the point of the first (the more probable), their probabilities summed; the guesses by
-        probability."""
+    def _place_answers(self, labels: np.ndarray, masses: np.ndarray, counts: np.ndarray, moved: Refined | None,
+                       top_k: int) -> list[tuple[tuple, list[Guess]]]:
+        """Each row's answer (the first eight fields of :class:`Answer`) and guesses from the labels it names (its
+        best answer first), all rows at once: each named after where it points (a refined point's name, else its
+        label's); labels whose names or points coincide are one guess, at the point of the first (the more probable),
+        their probabilities summed; the guesses by probability."""
         from ..geo.naming import display_name  # here: the gazetteer's modules load only when answering
 
-        groups: dict[str, list] = {}
-        at: dict[tuple[float, float], str] = {}  # a point already named: a guess moved there joins that guess
-        for j in range(count):
-            label = int(labels[j])
-            lat, lon, label_name, place, region, country = self._label_fields[label]
-            name = label_name
-            if moved is not None:
-                lat, lon = float(moved.lat[row, j]), float(moved.lon[row, j])
-                where = None if moved.names is None else moved.names[row, j]
-                if where is not None:  # a named point: the guess is read under its name
-                    place, region, country = (str(v) for v in where)
-                    name = display_name(place, region, country)
-            name = at.setdefault((round(lat, 6), round(lon, 6)), name)
-            if name in groups:
-                groups[name][7] += float(masses[j])
-                continue
-            groups[name] = [lat, lon, label_name, place, region, country, name, float(masses[j])]
-        first = next(iter(groups.values()))  # the best answer's
-        answer = Answer(first[0], first[1], first[6], first[3], first[4], first[5], first[2], first[7])
-        ranked = sorted(groups.values(), key=lambda g: -g[7])[:top_k]  # stable: ties keep the order named
-        return answer, [Guess(lat, lon, label, mass, place, region, country, name)
-                        for lat, lon, label, place, region, country, name, mass in ranked]
+        n, m = labels.shape
+        cell = (np.arange(m)[None] < counts[:, None]).ravel()  # the cells named, row by row
+        row = np.repeat(np.arange(n), m)[cell]
+        label = labels.ravel()[cell]
+        mass = masses.ravel()[cell]
+        texts, source = self._texts, label  # place, region, country and name of each cell: its label's…
+        if moved is None:
+            lat, lon = self.lat[label], self.lon[label]
+        else:
+            lat, lon = (np.asarray(c, dtype=np.float64).ravel()[cell] for c in (moved.lat, moved.lon))
+            if moved.names is not None:  # …or its named point's (each distinct point named once)
+                where, points = pd.factorize(moved.names.ravel()[cell])
+                said = [(*(str(v) for v in point), display_name(*(str(v) for v in point))) for point in points]
+                texts = np.concatenate([texts, np.array(said, dtype=object).reshape(-1, 4)])
+                source = np.where(where >= 0, len(self._texts) + where, label)
+        name = pd.factorize(texts[:, 3])[0][source]
+        # a point already named: a guess moved there is read under that name (the first cell's at that point)
+        point = _codes(row, *(_rounded(c) for c in (lat, lon)))
+        name = name[_first(point)]
+        group = _codes(row, name)
+        first = _first(group)  # each guess's fields are those of its first cell
+        total = np.bincount(group, weights=mass)[group]  # in the order named: as one sum after another
+        heads = np.flatnonzero(first == np.arange(len(first)))
+        ranked = heads[np.lexsort((heads, -total[heads], row[heads]))]  # by probability; ties in the order named
+        rank = np.arange(len(ranked)) - np.searchsorted(row[ranked], row[ranked])
+        ranked = ranked[rank < top_k]
+        named = [lat, lon, self.names[label], *(texts[source, c] for c in range(4)), total]
 
-    def _level_answer(self, p: np.ndarray, best: int, level: str, ranked: list[Share],
-                      sums: np.ndarray) -> tuple[Answer, list[Guess]]:
-        """The answer at ``level``: the country (or region) of the best single answer, at that label; the
-        guesses: one per country (or region) ``ranked`` (:meth:`_rank`), at its most probable label (the
-        answer's at the answer's)."""
-        values = self.groups[level]
-        home = str(values[best])
-        if not home:  # the best label has no name at this level: the most probable group answers
-            home = ranked[0]["name"]
-            members = np.flatnonzero(values == home)
-            best = int(members[np.argmax(p[members])])
-        column = self._group_column[level][home]
-        mass = float(sums[column])
-        region = str(self.region[best]) if level == "region" else ""
-        answer = Answer(float(self.lat[best]), float(self.lon[best]), home, "", region, str(self.country[best]),
-                        home, mass)
+        def of(cells: np.ndarray) -> list[tuple]:  # lat, lon, label, place, region, country, name, probability
+            return list(zip(*(np.asarray(f)[cells].tolist() for f in named), strict=True))
+
+        guesses = [Guess(la, lo, label, p, place, region, country, said)
+                   for la, lo, label, place, region, country, said, p in of(ranked)]
+        ends = np.searchsorted(row[ranked], np.arange(1, n + 1)).tolist()
+        answers = [(la, lo, said, place, region, country, label, p)  # each row's first cell: its best answer
+                   for la, lo, label, place, region, country, said, p in of(np.searchsorted(row, np.arange(n)))]
+        return list(zip(answers, (guesses[a:b] for a, b in zip([0, *ends], ends, strict=False)), strict=True))
+
+    def _level_answers(self, p: np.ndarray, best: np.ndarray, level: str, ranked: list[list[Share]], sums: np.ndarray,
+                       top_k: int) -> list[tuple[tuple, list[Guess]]]:
+        """Each row's answer at ``level`` (the first eight fields of :class:`Answer`): the country (or region) of the
+        best single answer, at that label; the guesses: one per country (or region) ``ranked`` (:meth:`_rank`), at its
+        most probable label (the answer's at the answer's)."""
+        column, names = self._group_of[level], self._membership[level][1]
+        top = _group_argmax(p, column, len(names)).tolist()  # each row's most probable label of each group
+        columns = self._group_column[level]
+        lat, lon, region, country = self.lat.tolist(), self.lon.tolist(), self.region.tolist(), self.country.tolist()
+        if level != "region":
+            region = [""] * len(region)
         out = []
-        for entry in ranked:
-            name = entry["name"]
-            members = np.flatnonzero(values == name)
-            at = best if name == home else int(members[np.argmax(p[members])])
-            region = str(self.region[at]) if level == "region" else ""
-            out.append(Guess(float(self.lat[at]), float(self.lon[at]), name, entry["probability"], "", region,
-                             str(self.country[at]), name))
-        return answer, out
+        for j, (b, entries) in enumerate(zip(best.tolist(), ranked, strict=True)):
+            home = int(column[b])
+            if home < 0:  # the best label has no name at this level: the most probable group answers
+                home = columns[entries[0]["name"]]
+                b = top[j][home]
+            answer = (lat[b], lon[b], names[home], "", region[b], country[b], names[home], float(sums[j, home]))
+            guesses = []
+            for entry in entries[:top_k]:
+                g = columns[entry["name"]]
+                at = b if g == home else top[j][g]
+                guesses.append(Guess(lat[at], lon[at], names[g], entry["probability"], "", region[at], country[at],
+                                     names[g]))
+            out.append((answer, guesses))
+        return out
 
-    def _hierarchy(self, answer: Answer, sums: dict[str, np.ndarray], level: str) -> list[Step]:
-        """The answer's path: its country and region, each with its labels' summed probability, then (at the
-        place level) its place with the answer's probability."""
+    def _hierarchy(self, answer: tuple, sums: dict[str, np.ndarray], level: str) -> list[Step]:
+        """The answer's path (from its first eight fields, as :class:`Answer` takes them): its country and region,
+        each with its labels' summed probability, then (at the place level) its place with the answer's probability."""
+        _, _, name, place, region, country, _, probability = answer
         steps = []
-        keys = {"country": answer.country, "region": f"{answer.region}, {answer.country}"}
-        for step, shown in (("country", answer.country), ("region", answer.region)):
+        keys = {"country": country, "region": f"{region}, {country}"}
+        for step, shown in (("country", country), ("region", region)):
             if not shown or (step == "region" and level == "country"):
                 continue
             column = self._group_column.get(step, {}).get(keys[step])
             steps.append(Step(level=step, name=shown,
                               probability=None if column is None else float(sums[step][column])))
         if level == "place":
-            steps.append(Step(level="place", name=answer.place or answer.name, probability=answer.probability))
+            steps.append(Step(level="place", name=place or name, probability=probability))
         return steps
 
 
@@ -576,3 +605,45 @@ def _column(labels: pd.DataFrame, name: str, default) -> np.ndarray:
     if name not in labels:
         return np.asarray(default if isinstance(default, pd.Series) else [default] * len(labels), dtype=object)
     return labels[name].fillna("").astype(str).to_numpy(dtype=object)
+
+
+def _named_columns(codes: np.ndarray, names: np.ndarray) -> np.ndarray:
+    """Each label's column among the named groups of :func:`_membership` (−1: its group is unnamed)."""
+    column = np.full(len(names), -1, dtype=np.int64)
+    named = np.flatnonzero(names != "")
+    column[named] = np.arange(len(named))
+    return column[codes]
+
+
+def _group_argmax(p: np.ndarray, column: np.ndarray, groups: int) -> np.ndarray:
+    """``(rows, groups)``: each row's most probable label among each group's (the first, in label order, of
+    equals; labels in no group, ``column`` −1, left out)."""
+    order = np.argsort(np.where(column >= 0, column, groups), kind="stable")[: int((column >= 0).sum())]
+    starts = np.searchsorted(column[order], np.arange(groups))
+    grouped = p[:, order]
+    highest = np.maximum.reduceat(grouped, starts, axis=1)
+    at = np.where(grouped == np.repeat(highest, np.diff(np.append(starts, len(order))), axis=1),
+                  np.arange(len(order)), len(order))
+    return order[np.minimum.reduceat(at, starts, axis=1)]
+
+
+def _rounded(values: np.ndarray) -> np.ndarray:
+    """Coordinates rounded to 6 decimals as Python rounds them (each distinct value once)."""
+    distinct, inverse = np.unique(values, return_inverse=True)
+    return np.array([round(v, 6) for v in distinct.tolist()], dtype=np.float64)[inverse.ravel()]
+
+
+def _codes(row: np.ndarray, *keys: np.ndarray) -> np.ndarray:
+    """One code per distinct ``(row, *keys)`` of the cells."""
+    code = np.asarray(row, dtype=np.int64)
+    for key in keys:
+        distinct = np.unique(key, return_inverse=True)[1].ravel()
+        code = np.unique(code * (int(distinct.max()) + 1) + distinct, return_inverse=True)[1].ravel()
+    return code
+
+
+def _first(codes: np.ndarray) -> np.ndarray:
+    """For each cell, the first cell with its code."""
+    first = np.full(int(codes.max()) + 1 if len(codes) else 0, len(codes), dtype=np.int64)
+    np.minimum.at(first, codes, np.arange(len(codes)))
+    return first[codes]

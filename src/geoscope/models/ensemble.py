@@ -59,8 +59,15 @@ class PlaceEnsemble(nn.Module):
 
     def embed_views(self, image_features: torch.Tensor, mask: torch.Tensor, headings: torch.Tensor,
                     noise: float = 0.0) -> torch.Tensor:
-        """One unit embedding per place: every member's, concatenated, over √K."""
-        parts = [m.embed_views(image_features, mask, headings, noise) for m in self.members]
+        """One unit embedding per place: every member's, concatenated, over √K (the features standardised once
+        when the members' statistics are the same, as they are when fitted on the same rows)."""
+        first = self.members[0]
+        if all(torch.equal(m.image_shift, first.image_shift) and torch.equal(m.image_scale, first.image_scale)
+               for m in self.members[1:]):
+            x = first.standardize(image_features)
+            parts = [m.embed_views(x, mask, headings, noise, standardized=True) for m in self.members]
+        else:
+            parts = [m.embed_views(image_features, mask, headings, noise) for m in self.members]
         return torch.cat(parts, dim=-1) / math.sqrt(len(parts))
 
     def embed_places(self, text_features: torch.Tensor) -> torch.Tensor:
