@@ -10,9 +10,12 @@ With ``--set head=gps`` the km tasks label a gallery of points (grid cells of th
 trains a GPS head on that gallery and attaches it to the place model as its refiner (PIGEON's hybrid).
 Tasks with several views per place also show the model answering each view alone and, for a learned
 fusion, the same model answering from the plain average of its views.
-Run: ``python benchmarks/accuracy.py [--folds 5] [--task N] [--scheme geocells] [--no-augment]
-[--set fusion=lstm] [--set head=gps] [--set location=scratch] [--refine knn|gps] [--restarts 3 [--members 3]]
-[--places 0.25 [--draw N]]``.
+A fine-tuned run (``--finetune-blocks N|all``) shows no probe: its cached inputs are feature maps or pixels,
+and the frozen run of the same encoder is its probe. ``--fold K`` holds out one fold, so a long experiment runs
+a fold a command; each fold's own numbers follow the table, with its count of held-out items to pool them.
+Run: ``python benchmarks/accuracy.py [--folds 5] [--task N] [--fold K] [--finetune-blocks N|all]
+[--scheme geocells] [--no-augment] [--set fusion=lstm] [--set head=gps] [--set location=scratch]
+[--refine knn|gps] [--restarts 3 [--members 3]] [--places 0.25 [--draw N]]``.
 """
 
 from __future__ import annotations
