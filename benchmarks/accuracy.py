@@ -10,9 +10,12 @@ With ``--set head=gps`` the km tasks label a gallery of points (grid cells of th
 trains a GPS head on that gallery and attaches it to the place model as its refiner (PIGEON's hybrid).
 Tasks with several views per place also show the model answering each view alone and, for a learned
 fusion, the same model answering from the plain average of its views.
-Run: ``python benchmarks/accuracy.py [--folds 5] [--task N] [--scheme geocells] [--no-augment]
-[--set fusion=lstm] [--set head=gps] [--set location=scratch] [--refine knn|gps] [--restarts 3 [--members 3]]
-[--places 0.25 [--draw N]]``.
+A fine-tuned run (``--finetune-blocks N|all``) shows no probe: its cached inputs are feature maps or pixels,
+and the frozen run of the same encoder is its probe. ``--fold K`` holds out one fold, so a long experiment runs
+a fold a command; each fold's own numbers follow the table, with its count of held-out items to pool them.
+Run: ``python benchmarks/accuracy.py [--folds 5] [--task N] [--fold K] [--finetune-blocks N|all]
+[--scheme geocells] [--no-augment] [--set fusion=lstm] [--set head=gps] [--set location=scratch]
+[--refine knn|gps] [--restarts 3 [--members 3]] [--places 0.25 [--draw N]]``.
 """
 
 from __future__ import annotations
@@ -54,6 +57,8 @@ class Task:
 
 
 PROBE = "probe"
+FOLDS = "folds"
+"""Each held-out fold's own model metrics, by fold number (to pool folds run as separate commands)."""
 ONE_VIEW = "one view"
 """The model answering each view alone (tasks with several views per place)."""
 RING_SHARE = 0.2
@@ -107,10 +112,12 @@ def outer_ring(frame: pd.DataFrame, share: float = RING_SHARE) -> np.ndarray:
 
 
 def cross_validate(task: Task, folds: int, options: FitOptions, max_folds: int | None = None,
-                   progress: bool = False, refine: str = "none", places: float = 1.0, draw: int = 0) -> dict:
+                   progress: bool = False, refine: str = "none", places: float = 1.0, draw: int = 0,
+                   only_fold: int | None = None) -> dict:
     """Pooled metrics over the held-out folds; ``places`` < 1 trains on that share of the training places.
 
-    The folds are those of the whole set, so every share is measured on the same held-out images.
+    The folds are those of the whole set, so every share is measured on the same held-out images;
+    ``only_fold`` holds out that fold alone (a long experiment split into one command a fold).
     """
     manifest = load_sets(task.sets)
     kept = kept_places(manifest, places, draw)  # every place when places >= 1
@@ -120,7 +127,8 @@ def cross_validate(task: Task, folds: int, options: FitOptions, max_folds: int |
     else:
         fold = kfold(manifest.frame, folds, by=task.by, block_km=task.block_km, seed=0)
     results, probes, singles = [], [], []
-    for k in range(min(folds, max_folds or folds)):
+    held = range(min(folds, max_folds or folds)) if only_fold is None else [only_fold]
+    for k in held:
         frame = manifest.frame.copy()
         frame["split"] = np.where(fold == k, "test", np.where(inner == 0, "val", "train"))
         frame = frame[kept | (frame["split"] != "train").to_numpy()].reset_index(drop=True)
@@ -138,9 +146,12 @@ def cross_validate(task: Task, folds: int, options: FitOptions, max_folds: int |
             result, _ = evaluate(model, test, progress=False, refine=refine)
             if test.place_ids.duplicated().any():
                 singles.append(evaluate(model, test, fuse_views=False, progress=False)[0])
-            probes.append(linear_probe(model, Manifest(frame, manifest.root), result, task_options))
+            # a fine-tuned model's cached inputs are feature maps or pixels: its probe is the frozen run's
+            probes.append(pd.DataFrame() if options.finetune_blocks else
+                          linear_probe(model, Manifest(frame, manifest.root), result, task_options))
         results.append(result)
     pooled = pool(results, probes)
+    pooled[FOLDS] = {k: pool([r], [p])[MODEL] for k, r, p in zip(held, results, probes, strict=True)}
     if singles:
         pooled[ONE_VIEW] = pool(singles, [p.iloc[:0] for p in probes])[MODEL]
     return pooled
@@ -217,13 +228,16 @@ def main() -> int:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--encoder", default="efficientnet-lite0")
     parser.add_argument("--task", type=int, action="append", help="task numbers to run (default all)")
-    parser.add_argument("--finetune-blocks", type=int, default=0, help="fine-tune the encoder's last N blocks")
+    parser.add_argument("--finetune-blocks", type=_blocks, default=0,
+                        help="fine-tune the encoder's last N blocks, or all of it from pixels (all)")
     parser.add_argument("--progress", action="store_true", help="show training progress (stderr)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a TrainConfig field, e.g. --set lr_image=3e-4 (label_smoothing_km: "
                              "instead of the task's)")
     parser.add_argument("--max-folds", type=int, default=None,
                         help="hold out only the first K of the folds (quicker, noisier)")
+    parser.add_argument("--fold", type=int, default=None, metavar="K",
+                        help="hold out fold K alone (0-based; one command a fold, pooled by hand from its n)")
     parser.add_argument("--no-augment", dest="augment", action="store_false", help="no flipped training copies")
     parser.add_argument("--no-level-expert", dest="level_expert", action="store_false",
                         help="models without the linear probe over the coarsest level of their labels' hierarchy")
@@ -249,15 +263,19 @@ def main() -> int:
         key, _, value = item.partition("=")
         config = replace(config, **{key: type(getattr(config, key))(value)})
         overridden.add(key)
-    held = min(args.folds, args.max_folds or args.folds)
+    if args.fold is not None and not 0 <= args.fold < args.folds:
+        parser.error(f"--fold must be between 0 and {args.folds - 1}")
+    held = f"1 held out: fold {args.fold}" if args.fold is not None else \
+        f"{min(args.folds, args.max_folds or args.folds)} held out"
     print(f"encoder {args.encoder}, fine-tuned blocks {args.finetune_blocks}, {args.folds}-fold "
-          f"({held} held out), restarts {args.restarts}, members {args.members}, config {config.to_dict()}\n")
+          f"({held}), restarts {args.restarts}, members {args.members}, config {config.to_dict()}\n")
     print(f"fusion of views: {config.fusion}, head: {config.head}, refinement: {args.refine}\n")
     print("| task | goal | model | model, one view | model, views averaged | probe | centroid | kNN | time |\n"
           "|---|---|---|---|---|---|---|---|---|")
     options = FitOptions(scheme=LabelScheme("grid"), image_encoder=args.encoder,
                          finetune_blocks=args.finetune_blocks, augment=args.augment, train=config,
                          restarts=args.restarts, members=args.members, level_expert=args.level_expert)
+    folds_seen = []
     for i, task in enumerate(TASKS, 1):
         if args.task and i not in args.task:
             continue
@@ -273,12 +291,21 @@ def main() -> int:
                                                            (p.split("=") for p in params.split(",") if p)}))
         start = time.perf_counter()
         m = cross_validate(task, args.folds, options, args.max_folds, args.progress, args.refine,
-                           args.places, args.draw)
+                           args.places, args.draw, args.fold)
         columns = (MODEL, ONE_VIEW, VIEWS_AVERAGED, PROBE, CENTROID, KNN)
         cells = [_cell(m[name], task) if name in m else "–" for name in columns]
         print(f"| {task.name} | {task.goal} | " + " | ".join(cells) + f" | {time.perf_counter() - start:.0f} s |",
               flush=True)
+        folds_seen.append((task, m[FOLDS]))
+    for task, folds in folds_seen:  # after the table, so it stays one table
+        print(f"\n{task.name}, each held-out fold (model; n held-out items): "
+              + "; ".join(f"fold {k}: {_cell(f, task)}, n {f['n']}" for k, f in folds.items()))
     return 0
+
+
+def _blocks(text: str) -> int | str:
+    """``--finetune-blocks``: a count of blocks or ``all``."""
+    return text if text == "all" else int(text)
 
 
 def _cell(metrics: dict, task: Task) -> str:
