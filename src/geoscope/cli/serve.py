@@ -18,7 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--workers", type=int, default=1, help="processes, each with its own model (1)")
     parser.add_argument("--max-batch", type=int, default=16,
                         help="most images in one micro-batch, encoded and answered together (16)")
-    parser.add_argument("--encode-batch", type=int, default=4, help="most images per run of the encoder (4)")
+    parser.add_argument("--encode-batch", type=int, default=8, help="most images per run of the encoder (8)")
     parser.add_argument("--max-wait-ms", type=float, default=5.0,
                         help="longest a batch waits for requests still being decoded (5)")
     parser.add_argument("--queue", type=int, default=64,

@@ -69,9 +69,11 @@ class ServeSettings:
 
     max_batch: int = 16
     """Most images in one micro-batch (encoded together, answered together)."""
-    encode_batch: int = 4
-    """Most images per run of the encoder: the micro-batch is encoded in runs of this many (on a 2-core
-    CPU EfficientNet-Lite0 costs 7.0 ms of CPU per image one at a time, 7.8 in fours, 10.3 in sixteens)."""
+    encode_batch: int = 8
+    """Most images per run of the encoder: the micro-batch is encoded, then answered, in runs of this many. Each
+    answer call reads every head's weights once (~57 MB for the default model), so runs of 8 served 8 clients
+    with 8–10 % less CPU a request than runs of 4 on 2 cores, with either runtime (``benchmarks/serve.py
+    --variant``)."""
     max_wait_ms: float = 5.0
     """Longest a batch waits for requests still being decoded."""
     queue: int = 64

@@ -3,10 +3,9 @@
 Each request is admitted (or refused when ``capacity`` requests are already in flight),
 its images are decoded and preprocessed on a thread pool, and the result joins a queue.
 One thread takes what is queued, waits up to ``max_wait_ms`` for requests still being
-decoded (never when none is), and encodes up to ``max_batch`` images in runs of
-``encode_batch`` (larger runs cost more CPU per image on small CPUs); a second thread
-answers each encoded run, with any others encoded meanwhile (requests with the same options share one call
-of the model's answer path, :meth:`GeoModel.predict_features`, or of :meth:`GeoModel.verify_features` for
+decoded (never when none is), and encodes up to ``max_batch`` images in runs of ``encode_batch``; a
+second thread answers each encoded run, with any others encoded meanwhile (requests with the same options
+share one call of the model's answer path, :meth:`GeoModel.predict_features`, or of :meth:`GeoModel.verify_features` for
 claim checks; views of one place fused per request) while the first encodes the next. A request that asks
 where in each photo its answer comes from (:meth:`MicroBatcher.explain`) is encoded and answered the same
 way; its occlusion maps (:func:`~geoscope.investigate.explain.explain_views`, 65 encoder runs a photo) are
@@ -121,7 +120,7 @@ class BatchStats:
 class MicroBatcher:
     """Admits requests, decodes their images in parallel and encodes them in shared batches."""
 
-    def __init__(self, model: GeoModel, *, max_batch: int = 16, encode_batch: int = 4, max_wait_ms: float = 5.0,
+    def __init__(self, model: GeoModel, *, max_batch: int = 16, encode_batch: int = 8, max_wait_ms: float = 5.0,
                  capacity: int = 64, decode_workers: int | None = None) -> None:
         if max_batch < 1 or encode_batch < 1 or capacity < 1 or max_wait_ms < 0:
             raise ValueError("max_batch, encode_batch and capacity must be at least 1, max_wait_ms at least 0")
