@@ -305,7 +305,7 @@ class MicroBatcher:
     def _answer_all(self) -> None:
         while (batch := self._answers.get()) is not None:
             # Runs encoded while the last ones were answered are answered with this one: a call of the answer path
-            # costs ~7 ms however few its images (reading the heads' weights), ~0.5 ms more per image.
+            # reads every head's weights (8.7 ms for one image on one thread, 18.9 for eight, 39 for 64).
             stop = False
             while not stop:
                 try:
