@@ -21,6 +21,25 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
     monkeypatch.setenv("GEOSCOPE_CACHE", str(tmp_path_factory.getbasetemp() / "geoscope-cache"))
 
 
+@pytest.fixture(scope="module")
+def model():
+    """The bundled default model, loaded once a module (a module may override it with another model)."""
+    from geoscope.predict import load_model
+
+    return load_model()
+
+
+@pytest.fixture(scope="module")
+def client(model):
+    """The service in process over the module's ``model``."""
+    from fastapi.testclient import TestClient
+
+    from geoscope.serve import create_app
+
+    with TestClient(create_app(model)) as test_client:
+        yield test_client
+
+
 def shared_dataset(name: str) -> Path:
     """Folder of one real dataset, or skip the test with the reason."""
     folder = SHARED_DATA / name

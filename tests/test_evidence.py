@@ -12,15 +12,10 @@ from conftest import REPO
 from fastapi.testclient import TestClient
 
 from geoscope.geo.sphere import haversine_km
-from geoscope.predict import GeoModel, load_model
+from geoscope.predict import GeoModel
 from geoscope.serve import create_app
 
 EXAMPLES = sorted((REPO / "examples" / "images").glob("*.jpg"))
-
-
-@pytest.fixture(scope="module")
-def model() -> GeoModel:
-    return load_model()
 
 
 def test_evidence_is_the_most_alike_training_places_each_once(model: GeoModel) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -138,12 +137,6 @@ def test_bundles_with_and_without_photo_paths_validate_and_broken_paths_are_refu
         with pytest.raises(ModelError, match=message) as refused:
             read_bundle(broken)
         assert "\n" not in str(refused.value)
-
-
-@pytest.fixture(scope="module")
-def client(model: GeoModel) -> Iterator[TestClient]:
-    with TestClient(create_app(model)) as test_client:
-        yield test_client
 
 
 def test_the_api_gives_thumbnails_of_the_recorded_photos_only(manifest: Path, bundle: Path, model: GeoModel,

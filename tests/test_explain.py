@@ -11,14 +11,9 @@ from conftest import REPO
 from PIL import Image
 
 from geoscope.investigate.explain import GRID, answer_log_odds, explain, frame_views, occluded
-from geoscope.predict import GeoModel, load_model
+from geoscope.predict import GeoModel
 
 EXAMPLES = sorted((REPO / "examples" / "images").glob("*.jpg"))
-
-
-@pytest.fixture(scope="module")
-def model() -> GeoModel:
-    return load_model()
 
 
 def test_the_map_is_measured_against_the_answer_the_photo_gets(model: GeoModel) -> None:

@@ -19,15 +19,10 @@ from geoscope.evaluate.results import MODEL
 from geoscope.evaluate.scoring import evaluate, training_rows
 from geoscope.geo.labels import LabelScheme, assign_labels
 from geoscope.geo.sphere import haversine_km, summarize_errors
-from geoscope.predict import GeoModel, load_model
+from geoscope.predict import GeoModel
 
 PACKAGE = Path(geoscope.__file__).parent
 SAMPLE_IMAGES = 60
-
-
-@pytest.fixture(scope="module")
-def model() -> GeoModel:
-    return load_model()
 
 
 @pytest.fixture(scope="module")

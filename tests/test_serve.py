@@ -45,17 +45,6 @@ BODY_TIMEOUT = 2.0
 QUEUE = 16
 
 
-@pytest.fixture(scope="module")
-def model() -> GeoModel:
-    return load_model()
-
-
-@pytest.fixture(scope="module")
-def client(model: GeoModel) -> Iterator[TestClient]:
-    with TestClient(create_app(model)) as test_client:
-        yield test_client
-
-
 class LiveServer:
     """The application under a real uvicorn on 127.0.0.1, in a thread."""
 

@@ -22,24 +22,13 @@ from test_serve import ARTIFACTS, LiveServer
 
 from geoscope.geo.regions import country_of
 from geoscope.investigate.explain import GRID, explain
-from geoscope.predict import GeoModel, load_model
+from geoscope.predict import GeoModel
 from geoscope.serve import create_app
 from geoscope.serve.page import model_countries
 
 EXAMPLES = REPO / "examples" / "images"
 CROATIA, LONDON = EXAMPLES / "croatia-1.jpg", EXAMPLES / "london-uk-1.jpg"
 CROATIAN_COUNTIES = 21
-
-
-@pytest.fixture(scope="module")
-def model() -> GeoModel:
-    return load_model()
-
-
-@pytest.fixture(scope="module")
-def client(model: GeoModel) -> Iterator[TestClient]:
-    with TestClient(create_app(model)) as test_client:
-        yield test_client
 
 
 def _features(reply) -> list[dict]:

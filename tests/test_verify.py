@@ -40,11 +40,6 @@ LONDON, ZAGREB, MANCHESTER = (51.5072, -0.1276), (45.8150, 15.9819), (53.4808, -
 
 
 @pytest.fixture(scope="module")
-def model() -> GeoModel:
-    return load_model()
-
-
-@pytest.fixture(scope="module")
 def no_check_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The default bundle without its ``verify`` section (the other files linked, not copied)."""
     bundle = tmp_path_factory.mktemp("no-verify")
