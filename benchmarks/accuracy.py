@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from geoscope.cli.options import finetune_blocks
 from geoscope.data.manifest import Manifest, read_manifest
 from geoscope.data.split import kfold
 from geoscope.evaluate.results import CENTROID, KNN, MODEL, VIEWS_AVERAGED
@@ -228,7 +229,7 @@ def main() -> int:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--encoder", default="efficientnet-lite0")
     parser.add_argument("--task", type=int, action="append", help="task numbers to run (default all)")
-    parser.add_argument("--finetune-blocks", type=_blocks, default=0,
+    parser.add_argument("--finetune-blocks", type=finetune_blocks, default=0,
                         help="fine-tune the encoder's last N blocks, or all of it from pixels (all)")
     parser.add_argument("--progress", action="store_true", help="show training progress (stderr)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -301,11 +302,6 @@ def main() -> int:
         print(f"\n{task.name}, each held-out fold (model; n held-out items): "
               + "; ".join(f"fold {k}: {_cell(f, task)}, n {f['n']}" for k, f in folds.items()))
     return 0
-
-
-def _blocks(text: str) -> int | str:
-    """``--finetune-blocks``: a count of blocks or ``all``."""
-    return text if text == "all" else int(text)
 
 
 def _cell(metrics: dict, task: Task) -> str:

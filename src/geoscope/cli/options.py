@@ -6,6 +6,8 @@ import argparse
 import contextlib
 import os
 
+from ..models.image_side import ALL_BLOCKS
+
 
 def add_runtime_option(parser: argparse.ArgumentParser) -> None:
     """``--runtime NAME[:PRECISION]``: what runs the image encoder (:mod:`geoscope.encoders.runtime`)."""
@@ -40,6 +42,16 @@ def at_least_one(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
     return value
+
+
+def finetune_blocks(text: str) -> int | str:
+    """``--finetune-blocks``: a count of the encoder's last blocks, or ``all``."""
+    if text.strip().lower() == ALL_BLOCKS:
+        return ALL_BLOCKS
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a number of blocks or {ALL_BLOCKS!r}, not {text!r}") from None
 
 
 def add_ray_options(parser: argparse.ArgumentParser) -> None:

@@ -16,12 +16,12 @@ from ..errors import GeoscopeError, one_line
 from ..evaluate.claims import fit_claim_check
 from ..fileio import check_writable
 from ..geo.labels import KINDS
-from ..models.image_side import ALL_BLOCKS, ImageSide
+from ..models.image_side import ImageSide
 from ..training.data import with_split
 from ..training.fit import FitOptions, fit
 from ..training.loop import TrainConfig
 from .labels import add_scheme_arguments, scheme_from_args
-from .options import at_least_one
+from .options import at_least_one, finetune_blocks
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -40,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="without a split column, split by blocks of this size (val 10%%, test 10%%; default 1)")
     parser.add_argument("--gap-km", type=float, default=0.1,
                         help="…and leave out training images this close to a val or test image (default 0.1)")
-    parser.add_argument("--finetune-blocks", type=_blocks, default=0, metavar="N|all",
+    parser.add_argument("--finetune-blocks", type=finetune_blocks, default=0, metavar="N|all",
                         help="fine-tune the image encoder's last N blocks on cached activations, or all of it from "
                              "the images, decoded as each batch needs them (meant for GPUs; default 0: frozen)")
     parser.add_argument("--crops", type=int, default=1,
@@ -74,16 +74,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             parser.add_argument(flag, type=type(default), default=default, choices=TrainConfig.CHOICES.get(f.name),
                                 help=f"(default {default})")
     parser.set_defaults(func=run)
-
-
-def _blocks(text: str) -> int | str:
-    """``--finetune-blocks``: a count, or ``all``."""
-    if text.strip().lower() == ALL_BLOCKS:
-        return ALL_BLOCKS
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"a number of blocks or {ALL_BLOCKS!r}, not {text!r}") from None
 
 
 def run(args: argparse.Namespace) -> int:
