@@ -31,7 +31,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from .pca import principal_axes
+from .pca import centred_product, principal_axes
 
 SCORE = "gallery+typicality"
 """The coverage score this version computes (bundles with another are treated as having none)."""
@@ -141,7 +141,7 @@ class Typicality:
 
     def whiten(self, features: np.ndarray) -> np.ndarray:
         """Features in the test's whitened space (the top principal components, unit variance each)."""
-        return (np.asarray(features, dtype=np.float32) - self.mean) @ self.projection
+        return centred_product(features, self.mean, self.projection)
 
     def relative(self, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """For rows already whitened: minus the relative Mahalanobis distance (higher: more like the training

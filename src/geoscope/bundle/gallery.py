@@ -21,7 +21,7 @@ import numpy as np
 from ..answer.answerer import unit_rows
 from ..answer.coverage import PARTS, SCORE, TESTS, TYPICALITY, WITHIN_TEST, Typicality, scores_by_test
 from ..answer.knn import knn_locate, nearest_places
-from ..answer.pca import principal_axes
+from ..answer.pca import centred_product, principal_axes
 from ..answer.refine import GalleryRefiner
 from ..errors import ModelError, quote_name
 from .layout import CONFIG, WEIGHTS
@@ -121,7 +121,12 @@ class Gallery:
 
     def query(self, features: np.ndarray) -> np.ndarray:
         """Image features projected into the gallery's space."""
-        return (np.asarray(features, dtype=np.float32) - self.pca_mean) @ self.pca_components.T
+        return centred_product(features, self.pca_mean, self._axes)
+
+    @functools.cached_property
+    def _axes(self) -> np.ndarray:
+        """The principal axes as :meth:`query` multiplies by them: a column each, contiguous (made once)."""
+        return np.ascontiguousarray(self.pca_components.T, dtype=np.float32)
 
     @functools.cached_property
     def rows(self) -> np.ndarray:

@@ -23,7 +23,7 @@ from torch import nn
 from ..ensemble import PlaceEnsemble, PlaceNetwork, make_network, member_count
 from ..losses import haversine_smoothed_targets, soft_cross_entropy
 from ..place_clip import PlaceCLIP, PlaceCLIPConfig, is_stored_embedded
-from ..projection import IMAGE_HEADS, ProjectionHead
+from ..projection import IMAGE_HEADS, ProjectionHead, laid_out_for_answers
 from .base import Batch, Step, TrainingSettings
 
 NETWORK = "model."
@@ -97,7 +97,7 @@ class ContrastiveHead(nn.Module):
         if missing:
             raise ValueError(f"the weights lack {len(missing)} tensor(s) of the model, first {stored}{missing[0]}; "
                              "retrain it or restore weights.safetensors")
-        return cls(network.eval(), places=tensors[f"{prefix}{CANDIDATES}"])
+        return cls(laid_out_for_answers(network.eval()), places=tensors[f"{prefix}{CANDIDATES}"])
 
     def tensors(self, prefix: str = "", candidates_dtype: type = np.float32) -> dict[str, np.ndarray]:
         """The network's weights under ``model.`` (its place tower and text head left out) and the embedded
