@@ -126,6 +126,30 @@ SERVED = ["--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1", "--virtual
 """Flags for a page of a test server on 127.0.0.1 (every other host is cut off)."""
 
 
+def drop_script(check: str, report: str, *, before: str = "", seconds: int = 90) -> str:
+    """A script for :func:`page_with_photo` that drops the photo on the page once it has loaded, runs ``check`` (which
+    sets ``done``) every 50 ms until ``done`` or ``seconds`` have passed, then appends the marker ``read_marker``
+    reads, whose attributes ``report`` sets (``marker.setAttribute(...)``); ``before`` runs once, after the drop."""
+    return f"""<script>
+window.addEventListener("load", async function () {{
+  const file = new File([await (await fetch("DATA_URL")).blob()], "photo.jpg", {{type: "image/jpeg"}});
+  const files = new DataTransfer();
+  files.items.add(file);
+  document.getElementById("drop").dispatchEvent(new DragEvent("drop", {{dataTransfer: files, bubbles: true}}));
+  const started = Date.now();
+  {before}
+  (function check() {{
+    {check}
+    if (!done && Date.now() - started < {seconds * 1000}) {{ setTimeout(check, 50); return; }}
+    const marker = document.createElement("div");
+    marker.id = "MARKER_ID";
+    {report}
+    document.body.appendChild(marker);
+  }})();
+}});
+</script>"""
+
+
 def page_with_photo(script: str, photo: Path) -> str:
     """The web page with ``script`` before ``</body>``, its ``DATA_URL`` the photo's bytes and ``MARKER_ID`` the
     marker :func:`read_marker` looks for."""

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from browser import page_with_photo, read_marker, require_chromium
+from browser import drop_script, page_with_photo, read_marker, require_chromium
 from fastapi.responses import HTMLResponse
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -180,24 +180,13 @@ def test_a_recorded_path_that_is_not_an_image_is_never_served(bundle: Path, tmp_
 # --- the page in a browser ------------------------------------------------------------------------------
 
 
-PAGE_SCRIPT = r"""<script>
-window.addEventListener("load", async function () {
-  const file = new File([await (await fetch("DATA_URL")).blob()], "photo.jpg", {type: "image/jpeg"});
-  const files = new DataTransfer();
-  files.items.add(file);
-  document.getElementById("drop").dispatchEvent(new DragEvent("drop", {dataTransfer: files, bubbles: true}));
-  const started = Date.now();
-  let asked = false;
-  (function check() {
-    const answered = document.body.dataset.state === "answered";
+PAGE_SCRIPT = drop_script(
+    """const answered = document.body.dataset.state === "answered";
     const thumbs = Array.from(document.querySelectorAll(".evidence img"));
     if (answered && !asked) { asked = true; document.querySelector("button.explain").click(); }
     const canvas = document.querySelector(".where-photo canvas");
-    const done = answered && canvas && canvas.dataset.painted === "1" && thumbs.every((i) => i.complete);
-    if (!done && Date.now() - started < 90000) { setTimeout(check, 50); return; }
-    const marker = document.createElement("div");
-    marker.id = "MARKER_ID";
-    marker.setAttribute("data-thumbs", String(thumbs.length));
+    const done = answered && canvas && canvas.dataset.painted === "1" && thumbs.every((i) => i.complete);""",
+    """marker.setAttribute("data-thumbs", String(thumbs.length));
     marker.setAttribute("data-loaded", String(thumbs.filter((i) => i.naturalWidth > 0).length));
     marker.setAttribute("data-layer", canvas ? canvas.dataset.layer : "none");
     let red = 0;
@@ -207,11 +196,8 @@ window.addEventListener("load", async function () {
     }
     marker.setAttribute("data-red", String(red));
     document.querySelector('.where-photo button[data-layer=""]').click();
-    marker.setAttribute("data-off", canvas ? canvas.dataset.layer : "none");
-    document.body.appendChild(marker);
-  })();
-});
-</script>"""
+    marker.setAttribute("data-off", canvas ? canvas.dataset.layer : "none");""",
+    before="let asked = false;")
 
 
 def test_the_page_shows_evidence_thumbnails_and_where_in_the_photo(manifest: Path, model: GeoModel,

@@ -8,7 +8,6 @@ photos are the repository's examples.
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import html
 import http.client
@@ -24,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import uvicorn
-from browser import MARKER_ID, _run, require_chromium
+from browser import MARKER_ID, _run, drop_script, page_with_photo, require_chromium
 from conftest import REPO, make_images
 from fastapi.responses import HTMLResponse
 from fastapi.testclient import TestClient
@@ -361,43 +360,27 @@ def test_concurrent_requests_are_encoded_in_shared_batches(live: LiveServer) -> 
 # --- the page in a browser ------------------------------------------------------------------------------
 
 
-DROP_SCRIPT = r"""<script>
-window.addEventListener("load", async function () {
-  const file = new File([await (await fetch("DATA_URL")).blob()], "NAME", {type: "image/jpeg"});
-  const files = new DataTransfer();
-  files.items.add(file);
-  document.getElementById("drop").dispatchEvent(new DragEvent("drop", {dataTransfer: files, bubbles: true}));
-  const started = Date.now();
-  (function check() {
-    const map = document.getElementById("map");
-    const done = document.body.dataset.state === "answered" && map.dataset.ready === "1";
-    if (!done && Date.now() - started < 60000) { setTimeout(check, 50); return; }
-    const world = document.getElementById("world");
-    const scale = () => Number(/scale\(([^)]+)\)/.exec(world.getAttribute("transform"))[1]);
+DROP_SCRIPT = drop_script(
+    """const map = document.getElementById("map");
+    const done = document.body.dataset.state === "answered" && map.dataset.ready === "1";""",
+    """const world = document.getElementById("world");
+    const scale = () => Number(/scale\\(([^)]+)\\)/.exec(world.getAttribute("transform"))[1]);
     const before = scale();
     document.getElementById("zoom-in").click();
     const zoomed = scale() / before;
     document.getElementById("zoom-out").click();
-    const marker = document.createElement("div");
-    marker.id = "MARKER_ID";
     marker.setAttribute("data-zoom", zoomed.toFixed(3));
     marker.setAttribute("data-restored", String(Math.abs(scale() / before - 1) < 1e-9));
     marker.setAttribute("data-state", document.body.dataset.state);
     marker.setAttribute("data-countries", String(document.querySelectorAll("#countries path.country").length));
     marker.setAttribute("data-markers", String(document.querySelectorAll("#markers .marker").length));
-    marker.setAttribute("data-evidence", String(document.querySelectorAll("#markers rect.evidence").length));
-    document.body.appendChild(marker);
-  })();
-});
-</script>"""
+    marker.setAttribute("data-evidence", String(document.querySelectorAll("#markers rect.evidence").length));""",
+    seconds=60)
 
 
 async def _drop_test_page() -> HTMLResponse:
     """The real page, plus a script that drops the London example on it once it has loaded."""
-    url = "data:image/jpeg;base64," + base64.b64encode(LONDON.read_bytes()).decode("ascii")
-    script = DROP_SCRIPT.replace("DATA_URL", url).replace("NAME", LONDON.name).replace("MARKER_ID", MARKER_ID)
-    page = (WEB_ASSETS / "index.html").read_text(encoding="utf-8")
-    return HTMLResponse(page.replace("</body>", script + "\n</body>"))
+    return HTMLResponse(page_with_photo(DROP_SCRIPT, LONDON))
 
 
 def test_the_page_shows_the_guesses_on_an_offline_map(live: LiveServer, tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from browser import SERVED, _run, page_with_photo, read_marker, require_chromium
+from browser import SERVED, _run, drop_script, page_with_photo, read_marker, require_chromium
 from conftest import REPO, make_images
 from fastapi.responses import HTMLResponse
 from fastapi.testclient import TestClient
@@ -130,31 +130,17 @@ def test_the_reply_schema_documents_the_explanation(client: TestClient) -> None:
 # --- the page in a browser ------------------------------------------------------------------------------
 
 
-MAP_SCRIPT = r"""<script>
-window.addEventListener("load", async function () {
-  const file = new File([await (await fetch("DATA_URL")).blob()], "croatia.jpg", {type: "image/jpeg"});
-  const files = new DataTransfer();
-  files.items.add(file);
-  document.getElementById("drop").dispatchEvent(new DragEvent("drop", {dataTransfer: files, bubbles: true}));
-  const started = Date.now();
-  (function check() {
-    const map = document.getElementById("map");
+MAP_SCRIPT = drop_script(
+    """const map = document.getElementById("map");
     const done = document.body.dataset.state === "answered" && map.dataset.ready === "1" &&
-      document.querySelectorAll('#borders path[data-country="HR"]').length === 1;
-    if (!done && Date.now() - started < 90000) { setTimeout(check, 50); return; }
-    const marker = document.createElement("div");
-    marker.id = "MARKER_ID";
-    marker.setAttribute("data-borders", String(document.querySelectorAll("#borders path.border").length));
+      document.querySelectorAll('#borders path[data-country="HR"]').length === 1;""",
+    """marker.setAttribute("data-borders", String(document.querySelectorAll("#borders path.border").length));
     const names = (selector) => Array.from(document.querySelectorAll(selector)).map((t) => t.textContent);
     marker.setAttribute("data-regions", JSON.stringify(names("#labels text.region-name")));
     marker.setAttribute("data-places", JSON.stringify(names("#labels text.place-name")));
     for (let i = 0; i < 8; i++) document.getElementById("zoom-out").click();
     marker.setAttribute("data-far", String(document.querySelectorAll("#labels text.place-name").length));
-    document.getElementById("zoom-fit").click();
-    document.body.appendChild(marker);
-  })();
-});
-</script>"""
+    document.getElementById("zoom-fit").click();""")
 
 
 @pytest.fixture(scope="module")
