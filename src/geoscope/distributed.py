@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     import torch
 
 DEVICES = ("auto", "cpu", "cuda")
+LOCAL_PROCESSES_ENV = "GEOSCOPE_LOCAL_PROCESSES"
+"""How many processes of one job share this machine's cores outside torchrun (``serve --workers``)."""
 TIMEOUT_ENV = "GEOSCOPE_DIST_TIMEOUT_MIN"
 """Minutes a collective (a barrier, a gradient all-reduce) may wait for a slower rank (default 60)."""
 
@@ -150,8 +152,9 @@ def cpu_count() -> int:
 
 
 def cores_per_process() -> int:
-    """This machine's cores shared among the processes torchrun started on it (all of them for one process)."""
-    return max(1, cpu_count() // max(1, _env_int("LOCAL_WORLD_SIZE", 1)))
+    """This machine's cores shared among the processes torchrun (or ``serve --workers``, :data:`LOCAL_PROCESSES_ENV`)
+    started on it (all of them for one process)."""
+    return max(1, cpu_count() // max(1, _env_int("LOCAL_WORLD_SIZE", _env_int(LOCAL_PROCESSES_ENV, 1))))
 
 
 def barrier() -> None:

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..distributed import cpu_count
+from ..distributed import cores_per_process
 from ..errors import BadImageError
 from ..features.cache import FeatureSet
 from ..investigate.explain import Box, Explanation, Frame, explain_views, read_frame
@@ -130,7 +130,7 @@ class MicroBatcher:
         self.max_wait = max_wait_ms / 1000.0
         self.capacity = capacity
         self.stats = BatchStats()
-        self._decode_workers = decode_workers or cpu_count()
+        self._decode_workers = decode_workers or cores_per_process()
         self._in_flight = 0  # admitted and not yet answered (changed on the event loop only)
         self._arriving = 0  # admitted and not yet queued: what a batch may wait for
         self._queue: queue.Queue[_Job | None] = queue.Queue()

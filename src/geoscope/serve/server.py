@@ -21,6 +21,7 @@ from fastapi import FastAPI
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.supervisors import Multiprocess
 
+from ..distributed import LOCAL_PROCESSES_ENV
 from ..errors import GeoscopeError
 from ..loading import load_any_model
 from .app import ServeSettings, create_app
@@ -88,6 +89,7 @@ def serve(model_dir: str | None = None, host: str = "127.0.0.1", port: int = 800
         # (a worker failing at start-up is restarted, forever); a zero-shot model's prompts are embedded once for all
         load_any_model(model_dir)
         os.environ[_ENV] = json.dumps({"model": model_dir, "settings": dataclasses.asdict(settings)})
+        os.environ[LOCAL_PROCESSES_ENV] = str(workers)  # each worker encodes, decodes and answers on its share of cores
         config = uvicorn_config(f"{__name__}:app_from_environment", host, port, workers=workers,
                                 log_level=log_level)
     else:
