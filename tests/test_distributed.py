@@ -209,3 +209,17 @@ def test_device_cuda_without_a_gpu_is_refused_in_one_line(tmp_path: Path, capsys
     assert err.count("\n") == 1 and "--device cuda" in err
     assert main(["features", str(manifest), "--device", "auto", "--quiet"]) == 0  # auto: the CPU here
     assert "on cpu" in capsys.readouterr().out
+
+
+def test_processes_sharing_a_machine_share_its_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    from geoscope.distributed import LOCAL_PROCESSES_ENV, cores_per_process, cpu_count
+
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.delenv(LOCAL_PROCESSES_ENV, raising=False)
+    assert cores_per_process() == cpu_count()
+    monkeypatch.setenv(LOCAL_PROCESSES_ENV, str(2 * cpu_count()))  # serve --workers: more workers than cores
+    assert cores_per_process() == 1
+    monkeypatch.setenv(LOCAL_PROCESSES_ENV, "2")
+    assert cores_per_process() == max(1, cpu_count() // 2)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")  # torchrun's count wins where both are set
+    assert cores_per_process() == cpu_count()
