@@ -172,12 +172,16 @@ def requests_for(paths: list[Path]) -> list[bytes]:
 
 
 def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU time of a process so far, from /proc (None elsewhere)."""
+    """User + system CPU time of a process and its live child processes so far (a server's ``--workers``), from
+    /proc (None elsewhere)."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        children = {int(c) for task in Path(f"/proc/{pid}/task").iterdir()
+                    for c in (task / "children").read_text().split()}
     except (OSError, ValueError, IndexError):
         return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK") + sum(
+        cpu_seconds(child) or 0.0 for child in children)
 
 
 def run_phase(port: int, clients: int, seconds: float, requests: list[bytes], *, pid: int | None = None,
