@@ -12,7 +12,9 @@ training data's provenance (the four sets' sources, terms and counts) is written
 combined manifest and recorded in the bundle (``config.json`` ``training.data.provenance`` and the model card).
 
 Run: ``.venv/bin/python scripts/train_default_model.py (-o DIR | --replace-default) [--data ../shared/data]
-[--encoder E] [--image-head H] [--no-augment]``
+[--encoder E] [--image-head H] [--no-augment] [--refiner-only | --refiner GPS_DIR]``. On a slow encoder the two
+halves run as two commands: ``--refiner-only -o GPS_DIR`` writes the GPS head alone, ``--refiner GPS_DIR -o DIR``
+then trains the place heads and attaches it.
 """
 
 from __future__ import annotations
@@ -138,6 +140,11 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"what reads the image features ({IMAGE_HEAD})")
     parser.add_argument("--no-augment", dest="augment", action="store_false", default=AUGMENT,
                         help="no horizontally flipped training copies")
+    halves = parser.add_mutually_exclusive_group()
+    halves.add_argument("--refiner-only", action="store_true",
+                        help="train only the GPS head (the refiner) and write it as its own bundle")
+    halves.add_argument("--refiner", type=Path, default=None, metavar="GPS_DIR",
+                        help="attach this GPS head (from --refiner-only, same options) instead of training one")
     args = parser.parse_args(argv)
     if (args.output is None) == (not args.replace_default):
         print("train_default_model.py: " + ("give -o DIR or --replace-default, not both" if args.replace_default else
@@ -149,8 +156,12 @@ def main(argv: list[str] | None = None) -> int:
     command = ["python", "scripts/train_default_model.py", *(sys.argv[1:] if argv is None else argv)]
     with tempfile.TemporaryDirectory() as tmp:
         provenance = training_data_record(manifest, args.data, Path(tmp) / "training-data", command)
-        gps = fit(manifest, replace(gps_options(args.encoder, args.image_head, args.augment), provenance=provenance),
-                  Path(tmp) / "gps", command=command)[0]
+        refiner_options = replace(gps_options(args.encoder, args.image_head, args.augment), provenance=provenance)
+        if args.refiner_only:
+            path = fit(manifest, refiner_options, output, command=command)[0]
+            print(f"wrote {path}")
+            return 0
+        gps = args.refiner or fit(manifest, refiner_options, Path(tmp) / "gps", command=command)[0]
         options = replace(default_options(args.encoder, args.image_head, args.augment), refiner=gps,
                           provenance=provenance)
         path, result = fit(manifest, options, output, command=command)
