@@ -5,9 +5,8 @@ It receives a head (:class:`~geoscope.models.heads.base.TrainableHead`, built an
 variants of each image), label indices and true coordinates; the loop runs AdamW over the head's
 parameter groups (and the fine-tuned encoder top's), the head's loss on each batch, ReduceLROnPlateau
 on the validation loss (or a warm-up then cosine decay over the planned steps), early stopping, keeps
-the best weights and records per-epoch loss, label
-accuracy and mean/median km for every split, measured through the head's logits; in a process
-group it trains under DistributedDataParallel.
+the best weights and records per-epoch loss, label accuracy and mean/median km for every split,
+measured through the head's logits; in a process group it trains under DistributedDataParallel.
 """
 
 from __future__ import annotations
