@@ -56,7 +56,8 @@ def test_the_whole_encoder_trains_from_the_images_and_predicts(croatia_small: Pa
                                                                capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "all"
     assert main(["train", str(croatia_small), "--labels", "grid", "--cell-km", "100", "-o", str(out),
-                 "--finetune-blocks", "all", "--max-epochs", "1", "--batch-size", "16", "--no-augment"]) == 0
+                 "--finetune-blocks", "all", "--max-epochs", "1", "--batch-size", "16", "--no-augment",
+                 "--schedule", "cosine"]) == 0
     config = json.loads((out / "config.json").read_text())
     assert config["image_encoder"]["finetune_blocks"] == "all"
     assert "whole encoder fine-tuned from pixels" in (out / "README.md").read_text()
@@ -80,6 +81,12 @@ def test_the_whole_encoder_trains_from_the_images_and_predicts(croatia_small: Pa
     with torch.no_grad():
         expected = model.adapter.top(x).numpy()
     np.testing.assert_allclose(model.image_features([image]).embeddings, expected, rtol=1e-4, atol=1e-4)
+    # outside training the encoder reads a few images at a time (faster on a CPU): each row as it reads alone
+    many = torch.from_numpy(ImagePixels(read_manifest(croatia_small).image_paths[:11], pre)[0, np.arange(11)])
+    assert model.adapter.eval_batch < len(many)
+    with torch.no_grad():
+        alone = torch.cat([model.adapter.top(row.reshape(1, 3, 224, 224)) for row in many]).numpy()
+        np.testing.assert_allclose(model.adapter(many).numpy(), alone, rtol=1e-4, atol=1e-4)
 
 
 def test_finetune_blocks_takes_a_count_or_all(croatia_small: Path, tmp_path: Path,

@@ -460,3 +460,29 @@ def test_members_are_refused_beyond_the_runs_or_with_a_fine_tuned_encoder(town_m
     with pytest.raises(GeoscopeError, match="frozen encoder"):
         fit(manifest, replace(options, members=2, finetune_blocks=1), tmp_path / "none", progress=False)
     assert not (tmp_path / "none").exists()
+
+
+def test_the_cosine_schedule_warms_up_then_decays_each_groups_rate_to_zero() -> None:
+    from geoscope.training.loop import _scheduler
+
+    head, encoder = torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.AdamW([{"params": [head], "lr": 1e-3}, {"params": [encoder], "lr": 1e-4}])
+    scheduler = _scheduler(optimizer, TrainConfig(schedule="cosine", warmup=0.1), steps=100)
+    rates = []
+    for _ in range(100):
+        rates.append([g["lr"] for g in optimizer.param_groups])
+        optimizer.step()
+        scheduler.step()
+    rates = np.array(rates)
+    np.testing.assert_allclose(rates[:, 1], rates[:, 0] / 10)  # the encoder keeps its lower rate throughout
+    assert rates[0, 0] == pytest.approx(1e-4) and np.all(np.diff(rates[:10, 0]) > 0)  # warm-up: 10 rising steps
+    assert rates[9, 0] == pytest.approx(1e-3) and rates[10, 0] == pytest.approx(1e-3)  # the peak is the set rate
+    assert np.all(np.diff(rates[10:, 0]) < 0) and rates[-1, 0] < 1e-6  # then down to nearly 0 at the last step
+    first, val, texts, coords, _, _ = _three_towns(seed=3, n=300, n_train=200)
+    config = TrainConfig(max_epochs=4, batch_size=32, embed_dim=16, lr_head=1e-2, lr_text=1e-2, schedule="cosine")
+    result = _train(first, val, texts, coords, config, progress=False)
+    assert result.metrics["val"]["accuracy"] > 0.9  # it trains in the loop
+    with pytest.raises(GeoscopeError, match="schedule must be one of plateau, cosine"):
+        TrainConfig(schedule="step")
+    with pytest.raises(GeoscopeError, match="warmup"):
+        TrainConfig(warmup=1.0)

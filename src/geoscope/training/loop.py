@@ -4,9 +4,9 @@ It receives a head (:class:`~geoscope.models.heads.base.TrainableHead`, built an
 ``create``) and never builds one. Inputs are cached encoder features (optionally several augmented
 variants of each image), label indices and true coordinates; the loop runs AdamW over the head's
 parameter groups (and the fine-tuned encoder top's), the head's loss on each batch, ReduceLROnPlateau
-on the validation loss, early stopping, keeps the best weights and records per-epoch loss, label
-accuracy and mean/median km for every split, measured through the head's logits; in a process
-group it trains under DistributedDataParallel.
+on the validation loss (or a warm-up then cosine decay over the planned steps), early stopping, keeps
+the best weights and records per-epoch loss, label accuracy and mean/median km for every split,
+measured through the head's logits; in a process group it trains under DistributedDataParallel.
 """
 
 from __future__ import annotations
@@ -64,6 +64,12 @@ class TrainConfig:
     """Optimiser steps an epoch holds at least, by smaller batches (the default model's 8,214 places in batches
     of 256 take 32): the plateau scheduler and early stopping count epochs (0: batches of ``batch_size``)."""
     max_epochs: int = 60
+    schedule: str = "plateau"
+    """How the learning rates move: ``plateau``, cut by ``factor`` when the validation loss stalls for ``patience``
+    epochs; ``cosine``, a linear warm-up over the first ``warmup`` share of the ``max_epochs`` planned steps, then
+    a cosine decay to 0 at the last (a short fine-tuning run of a few epochs)."""
+    warmup: float = 0.1
+    """Share of the planned steps the ``cosine`` schedule warms up over."""
     patience: int = 2
     """ReduceLROnPlateau patience (epochs without validation improvement before the lr drops)."""
     factor: float = 0.5
@@ -95,8 +101,10 @@ class TrainConfig:
     seed: int = 0
 
     LOSSES = ("clip", "label")
+    SCHEDULES = ("plateau", "cosine")
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"loss": LOSSES, "fusion": FUSIONS, "head": TRAINABLE,
-                                                     "location": LOCATIONS, "image_head": tuple(IMAGE_HEADS)}
+                                                     "location": LOCATIONS, "image_head": tuple(IMAGE_HEADS),
+                                                     "schedule": SCHEDULES}
     """The fields that take one of a few names."""
 
     def __post_init__(self) -> None:
@@ -112,7 +120,7 @@ class TrainConfig:
             if not (math.isfinite(value) and (value > 0 if name in positive else value >= 0)):
                 need = "greater than 0" if name in positive else "0 or more"
                 raise GeoscopeError(f"{name} must be a finite number {need}, not {value!r}")
-        for name in ("dropout", "view_dropout", "average_weights"):
+        for name in ("dropout", "view_dropout", "average_weights", "warmup"):
             if not 0 <= getattr(self, name) < 1:
                 raise GeoscopeError(f"{name} must be in [0, 1), not {getattr(self, name)!r}")
         if not 0 < self.factor < 1:
@@ -266,16 +274,13 @@ def train(
     sample = _training_features(train, adapter, device)
     model = head.to(device)
     optimizer = torch.optim.AdamW(_param_groups(model, config, image_adapter))
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode="min", factor=config.factor, patience=config.patience
-    )
     coords = torch.tensor(np.asarray(label_coords), dtype=torch.float64).to(device)
     groups = [g.to(device) for g in _level_matrices(label_levels, len(label_coords))] if config.level_weight > 0 \
         else []
     if standardize_features:
         model.set_image_statistics(sample)
     noise = config.feature_noise * float(model.standardize(sample).std())
-    splits = {"train": train, "val": val, **(extra_splits or {})}
+    splits = {"train": _measured_sample(train, config.seed), "val": val, **(extra_splits or {})}
     step = _Step(model, adapter)
     trained = nn.ModuleList([model, adapter])
     averaged = _averaged(trained, config.average_weights)
@@ -288,6 +293,7 @@ def train(
     stale = 0
     rng = np.random.default_rng(config.seed)
     batch_size = steps_batch_size(config.batch_size, len(train), config.min_steps_per_epoch)
+    scheduler = _scheduler(optimizer, config, config.max_epochs * _steps_per_epoch(len(train), batch_size))
     epochs = tqdm(range(1, config.max_epochs + 1), desc="training", unit="epoch",
                   disable=not (progress and run.main))
     for epoch in epochs:
@@ -303,6 +309,8 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if config.schedule == "cosine":
+                scheduler.step()
             if averaged is not None:
                 averaged.update_parameters(trained)
 
@@ -313,7 +321,8 @@ def train(
         ]
         history.extend(records)
         val_loss = next(r["loss"] for r in records if r["split"] == "val")
-        scheduler.step(val_loss)
+        if config.schedule == "plateau":
+            scheduler.step(val_loss)
         epochs.set_postfix(val_loss=f"{val_loss:.3f}", val_acc=f"{records[1]['accuracy']:.3f}")
         if on_epoch is not None:
             on_epoch(epoch, measured)
@@ -332,6 +341,43 @@ def train(
     metrics = {r["split"]: {k: v for k, v in r.items() if k not in {"epoch", "split"}}
                for r in history if r["epoch"] == best[1]}
     return TrainResult(model, config, best[1], best[0], history, metrics, image_adapter, run.describe(), batch_size)
+
+
+PIXEL_MEASURE = 1024
+"""Training items measured each epoch when the inputs are images decoded on demand (a fixed sample: the
+whole split would cost as much as a third of an epoch's training)."""
+
+
+def _measured_sample(data: TrainingData, seed: int) -> TrainingData:
+    """``data`` itself over cached features; over images read on demand, a fixed sample of
+    :data:`PIXEL_MEASURE` of its items (their image rows untouched)."""
+    if isinstance(data.features, np.ndarray) or len(data) <= PIXEL_MEASURE:
+        return data
+    items = np.sort(np.random.default_rng(seed).choice(len(data), PIXEL_MEASURE, replace=False))
+    return TrainingData(data.features, data.label[items], data.lat[items], data.lon[items], data.views[items],
+                        data.headings[items])
+
+
+def _steps_per_epoch(items: int, batch_size: int) -> int:
+    """Optimiser steps of an epoch over ``items`` (the loop skips a last batch of one)."""
+    return sum(1 for start in range(0, items, batch_size) if min(batch_size, items - start) >= 2)
+
+
+def _scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig,
+               steps: int) -> torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau:
+    """The learning-rate schedule of ``config.schedule``: stepped each epoch on the validation loss
+    (``plateau``) or each of the ``steps`` planned optimiser steps (``cosine``, warm-up then cosine decay)."""
+    if config.schedule == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=config.factor,
+                                                          patience=config.patience)
+    warm = max(1, round(config.warmup * steps)) if config.warmup > 0 else 0
+
+    def share(step: int) -> float:  # of each group's learning rate, before optimiser step ``step + 1``
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, steps - warm))))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, share)
 
 
 def _averaged(trained: nn.ModuleList, decay: float) -> torch.optim.swa_utils.AveragedModel | None:
