@@ -137,3 +137,21 @@ def test_a_bad_runtime_in_the_environment_is_one_line_naming_the_variable(tmp_pa
     assert result.stderr.splitlines() == [
         "geoscope: error: GEOSCOPE_RUNTIME='openvino:fp8': unknown precision 'fp8': use fp32 or bf16"]
     assert not (tmp_path / "onnx").exists()
+
+
+@needs_openvino
+def test_openvino_pins_its_threads_only_where_they_take_every_core():
+    from geoscope.distributed import cpu_count
+    from geoscope.encoders.onnx_runtime import onnx_cache_path
+    from geoscope.encoders.openvino_runtime import OpenVinoRunner
+
+    encoder = get_image_encoder("efficientnet-lite0", runtime=Runtime("onnxruntime"))
+    encoder.load()  # the graph OpenVINO compiles
+    graph = onnx_cache_path(encoder.name, encoder.fingerprint)
+    alone = OpenVinoRunner(graph, threads=cpu_count(), streams=1)
+    assert alone.compiled.get_property("ENABLE_CPU_PINNING") is True
+    if cpu_count() > 1:  # one of several processes on this machine (serve --workers, a Ray actor): never pinned
+        shared = OpenVinoRunner(graph, threads=1, streams=1)
+        assert shared.compiled.get_property("ENABLE_CPU_PINNING") is False
+        batch = np.zeros((2, 3, 224, 224), dtype=np.float32)
+        np.testing.assert_allclose(shared(batch), alone(batch), atol=1e-5)
