@@ -223,3 +223,19 @@ def test_processes_sharing_a_machine_share_its_cores(monkeypatch: pytest.MonkeyP
     assert cores_per_process() == max(1, cpu_count() // 2)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")  # torchrun's count wins where both are set
     assert cores_per_process() == cpu_count()
+
+
+def test_a_process_asks_for_small_pages_only_where_huge_pages_are_always_given(tmp_path: Path) -> None:
+    from geoscope.distributed import THP_SETTING
+
+    if not THP_SETTING.is_file():
+        pytest.skip(f"{THP_SETTING} does not exist here (not Linux, or a kernel without transparent huge pages)")
+    always = "[always]" in THP_SETTING.read_text()
+    script = ("import pathlib, sys; from geoscope.distributed import use_small_pages; "
+              "print(use_small_pages()); print(pathlib.Path('/proc/self/status').read_text())")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    said, status = done.stdout.split("\n", 1)
+    assert said == str(always)
+    flag = next((line.split()[-1] for line in status.splitlines() if line.startswith("THP_enabled:")), None)
+    if flag is not None:  # kernels from 5.0 report it: 0 once the process has asked for small pages
+        assert flag == ("0" if always else "1")

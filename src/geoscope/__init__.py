@@ -22,9 +22,11 @@ def load(model: str | os.PathLike[str] | None = None, *, region: str | None = No
 
     Returns a :class:`geoscope.predict.GeoModel`: ``model.predict(["photo.jpg"], top_k=3)``.
     """
+    from .distributed import use_small_pages
     from .encoders.runtime import resolve_runtime
     from .loading import load_any_model
 
+    use_small_pages()  # see its docstring: the answer's large arrays, zeroed page by page, cost less
     loaded = load_any_model(model, region=region)
     loaded.runtime = resolve_runtime(runtime)
     return loaded

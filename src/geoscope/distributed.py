@@ -15,6 +15,7 @@ import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import GeoscopeError
@@ -149,6 +150,29 @@ def cpu_count() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
+
+
+THP_SETTING = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+_PR_SET_THP_DISABLE = 41
+
+
+def use_small_pages() -> bool:
+    """Back this process's memory (and its children's) with ordinary 4 KB pages where Linux would otherwise give
+    every large allocation transparent huge pages (the ``always`` setting); returns whether it did.
+
+    With ``always``, each 2 MB page of a fresh array is found, zeroed and mapped at its first touch, and the answer's
+    large temporaries (8,512 features a row) paid it at every call: a fresh process predicting 1,436 photos read
+    182 images/s with huge pages and 283 with small ones (3 runs each, quiet 2-core VM; system time 4.9 → 1.4 s).
+    Nothing changes where huge pages are only given on request (``madvise``) or never, or outside Linux.
+    """
+    try:
+        if "[always]" not in THP_SETTING.read_text():
+            return False
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_THP_DISABLE, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
 
 
 def cores_per_process() -> int:

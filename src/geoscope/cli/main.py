@@ -16,6 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from .. import __version__
+from ..distributed import use_small_pages
 from ..errors import GeoscopeError, one_line
 from .options import apply_runtime
 
@@ -84,6 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(signed_values(argv))
     args.argv = argv  # the command as given, for records such as a model's training command
+    use_small_pages()
     try:
         if hasattr(args, "runtime"):  # a command that runs an image encoder
             apply_runtime(args.runtime)

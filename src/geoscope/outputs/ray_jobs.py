@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..distributed import cpu_count
+from ..distributed import cpu_count, use_small_pages
 from ..encoders.image import get_image_encoder
 from ..encoders.preprocess import Preprocess, Views
 from ..encoders.runtime import Runtime
@@ -252,6 +252,7 @@ class _Encoder:
     """A Ray actor: loads its encoding function once, then encodes the images of each batch that were read."""
 
     def __init__(self, load: Callable[[], Callable[[np.ndarray], np.ndarray]]) -> None:
+        use_small_pages()  # a process of Ray's, not started by ours: it does not inherit the setting
         self.encode = load()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
