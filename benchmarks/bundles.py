@@ -11,16 +11,14 @@ Run: ``python benchmarks/bundles.py --model DIR [--model DIR ...] [--images 300]
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import statistics
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from phone_photos import DATA, sample_paths
+from phone_photos import sample_paths, with_london_frames
 from predict import timed
 
 ROWS = ("encoder alone, ms an image", "predict, empty cache, images/s", "predict, warm cache, images/s")
@@ -39,12 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians count (3)")
     parser.add_argument("--runtime", default=None, help="what runs the encoders ($GEOSCOPE_RUNTIME or auto)")
     args = parser.parse_args(argv)
-    if not (DATA / "london-uk" / "manifest.csv").is_file():
-        print(f"skipped: needs {DATA / 'london-uk'}", file=sys.stderr)
-        return 0
-    with tempfile.TemporaryDirectory(prefix="geoscope-bench-") as tmp:
-        os.environ["GEOSCOPE_CACHE"] = str(Path(tmp) / "cache")
-        return run(args)
+    return with_london_frames(lambda tmp: run(args))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import struct
+import sys
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -64,3 +68,15 @@ def installed_runtimes() -> list:
     if openvino_installed():
         found += [Runtime("openvino", "fp32"), Runtime("openvino", "bf16")]
     return found
+
+
+def with_london_frames(run: Callable[[Path], int]) -> int:
+    """``run(tmp)`` under a temporary ``GEOSCOPE_CACHE`` in ``tmp`` (every timed predict starts cold), or 0 and one
+    line saying what is missing where ``../shared/data/london-uk`` is not beside the repository."""
+    if not (DATA / "london-uk" / "manifest.csv").is_file():
+        print(f"skipped: needs {DATA / 'london-uk'}", file=sys.stderr)
+        return 0
+    with tempfile.TemporaryDirectory(prefix="geoscope-bench-") as tmp:
+        os.environ["GEOSCOPE_CACHE"] = str(Path(tmp) / "cache")
+        return run(Path(tmp))
+

@@ -21,18 +21,16 @@ Run: ``python benchmarks/predict.py [--images 384] [--photos 48] [--rounds 3] [-
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from phone_photos import DATA, installed_runtimes, make_phone_photos, sample_paths
+from phone_photos import installed_runtimes, make_phone_photos, sample_paths, with_london_frames
 
 if TYPE_CHECKING:
     from geoscope.predict import GeoModel
@@ -56,12 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians count (3)")
     parser.add_argument("--decoding", action="store_true", help="also compare reduced with full decoding")
     args = parser.parse_args(argv)
-    if not (DATA / "london-uk" / "manifest.csv").is_file():
-        print(f"skipped: needs {DATA / 'london-uk'}", file=sys.stderr)
-        return 0
-    with tempfile.TemporaryDirectory(prefix="geoscope-bench-") as tmp:
-        os.environ["GEOSCOPE_CACHE"] = str(Path(tmp) / "cache")
-        return run(args, Path(tmp))
+    return with_london_frames(lambda tmp: run(args, tmp))
 
 
 def run(args: argparse.Namespace, tmp: Path) -> int:
