@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -84,3 +85,19 @@ def save_clip_tokenizer(vocab: dict[str, int], folder: Path) -> None:
         (folder / "merges.txt").write_text("#version: 0.2\n")
         tokenizer = transformers.CLIPTokenizer(folder / "vocab.json", folder / "merges.txt")
     tokenizer.save_pretrained(folder)
+
+
+def same_answers(a: object, b: object) -> bool:
+    """Whether two answers agree: the same fields, names and order, numbers to float32's precision.
+
+    An image's numbers depend a little on the other images of its batch (matrix products block
+    their sums by the batch's shape), so a resumed run may differ from an uninterrupted one in
+    the last digits printed.
+    """
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same_answers(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(same_answers(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, float) and isinstance(b, float):
+        return math.isclose(a, b, rel_tol=1e-4, abs_tol=2e-4)
+    return type(a) is type(b) and a == b

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO
+from conftest import REPO, same_answers
 from PIL import Image
 
 from geoscope.cli.main import main
@@ -31,22 +31,6 @@ from geoscope.outputs.formats import (
 )
 
 EXAMPLES = sorted((REPO / "examples" / "images").glob("*.jpg"))
-
-
-def same_answers(a: object, b: object) -> bool:
-    """Whether two answers agree: the same fields, names and order, numbers to float32's precision.
-
-    An image's numbers depend a little on the other images of its batch (matrix products block
-    their sums by the batch's shape), so a resumed run may differ from an uninterrupted one in
-    the last digits printed.
-    """
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(same_answers(a[k], b[k]) for k in a)
-    if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(same_answers(x, y) for x, y in zip(a, b, strict=True))
-    if isinstance(a, float) and isinstance(b, float):
-        return math.isclose(a, b, rel_tol=1e-4, abs_tol=2e-4)
-    return type(a) is type(b) and a == b
 
 
 def strict_loads(text: str) -> object:
