@@ -20,13 +20,15 @@ def load(model: str | os.PathLike[str] | None = None, *, region: str | None = No
     ``runtime`` runs its image encoder (``"openvino:bf16"``, ``"onnxruntime"``, …; ``None``: ``$GEOSCOPE_RUNTIME``,
     else ``auto``: see :mod:`geoscope.encoders.runtime`).
 
-    Returns a :class:`geoscope.predict.GeoModel`: ``model.predict(["photo.jpg"], top_k=3)``.
+    Returns a :class:`geoscope.predict.GeoModel`: ``model.predict(["photo.jpg"], top_k=3)``. Where Linux gives every
+    large allocation transparent huge pages, the calling process asks for ordinary ones from then on
+    (:func:`geoscope.distributed.use_small_pages`: a call over many photos answers half again as fast).
     """
     from .distributed import use_small_pages
     from .encoders.runtime import resolve_runtime
     from .loading import load_any_model
 
-    use_small_pages()  # see its docstring: the answer's large arrays, zeroed page by page, cost less
+    use_small_pages()
     loaded = load_any_model(model, region=region)
     loaded.runtime = resolve_runtime(runtime)
     return loaded
