@@ -16,7 +16,7 @@ import inspect
 import itertools
 import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, ClassVar
 
@@ -293,16 +293,13 @@ def train(
     stale = 0
     rng = np.random.default_rng(config.seed)
     batch_size = steps_batch_size(config.batch_size, len(train), config.min_steps_per_epoch)
-    scheduler = _scheduler(optimizer, config, config.max_epochs * _steps_per_epoch(len(train), batch_size))
+    steps = sum(1 for _ in _epoch_batches(np.arange(len(train)), batch_size))
+    scheduler = _scheduler(optimizer, config, config.max_epochs * steps)
     epochs = tqdm(range(1, config.max_epochs + 1), desc="training", unit="epoch",
                   disable=not (progress and run.main))
     for epoch in epochs:
         step.train()
-        order = rng.permutation(len(train))
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            if len(idx) < 2:
-                continue
+        for idx in _epoch_batches(rng.permutation(len(train)), batch_size):
             variant = rng.integers(0, train.features.shape[0], size=len(idx))
             seen = _drop_views(train.views[idx] >= 0, config.view_dropout, rng)
             loss = _loss(step, model, train, idx, variant, seen, coords, config, noise, groups, run, device)
@@ -358,9 +355,11 @@ def _measured_sample(data: TrainingData, seed: int) -> TrainingData:
                         data.headings[items])
 
 
-def _steps_per_epoch(items: int, batch_size: int) -> int:
-    """Optimiser steps of an epoch over ``items`` (the loop skips a last batch of one)."""
-    return sum(1 for start in range(0, items, batch_size) if min(batch_size, items - start) >= 2)
+def _epoch_batches(order: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
+    """An epoch's batches over the items in ``order``: ``batch_size`` at a time, a last batch of one left out."""
+    for start in range(0, len(order), batch_size):
+        if len(order) - start >= 2:
+            yield order[start : start + batch_size]
 
 
 def _scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig,
