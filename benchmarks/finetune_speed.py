@@ -18,12 +18,11 @@ import contextlib
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
+from phone_photos import DATA
 from torch import nn
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SETTINGS = (("float32", False), ("float32", True), ("bfloat16 autocast", False), ("bfloat16 autocast", True))
 """(precision, channels-last) pairs, timed in this order each round."""
 
