@@ -15,12 +15,13 @@ and the frozen run of the same encoder is its probe. ``--fold K`` holds out one 
 a fold a command; each fold's own numbers follow the table, with its count of held-out items to pool them.
 Run: ``python benchmarks/accuracy.py [--folds 5] [--task N] [--fold K] [--finetune-blocks N|all]
 [--scheme geocells] [--no-augment] [--set fusion=lstm] [--set head=gps] [--set location=scratch]
-[--refine knn|gps] [--restarts 3 [--members 3]] [--places 0.25 [--draw N]]``.
+[--refine knn|gps] [--restarts 3 [--members 3]] [--places 0.25 [--draw N]] [--checkpoint-dir DIR]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 import time
@@ -114,11 +115,13 @@ def outer_ring(frame: pd.DataFrame, share: float = RING_SHARE) -> np.ndarray:
 
 def cross_validate(task: Task, folds: int, options: FitOptions, max_folds: int | None = None,
                    progress: bool = False, refine: str = "none", places: float = 1.0, draw: int = 0,
-                   only_fold: int | None = None) -> dict:
+                   only_fold: int | None = None, checkpoints: Path | None = None) -> dict:
     """Pooled metrics over the held-out folds; ``places`` < 1 trains on that share of the training places.
 
     The folds are those of the whole set, so every share is measured on the same held-out images;
-    ``only_fold`` holds out that fold alone (a long experiment split into one command a fold).
+    ``only_fold`` holds out that fold alone (a long experiment split into one command a fold). With
+    ``checkpoints`` each fold's training writes its state in ``checkpoints/fold-K/`` every epoch and resumes
+    from it (a fold's run split over several commands); the folder goes once the fold is measured.
     """
     manifest = load_sets(task.sets)
     kept = kept_places(manifest, places, draw)  # every place when places >= 1
@@ -133,15 +136,18 @@ def cross_validate(task: Task, folds: int, options: FitOptions, max_folds: int |
         frame = manifest.frame.copy()
         frame["split"] = np.where(fold == k, "test", np.where(inner == 0, "val", "train"))
         frame = frame[kept | (frame["split"] != "train").to_numpy()].reset_index(drop=True)
+        saved = checkpoints / f"fold-{k}" if checkpoints is not None else None
         with tempfile.TemporaryDirectory() as tmp:
             task_options = replace(options, scheme=task.scheme, crops=task.crops,
                                    train=replace(options.train, label_smoothing_km=task.smoothing_km))
             if refine == "gps":  # PIGEON's hybrid: a GPS head on the task's gallery, attached as the refiner
                 gps = replace(task_options, scheme=LabelScheme("grid", {"cell_km": task.gallery_km}), members=1,
                               restarts=1, train=replace(task_options.train, head="gps"))
-                task_options = replace(task_options, refiner=fit(Manifest(frame, manifest.root), gps,
-                                                                 Path(tmp) / "gps", progress=progress)[0])
-            fit(Manifest(frame, manifest.root), task_options, Path(tmp) / "model", progress=progress)
+                task_options = replace(task_options, refiner=fit(
+                    Manifest(frame, manifest.root), gps, Path(tmp) / "gps", progress=progress,
+                    checkpoints=saved / "gps" if saved is not None else None)[0])
+            fit(Manifest(frame, manifest.root), task_options, Path(tmp) / "model", progress=progress,
+                checkpoints=saved / "model" if saved is not None else None)
             model = load_model(Path(tmp) / "model")
             test = Manifest(frame[frame["split"] == "test"].reset_index(drop=True), manifest.root)
             result, _ = evaluate(model, test, progress=False, refine=refine)
@@ -151,6 +157,8 @@ def cross_validate(task: Task, folds: int, options: FitOptions, max_folds: int |
             probes.append(pd.DataFrame() if options.finetune_blocks else
                           linear_probe(model, Manifest(frame, manifest.root), result, task_options))
         results.append(result)
+        if saved is not None:
+            shutil.rmtree(saved, ignore_errors=True)
     pooled = pool(results, probes)
     pooled[FOLDS] = {k: pool([r], [p])[MODEL] for k, r, p in zip(held, results, probes, strict=True)}
     if singles:
@@ -253,6 +261,9 @@ def main() -> int:
                         help="train on a random share of each fold's training places, test on the whole held-out "
                              "folds (how accuracy grows with data)")
     parser.add_argument("--draw", type=int, default=0, help="which random share --places keeps (a seed; 0)")
+    parser.add_argument("--checkpoint-dir", type=Path, metavar="DIR",
+                        help="write each fold's training state in DIR every epoch and resume from it: a long run "
+                             "(--finetune-blocks all) split over several commands, each stopped and rerun alike")
     parser.add_argument("--scheme", help="label scheme for the km tasks instead of theirs, e.g. geocells "
                         "or geocells:min_images=20,max_images=200")
     args = parser.parse_args()
@@ -292,7 +303,8 @@ def main() -> int:
                                                            (p.split("=") for p in params.split(",") if p)}))
         start = time.perf_counter()
         m = cross_validate(task, args.folds, options, args.max_folds, args.progress, args.refine,
-                           args.places, args.draw, args.fold)
+                           args.places, args.draw, args.fold,
+                           args.checkpoint_dir / f"task-{i}" if args.checkpoint_dir is not None else None)
         columns = (MODEL, ONE_VIEW, VIEWS_AVERAGED, PROBE, CENTROID, KNN)
         cells = [_cell(m[name], task) if name in m else "–" for name in columns]
         print(f"| {task.name} | {task.goal} | " + " | ".join(cells) + f" | {time.perf_counter() - start:.0f} s |",

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -95,3 +99,32 @@ def test_finetune_blocks_takes_a_count_or_all(croatia_small: Path, tmp_path: Pat
         main(["train", str(croatia_small), "-o", str(tmp_path / "m"), "--finetune-blocks", "most"])
     assert refused.value.code == 2
     assert "a number of blocks or 'all'" in capsys.readouterr().err
+
+
+def test_the_whole_layout_encoder_trains_and_a_killed_run_resumes(croatia_small: Path, tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "layout"
+    command = ["train", str(croatia_small), "--labels", "grid", "--cell-km", "100", "-o", str(out),
+               "--encoder", "efficientnet-lite0/layout", "--finetune-blocks", "all", "--max-epochs", "4",
+               "--batch-size", "16", "--no-augment", "--schedule", "cosine"]
+    first = subprocess.Popen([sys.executable, "-m", "geoscope", *command], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+    saved = tmp_path / "layout.partial" / "run-1.pt"
+    while not saved.is_file() and first.poll() is None:
+        time.sleep(0.05)
+    first.kill()  # as a machine going down would, after the first epoch's state was written
+    assert first.wait() == -signal.SIGKILL, first.stderr.read()
+    capsys.readouterr()
+    assert main(command) == 0
+    assert "resuming from epoch 2" in capsys.readouterr().err
+    assert not saved.parent.exists() and len(json.loads((out / "history.json").read_text())) > 0
+    model = load_model(out)
+    assert model.config["image_encoder"]["name"] == "efficientnet-lite0/layout"
+    # the features are the fine-tuned network's stage statistics (8,512 values), read from the decoded image
+    image = str(read_manifest(croatia_small).image_paths[-1])
+    pre = image_encoder_spec("efficientnet-lite0").preprocess
+    x = torch.from_numpy(pre.views(open_image(image, min_size=pre.decode_size), Views()))
+    with torch.no_grad():
+        expected = model.adapter.top(x).numpy()
+    assert expected.shape == (1, 8512)
+    np.testing.assert_allclose(model.image_features([image]).embeddings, expected, rtol=1e-4, atol=1e-4)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from dataclasses import fields
+from pathlib import Path
 
 from .. import distributed
 from ..data.manifest import Manifest, read_manifest
@@ -30,7 +32,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--labels", choices=KINDS, default="grid",
                         help="geocells (regions split by data density), grid, cities, h3 or column (grid)")
     add_scheme_arguments(parser)
-    parser.add_argument("-o", "--output", required=True, help="model bundle directory to write")
+    parser.add_argument("-o", "--output", required=True,
+                        help="model bundle directory to write (while training, OUTPUT.partial/ holds each epoch's "
+                             "state: the same command run again after a stop resumes from it)")
     parser.add_argument("--encoder", default="efficientnet-lite0",
                         help="image encoder: efficientnet-lite0 (default), efficientnet-lite2, <name>/stats, "
                              "<name>/layout (the default model's), <name>/stages, hf:<repo>, or several joined by + "
@@ -94,7 +98,8 @@ def run(args: argparse.Namespace) -> int:
                              name=args.name or args.output.rstrip("/").split("/")[-1],
                              block_km=args.block_km, gap_km=args.gap_km,
                              provenance=read_dataset_card(args.manifest), device=run.device)
-        path, result = fit(manifest, options, args.output, command=["geoscope", *args.argv])
+        path, result = fit(manifest, options, args.output, command=["geoscope", *args.argv],
+                           checkpoints=partial_folder(args.output))
     if not run.main:
         return 0
     print(f"best epoch {result.best_epoch} (val loss {result.best_val_loss:.4f})")
@@ -102,8 +107,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {split:5s}  accuracy {record['accuracy']:6.1%}  mean {record['mean_km']:8.1f} km"
               f"  median {record['median_km']:8.1f} km")
     _fit_claim_check(path, manifest, options, args.manifest)
+    shutil.rmtree(partial_folder(args.output), ignore_errors=True)  # the run is done: nothing left to resume
     print(f"wrote {path}")
     return 0
+
+
+def partial_folder(output: str) -> Path:
+    """Where a training run writing ``output`` keeps its state between epochs: ``OUTPUT.partial`` beside it."""
+    target = Path(output)
+    return target.with_name(f"{target.name}.partial")
 
 
 def _fit_claim_check(path: str, manifest: Manifest, options: FitOptions, source: str) -> None:

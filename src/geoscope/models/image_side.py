@@ -22,11 +22,12 @@ from torch import nn
 from ..encoders.efficientnet import (
     LITE_MODELS,
     EfficientNetEmbedding,
+    EfficientNetStageStats,
     block_count,
     load_efficientnet,
     split_efficientnet,
 )
-from ..encoders.image import ImageEncoder, image_encoder_spec
+from ..encoders.image import STATS_VARIANTS, ImageEncoder, image_encoder_spec
 from ..encoders.preprocess import Views
 from ..errors import GeoscopeError
 from ..features.cache import FeatureSet, extract_features
@@ -57,8 +58,13 @@ class ImageSide:
         if blocks != ALL_BLOCKS and (isinstance(blocks, str) or blocks < 0):
             raise GeoscopeError(f"finetune_blocks must be 0 or more, or {ALL_BLOCKS!r}, not {blocks!r}")
         if self.finetune_blocks:
-            if self.name not in LITE_MODELS:
-                raise GeoscopeError(f"fine-tuning needs an EfficientNet-Lite encoder, not {self.name!r}")
+            base, _, variant = self.name.partition("/")
+            if self.end_to_end and base in LITE_MODELS and variant in STATS_VARIANTS:
+                pass  # the whole encoder under its stage statistics (``<lite>/layout``), from pixels
+            elif self.name not in LITE_MODELS:
+                whole = f" (its {', '.join(f'/{v}' for v in STATS_VARIANTS)} only with all of it fine-tuned)" \
+                    if base in LITE_MODELS else ""
+                raise GeoscopeError(f"fine-tuning needs an EfficientNet-Lite encoder{whole}, not {self.name!r}")
             if not self.end_to_end and self.finetune_blocks > (total := block_count(self.name)):
                 raise GeoscopeError(f"{self.name} has {total} blocks: fine-tune 0 to {total}, "
                                     f"not {self.finetune_blocks}")
@@ -74,13 +80,18 @@ class ImageSide:
         """Name of the encoder whose outputs the model reads (a trunk when fine-tuning the top; the
         preprocessed pixels, never cached, when fine-tuning all of it)."""
         if self.end_to_end:
-            return f"{self.name}/pixels"
+            return f"{self.base}/pixels"
         return f"{self.name}/trunk-{self.finetune_blocks}" if self.finetune_blocks else self.name
+
+    @property
+    def base(self) -> str:
+        """The network the name reads (``efficientnet-lite0`` of ``efficientnet-lite0/layout``)."""
+        return self.name.partition("/")[0] if self.finetune_blocks else self.name
 
     @property
     def mixed_scales(self) -> bool:
         """Whether the image features mix blocks on different scales (the head then standardises them)."""
-        return not self.finetune_blocks and image_encoder_spec(self.name).mixed_scales
+        return (self.end_to_end or not self.finetune_blocks) and image_encoder_spec(self.name).mixed_scales
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -154,9 +165,12 @@ class ImageSide:
             return nn.Identity()
         if self.end_to_end:
             c = image_encoder_spec(self.name).preprocess.crop_size
-            net = load_efficientnet(self.name)
+            net = load_efficientnet(self.base)
             net._fc = nn.Identity()  # the ImageNet classifier: not part of the embedding, nothing to train or store
-            return TrunkTop(EfficientNetEmbedding(net), (3, c, c), self.crops, train_window=round(c * PIXEL_WINDOW),
+            variant = self.name.partition("/")[2]
+            whole = EfficientNetStageStats(net, bands=STATS_VARIANTS[variant][0], head=STATS_VARIANTS[variant][1]) \
+                if variant else EfficientNetEmbedding(net)
+            return TrunkTop(whole, (3, c, c), self.crops, train_window=round(c * PIXEL_WINDOW),
                             eval_batch=PIXEL_EVAL_BATCH)
         _, top = split_efficientnet(self.name, self.finetune_blocks)
         return TrunkTop(top, image_encoder_spec(self.cached_encoder).output_shape, self.crops)

@@ -30,9 +30,14 @@ __all__ = ["FitOptions", "fit"]
 
 
 def fit(manifest: Manifest, options: FitOptions, out_dir: str | os.PathLike[str], *,
-        progress: bool = True, command: Sequence[str] | None = None) -> tuple[Path, TrainResult]:
+        progress: bool = True, command: Sequence[str] | None = None,
+        checkpoints: str | os.PathLike[str] | None = None) -> tuple[Path, TrainResult]:
     """Train a model of the head ``options.train.head`` names on ``manifest`` and save it as a bundle in
     ``out_dir``.
+
+    With ``checkpoints`` (a folder) each training run writes its state there at the end of every epoch
+    (``run-<i>.pt``) and, called again alike, resumes from it (:func:`~.loop.train`); the caller removes the
+    folder once it has what it needs.
 
     Under torchrun every rank calls this alike; rank 0 alone prints and writes the bundle.
     """
@@ -54,7 +59,8 @@ def fit(manifest: Manifest, options: FitOptions, out_dir: str | os.PathLike[str]
         if len(configs) > 1 and progress:
             print(f"run {i}/{len(configs)}: lr {config.lr_head:g}, wd {config.wd_head:g}, "
                   f"patience {config.patience}, factor {config.factor:g}, seed {config.seed}", file=sys.stderr)
-        results.append(_run(head, config, data, options, extra, progress))
+        saved = Path(checkpoints) / f"run-{i}.pt" if checkpoints is not None else None
+        results.append(_run(head, config, data, options, extra, progress, saved))
     ranked = sorted(range(len(results)), key=lambda i: results[i].best_val_loss)
     kept = ranked[: options.members]
     trials = [{**_search_keys(r.config), "val_loss": r.best_val_loss, "epoch": r.best_epoch, "kept": i in kept}
@@ -69,13 +75,13 @@ def fit(manifest: Manifest, options: FitOptions, out_dir: str | os.PathLike[str]
 
 
 def _run(head: type[TrainableHead], config: TrainConfig, data: PreparedData, options: FitOptions,
-         extra: dict[str, TrainingData] | None, progress: bool) -> TrainResult:
+         extra: dict[str, TrainingData] | None, progress: bool, checkpoint: Path | None = None) -> TrainResult:
     """One training run: a fresh head from the run's seed, trained in the loop."""
     adapter = options.image_side.adapter() if options.finetune_blocks else None
     fresh = head.create(config, data.image_dim(adapter), data.candidate_inputs)
     return train(fresh, data.splits["train"], data.splits["val"], data.label_coords, config, image_adapter=adapter,
                  standardize_features=options.image_side.mixed_scales, extra_splits=extra,
-                 label_levels=data.label_levels, progress=progress, device=options.device)
+                 label_levels=data.label_levels, progress=progress, device=options.device, checkpoint=checkpoint)
 
 
 def _check_members(options: FitOptions, runs: int) -> None:

@@ -15,6 +15,8 @@ import copy
 import inspect
 import itertools
 import math
+import os
+import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -35,6 +37,7 @@ from ..models.heads import TRAINABLE, Batch, TrainableHead
 from ..models.losses import haversine_smoothed_targets, soft_cross_entropy
 from ..models.place_clip import LOCATIONS
 from ..models.projection import IMAGE_HEADS
+from . import checkpoint as checkpoints
 
 if TYPE_CHECKING:
     from ..features.pixels import ImagePixels
@@ -231,6 +234,66 @@ def steps_batch_size(batch_size: int, items: int, min_steps: int) -> int:
     return min(batch_size, max(MIN_BATCH_SIZE, items // min_steps))
 
 
+class _Resumable:
+    """Where a run's state is written at the end of each epoch (nowhere without a path) and read back from.
+
+    Rank 0 writes the file; every rank's random generators go in it (gathered), and each reads back its own."""
+
+    def __init__(self, path: str | os.PathLike[str] | None, fingerprint: str, run: distributed.Run,
+                 device: torch.device) -> None:
+        self.path, self.fingerprint, self.run, self.device = path, fingerprint, run, device
+
+    def load(self) -> dict | None:
+        return checkpoints.load(self.path, self.fingerprint) if self.path is not None else None
+
+    def save(self, epoch: int, done: bool, best: tuple, history: list[dict], stale: int, trained: nn.Module,
+             optimizer: torch.optim.Optimizer, scheduler: object, averaged: AveragedModel | None,
+             rng: np.random.Generator) -> None:
+        if self.path is None:
+            return
+        rngs = checkpoints.rng_state(rng, self.device)
+        rngs = distributed.all_gather_object(rngs) if self.run.distributed else [rngs]
+        if not self.run.main:
+            return
+        checkpoints.save(self.path, {
+            "fingerprint": self.fingerprint, "epoch": epoch, "done": done, "history": history, "stale": stale,
+            "best_loss": best[0], "best_epoch": best[1], "best_head": best[2], "best_adapter": best[3],
+            "trained": trained.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "averaged": averaged.state_dict() if averaged is not None else None,
+            "rng": rngs,
+        })
+
+    def restore(self, state: dict, trained: nn.Module, optimizer: torch.optim.Optimizer, scheduler: object,
+                averaged: AveragedModel | None, rng: np.random.Generator) -> tuple[int, bool, tuple, list, int]:
+        """Load ``state`` into the run's modules, optimiser, scheduler and generators; returns the first epoch to
+        run, whether the run had finished, the best weights so far, the history and the early-stopping count."""
+        trained.load_state_dict(state["trained"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if averaged is not None:
+            averaged.load_state_dict(state["averaged"])
+        checkpoints.set_rng_state(rng, state["rng"][self.run.rank], self.device)
+        best = (state["best_loss"], state["best_epoch"], state["best_head"], state["best_adapter"])
+        return state["epoch"] + 1, state["done"], best, state["history"], state["stale"]
+
+
+def _fingerprint(head: TrainableHead, train: TrainingData, val: TrainingData,
+                 extra: dict[str, TrainingData] | None, label_coords: np.ndarray, label_levels: np.ndarray | None,
+                 config: TrainConfig, adapter: nn.Module | None, standardize: bool, run: distributed.Run) -> str:
+    """What makes two runs the same run: the head's kind and size, the settings, the world size and every split's
+    labels, coordinates and image rows (the features themselves are the encoder's: not read again)."""
+    splits = {"train": train, "val": val, **(extra or {})}
+    arrays = [np.asarray(label_coords, dtype=np.float64),
+              *([np.asarray(label_levels)] if label_levels is not None else [])]
+    for data in splits.values():
+        arrays += [np.asarray(data.label), np.asarray(data.lat), np.asarray(data.lon), data.views,
+                   np.asarray(data.features.shape)]
+    shapes = {k: list(v.shape) for k, v in head.state_dict().items()}
+    adapter_shapes = {k: list(v.shape) for k, v in adapter.state_dict().items()} if adapter is not None else None
+    return checkpoints.fingerprint(config.to_dict(), arrays,
+                                   [head.kind, shapes, adapter_shapes, standardize, list(splits), run.world_size])
+
+
 def train(
     head: TrainableHead,
     train: TrainingData,
@@ -245,6 +308,7 @@ def train(
     progress: bool = True,
     on_epoch: Callable[[int, TrainableHead], None] | None = None,
     device: str | torch.device | None = None,
+    checkpoint: str | os.PathLike[str] | None = None,
 ) -> TrainResult:
     """Train ``head`` (fresh from its ``create``, which drew its weights from ``config.seed``) on cached
     features; returns the best (lowest val loss) weights, loaded into it.
@@ -257,6 +321,12 @@ def train(
     region); with ``config.level_weight`` > 0 the loss also scores the summed probability of
     the true group at each level, so "which country" is learned as such. ``device`` is a torch
     device (default CPU); the returned head is on the CPU.
+
+    With ``checkpoint`` (a file path) the run's whole state is written there, atomically, at the end of every
+    epoch (:mod:`.checkpoint`); started again with the same head, settings and data, it continues from the
+    epoch after the one written and ends as the uninterrupted run would (a run already finished is read back,
+    not trained again); a checkpoint of another run raises :class:`GeoscopeError`. The caller removes the file
+    once it has kept the result.
 
     In a process group (``torchrun``, :func:`geoscope.distributed.start`) every rank passes the
     same data: each epoch's permutation is drawn alike on every rank, rank ``r`` trains on
@@ -295,8 +365,15 @@ def train(
     batch_size = steps_batch_size(config.batch_size, len(train), config.min_steps_per_epoch)
     steps = sum(1 for _ in _epoch_batches(np.arange(len(train)), batch_size))
     scheduler = _scheduler(optimizer, config, config.max_epochs * steps)
-    epochs = tqdm(range(1, config.max_epochs + 1), desc="training", unit="epoch",
-                  disable=not (progress and run.main))
+    resumable = _Resumable(checkpoint, _fingerprint(model, train, val, extra_splits, label_coords, label_levels,
+                                                    config, image_adapter, standardize_features, run), run, device)
+    first, done = 1, False
+    if (state := resumable.load()) is not None:
+        first, done, best, history, stale = resumable.restore(state, trained, optimizer, scheduler, averaged, rng)
+        if progress and run.main:
+            print(f"resuming from epoch {first}" if not done else "resuming: the run had finished", file=sys.stderr)
+    epochs = tqdm(range(first, config.max_epochs + 1 if not done else first), desc="training", unit="epoch",
+                  initial=first - 1, total=config.max_epochs, disable=not (progress and run.main))
     for epoch in epochs:
         step.train()
         for idx in _epoch_batches(rng.permutation(len(train)), batch_size):
@@ -329,8 +406,10 @@ def train(
             stale = 0
         else:
             stale += 1
-            if stale >= config.early_stop:
-                break
+        done = stale >= config.early_stop or epoch == config.max_epochs
+        resumable.save(epoch, done, best, history, stale, trained, optimizer, scheduler, averaged, rng)
+        if done:
+            break
     model.load_state_dict(best[2])
     adapter.load_state_dict(best[3])
     model.cpu().eval()
