@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shutil
 import sys
 from dataclasses import fields
@@ -16,7 +17,7 @@ from ..encoders.image import image_encoder_spec
 from ..encoders.text import check_text_encoder
 from ..errors import GeoscopeError, one_line
 from ..evaluate.claims import fit_claim_check
-from ..fileio import check_writable
+from ..fileio import check_writable, sole_writer
 from ..geo.labels import KINDS
 from ..models.image_side import ImageSide
 from ..training.data import with_split
@@ -98,8 +99,9 @@ def run(args: argparse.Namespace) -> int:
                              name=args.name or args.output.rstrip("/").split("/")[-1],
                              block_km=args.block_km, gap_km=args.gap_km,
                              provenance=read_dataset_card(args.manifest), device=run.device)
-        path, result = fit(manifest, options, args.output, command=["geoscope", *args.argv],
-                           checkpoints=partial_folder(args.output))
+        saved = partial_folder(args.output)
+        with sole_writer(saved) if run.main else contextlib.nullcontext():  # one run writes a checkpoint at a time
+            path, result = fit(manifest, options, args.output, command=["geoscope", *args.argv], checkpoints=saved)
     if not run.main:
         return 0
     print(f"best epoch {result.best_epoch} (val loss {result.best_val_loss:.4f})")
