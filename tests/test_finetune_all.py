@@ -99,6 +99,10 @@ def test_finetune_blocks_takes_a_count_or_all(croatia_small: Path, tmp_path: Pat
         main(["train", str(croatia_small), "-o", str(tmp_path / "m"), "--finetune-blocks", "most"])
     assert refused.value.code == 2
     assert "a number of blocks or 'all'" in capsys.readouterr().err
+    assert main(["train", str(croatia_small), "-o", str(tmp_path / "m"), "--encoder", "efficientnet-lite0/layout",
+                 "--finetune-blocks", "1"]) == 2  # the stage statistics read the whole network: all of it or none
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "only with all of it fine-tuned" in err and not (tmp_path / "m").exists()
 
 
 def test_the_whole_layout_encoder_trains_and_a_killed_run_resumes(croatia_small: Path, tmp_path: Path,
@@ -115,6 +119,10 @@ def test_the_whole_layout_encoder_trains_and_a_killed_run_resumes(croatia_small:
     first.kill()  # as a machine going down would, after the first epoch's state was written
     assert first.wait() == -signal.SIGKILL, first.stderr.read()
     capsys.readouterr()
+    assert main([*command, "--lr-head", "2e-3"]) == 2  # another run's checkpoint: one line, and it stays
+    err = capsys.readouterr().err  # after the images' check: the refusal, no traceback
+    last = err.strip().splitlines()[-1]
+    assert "Traceback" not in err and "layout.partial" in last and "another training run" in last and saved.is_file()
     assert main(command) == 0
     assert "resuming from epoch 2" in capsys.readouterr().err
     assert not saved.parent.exists() and len(json.loads((out / "history.json").read_text())) > 0

@@ -47,7 +47,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="…and leave out training images this close to a val or test image (default 0.1)")
     parser.add_argument("--finetune-blocks", type=finetune_blocks, default=0, metavar="N|all",
                         help="fine-tune the image encoder's last N blocks on cached activations, or all of it from "
-                             "the images, decoded as each batch needs them (meant for GPUs; default 0: frozen)")
+                             "the images, decoded as each batch needs them (meant for GPUs; all also under "
+                             "<name>/layout, /stats or /stages; default 0: frozen)")
     parser.add_argument("--crops", type=int, default=1,
                         help="square crops along each image's long side, averaged (for wide frames; default 1)")
     parser.add_argument("--name", default=None, help="model name (default: the output folder's)")

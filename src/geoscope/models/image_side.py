@@ -4,7 +4,8 @@ A frozen model caches the encoder's pooled embedding of each image. A fine-tuned
 caches the feature maps below the encoder's last ``finetune_blocks`` MBConv blocks
 (``<encoder>/trunk-<n>``) and trains those blocks (:class:`TrunkTop`) on the cache, so an
 epoch runs only the top of the network. ``finetune_blocks="all"`` caches nothing: the images
-are decoded when a batch needs them and the whole encoder trains (:mod:`geoscope.features.pixels`).
+are decoded when a batch needs them and the whole encoder trains (:mod:`geoscope.features.pixels`), read
+out as its name says: the pooled embedding, or the stage statistics of ``<lite>/stats``, ``/layout`` or ``/stages``.
 Either way the image is seen as ``crops`` square crops along its long side, whose features
 are averaged.
 """
