@@ -147,7 +147,8 @@ def test_concurrent_writers_share_the_work_and_a_killed_one_is_resumed(tmp_path:
     assert not list(cache.glob("*/plain/claims/*.claims"))  # the stale claim was cleared
 
 
-def _ddp_worker(rank: int, port: int, loss: str, out: str) -> None:
+def _ddp_worker(rank: int, port: int, loss: str, out: str, checkpoint: str | None = None,
+                stop_after: int | None = None) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
                       LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE="2")
     import torch
@@ -156,13 +157,17 @@ def _ddp_worker(rank: int, port: int, loss: str, out: str) -> None:
 
     torch.set_num_threads(1)
     run = distributed.start("cpu")
-    result = _train_small(loss)
+    try:
+        result = _train_small(loss, checkpoint, stop_after)
+    except KeyboardInterrupt:  # the stop asked for: both ranks leave after the same epoch
+        distributed.finish()
+        return
     if run.main:
         Path(out).write_text(json.dumps({"history": result.history, "run": result.run}))
     distributed.finish()
 
 
-def _train_small(loss: str):
+def _train_small(loss: str, checkpoint: str | None = None, stop_after: int | None = None):
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 4, 260)
     x = (rng.standard_normal((4, 16))[labels] + rng.standard_normal((2, 260, 16))).astype(np.float32)
@@ -173,7 +178,13 @@ def _train_small(loss: str):
     config = TrainConfig(max_epochs=4, batch_size=50, embed_dim=16, dropout=0.0, feature_noise=0.0, loss=loss,
                          label_smoothing_km=30.0, level_weight=0.3 if loss == "label" else 0.0)
     head = PlaceNamesHead.create(config, 16, rng.standard_normal((4, 6)).astype(np.float32))
-    return train(head, train_data, val, coords, config, label_levels=np.array([[0, 0, 1, 1]]), progress=False)
+
+    def stop(epoch: int, _: object) -> None:
+        if epoch == stop_after:
+            raise KeyboardInterrupt
+
+    return train(head, train_data, val, coords, config, label_levels=np.array([[0, 0, 1, 1]]), progress=False,
+                 checkpoint=checkpoint, on_epoch=stop)
 
 
 @pytest.mark.parametrize("loss", ["label", "clip"])
@@ -189,6 +200,12 @@ def test_two_gloo_ranks_train_as_one_process(loss: str, tmp_path: Path) -> None:
     assert ranks["run"]["world_size"] == 2 and ranks["run"]["backend"] == "gloo"
     single = _train_small(loss).history
     assert len(single) == len(ranks["history"])
+    if loss == "label":  # two ranks stopped in their third epoch resume from the second's checkpoint alike
+        saved = tmp_path / "run.pt"
+        mp.spawn(_ddp_worker, args=(port, loss, str(tmp_path / "stopped.json"), str(saved), 3), nprocs=2)
+        assert saved.is_file() and not (tmp_path / "stopped.json").exists()
+        mp.spawn(_ddp_worker, args=(port, loss, str(out), str(saved)), nprocs=2)
+        assert json.loads(out.read_text())["history"] == ranks["history"]
     for a, b in zip(single, ranks["history"], strict=True):
         assert (a["epoch"], a["split"]) == (b["epoch"], b["split"])
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
