@@ -256,3 +256,19 @@ def test_a_process_asks_for_small_pages_only_where_huge_pages_are_always_given(t
     flag = next((line.split()[-1] for line in status.splitlines() if line.startswith("THP_enabled:")), None)
     if flag is not None:  # kernels from 5.0 report it: 0 once the process has asked for small pages
         assert flag == ("0" if always else "1")
+
+
+def test_the_command_line_has_torchs_idle_threads_sleep_soon_unless_told_how_they_wait() -> None:
+    from geoscope.distributed import IDLE_SPINS, SPIN_ENV
+
+    def settings(script: str, **told: str) -> list[str]:
+        env = {k: v for k, v in os.environ.items() if k not in SPIN_ENV} | told
+        done = subprocess.run([sys.executable, "-c", script + "; print(*(os.environ.get(n) for n in names))"],
+                              capture_output=True, text=True, check=True, env=env | {"NAMES": ",".join(SPIN_ENV)})
+        return done.stdout.split()
+
+    first = "import os; names = os.environ['NAMES'].split(','); import geoscope.cli, torch"
+    assert settings(first) == ["None", IDLE_SPINS, "None"]
+    assert settings(first, OMP_WAIT_POLICY="ACTIVE") == ["ACTIVE", "None", "None"]  # the user's choice stands
+    # torch already loaded: its OpenMP has read the environment, so nothing is set that would not act
+    assert settings("import os; names = os.environ['NAMES'].split(','); import torch, geoscope.cli") == ["None"] * 3

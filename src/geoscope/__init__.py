@@ -22,9 +22,13 @@ def load(model: str | os.PathLike[str] | None = None, *, region: str | None = No
 
     Returns a :class:`geoscope.predict.GeoModel`: ``model.predict(["photo.jpg"], top_k=3)``. Where Linux gives every
     large allocation transparent huge pages, the calling process asks for ordinary ones from then on
-    (:func:`geoscope.distributed.use_small_pages`: a call over many photos answers half again as fast).
+    (:func:`geoscope.distributed.use_small_pages`: a call over many photos answers half again as fast); called
+    before torch is imported, it also has torch's idle threads sleep soon
+    (:func:`geoscope.distributed.idle_threads_sleep_soon`).
     """
-    from .distributed import use_small_pages
+    from .distributed import idle_threads_sleep_soon, use_small_pages
+
+    idle_threads_sleep_soon()
     from .encoders.runtime import resolve_runtime
     from .loading import load_any_model
 

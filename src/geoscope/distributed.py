@@ -12,6 +12,7 @@ import contextlib
 import gc
 import os
 import socket
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -173,6 +174,31 @@ def use_small_pages() -> bool:
         return ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_THP_DISABLE, 1, 0, 0, 0) == 0
     except (OSError, AttributeError):
         return False
+
+
+SPIN_ENV = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
+"""What tells OpenMP (torch's threads) how long an idle thread waits busily for the next parallel region."""
+IDLE_SPINS = "10000"
+"""Spins of an idle OpenMP thread before it sleeps (GNU OpenMP's default: 300,000, some milliseconds)."""
+
+
+def idle_threads_sleep_soon() -> bool:
+    """Have torch's OpenMP threads sleep soon after their work runs out, unless the environment already says how
+    they wait (:data:`SPIN_ENV`); returns whether it did. OpenMP reads this when torch loads: call it first.
+
+    By default each of them spins for milliseconds after every parallel region, on cycles the image decoding
+    and the encoder's threads need; on a machine another job loads, a spinning thread also holds a core the
+    other threads of its region wait for (docs/performance.md, "Idle threads").
+    """
+    if "torch" in sys.modules or any(name in os.environ for name in SPIN_ENV):
+        return False
+    os.environ["GOMP_SPINCOUNT"] = IDLE_SPINS
+    return True
+
+
+def idle_thread_settings() -> dict[str, str]:
+    """How this process's OpenMP threads wait (:data:`SPIN_ENV`), for the processes it starts elsewhere (Ray's)."""
+    return {name: os.environ[name] for name in SPIN_ENV if name in os.environ}
 
 
 def cores_per_process() -> int:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..distributed import cpu_count, use_small_pages
+from ..distributed import cpu_count, idle_thread_settings, use_small_pages
 from ..encoders.image import get_image_encoder
 from ..encoders.preprocess import Preprocess, Views
 from ..encoders.runtime import Runtime
@@ -157,7 +157,7 @@ class RayCluster:
                                     "object_store_memory": LOCAL_OBJECT_STORE} if local else {}
         try:
             ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
-                     logging_level=logging.ERROR, **settings)
+                     logging_level=logging.ERROR, runtime_env={"env_vars": idle_thread_settings()}, **settings)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise GeoscopeError(f"cannot start or reach a Ray cluster at {self.address or 'this machine'}: "
