@@ -126,6 +126,9 @@ def test_the_whole_layout_encoder_trains_and_a_killed_run_resumes(croatia_small:
     assert main(command) == 0
     assert "resuming from epoch 2" in capsys.readouterr().err
     assert not saved.parent.exists() and len(json.loads((out / "history.json").read_text())) > 0
+    seconds = json.loads((out / "config.json").read_text())["training"]["seconds"]
+    assert len(seconds["runs"]) == 1 and seconds["runs"][0] > 0 and seconds["data"] > 0
+    assert "Training took" in (out / "README.md").read_text()  # the model card says how long, on what
     model = load_model(out)
     assert model.config["image_encoder"]["name"] == "efficientnet-lite0/layout"
     # the features are the fine-tuned network's stage statistics (8,512 values), read from the decoded image

@@ -57,7 +57,9 @@ def test_a_run_stopped_after_an_epoch_resumes_to_the_uninterrupted_result(config
     with pytest.raises(Stopped):
         _run(config, saved, stop_after=2)
     assert saved.is_file()
+    before = torch.load(saved, weights_only=True)["seconds"]  # epoch 1's, in the stopped process
     resumed = _run(config, saved, torch_seed=99)
+    assert 0 < before < resumed.seconds  # the epochs of both processes
     assert resumed.history == whole.history and len({r["epoch"] for r in whole.history}) > 2
     assert resumed.best_epoch == whole.best_epoch and resumed.best_val_loss == whole.best_val_loss
     for a, b in ((whole.head, resumed.head), (whole.image_adapter, resumed.image_adapter)):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -50,7 +51,9 @@ def fit(manifest: Manifest, options: FitOptions, out_dir: str | os.PathLike[str]
     _check_members(options, len(configs))
     refiner = PointsRefiner.from_bundle(read_bundle(options.refiner), options.image_side.to_dict()) \
         if options.refiner is not None else None  # refused before hours of work
+    started = time.perf_counter()
     data = prepare(manifest, options, head, progress=progress)
+    prepared = time.perf_counter() - started
     if refiner is not None:
         refiner.check_trained_on(data.train_hashes)
     extra = {"test": data.splits["test"]} if "test" in data.splits else None
@@ -61,6 +64,7 @@ def fit(manifest: Manifest, options: FitOptions, out_dir: str | os.PathLike[str]
                   f"patience {config.patience}, factor {config.factor:g}, seed {config.seed}", file=sys.stderr)
         saved = Path(checkpoints) / f"run-{i}.pt" if checkpoints is not None else None
         results.append(_run(head, config, data, options, extra, progress, saved))
+    after = time.perf_counter()
     ranked = sorted(range(len(results)), key=lambda i: results[i].best_val_loss)
     kept = ranked[: options.members]
     trials = [{**_search_keys(r.config), "val_loss": r.best_val_loss, "epoch": r.best_epoch, "kept": i in kept}
@@ -70,6 +74,9 @@ def fit(manifest: Manifest, options: FitOptions, out_dir: str | os.PathLike[str]
     if not main:
         return Path(out_dir), best
     config, tensors = assemble(stages(manifest, data, options, best, trials, command, refiner))
+    config["training"]["seconds"] = {"data": round(prepared, 1), "runs": [round(r.seconds, 1) for r in results],
+                                     "stages": round(time.perf_counter() - after, 1),
+                                     "cores": distributed.cores_per_process()}
     card = model_card(config, data.labels)
     return save_bundle(out_dir, config, tensors, data.labels, best.history, card), best
 

@@ -17,6 +17,7 @@ import itertools
 import math
 import os
 import sys
+import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -189,6 +190,8 @@ class TrainResult:
     """How it ran: ``world_size``, ``backend`` and every rank's device (:meth:`geoscope.distributed.Run.describe`)."""
     batch_size: int | None = None
     """Places per step it trained with (:func:`steps_batch_size`)."""
+    seconds: float = 0.0
+    """Wall-clock time of its epochs (training and measurement), summed over the processes a resumed run took."""
 
 
 class _Step(nn.Module):
@@ -246,8 +249,8 @@ class _Resumable:
     def load(self) -> dict | None:
         return checkpoints.load(self.path, self.fingerprint) if self.path is not None else None
 
-    def save(self, epoch: int, done: bool, best: tuple, history: list[dict], stale: int, trained: nn.Module,
-             optimizer: torch.optim.Optimizer, scheduler: object, averaged: AveragedModel | None,
+    def save(self, epoch: int, done: bool, best: tuple, history: list[dict], stale: int, seconds: float,
+             trained: nn.Module, optimizer: torch.optim.Optimizer, scheduler: object, averaged: AveragedModel | None,
              rng: np.random.Generator) -> None:
         if self.path is None:
             return
@@ -257,6 +260,7 @@ class _Resumable:
             return
         checkpoints.save(self.path, {
             "fingerprint": self.fingerprint, "epoch": epoch, "done": done, "history": history, "stale": stale,
+            "seconds": seconds,
             "best_loss": best[0], "best_epoch": best[1], "best_head": best[2], "best_adapter": best[3],
             "trained": trained.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "averaged": averaged.state_dict() if averaged is not None else None,
@@ -264,9 +268,10 @@ class _Resumable:
         })
 
     def restore(self, state: dict, trained: nn.Module, optimizer: torch.optim.Optimizer, scheduler: object,
-                averaged: AveragedModel | None, rng: np.random.Generator) -> tuple[int, bool, tuple, list, int]:
+                averaged: AveragedModel | None, rng: np.random.Generator) -> tuple[int, bool, tuple, list, int, float]:
         """Load ``state`` into the run's modules, optimiser, scheduler and generators; returns the first epoch to
-        run, whether the run had finished, the best weights so far, the history and the early-stopping count."""
+        run, whether the run had finished, the best weights so far, the history, the early-stopping count and
+        the seconds its epochs took so far."""
         trained.load_state_dict(state["trained"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -274,7 +279,7 @@ class _Resumable:
             averaged.load_state_dict(state["averaged"])
         checkpoints.set_rng_state(rng, state["rng"][self.run.rank], self.device)
         best = (state["best_loss"], state["best_epoch"], state["best_head"], state["best_adapter"])
-        return state["epoch"] + 1, state["done"], best, state["history"], state["stale"]
+        return state["epoch"] + 1, state["done"], best, state["history"], state["stale"], state.get("seconds", 0.0)
 
 
 def _fingerprint(head: TrainableHead, train: TrainingData, val: TrainingData,
@@ -367,14 +372,16 @@ def train(
     scheduler = _scheduler(optimizer, config, config.max_epochs * steps)
     resumable = _Resumable(checkpoint, _fingerprint(model, train, val, extra_splits, label_coords, label_levels,
                                                     config, image_adapter, standardize_features, run), run, device)
-    first, done = 1, False
+    first, done, seconds = 1, False, 0.0
     if (state := resumable.load()) is not None:
-        first, done, best, history, stale = resumable.restore(state, trained, optimizer, scheduler, averaged, rng)
+        first, done, best, history, stale, seconds = resumable.restore(state, trained, optimizer, scheduler,
+                                                                       averaged, rng)
         if progress and run.main:
             print(f"resuming from epoch {first}" if not done else "resuming: the run had finished", file=sys.stderr)
     epochs = tqdm(range(first, config.max_epochs + 1 if not done else first), desc="training", unit="epoch",
                   initial=first - 1, total=config.max_epochs, disable=not (progress and run.main))
     for epoch in epochs:
+        started = time.perf_counter()
         step.train()
         for idx in _epoch_batches(rng.permutation(len(train)), batch_size):
             variant = rng.integers(0, train.features.shape[0], size=len(idx))
@@ -407,7 +414,8 @@ def train(
         else:
             stale += 1
         done = stale >= config.early_stop or epoch == config.max_epochs
-        resumable.save(epoch, done, best, history, stale, trained, optimizer, scheduler, averaged, rng)
+        seconds += time.perf_counter() - started
+        resumable.save(epoch, done, best, history, stale, seconds, trained, optimizer, scheduler, averaged, rng)
         if done:
             break
     model.load_state_dict(best[2])
@@ -416,7 +424,8 @@ def train(
     adapter.cpu().eval()
     metrics = {r["split"]: {k: v for k, v in r.items() if k not in {"epoch", "split"}}
                for r in history if r["epoch"] == best[1]}
-    return TrainResult(model, config, best[1], best[0], history, metrics, image_adapter, run.describe(), batch_size)
+    return TrainResult(model, config, best[1], best[0], history, metrics, image_adapter, run.describe(), batch_size,
+                       seconds)
 
 
 PIXEL_MEASURE = 1024

@@ -83,12 +83,32 @@ Split: nearest validation image {_km(leak['nearest_train_val_km'])} and nearest 
 |---|---|---|---|
 {rows}
 
-{_refiner_said(config.get("refiner"))}
+{_time_said(training)}{_refiner_said(config.get("refiner"))}
 {_level_expert_said(config.get("level_expert"))}
 {_claim_check_said(config.get("verify"))}
 ## Limits
 Street-level imagery of the training regions only; one ImageNet backbone.
 """
+
+
+def _time_said(training: dict) -> str:
+    """How long training took, said in the model card (nothing for a bundle that did not record it)."""
+    seconds = training.get("seconds")
+    if not seconds:
+        return ""
+    runs, devices = seconds["runs"], (training.get("distributed") or {}).get("devices") or ["cpu"]
+    where = (f"{seconds['cores']} CPU core(s)" if devices == ["cpu"] else
+             f"{len(devices)} process(es) on {', '.join(sorted(set(devices)))}")
+    total = seconds["data"] + sum(runs) + seconds["stages"]
+    return (f"Training took {_duration(total)} on {where}: the data {_duration(seconds['data'])} (images checked, "
+            f"features cached or extracted), {len(runs)} run(s) {_duration(sum(runs))} (their epochs, summed over the "
+            f"commands of a resumed run), the answer's stages {_duration(seconds['stages'])}.\n\n")
+
+
+def _duration(seconds: float) -> str:
+    """``42 s``, ``12.5 min`` or ``3.2 h``."""
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min" if seconds < 5400 else \
+        f"{seconds / 3600:.1f} h"
 
 
 def _within_said(coverage: dict) -> str:
