@@ -102,7 +102,13 @@ def run(args: argparse.Namespace) -> int:
                              provenance=read_dataset_card(args.manifest), device=run.device)
         saved = partial_folder(args.output)
         with sole_writer(saved) if run.main else contextlib.nullcontext():  # one run writes a checkpoint at a time
-            path, result = fit(manifest, options, args.output, command=["geoscope", *args.argv], checkpoints=saved)
+            try:
+                path, result = fit(manifest, options, args.output, command=["geoscope", *args.argv],
+                                   checkpoints=saved)
+            finally:  # a folder that kept nothing (stopped in the first epoch, a full disk) is not left behind
+                if run.main:
+                    with contextlib.suppress(OSError):
+                        saved.rmdir()
     if not run.main:
         return 0
     print(f"best epoch {result.best_epoch} (val loss {result.best_val_loss:.4f})")

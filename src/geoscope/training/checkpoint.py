@@ -56,10 +56,16 @@ def set_rng_state(rng: np.random.Generator, state: dict, device: torch.device) -
 
 
 def save(path: str | os.PathLike[str], state: dict) -> None:
-    """Write ``state`` (tensors, numbers, lists, dicts; its ``fingerprint`` included) to ``path`` atomically."""
+    """Write ``state`` (tensors, numbers, lists, dicts; its ``fingerprint`` included) to ``path`` atomically; a
+    file that cannot be written (a full disk, no permission) raises :class:`GeoscopeError` naming it, and any
+    earlier file stays."""
     buffer = io.BytesIO()
     torch.save({"version": VERSION, **state}, buffer)
-    atomic_write_bytes(path, buffer.getbuffer())
+    try:
+        atomic_write_bytes(path, buffer.getbuffer())
+    except OSError as exc:
+        raise GeoscopeError(f"{quote_name(path)}: cannot keep the training state "
+                            f"({exc.strerror or type(exc).__name__})") from None
 
 
 def load(path: str | os.PathLike[str], fingerprint: str) -> dict | None:

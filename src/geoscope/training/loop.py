@@ -245,6 +245,7 @@ class _Resumable:
     def __init__(self, path: str | os.PathLike[str] | None, fingerprint: str, run: distributed.Run,
                  device: torch.device) -> None:
         self.path, self.fingerprint, self.run, self.device = path, fingerprint, run, device
+        self.warned = False
 
     def load(self) -> dict | None:
         return checkpoints.load(self.path, self.fingerprint) if self.path is not None else None
@@ -258,14 +259,20 @@ class _Resumable:
         rngs = distributed.all_gather_object(rngs) if self.run.distributed else [rngs]
         if not self.run.main:
             return
-        checkpoints.save(self.path, {
-            "fingerprint": self.fingerprint, "epoch": epoch, "done": done, "history": history, "stale": stale,
-            "seconds": seconds,
-            "best_loss": best[0], "best_epoch": best[1], "best_head": best[2], "best_adapter": best[3],
-            "trained": trained.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "averaged": averaged.state_dict() if averaged is not None else None,
-            "rng": rngs,
-        })
+        try:
+            checkpoints.save(self.path, {
+                "fingerprint": self.fingerprint, "epoch": epoch, "done": done, "history": history, "stale": stale,
+                "seconds": seconds,
+                "best_loss": best[0], "best_epoch": best[1], "best_head": best[2], "best_adapter": best[3],
+                "trained": trained.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "averaged": averaged.state_dict() if averaged is not None else None, "rng": rngs,
+            })
+        except GeoscopeError as exc:  # the state is a few times the bundle's size: training goes on without it
+            if not self.warned:
+                tqdm.write(f"geoscope: warning: {exc}; training goes on, but a stop from here resumes from the "
+                           "last epoch kept, if any", file=sys.stderr)  # on a line of its own, not the bar's
+                self.warned = True
 
     def restore(self, state: dict, trained: nn.Module, optimizer: torch.optim.Optimizer, scheduler: object,
                 averaged: AveragedModel | None, rng: np.random.Generator) -> tuple[int, bool, tuple, list, int, float]:
