@@ -14,7 +14,7 @@ the start model is least sure of, by the entropy of its label probabilities) doe
 is a reference, not something a plan can do.
 
 Run: ``python benchmarks/active.py [--task us-west --task croatia] [--draws 3] [--start 0.25] [--budget 0.25]
-[--weighing error --weighing thin --weighing places] [--entropy] [--max-folds K]``.
+[--weighing error --weighing thin --weighing places] [--entropy] [--max-folds K] [--first-draw D]``.
 Prints median km and mean GeoScore per draw, pooled over the held-out folds, and their mean over the draws.
 """
 
@@ -66,7 +66,7 @@ def least_sure(bundle: Path, manifest: Manifest, pool: pd.DataFrame, n: int) -> 
     return np.flatnonzero(pool["location_id"].isin(chosen).to_numpy())
 
 
-def simulate(task: Task, options: FitOptions, draws: int, start: float, budget: float, weighings: list[str],
+def simulate(task: Task, options: FitOptions, draws: range, start: float, budget: float, weighings: list[str],
              entropy: bool, folds: int, max_folds: int | None) -> tuple[dict, int]:
     """Held-out errors per method and draw (pooled over folds), and the budget N of the last fold."""
     manifest = load_sets(task.sets)
@@ -74,7 +74,7 @@ def simulate(task: Task, options: FitOptions, draws: int, start: float, budget: 
     fold = kfold(frame, folds, by=task.by, seed=0)
     inner = kfold(frame, 10, by=task.by, seed=1)
     methods = [START, RANDOM, *(f"plan: {w}" for w in weighings), *([ENTROPY] if entropy else [])]
-    errors: dict[tuple[str, int], list[np.ndarray]] = {(m, d): [] for m in methods for d in range(draws)}
+    errors: dict[tuple[str, int], list[np.ndarray]] = {(m, d): [] for m in methods for d in draws}
     n = 0
     options = replace(options, scheme=task.scheme, train=replace(options.train, label_smoothing_km=task.smoothing_km))
     for k in range(min(folds, max_folds or folds)):
@@ -82,7 +82,7 @@ def simulate(task: Task, options: FitOptions, draws: int, start: float, budget: 
         places = frame.assign(split=split).drop_duplicates("location_id")
         train = places[places["split"] == "train"].reset_index(drop=True)
         n = round(budget * len(train))
-        for draw in range(draws):
+        for draw in draws:
             rng = np.random.default_rng([draw, k])
             first = rng.random(len(train)) < start
             pool = train[~first].reset_index(drop=True)
@@ -125,6 +125,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--task", action="append", choices=tuple(SETS), help="sets to run (default both)")
     parser.add_argument("--draws", type=int, default=3)
+    parser.add_argument("--first-draw", type=int, default=0, help="the first draw's number (more draws in another run)")
     parser.add_argument("--start", type=float, default=0.25, help="share of the training places to start from")
     parser.add_argument("--budget", type=float, default=0.25, help="places to add, as a share of the training places")
     parser.add_argument("--weighing", action="append", choices=tuple(WEIGHINGS),
@@ -148,20 +149,31 @@ def main() -> int:
     print("|---|---|---|" + "---|" * len(_methods(weighings, args.entropy)))
     for name in args.task or list(SETS):
         began = time.perf_counter()
-        errors, n = simulate(SETS[name], options, args.draws, args.start, args.budget, weighings, args.entropy,
+        draws = range(args.first_draw, args.first_draw + args.draws)
+        errors, n = simulate(SETS[name], options, draws, args.start, args.budget, weighings, args.entropy,
                              args.folds, args.max_folds)
         methods = _methods(weighings, args.entropy)
-        for draw in range(args.draws):
+        for draw in draws:
             print(f"| {name} | {n} | {draw} | " + " | ".join(_cell([errors[m, draw]]) for m in methods) + " |")
         print(f"| **{name}** | {n} | **mean** | " + " | ".join(
-            _cell([errors[m, d] for d in range(args.draws)]) for m in methods) + " |", flush=True)
+            _cell([errors[m, d] for d in draws]) for m in methods) + " |")
+        print(f"| {name} | {n} | minus random | " + " | ".join(
+            _against_random(errors, m, draws) for m in methods) + " |", flush=True)
         print(f"  {name}: {time.perf_counter() - began:.0f} s", file=sys.stderr)
-    print("\nEach cell: median km / mean GeoScore of the held-out places (mean over draws in the last row).")
+    print("\nEach cell: median km / mean GeoScore of the held-out places (mean over draws in the 'mean' row); "
+          "'minus random': the median km less random's in the same draw, mean ± standard error over the draws.")
     return 0
 
 
 def _methods(weighings: list[str], entropy: bool) -> list[str]:
     return [START, RANDOM, *(f"plan: {w}" for w in weighings), *([ENTROPY] if entropy else [])]
+
+
+def _against_random(errors: dict, method: str, draws: range) -> str:
+    """A method's median km less random's, draw by draw: their mean ± its standard error."""
+    gaps = [np.median(errors[method, d]) - np.median(errors[RANDOM, d]) for d in draws]
+    spread = np.std(gaps, ddof=1) / np.sqrt(len(gaps)) if len(gaps) > 1 else float("nan")
+    return f"{np.mean(gaps):+.1f} ± {spread:.1f} km"
 
 
 def _cell(runs: list[np.ndarray]) -> str:
