@@ -101,3 +101,9 @@ def same_answers(a: object, b: object) -> bool:
     if isinstance(a, float) and isinstance(b, float):
         return math.isclose(a, b, rel_tol=1e-4, abs_tol=2e-4)
     return type(a) is type(b) and a == b
+
+
+def drawn(png: str | os.PathLike[str], colour: str) -> int:
+    """How many pixels of a PNG are exactly ``colour`` (``#rrggbb``): what was drawn in it, at its centres."""
+    pixels = np.asarray(Image.open(png).convert("RGB")).reshape(-1, 3)
+    return int((pixels == [int(colour[i:i + 2], 16) for i in (1, 3, 5)]).all(axis=1).sum())

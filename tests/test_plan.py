@@ -7,12 +7,14 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import drawn
 
 from geoscope.cli import main as cli
 from geoscope.data.plan import Plan, PlanError, cities_plan, grid_plan, read_plan, write_plan
 from geoscope.geo.places import top_places
 from geoscope.geo.regions import resolve_region
 from geoscope.geo.sphere import haversine_km
+from geoscope.report.maps import POINT, separate_areas
 
 
 def run_cli(monkeypatch: pytest.MonkeyPatch, *argv: str) -> int:
@@ -139,6 +141,7 @@ def test_cli_plan_grid_and_cities(tmp_path, monkeypatch, capsys) -> None:
     assert list(points.columns) == ["point_id", "lat", "lon", "cell_id", "cell"]
     cells = pd.read_csv(out / "cells.csv")
     assert {"cell_id", "name", "lat", "lon", "population", "min_lat", "max_lon"} <= set(cells.columns)
+    assert drawn(out / "map.png", POINT) > 100  # the plan drawn: its points over its cells
 
     out = tmp_path / "cities"
     assert run_cli(monkeypatch, "data", "plan", "cities", "--region", "GB", "--top", "20",
@@ -147,6 +150,21 @@ def test_cli_plan_grid_and_cities(tmp_path, monkeypatch, capsys) -> None:
     points = pd.read_csv(out / "points.csv")
     assert {"lat", "lon", "city_id", "city", "place_id", "place"} <= set(points.columns)
     assert len(points) == 40
+    assert drawn(out / "map.png", POINT) > 100
+
+
+def test_areas_far_apart_are_drawn_apart() -> None:
+    rng = np.random.default_rng(0)
+    centres = {"London": (51.5, -0.1), "Croatia": (45.1, 15.2), "Slovenia": (46.1, 14.8), "Oregon": (44.0, -120.5)}
+    lat = np.concatenate([c[0] + rng.normal(0, 0.3, 30) for c in centres.values()])
+    lon = np.concatenate([c[1] + rng.normal(0, 0.3, 30) for c in centres.values()])
+    weight = np.repeat([1.0, 0.0, 2.0, 0.5], 30)
+    area, order = separate_areas(lat, lon, weight)
+    london, croatia, slovenia, oregon = (area[i * 30:(i + 1) * 30] for i in range(4))
+    assert all(len(set(group)) == 1 for group in (london, croatia, slovenia, oregon))
+    assert croatia[0] == slovenia[0]  # neighbours: one panel
+    assert len({london[0], croatia[0], oregon[0]}) == 3 and len(order) == 3
+    assert order.tolist() == [croatia[0], london[0], oregon[0]]  # by weight: 60, 30, 15
 
 
 def test_cli_unknown_region_is_one_line_exit_2(tmp_path, monkeypatch, capsys) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import shared_rows
+from conftest import drawn, shared_rows
 from fake_providers import SV_KEY, FakeProviders
 
 from geoscope.bundle import read_bundle, save_bundle
@@ -21,6 +21,7 @@ from geoscope.evaluate.scoring import evaluate
 from geoscope.evaluate.weakness import Weakness, allocate, model_weakness
 from geoscope.geo.regions import bbox_region, country_of
 from geoscope.predict import load_model
+from geoscope.report.maps import KNOWN, POINT
 
 
 def run_cli(monkeypatch: pytest.MonkeyPatch, *argv: object) -> int:
@@ -87,6 +88,7 @@ def test_a_plan_of_exactly_n_points_where_the_model_is_weak(croatia_model: Path,
     assert inside["lat"].between(inside["min_lat"], inside["max_lat"]).all()
     assert inside["lon"].between(inside["min_lon"], inside["max_lon"]).all()
     assert meta["kind"] == "model" and meta["budget"] == 25 and meta["validation_by_label"]
+    assert drawn(out / "map.png", POINT) > 50 and drawn(out / "map.png", KNOWN) > 20  # points, training places
     assert sum(c["points"] for c in meta["chosen"]) == 25 and all(c["why"] for c in meta["chosen"])
     # the first point goes where it saves the most: land × expected km × (1 − √((n+1)/(n+2)))
     n = cells["training_places"]
@@ -141,6 +143,26 @@ def test_budget_and_bundle_errors_are_one_line_exit_2(croatia_model: Path, tmp_p
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no training places" in err
     assert not (tmp_path / "p").exists()
+
+
+def test_a_few_places_across_a_border_do_not_bring_the_neighbour_into_the_plan(croatia_model: Path,
+                                                                                tmp_path: Path) -> None:
+    files = read_bundle(croatia_model)
+    tensors = dict(files.tensors)
+    lat, lon = tensors["gallery.lat"].copy(), tensors["gallery.lon"].copy()
+    lat[:2], lon[:2] = (43.856, 44.203), (18.413, 17.908)  # two places moved to Sarajevo and Zenica
+    tensors["gallery.lat"], tensors["gallery.lon"] = lat, lon
+    strays = save_bundle(tmp_path / "strays", files.config, tensors, files.labels, files.history, "")
+    assert set(country_of(lat, lon)) >= {"HR", "BA"}
+    weakness = model_weakness(read_bundle(strays))
+    assert (country_of(weakness.cells["lat"], weakness.cells["lon"]) == "HR").all()
+    # where no country holds that many, the countries holding places are the plan's
+    few = {k: v[:2] if k in ("gallery.features", "gallery.lat", "gallery.lon", "gallery.label") else v
+           for k, v in tensors.items()}
+    config = {k: v for k, v in files.config.items() if k != "gallery"}  # nor the photos' paths of every place
+    few_places = save_bundle(tmp_path / "few", config, few, files.labels, files.history, "")
+    only = model_weakness(read_bundle(few_places)).cells
+    assert set(country_of(only["lat"], only["lon"])) == {"BA"}
 
 
 def test_a_bundle_from_before_the_record_plans_from_its_overall_error(croatia_model: Path, tmp_path: Path) -> None:

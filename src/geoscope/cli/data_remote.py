@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from ..errors import GeoscopeError
 from ..fileio import check_writable
 from ..geo.places import SUBURB_SCALE_KM
+
+if TYPE_CHECKING:
+    from ..data.plan import Plan
 
 DEFAULT_REGION = "GB"
 
@@ -101,7 +105,7 @@ def _region_args(parser: argparse.ArgumentParser) -> None:
 
 
 def run_plan_grid(args: argparse.Namespace) -> int:
-    from ..data.plan import grid_plan, write_plan
+    from ..data.plan import grid_plan
 
     if not 0 <= args.min_land <= 1:
         raise GeoscopeError(f"--min-land is a share of a cell's area, between 0 and 1 (got {args.min_land:g})")
@@ -109,27 +113,36 @@ def run_plan_grid(args: argparse.Namespace) -> int:
 
     plan = grid_plan(args.region, args.cell_km, args.per_cell, seed=args.seed,
                      min_land_fraction=args.min_land)
-    path = write_plan(plan, args.out)
-    print(f"{len(plan.points):,} points in {len(plan.table):,} cells of {args.cell_km:g} km "
-          f"over {plan.meta['region_name']} → {path}")
+    _write_plan(plan, args.out, f"{len(plan.points):,} points in {len(plan.table):,} cells of {args.cell_km:g} km "
+                                f"over {plan.meta['region_name']}")
     return 0
 
 
 def run_plan_cities(args: argparse.Namespace) -> int:
-    from ..data.plan import cities_plan, write_plan
+    from ..data.plan import cities_plan
 
     check_writable(args.out, folder=True)
     plan = cities_plan(args.region, args.top, args.radius_km, args.per_city, merge=args.merge_suburbs,
                        seed=args.seed, min_population=args.min_population)
-    path = write_plan(plan, args.out)
     merged = f", {len(plan.table):,} after merging suburbs" if args.merge_suburbs else ""
-    print(f"{len(plan.points):,} points around {plan.meta['places']:,} places{merged} "
-          f"in {plan.meta['region_name']} → {path}")
+    _write_plan(plan, args.out, f"{len(plan.points):,} points around {plan.meta['places']:,} places{merged} "
+                                f"in {plan.meta['region_name']}")
     return 0
 
 
+def _write_plan(plan: Plan, out: str, summary: str) -> None:
+    """Write the plan's files and its map (``map.png``, titled ``summary``), then say what was planned."""
+    from pathlib import Path
+
+    from ..data.plan import MAP_FILE, write_plan
+    from ..report.maps import plan_map_figure
+
+    path = write_plan(plan, out)
+    picture = plan_map_figure(plan, Path(out) / MAP_FILE, summary)
+    print(f"{summary} → {path} (map: {picture})")
+
+
 def run_plan_model(args: argparse.Namespace) -> int:
-    from ..data.plan import write_plan
     from ..evaluate.weakness import weakness_plan
 
     if args.from_model is None:
@@ -139,11 +152,11 @@ def run_plan_model(args: argparse.Namespace) -> int:
     check_writable(args.out, folder=True)
     plan = weakness_plan(args.from_model, args.budget, seed=args.seed, region=args.region, cell_km=args.cell_km,
                          weighing=args.weighing)
-    path = write_plan(plan, args.out)
+    model = plan.meta["model_name"] or "the model"
+    _write_plan(plan, args.out, f"{len(plan.points):,} points in {plan.meta['cells_chosen']:,} of "
+                                f"{len(plan.table):,} cells of {plan.meta['cell_km']:.0f} km over "
+                                f"{plan.meta['region_name']}, where {model} is weakest")
     top = plan.meta["chosen"][0]
-    print(f"{len(plan.points):,} points in {plan.meta['cells_chosen']:,} of {len(plan.table):,} cells of "
-          f"{plan.meta['cell_km']:.0f} km over {plan.meta['region_name']}, where "
-          f"{plan.meta['model_name'] or 'the model'} is weakest → {path}")
     print(f"most points: {top['cell']} ({top['points']}): {top['why']}")
     return 0
 

@@ -1,8 +1,9 @@
 """Plans: the points to photograph, sampled on land in a region, before any image is fetched.
 
 A plan is a folder with ``points.csv`` (``point_id``, ``lat``, ``lon`` and label columns),
-the table of its labels (``cells.csv`` or ``cities.csv``) and ``plan.json`` (how it was
-made). Sampling is reproducible: the same arguments and seed give the same points.
+the table of its labels (``cells.csv`` or ``cities.csv``), ``plan.json`` (how it was
+made) and ``map.png`` (the points drawn, by the command line). Sampling is reproducible:
+the same arguments and seed give the same points.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from ..geo.sphere import EARTH_RADIUS_KM, validate_coordinates
 
 POINTS_FILE = "points.csv"
 PLAN_FILE = "plan.json"
+MAP_FILE = "map.png"
 MAX_PROBLEMS_SHOWN = 5
 
 SEED_GRID = {"cell_km": 25.0, "per_cell": 20}
@@ -50,6 +52,8 @@ class Plan:
     table: pd.DataFrame
     table_name: str
     meta: dict = field(default_factory=dict)
+    known: pd.DataFrame | None = None
+    """Places photographed before (``lat``, ``lon``: a model's training places), drawn on the plan's map."""
 
 
 def _rng(seed: int, index: int) -> np.random.Generator:

@@ -41,6 +41,7 @@ from ..geo.cells import assign_grid, grid_cells
 from ..geo.places import nearest_place
 from ..geo.regions import Region, country_of, country_region, region_from_points, resolve_region
 from ..geo.sphere import EARTH_RADIUS_KM, to_unit_vectors
+from ..training.stages import COVERAGE_MIN_PLACES
 
 PRIOR_PLACES = 3.0
 """Pseudo-places of the overall validation median that a label's own median is shrunk toward."""
@@ -68,6 +69,8 @@ class Weakness:
     """The overall validation median ``M``."""
     by_label: bool
     """Whether the bundle records validation by label (else ``expected_km`` is ``max(M, d)``)."""
+    places: pd.DataFrame | None = None
+    """The training places (``lat``, ``lon``) the cells' ``training_places`` count."""
 
 
 def model_weakness(files: BundleFiles, *, region: Region | str | None = None,
@@ -98,7 +101,7 @@ def model_weakness(files: BundleFiles, *, region: Region | str | None = None,
     cells["val_median_km"] = medians[owner].round(1)
     cells["expected_km"] = np.maximum(shrunk[owner], label_km).round(1)
     by_label = isinstance(files.config.get("validation"), dict)
-    return Weakness(region, cells, float(spacing), overall, by_label)
+    return Weakness(region, cells, float(spacing), overall, by_label, pd.DataFrame({"lat": lat, "lon": lon}))
 
 
 def allocate(weakness: Weakness, budget: int, weighing: str = "error") -> np.ndarray:
@@ -152,7 +155,7 @@ def weakness_plan(model: str | os.PathLike[str], budget: int, *, seed: int = 0, 
                      cells=len(cells), cells_chosen=int((cells["points"] > 0).sum()),
                      validation_median_km=round(weakness.overall_km, 1),
                      validation_by_label=weakness.by_label, prior_places=PRIOR_PLACES, chosen=_reasons(cells))
-    return Plan(points, cells, "cells.csv", meta)
+    return Plan(points, cells, "cells.csv", meta, known=weakness.places)
 
 
 def _check_weighing(weighing: str) -> None:
@@ -227,10 +230,17 @@ def _label_spacing_km(labels: pd.DataFrame) -> float:
 
 
 def _training_area(lat: np.ndarray, lon: np.ndarray, pad_km: float) -> Region:
-    """The land of each country holding training places, within the box of its places widened by half a cell."""
+    """The land of each country the model covers, within the box of its places there widened by half a cell.
+
+    A country is covered as coverage has it (:data:`~geoscope.training.stages.COVERAGE_MIN_PLACES` training places or
+    more): a few places across a border (Street View's near Croatia's, in Bosnia and Herzegovina) would otherwise
+    bring the neighbour's land into the plan, far from every label, where the plan sends points first. Where no
+    country holds that many, every country holding places counts."""
     codes = country_of(lat, lon)
+    named, counts = np.unique(codes[codes != ""], return_counts=True)
+    covered = named[counts >= COVERAGE_MIN_PLACES] if (counts >= COVERAGE_MIN_PLACES).any() else named
     pieces = []
-    for code in sorted(set(codes) - {""}):
+    for code in sorted(covered):
         here = codes == code
         box = region_from_points(lat[here], lon[here], pad_km=pad_km / 2)
         pieces.append(shapely.intersection(country_region(code).geometry, box.geometry))

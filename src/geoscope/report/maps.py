@@ -1,22 +1,31 @@
-"""The error map: true and predicted points joined by error-coloured lines over country outlines."""
+"""Maps over country outlines: the error map (true and predicted points joined by error-coloured lines) and a
+plan's map (the points to photograph, over its cells)."""
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import shapely
 from matplotlib import colormaps
-from matplotlib.collections import LineCollection
+from matplotlib.axes import Axes
+from matplotlib.collections import LineCollection, PatchCollection
 from matplotlib.colors import ListedColormap, LogNorm
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.patches import PathPatch
+from matplotlib.patches import PathPatch, Rectangle
 from matplotlib.path import Path as MplPath
 from shapely.geometry import LineString, MultiLineString, Polygon
 from shapely.geometry.polygon import orient
+
+from ..fileio import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from ..data.plan import Plan
 
 DPI = 110
 OCEAN = "#dbe8f3"
@@ -65,8 +74,6 @@ def error_map_figure(
     padded; country outlines come from :func:`geoscope.geo.regions.country_outlines`. At most
     ``max_pairs`` pairs are drawn (a seeded random sample) so the figure stays legible.
     """
-    from ..geo.regions import country_outlines
-
     cols = ["lat", "lon", "pred_lat", "pred_lon", "error_km"]
     p = predictions[cols].apply(pd.to_numeric, errors="coerce").dropna()
     total = len(p)
@@ -76,18 +83,7 @@ def error_map_figure(
     lat, lon = p["lat"].to_numpy(), p["lon"].to_numpy()
     plat, plon = p["pred_lat"].to_numpy(), p["pred_lon"].to_numpy()
     err = p["error_km"].to_numpy()
-    lon0, lat0, lon1, lat1 = map_extent(np.r_[lat, plat], np.r_[lon, plon])
-    aspect = 1.0 / max(np.cos(np.radians((lat0 + lat1) / 2)), 0.05)
-    lon0, lat0, lon1, lat1, ratio = _fit_frame(lon0, lat0, lon1, lat1, aspect)
-
-    fig = Figure(figsize=(9.0, 7.6 * ratio + 0.9), layout="compressed")
-    ax = fig.add_subplot()
-    ax.set_facecolor(OCEAN)
-    # regions' boxes are (min_lat, min_lon, max_lat, max_lon); clip wider than the view so
-    # the clip edges stay out of sight.
-    outlines = country_outlines(bbox=(max(lat0 - 2, -90), max(lon0 - 2, -180),
-                                      min(lat1 + 2, 90), min(lon1 + 2, 180)))
-    _draw_outlines(ax, outlines, tolerance=(lon1 - lon0) / 2000)
+    fig, ax = _map_axes(np.r_[lat, plat], np.r_[lon, plon])
     positive = err[err > 0]
     vmin = max(float(positive.min()) if positive.size else 1.0, 0.1)
     vmax = max(float(err.max()) if err.size else 1.0, vmin * 10)
@@ -99,13 +95,8 @@ def error_map_figure(
     ax.scatter(lon, lat, s=7, color="#1b1b1b", linewidths=0, zorder=3)
     ax.scatter(plon, plat, s=22, c=np.maximum(err, vmin), cmap=CMAP, norm=norm, marker="x",
                linewidths=1.0, zorder=4)
-    ax.set_xlim(lon0, lon1)
-    ax.set_ylim(lat0, lat1)
-    ax.set_aspect(aspect)
     fig.colorbar(lines, ax=ax, label="error (km, log scale)", shrink=0.9, pad=0.02,
                  fraction=0.04)
-    ax.set_xlabel("longitude (°)")
-    ax.set_ylabel("latitude (°)")
     shown = f"{total:,} items"
     if total > len(p):
         shown = f"{len(p):,} of {total:,} items (random sample)"
@@ -118,6 +109,134 @@ def error_map_figure(
     ], loc="lower left", fontsize=8, framealpha=0.9)
     fig.savefig(path, format="png", dpi=DPI)
     return path
+
+
+CELL_BOUNDS = ("min_lat", "min_lon", "max_lat", "max_lon")
+POINT = "#1f4e9c"
+KNOWN = "#6b6b6b"
+MAX_PANELS = 4
+"""A plan's map draws at most this many separate areas."""
+AREA_GAP_DEG = 4.0
+"""Parts of a plan farther apart than about this many degrees are drawn in separate panels."""
+SHADE = "expected_km"
+"""The column of a plan's cells that shades them on its map (a model's plan: the error expected there)."""
+
+
+def plan_map_figure(plan: Plan, path: Path, title: str) -> Path:
+    """Draw a plan, written atomically to ``path``: its points over its cells (where its table has their bounds:
+    grid and model plans), shaded by the error the model expects there (:data:`SHADE`, a model's plan), and the
+    places photographed before (:attr:`~geoscope.data.plan.Plan.known`) as small grey dots. Areas far apart (a
+    model of London and Croatia) get a panel each, the most points first (:func:`separate_areas`)."""
+    points = plan.points
+    known = plan.known if plan.known is not None else pd.DataFrame({"lat": [], "lon": []})
+    cells = plan.table if set(CELL_BOUNDS) <= set(plan.table.columns) else pd.DataFrame({c: [] for c in CELL_BOUNDS})
+    parts = [(points["lat"], points["lon"]), (cells["min_lat"], cells["min_lon"]), (cells["max_lat"], cells["max_lon"]),
+             (known["lat"], known["lon"])]
+    lat = np.concatenate([np.asarray(a, dtype=np.float64) for a, _ in parts])
+    lon = np.concatenate([np.asarray(b, dtype=np.float64) for _, b in parts])
+    area, order = separate_areas(lat, lon, weight=np.r_[np.full(len(points), 1.0), np.zeros(len(lat) - len(points))])
+    shown = order[:MAX_PANELS]
+    columns = 1 if len(shown) == 1 else 2
+    rows = -(-len(shown) // columns)
+    fig = Figure(figsize=(9.0 if columns == 1 else 12.0, 7.6 if rows == 1 and columns == 1 else 5.2 * rows + 0.6),
+                 layout="compressed")
+    boxes = None
+    for i, which in enumerate(shown):
+        ax = fig.add_subplot(rows, columns, i + 1)
+        _land_axes(ax, lat[area == which], lon[area == which], pad=0.03)
+        if len(cells):
+            boxes = ax.add_collection(_cell_boxes(cells), autolim=False)
+        ax.scatter(known["lon"], known["lat"], s=4, color=KNOWN, linewidths=0, zorder=3)
+        ax.scatter(points["lon"], points["lat"], s=10 if len(points) > 2000 else 16, color=POINT, linewidths=0,
+                   zorder=4)
+        if i == 0:
+            ax.legend(handles=_plan_legend(len(points), len(known)), loc="lower left", fontsize=8, framealpha=0.9)
+    if SHADE in cells and boxes is not None:
+        fig.colorbar(boxes, ax=fig.axes, label="error the model expects there (km)", shrink=0.9, pad=0.02,
+                     fraction=0.04)
+    left_out = len(order) - len(shown)
+    fig.suptitle(title + (f" ({left_out} more area{'s' * (left_out > 1)} not drawn)" if left_out else ""),
+                 x=0.01, ha="left", fontsize=10, wrap=True)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI)
+    atomic_write_bytes(path, buffer.getbuffer())
+    return path
+
+
+def _cell_boxes(cells: pd.DataFrame) -> PatchCollection:
+    """The cells as boxes: outlined, or filled by :data:`SHADE` where the table has it."""
+    boxes = PatchCollection([Rectangle((c.min_lon, c.min_lat), c.max_lon - c.min_lon, c.max_lat - c.min_lat)
+                             for c in cells.itertuples(index=False)], zorder=2, linewidths=0.3, edgecolor="#777777")
+    if SHADE not in cells:
+        boxes.set_facecolor("none")
+        return boxes
+    shade = cells[SHADE].to_numpy(dtype=np.float64)
+    boxes.set_array(shade)
+    boxes.set_cmap(colormaps["YlOrRd"])
+    boxes.set_clim(float(np.nanmin(shade)), float(np.nanmax(shade)))
+    boxes.set_alpha(0.55)
+    return boxes
+
+
+def separate_areas(lat: np.ndarray, lon: np.ndarray, weight: np.ndarray, gap_deg: float = AREA_GAP_DEG
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Which area each point belongs to, areas being the groups of points no more than about ``gap_deg`` degrees
+    (tiles of that size, touching) from the next, and the areas' numbers by their summed ``weight``, then their
+    size, largest first."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+    from scipy.spatial import cKDTree
+
+    if not len(lat):
+        return np.zeros(0, dtype=np.int64), np.zeros(1, dtype=np.int64)
+    tiles, tile = np.unique(np.floor(np.c_[lat, lon] / gap_deg).astype(np.int64), axis=0, return_inverse=True)
+    pairs = cKDTree(tiles).query_pairs(r=1.5, output_type="ndarray")  # the eight tiles around each
+    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(len(tiles), len(tiles)))
+    count, group = connected_components(graph, directed=False)
+    area = group[tile.ravel()]
+    order = np.lexsort((-np.bincount(area, minlength=count), -np.bincount(area, weights=weight, minlength=count)))
+    return area, order
+
+
+def _plan_legend(points: int, known: int) -> list[Line2D]:
+    handles = [Line2D([], [], linestyle="", marker="o", markersize=4, color=POINT,
+                      label=f"{points:,} points to photograph")]
+    if known:
+        handles.append(Line2D([], [], linestyle="", marker="o", markersize=3, color=KNOWN,
+                              label=f"{known:,} places the model was trained on"))
+    return handles
+
+
+def _map_axes(lat: np.ndarray, lon: np.ndarray, pad: float = 0.06) -> tuple[Figure, Axes]:
+    """A figure with one axes over the points' extent (:func:`_land_axes`), its height fitted to the extent."""
+    lon0, lat0, lon1, lat1 = map_extent(lat, lon, pad)
+    aspect = 1.0 / max(np.cos(np.radians((lat0 + lat1) / 2)), 0.05)
+    ratio = _fit_frame(lon0, lat0, lon1, lat1, aspect)[-1]
+    fig = Figure(figsize=(9.0, 7.6 * ratio + 0.9), layout="compressed")
+    ax = fig.add_subplot()
+    _land_axes(ax, lat, lon, pad)
+    return fig, ax
+
+
+def _land_axes(ax: Axes, lat: np.ndarray, lon: np.ndarray, pad: float) -> None:
+    """Fix ``ax`` to the points' extent (padded, its shape kept legible), the countries' land over the ocean, in
+    degrees with aspect 1/cos(mean latitude)."""
+    from ..geo.regions import country_outlines
+
+    lon0, lat0, lon1, lat1 = map_extent(lat, lon, pad)
+    aspect = 1.0 / max(np.cos(np.radians((lat0 + lat1) / 2)), 0.05)
+    lon0, lat0, lon1, lat1, _ = _fit_frame(lon0, lat0, lon1, lat1, aspect)
+    ax.set_facecolor(OCEAN)
+    # regions' boxes are (min_lat, min_lon, max_lat, max_lon); clip wider than the view so
+    # the clip edges stay out of sight.
+    outlines = country_outlines(bbox=(max(lat0 - 2, -90), max(lon0 - 2, -180),
+                                      min(lat1 + 2, 90), min(lon1 + 2, 180)))
+    _draw_outlines(ax, outlines, tolerance=(lon1 - lon0) / 2000)
+    ax.set_xlim(lon0, lon1)
+    ax.set_ylim(lat0, lat1)
+    ax.set_aspect(aspect)
+    ax.set_xlabel("longitude (°)")
+    ax.set_ylabel("latitude (°)")
 
 
 def _draw_outlines(ax, outlines: object, tolerance: float) -> None:
