@@ -147,8 +147,8 @@ def plan_map_figure(plan: Plan, path: Path, title: str) -> Path:
         if len(cells):
             boxes = ax.add_collection(_cell_boxes(cells), autolim=False)
         ax.scatter(known["lon"], known["lat"], s=4, color=KNOWN, linewidths=0, zorder=3)
-        ax.scatter(points["lon"], points["lat"], s=10 if len(points) > 2000 else 16, color=POINT, linewidths=0,
-                   zorder=4)
+        ax.scatter(points["lon"], points["lat"], s=float(np.clip(6000 / max(len(points), 1), 1.5, 16)), color=POINT,
+                   linewidths=0, zorder=4)  # thousands of points stay dots, with the land between them
         if i == 0:
             ax.legend(handles=_plan_legend(len(points), len(known)), loc="lower left", fontsize=8, framealpha=0.9)
     if SHADE in cells and boxes is not None:
