@@ -143,7 +143,7 @@ def plan_map_figure(plan: Plan, path: Path, title: str) -> Path:
     boxes = None
     for i, which in enumerate(shown):
         ax = fig.add_subplot(rows, columns, i + 1)
-        _land_axes(ax, lat[area == which], lon[area == which], pad=0.03)
+        _land_axes(ax, _frame(lat[area == which], lon[area == which], pad=0.03))
         if len(cells):
             boxes = ax.add_collection(_cell_boxes(cells), autolim=False)
         ax.scatter(known["lon"], known["lat"], s=4, color=KNOWN, linewidths=0, zorder=3)
@@ -209,23 +209,27 @@ def _plan_legend(points: int, known: int) -> list[Line2D]:
 
 def _map_axes(lat: np.ndarray, lon: np.ndarray, pad: float = 0.06) -> tuple[Figure, Axes]:
     """A figure with one axes over the points' extent (:func:`_land_axes`), its height fitted to the extent."""
-    lon0, lat0, lon1, lat1 = map_extent(lat, lon, pad)
-    aspect = 1.0 / max(np.cos(np.radians((lat0 + lat1) / 2)), 0.05)
-    ratio = _fit_frame(lon0, lat0, lon1, lat1, aspect)[-1]
-    fig = Figure(figsize=(9.0, 7.6 * ratio + 0.9), layout="compressed")
+    frame = _frame(lat, lon, pad)
+    fig = Figure(figsize=(9.0, 7.6 * frame[-1] + 0.9), layout="compressed")
     ax = fig.add_subplot()
-    _land_axes(ax, lat, lon, pad)
+    _land_axes(ax, frame)
     return fig, ax
 
 
-def _land_axes(ax: Axes, lat: np.ndarray, lon: np.ndarray, pad: float) -> None:
-    """Fix ``ax`` to the points' extent (padded, its shape kept legible), the countries' land over the ocean, in
-    degrees with aspect 1/cos(mean latitude)."""
-    from ..geo.regions import country_outlines
-
+def _frame(lat: np.ndarray, lon: np.ndarray, pad: float) -> tuple[float, float, float, float, float, float]:
+    """The points' extent, padded and its shape kept legible: ``(min_lon, min_lat, max_lon, max_lat, aspect,
+    height / width as drawn)``, the aspect 1/cos(mean latitude)."""
     lon0, lat0, lon1, lat1 = map_extent(lat, lon, pad)
     aspect = 1.0 / max(np.cos(np.radians((lat0 + lat1) / 2)), 0.05)
-    lon0, lat0, lon1, lat1, _ = _fit_frame(lon0, lat0, lon1, lat1, aspect)
+    lon0, lat0, lon1, lat1, ratio = _fit_frame(lon0, lat0, lon1, lat1, aspect)
+    return lon0, lat0, lon1, lat1, aspect, ratio
+
+
+def _land_axes(ax: Axes, frame: tuple[float, float, float, float, float, float]) -> None:
+    """Fix ``ax`` to a :func:`_frame`, in degrees, the countries' land over the ocean."""
+    from ..geo.regions import country_outlines
+
+    lon0, lat0, lon1, lat1, aspect, _ = frame
     ax.set_facecolor(OCEAN)
     # regions' boxes are (min_lat, min_lon, max_lat, max_lon); clip wider than the view so
     # the clip edges stay out of sight.
